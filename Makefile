@@ -1,0 +1,55 @@
+# memgate — the two commands: `make run` and `make test`.
+# Both create and reuse a virtualenv at .venv and install what they need.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# CPU build of torch, pinned; on this machine kind pip finds the wheel on disk.
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+
+GATEWAY_HOST ?= 127.0.0.1
+GATEWAY_PORT ?= 8080
+EMBEDDER_PORT ?= 8081
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+
+.PHONY: install run run-gateway run-embedder test test-fast lint fmt typecheck clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet -e ".[embedder,dev]"
+	touch $(STAMP)
+
+# The embedded default: the embedder process, and the gateway with Qdrant Edge
+# in-process under GATEWAY_DATA_DIR; the LLM is whatever GATEWAY_LLM_URL points at.
+run: $(STAMP)
+	@$(BIN)/python -m tools.run_stack
+
+run-embedder: $(STAMP)
+	$(BIN)/python -m embedder
+
+run-gateway: $(STAMP)
+	$(BIN)/python -m gateway
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not e2e"
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+fmt: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
