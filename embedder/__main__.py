@@ -1,0 +1,40 @@
+"""``python -m embedder``: serve the embedding service."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import uvicorn
+
+from embedder.app import create_app
+from embedder.settings import EmbedderSettings
+
+
+def main() -> int:
+    settings = EmbedderSettings()
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format='{"ts":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}',
+    )
+    server: uvicorn.Server | None = None
+
+    def stop() -> None:
+        # A model that failed to load leaves the service useless: stop serving
+        # and exit non-zero so the orchestrator restarts it.
+        if server is not None:
+            server.should_exit = True
+
+    app = create_app(settings, on_load_failure=stop)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, host=settings.host, port=settings.port,
+            log_level=settings.log_level, access_log=False,
+        )
+    )  # fmt: skip
+    server.run()
+    return 1 if app.state.embedder.status == "failed" else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

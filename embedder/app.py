@@ -1,0 +1,204 @@
+"""The embedding service's ASGI app: ``POST /v1/embeddings``, ``/health``, ``/metrics``.
+
+The model loads after the server is listening, on the service's single
+inference thread (the same thread every encode call later runs on), so
+``/health`` can answer 503 while it loads and all torch work stays on one
+thread. A model that fails to load marks the service failed; ``__main__``
+then exits non-zero so the orchestrator restarts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from typing import Any, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from pydantic import BaseModel, ConfigDict
+
+from embedder.batcher import MicroBatcher, QueueFull
+from embedder.metrics import EmbedderMetrics
+from embedder.model import Encoder, load_sentence_transformer
+from embedder.settings import EmbedderSettings
+
+logger = logging.getLogger("embedder")
+
+LoadEncoder = Callable[[EmbedderSettings], Encoder]
+
+
+class EmbeddingRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    input: str | list[str]
+    model: str | None = None
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+    user: str | None = None
+
+
+def _error(status: int, message: str, code: str) -> JSONResponse:
+    kind = "invalid_request_error" if status < 500 else "service_unavailable"
+    body = {"error": {"message": message, "type": kind, "code": code, "param": None}}
+    headers = {"Retry-After": "1"} if status in (429, 503) else None
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+class _State:
+    def __init__(self) -> None:
+        self.status = "loading"
+        self.error: str | None = None
+        self.encoder: Encoder | None = None
+        self.batcher: MicroBatcher | None = None
+
+
+def create_app(
+    settings: EmbedderSettings,
+    *,
+    registry: CollectorRegistry | None = None,
+    load_encoder: LoadEncoder | None = None,
+    on_load_failure: Callable[[], None] | None = None,
+) -> FastAPI:
+    registry = registry if registry is not None else CollectorRegistry()
+    metrics = EmbedderMetrics(registry)
+    load = load_encoder or (
+        lambda s: load_sentence_transformer(s.model, s.device, s.max_batch_size)
+    )
+    state = _State()
+
+    async def _load(executor: ThreadPoolExecutor) -> None:
+        started = time.perf_counter()
+        logger.info("loading model %s on %s", settings.model, settings.device)
+        try:
+            encoder = await asyncio.get_running_loop().run_in_executor(executor, load, settings)
+        except Exception as exc:
+            state.status, state.error = "failed", f"{type(exc).__name__}: {exc}"
+            logger.error("model %s failed to load: %s", settings.model, state.error)
+            if on_load_failure is not None:
+                on_load_failure()
+            return
+        batcher = MicroBatcher(
+            encoder, executor,
+            max_batch_size=settings.max_batch_size,
+            max_wait_s=settings.max_batch_wait_ms / 1000,
+            max_queued_texts=settings.max_queue * settings.max_batch_size,
+            on_batch=metrics.observe_batch,
+        )  # fmt: skip
+        batcher.start()
+        state.encoder, state.batcher, state.status = encoder, batcher, "ready"
+        metrics.model_info.labels(encoder.name, str(encoder.dimension)).set(1)
+        logger.info(
+            "model %s ready (dimension %d) in %.1fs",
+            encoder.name, encoder.dimension, time.perf_counter() - started,
+        )  # fmt: skip
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        loader = asyncio.create_task(_load(executor), name="embedder-load")
+        try:
+            yield
+        finally:
+            loader.cancel()
+            await asyncio.gather(loader, return_exceptions=True)
+            if state.batcher is not None:
+                await state.batcher.stop()
+            executor.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="memgate embedder", lifespan=lifespan)
+    app.state.embedder = state
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        if first.get("type") == "json_invalid":
+            return _error(400, "request body is not valid JSON", "invalid_json")
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        return _error(400, f"{where}: {first.get('msg', 'invalid value')}", "invalid_request")
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        if state.encoder is None:
+            body: dict[str, Any] = {"status": state.status, "model": settings.model}
+            if state.error:
+                body["error"] = state.error
+            return JSONResponse(body, status_code=503, headers={"Retry-After": "2"})
+        enc = state.encoder
+        return JSONResponse({"status": "ok", "model": enc.name, "dimension": enc.dimension})
+
+    @app.get("/metrics")
+    async def metrics_endpoint() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: EmbeddingRequest) -> JSONResponse:
+        started = time.perf_counter()
+        response = await _embed(request)
+        metrics.requests.labels(str(response.status_code)).inc()
+        metrics.request_duration.observe(time.perf_counter() - started)
+        return response
+
+    async def _embed(request: EmbeddingRequest) -> JSONResponse:
+        texts = [request.input] if isinstance(request.input, str) else request.input
+        problem = _check_inputs(texts, settings)
+        if problem:
+            return _error(400, problem, "invalid_input")
+        if state.encoder is None or state.batcher is None:
+            return _error(503, f"model is {state.status}", "model_not_ready")
+        if request.dimensions is not None and request.dimensions != state.encoder.dimension:
+            return _error(
+                400,
+                f"dimensions={request.dimensions} is not supported; "
+                f"this model produces {state.encoder.dimension}",
+                "unsupported_dimensions",
+            )
+        try:
+            encoded = await state.batcher.encode(texts)
+        except QueueFull:
+            return _error(429, "too many texts queued; retry shortly", "queue_full")
+        metrics.inputs.inc(len(texts))
+        as_base64 = request.encoding_format == "base64"
+        data = [
+            {
+                "object": "embedding",
+                "index": i,
+                "embedding": base64.b64encode(vec.astype("<f4").tobytes()).decode()
+                if as_base64
+                else vec.tolist(),
+            }
+            for i, vec in enumerate(encoded.vectors)
+        ]
+        tokens = sum(encoded.token_counts)
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": data,
+                "model": state.encoder.name,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            }
+        )
+
+    return app
+
+
+def _check_inputs(texts: list[str], settings: EmbedderSettings) -> str | None:
+    if not texts:
+        return "input must not be empty"
+    if len(texts) > settings.max_inputs:
+        return f"input has {len(texts)} items; at most {settings.max_inputs} are allowed"
+    for i, text in enumerate(texts):
+        if not text:
+            return f"input[{i}] is empty"
+        if len(text) > settings.max_input_chars:
+            return (
+                f"input[{i}] has {len(text)} characters; "
+                f"at most {settings.max_input_chars} are allowed"
+            )
+    return None

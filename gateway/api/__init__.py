@@ -1,0 +1,1 @@
+"""Thin routers: parse and check the request, call a service, shape the answer."""

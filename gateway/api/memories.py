@@ -1,0 +1,173 @@
+"""The memory REST API: add, search, list, get, delete, forget a user."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from fastapi.responses import JSONResponse
+
+from gateway.api.schemas import AddMemoriesRequest, SearchMemoriesRequest
+from gateway.auth import PrincipalDep
+from gateway.errors import APIError, unavailable
+from gateway.memory.embedder_client import EmbedderRejected
+from gateway.memory.records import NewMemory, Scope, parse_filters, parse_timestamp
+from gateway.memory.service import MemoryUnavailable
+from gateway.memory.store import StoreUnavailable
+from gateway.services import ServicesDep
+
+router = APIRouter(prefix="/v1/memories", tags=["memories"])
+
+UserIdQuery = Annotated[str, Query(min_length=1, max_length=256)]
+
+
+def _not_found(memory_id: str) -> APIError:
+    return APIError(404, f"memory {memory_id} not found", code="memory_not_found")
+
+
+def _store_down(exc: Exception) -> APIError:
+    return unavailable(
+        f"memory store unavailable: {exc}", code="store_unavailable", retry_after_s=2
+    )
+
+
+def _memory_id(value: str) -> str:
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise APIError(400, "memory id must be a UUID", code="invalid_memory_id") from None
+
+
+@router.post("", status_code=201)
+async def add_memories(
+    principal: PrincipalDep,
+    services: ServicesDep,
+    request: AddMemoriesRequest,
+) -> JSONResponse:
+    """One memory per message (one embedder call for all), or one for ``text``.
+
+    201 when stored; 202 when accepted into the durable outbox because a
+    dependency is down (the ids are final either way). Repeating a text the
+    user already has is event ``NONE`` with the existing id.
+    """
+    if (request.messages is None) == (request.text is None):
+        raise APIError(400, "give exactly one of 'messages' or 'text'", code="invalid_request")
+    try:
+        created = parse_timestamp(request.timestamp, datetime.now(UTC))
+    except ValueError:
+        raise APIError(
+            400, "timestamp must be ISO 8601", code="invalid_timestamp", param="timestamp"
+        ) from None
+    metadata = request.metadata or {}
+    items = (
+        [(m.role, m.content) for m in request.messages]
+        if request.messages is not None
+        else [(None, request.text or "")]
+    )
+    memories = [
+        NewMemory(text, created, metadata, request.session_id, role, "api") for role, text in items
+    ]
+    scope = Scope(principal.tenant, request.user_id)
+    try:
+        outcome = await services.memory.add(scope, memories)
+    except EmbedderRejected as exc:
+        raise APIError(400, f"the embedder rejected the text: {exc}", code="invalid_text") from None
+    body: dict[str, Any] = {
+        "results": [{"id": r.id, "memory": r.memory, "event": r.event} for r in outcome.results]
+    }
+    if outcome.queued:
+        body["queued"] = True
+    return JSONResponse(body, status_code=202 if outcome.queued else 201)
+
+
+@router.post("/search")
+async def search_memories(
+    principal: PrincipalDep,
+    services: ServicesDep,
+    request: SearchMemoriesRequest,
+) -> dict[str, Any]:
+    try:
+        conditions = parse_filters(request.filters)
+    except ValueError as exc:
+        raise APIError(400, str(exc), code="invalid_filters", param="filters") from None
+    scope = Scope(principal.tenant, request.user_id)
+    try:
+        records = await services.memory.search(
+            scope, request.query, request.top_k, conditions, request.min_score
+        )
+    except MemoryUnavailable as exc:
+        raise unavailable(
+            f"memory search unavailable: {exc}", code="memory_unavailable", retry_after_s=2
+        ) from None
+    return {"results": [record.to_api() for record in records]}
+
+
+@router.get("")
+async def list_memories(
+    principal: PrincipalDep,
+    services: ServicesDep,
+    user_id: UserIdQuery,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Annotated[str | None, Query(max_length=64)] = None,
+) -> dict[str, Any]:
+    """A page of the user's memories; pass ``next_cursor`` back for the next page."""
+    scope = Scope(principal.tenant, user_id)
+    start = _memory_id(cursor) if cursor else None
+    try:
+        records, next_cursor = await services.memory.store.list(scope, limit, start)
+    except StoreUnavailable as exc:
+        raise _store_down(exc) from None
+    return {"results": [r.to_api() for r in records], "next_cursor": next_cursor}
+
+
+@router.get("/{memory_id}")
+async def get_memory(
+    principal: PrincipalDep,
+    services: ServicesDep,
+    memory_id: str,
+    user_id: Annotated[str | None, Query(min_length=1, max_length=256)] = None,
+) -> dict[str, Any]:
+    """A memory of the caller's tenant; with ``user_id``, only if it is that user's."""
+    key = _memory_id(memory_id)
+    try:
+        record = await services.memory.store.get(principal.tenant, key)
+    except StoreUnavailable as exc:
+        raise _store_down(exc) from None
+    if record is None or (user_id is not None and record.user_id != user_id):
+        raise _not_found(memory_id)
+    return record.to_api()
+
+
+@router.delete("/{memory_id}")
+async def delete_memory(
+    principal: PrincipalDep,
+    services: ServicesDep,
+    memory_id: str,
+    user_id: Annotated[str | None, Query(min_length=1, max_length=256)] = None,
+) -> dict[str, Any]:
+    key = _memory_id(memory_id)
+    store = services.memory.store
+    try:
+        record = await store.get(principal.tenant, key)
+        if record is None or (user_id is not None and record.user_id != user_id):
+            raise _not_found(memory_id)
+        await store.delete(Scope(principal.tenant, record.user_id), key)
+    except StoreUnavailable as exc:
+        raise _store_down(exc) from None
+    return {"id": key, "deleted": True}
+
+
+@router.delete("")
+async def forget_user(
+    principal: PrincipalDep,
+    services: ServicesDep,
+    user_id: UserIdQuery,
+) -> dict[str, Any]:
+    """Forget a user: every memory of theirs in the caller's tenant."""
+    try:
+        deleted = await services.memory.forget(Scope(principal.tenant, user_id))
+    except StoreUnavailable as exc:
+        raise _store_down(exc) from None
+    return {"user_id": user_id, "deleted": deleted}

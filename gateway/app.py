@@ -1,0 +1,178 @@
+"""``create_app(settings)``: the gateway's ASGI app; the lifespan builds its clients.
+
+Start-up is sequential and observable: open the outbox, open the vector
+store (a dimension conflict stops start-up with a clear error), build the
+HTTP clients, probe each dependency once so the first ``/readyz`` is real,
+then start the monitors and the outbox replayer. No dependency has to be up
+for the gateway to start: a missing LLM or embedder is reported and
+reconnected to in the background.
+
+Shutdown: stop taking work, wait (bounded) for background memory writes,
+stop monitors, close clients, flush the store. Queued writes stay in the
+outbox and are replayed at the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import httpx
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+
+from gateway.api import chat, health, memories, models
+from gateway.auth import KeyRing
+from gateway.errors import install_error_handlers
+from gateway.memory.edge_store import EdgeStore
+from gateway.memory.embedder_client import EmbedderClient
+from gateway.memory.outbox import Outbox
+from gateway.memory.qdrant_store import QdrantServerStore
+from gateway.memory.service import MemoryService
+from gateway.memory.store import VectorStore
+from gateway.metrics import GatewayMetrics
+from gateway.monitor import HEALTHY, Monitor
+from gateway.observability import RequestContextMiddleware
+from gateway.services import Services
+from gateway.settings import Settings
+from gateway.upstream.client import Upstream
+from gateway.upstream.pool import UpstreamPool
+
+logger = logging.getLogger("gateway")
+
+SHUTDOWN_GRACE_S = 10.0
+STARTUP_PROBE_TIMEOUT_S = 1.0
+
+
+def build_store(settings: Settings) -> VectorStore:
+    if settings.qdrant_url:
+        return QdrantServerStore(
+            settings.qdrant_url,
+            settings.qdrant_api_key,
+            settings.qdrant_collection,
+            settings.embedding_dim,
+        )
+    return EdgeStore(settings.data_dir / "qdrant-edge", settings.embedding_dim)
+
+
+def build_upstreams(settings: Settings, http: httpx.AsyncClient) -> list[Upstream]:
+    upstreams = [Upstream("primary", settings.llm_url, http, api_key=settings.llm_api_key)]
+    if settings.fallback_llm_url:
+        upstreams.append(
+            Upstream(
+                "fallback",
+                settings.fallback_llm_url,
+                http,
+                api_key=settings.fallback_llm_api_key,
+                model=settings.fallback_llm_model,
+            )
+        )
+    return upstreams
+
+
+async def _startup(settings: Settings, metrics: GatewayMetrics, stack: AsyncExitStack) -> Services:
+    outbox = Outbox(settings.data_dir / "outbox.sqlite3")
+    outbox.open()
+    stack.callback(outbox.close)
+
+    store = build_store(settings)
+    await store.open()
+    stack.push_async_callback(store.close)
+
+    # One pool of connections per dependency; limits sized for a busy gateway.
+    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200)
+    llm_http = httpx.AsyncClient(limits=limits, timeout=settings.read_timeout_s)
+    stack.push_async_callback(llm_http.aclose)
+    embedder_http = httpx.AsyncClient(
+        limits=limits,
+        timeout=httpx.Timeout(settings.embedder_timeout_s, connect=settings.connect_timeout_s),
+    )
+    stack.push_async_callback(embedder_http.aclose)
+
+    embedder = EmbedderClient(
+        embedder_http, settings.embedder_url, settings.embedding_dim, metrics,
+        api_key=settings.embedder_api_key,
+    )  # fmt: skip
+    pool = UpstreamPool(
+        build_upstreams(settings, llm_http),
+        metrics,
+        attempts=settings.retry_attempts,
+        health_interval_s=settings.health_interval_s,
+    )
+
+    def readiness(name: str) -> Monitor:
+        def changed(_: str, status: str) -> None:
+            metrics.dependency_ready.labels(name).set(status == HEALTHY)
+            if status == HEALTHY:
+                memory.wake_replayer()
+
+        probe = embedder.probe if name == "embedder" else store.ping
+        return Monitor(name, probe, interval_s=settings.health_interval_s, on_change=changed)
+
+    embedder_monitor = readiness("embedder")
+    store_monitor = readiness("vector_store")
+    memory = MemoryService(store, embedder, outbox, metrics, embedder_monitor, store_monitor)
+
+    services = Services(
+        settings=settings,
+        metrics=metrics,
+        pool=pool,
+        memory=memory,
+        outbox=outbox,
+        embedder_monitor=embedder_monitor,
+        store_monitor=store_monitor,
+        upstream_timeout=httpx.Timeout(settings.read_timeout_s, connect=settings.connect_timeout_s),
+        stream_timeout=httpx.Timeout(
+            settings.stream_idle_timeout_s, connect=settings.connect_timeout_s
+        ),
+    )
+    monitors = [embedder_monitor, store_monitor, *pool.monitors()]
+    await asyncio.wait(
+        [asyncio.create_task(m.check_now()) for m in monitors], timeout=STARTUP_PROBE_TIMEOUT_S
+    )
+    for monitor in monitors:
+        monitor.start()
+        stack.push_async_callback(monitor.stop)
+    memory.start_replayer()
+    stack.push_async_callback(memory.stop_replayer)
+    for monitor in monitors:
+        logger.info("%s: %s", monitor.name, monitor.state.status)
+    return services
+
+
+def create_app(
+    settings: Settings | None = None, registry: CollectorRegistry | None = None
+) -> FastAPI:
+    settings = settings or Settings()
+    metrics = GatewayMetrics(registry if registry is not None else CollectorRegistry())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            services = await _startup(settings, metrics, stack)
+            app.state.services = services
+            yield
+            await _drain_background(services)
+
+    app = FastAPI(
+        title="memgate",
+        version="0.1.0",
+        description="Memory-augmented, OpenAI-compatible chat gateway.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.keyring = KeyRing(settings.api_keys, settings.admin_key)
+    install_error_handlers(app)
+    for router in (chat.router, memories.router, models.router, health.router):
+        app.include_router(router)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    return app
+
+
+async def _drain_background(services: Services) -> None:
+    pending = list(services.background)
+    if pending:
+        logger.info("waiting for %d background memory writes", len(pending))
+        await asyncio.wait(pending, timeout=SHUTDOWN_GRACE_S)

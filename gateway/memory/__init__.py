@@ -1,0 +1,1 @@
+"""Long-term memory: embedding, vector stores, recall into prompts, the outbox."""

@@ -1,0 +1,187 @@
+"""Qdrant Edge: the real Qdrant engine in-process, one shard under the data dir.
+
+The shard's calls are synchronous; they run on worker threads so the event
+loop never waits on disk. One gateway process owns a shard: an exclusive
+``flock`` on the directory turns a second process on the same data dir into a
+clear start-up error instead of two writers on one shard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+import qdrant_edge as qe
+
+from gateway.memory.records import (
+    Condition,
+    MemoryRecord,
+    Scope,
+    from_payload,
+    in_scope,
+    scope_conditions,
+    to_payload,
+)
+from gateway.memory.store import DimensionMismatch, StoredPoint, StoreUnavailable
+
+T = TypeVar("T")
+
+
+def _filter(conditions: Sequence[Condition]) -> qe.Filter:
+    must: list[Any] = []
+    for cond in conditions:
+        match: Any = (
+            qe.MatchValue(cond.values[0])
+            if len(cond.values) == 1
+            else qe.MatchAny(list(cond.values))  # type: ignore[arg-type]
+        )
+        must.append(qe.FieldCondition(cond.path, match=match))
+    return qe.Filter(must=must)
+
+
+def _record(point: Any, score: float | None = None) -> MemoryRecord:
+    return from_payload(str(point.id), point.payload or {}, score)
+
+
+class EdgeStore:
+    name = "qdrant-edge"
+
+    def __init__(self, path: Path, dimension: int) -> None:
+        self._path = path
+        self._dimension = dimension
+        self._shard: qe.EdgeShard | None = None
+        self._lock_file: IO[str] | None = None
+
+    async def open(self) -> None:
+        self._path.mkdir(parents=True, exist_ok=True)
+        self._lock_file = self._take_lock()
+        self._shard = await asyncio.to_thread(self._open_shard)
+
+    def _take_lock(self) -> IO[str]:
+        handle = (self._path / ".lock").open("w")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise RuntimeError(
+                f"{self._path} is in use by another gateway process; "
+                "give each gateway its own GATEWAY_DATA_DIR or use a Qdrant server"
+            ) from None
+        handle.write(str(os.getpid()))
+        handle.flush()
+        return handle
+
+    def _open_shard(self) -> qe.EdgeShard:
+        shard_dir = self._path / "shard"
+        config = qe.EdgeConfig(
+            vectors=qe.EdgeVectorParams(size=self._dimension, distance=qe.Distance.Cosine)
+        )
+        if not shard_dir.exists():
+            shard = qe.EdgeShard.create(str(shard_dir), config)
+            # Tenant first: Qdrant co-locates a tenant's points when is_tenant is set.
+            shard.update(
+                qe.UpdateOperation.create_field_index(
+                    "tenant", qe.KeywordIndexParams(is_tenant=True)
+                )
+            )
+            shard.update(
+                qe.UpdateOperation.create_field_index("user_id", qe.PayloadSchemaType.Keyword)
+            )
+            return shard
+        try:
+            return qe.EdgeShard.load(str(shard_dir), config)
+        except Exception as exc:
+            if "vector size" in str(exc):
+                raise DimensionMismatch(
+                    f"the memory store at {shard_dir} holds vectors of another size than "
+                    f"the embedder's {self._dimension}: {exc}. Use a new GATEWAY_DATA_DIR "
+                    "or re-embed the memories."
+                ) from exc
+            raise
+
+    async def close(self) -> None:
+        if self._shard is not None:
+            shard, self._shard = self._shard, None
+
+            def flush_and_close() -> None:
+                shard.flush()
+                shard.close()
+
+            await asyncio.to_thread(flush_and_close)
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+
+    async def _run(self, fn: Callable[[qe.EdgeShard], T]) -> T:
+        shard = self._shard
+        if shard is None:
+            raise StoreUnavailable("the memory store is closed")
+        return await asyncio.to_thread(fn, shard)
+
+    async def ping(self) -> None:
+        await self._run(lambda shard: shard.info())
+
+    async def upsert(self, scope: Scope, points: Sequence[StoredPoint]) -> None:
+        batch = [
+            qe.Point(p.id, list(p.vector), to_payload(scope, p.memory))
+            for p in points
+        ]
+        await self._run(lambda shard: shard.update(qe.UpdateOperation.upsert_points(batch)))
+
+    async def existing_ids(self, scope: Scope, ids: Sequence[str]) -> set[str]:
+        found = await self._run(lambda shard: shard.retrieve(list(ids), True, False))
+        return {str(r.id) for r in found if in_scope(r.payload, scope)}
+
+    async def search(
+        self,
+        scope: Scope,
+        vector: Sequence[float],
+        limit: int,
+        conditions: Sequence[Condition] = (),
+        min_score: float | None = None,
+    ) -> list[MemoryRecord]:
+        request = qe.QueryRequest(
+            limit=limit,
+            query=qe.Query.Nearest(list(vector)),
+            filter=_filter([*scope_conditions(scope), *conditions]),
+            with_payload=True,
+            score_threshold=min_score,
+        )
+        hits = await self._run(lambda shard: shard.query(request))
+        return [_record(hit, hit.score) for hit in hits]
+
+    async def get(self, tenant: str, memory_id: str) -> MemoryRecord | None:
+        found = await self._run(lambda shard: shard.retrieve([memory_id], True, False))
+        for point in found:
+            if point.payload and point.payload.get("tenant") == tenant:
+                return _record(point)
+        return None
+
+    async def list(
+        self, scope: Scope, limit: int, cursor: str | None
+    ) -> tuple[list[MemoryRecord], str | None]:
+        request = qe.ScrollRequest(
+            offset=cursor, limit=limit, filter=_filter(scope_conditions(scope)), with_payload=True
+        )
+        points, next_offset = await self._run(lambda shard: shard.scroll(request))
+        return [_record(p) for p in points], (str(next_offset) if next_offset else None)
+
+    async def delete(self, scope: Scope, memory_id: str) -> bool:
+        if not await self.existing_ids(scope, [memory_id]):
+            return False
+        await self._run(lambda shard: shard.update(qe.UpdateOperation.delete_points([memory_id])))
+        return True
+
+    async def delete_scope(self, scope: Scope) -> int:
+        selector = _filter(scope_conditions(scope))
+
+        def forget(shard: qe.EdgeShard) -> int:
+            count = shard.count(qe.CountRequest(filter=selector))
+            shard.update(qe.UpdateOperation.delete_points_by_filter(selector))
+            return count
+
+        return await self._run(forget)

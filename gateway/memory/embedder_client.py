@@ -1,0 +1,94 @@
+"""Client of the embedding service (OpenAI ``/v1/embeddings``)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import httpx
+
+from gateway.metrics import GatewayMetrics
+from gateway.monitor import ProbeFailed
+
+
+class EmbedderUnavailable(Exception):
+    """The embedder cannot embed right now (down, loading, overloaded)."""
+
+
+class EmbedderRejected(Exception):
+    """The embedder refused the input itself (a 4xx): retrying will not help."""
+
+
+def service_root(base_url: str) -> str:
+    """``http://host:8081/v1`` → ``http://host:8081`` (where ``/health`` lives)."""
+    return base_url[: -len("/v1")] if base_url.endswith("/v1") else base_url
+
+
+class EmbedderClient:
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        base_url: str,
+        dimension: int,
+        metrics: GatewayMetrics,
+        api_key: str | None = None,
+    ) -> None:
+        self._http = http
+        self._url = f"{base_url}/embeddings"
+        self._health_url = f"{service_root(base_url)}/health"
+        self._dimension = dimension
+        self._metrics = metrics
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        started = time.perf_counter()
+        try:
+            response = await self._http.post(
+                self._url, json={"input": list(texts)}, headers=self._headers
+            )
+        except httpx.TransportError as exc:
+            self._metrics.embedder_errors.labels("unreachable").inc()
+            raise EmbedderUnavailable(f"embedder unreachable: {type(exc).__name__}") from exc
+        finally:
+            self._metrics.embedder_duration.observe(time.perf_counter() - started)
+        if response.status_code >= 500 or response.status_code == 429:
+            self._metrics.embedder_errors.labels(f"http_{response.status_code}").inc()
+            raise EmbedderUnavailable(f"embedder answered {response.status_code}")
+        if response.status_code != 200:
+            self._metrics.embedder_errors.labels("rejected").inc()
+            raise EmbedderRejected(_error_message(response))
+        data = sorted(response.json()["data"], key=lambda item: item["index"])
+        vectors: list[list[float]] = [item["embedding"] for item in data]
+        if len(vectors) != len(texts) or any(len(v) != self._dimension for v in vectors):
+            self._metrics.embedder_errors.labels("bad_response").inc()
+            raise EmbedderUnavailable(
+                f"embedder returned vectors that do not match GATEWAY_EMBEDDING_DIM="
+                f"{self._dimension}"
+            )
+        return vectors
+
+    async def probe(self) -> None:
+        """Health probe for the monitor: ready means the model is loaded."""
+        try:
+            response = await self._http.get(self._health_url)
+        except httpx.ConnectError as exc:
+            raise ProbeFailed(f"connection refused: {exc}", starting=True) from exc
+        except httpx.TransportError as exc:
+            raise ProbeFailed(f"{type(exc).__name__}: {exc}") from exc
+        if response.status_code == 503:
+            raise ProbeFailed("embedder is loading its model", starting=True)
+        if response.status_code != 200:
+            raise ProbeFailed(f"health answered {response.status_code}")
+        dimension = response.json().get("dimension")
+        if dimension is not None and dimension != self._dimension:
+            raise ProbeFailed(
+                f"embedder produces {dimension}-dimensional vectors but "
+                f"GATEWAY_EMBEDDING_DIM is {self._dimension}"
+            )
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        return str(response.json()["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return f"embedder answered {response.status_code}"

@@ -1,0 +1,180 @@
+"""The Qdrant server adapter, through ``AsyncQdrantClient``.
+
+``url=":memory:"`` runs qdrant-client's local in-process mode: the tests use
+it to hold this adapter to the same contract as the Edge one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Sequence
+from typing import Any, TypeVar
+
+import httpx
+from qdrant_client import AsyncQdrantClient, models
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+from gateway.memory.records import (
+    Condition,
+    MemoryRecord,
+    Scope,
+    from_payload,
+    in_scope,
+    scope_conditions,
+    to_payload,
+)
+from gateway.memory.store import DimensionMismatch, StoredPoint, StoreUnavailable
+
+T = TypeVar("T")
+
+
+def _filter(conditions: Sequence[Condition]) -> models.Filter:
+    must: list[Any] = []
+    for cond in conditions:
+        match: Any = (
+            models.MatchValue(value=cond.values[0])
+            if len(cond.values) == 1
+            else models.MatchAny(any=list(cond.values))  # type: ignore[arg-type]
+        )
+        must.append(models.FieldCondition(key=cond.path, match=match))
+    return models.Filter(must=must)
+
+
+def _record(point: Any, score: float | None = None) -> MemoryRecord:
+    return from_payload(str(point.id), point.payload or {}, score)
+
+
+class QdrantServerStore:
+    name = "qdrant"
+
+    def __init__(
+        self, url: str, api_key: str | None, collection: str, dimension: int, timeout_s: float = 5.0
+    ) -> None:
+        self._collection = collection
+        self._dimension = dimension
+        if url == ":memory:":
+            self._client = AsyncQdrantClient(location=":memory:")
+        else:
+            self._client = AsyncQdrantClient(url=url, api_key=api_key, timeout=int(timeout_s))
+
+    async def _call(self, awaitable: Awaitable[T]) -> T:
+        try:
+            return await awaitable
+        except (ResponseHandlingException, httpx.TransportError) as exc:
+            raise StoreUnavailable(f"qdrant unreachable: {type(exc).__name__}") from exc
+        except UnexpectedResponse as exc:
+            if exc.status_code is not None and exc.status_code >= 500:
+                raise StoreUnavailable(f"qdrant answered {exc.status_code}") from exc
+            raise
+
+    async def open(self) -> None:
+        if await self._call(self._client.collection_exists(self._collection)):
+            info = await self._call(self._client.get_collection(self._collection))
+            vectors = info.config.params.vectors
+            size = vectors.size if isinstance(vectors, models.VectorParams) else None
+            if size != self._dimension:
+                raise DimensionMismatch(
+                    f"Qdrant collection {self._collection!r} has vectors of size {size}, "
+                    f"the embedder produces {self._dimension}: use another "
+                    "GATEWAY_QDRANT_COLLECTION or re-embed the memories"
+                )
+            return
+        await self._call(
+            self._client.create_collection(
+                self._collection,
+                vectors_config=models.VectorParams(
+                    size=self._dimension, distance=models.Distance.COSINE
+                ),
+            )
+        )
+        await self._call(
+            self._client.create_payload_index(
+                self._collection,
+                "tenant",
+                field_schema=models.KeywordIndexParams(
+                    type=models.KeywordIndexType.KEYWORD, is_tenant=True
+                ),
+            )
+        )
+        await self._call(
+            self._client.create_payload_index(
+                self._collection, "user_id", field_schema=models.PayloadSchemaType.KEYWORD
+            )
+        )
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def ping(self) -> None:
+        await self._call(self._client.collection_exists(self._collection))
+
+    async def upsert(self, scope: Scope, points: Sequence[StoredPoint]) -> None:
+        batch = [
+            models.PointStruct(id=p.id, vector=list(p.vector), payload=to_payload(scope, p.memory))
+            for p in points
+        ]
+        await self._call(self._client.upsert(self._collection, batch, wait=True))
+
+    async def existing_ids(self, scope: Scope, ids: Sequence[str]) -> set[str]:
+        found = await self._call(self._client.retrieve(self._collection, list(ids)))
+        return {str(r.id) for r in found if in_scope(r.payload, scope)}
+
+    async def search(
+        self,
+        scope: Scope,
+        vector: Sequence[float],
+        limit: int,
+        conditions: Sequence[Condition] = (),
+        min_score: float | None = None,
+    ) -> list[MemoryRecord]:
+        response = await self._call(
+            self._client.query_points(
+                self._collection,
+                query=list(vector),
+                query_filter=_filter([*scope_conditions(scope), *conditions]),
+                limit=limit,
+                with_payload=True,
+                score_threshold=min_score,
+            )
+        )
+        return [_record(hit, hit.score) for hit in response.points]
+
+    async def get(self, tenant: str, memory_id: str) -> MemoryRecord | None:
+        found = await self._call(self._client.retrieve(self._collection, [memory_id]))
+        for point in found:
+            if point.payload and point.payload.get("tenant") == tenant:
+                return _record(point)
+        return None
+
+    async def list(
+        self, scope: Scope, limit: int, cursor: str | None
+    ) -> tuple[list[MemoryRecord], str | None]:
+        points, next_offset = await self._call(
+            self._client.scroll(
+                self._collection,
+                scroll_filter=_filter(scope_conditions(scope)),
+                limit=limit,
+                offset=cursor,
+                with_payload=True,
+            )
+        )
+        return [_record(p) for p in points], (str(next_offset) if next_offset else None)
+
+    async def delete(self, scope: Scope, memory_id: str) -> bool:
+        if not await self.existing_ids(scope, [memory_id]):
+            return False
+        await self._call(
+            self._client.delete(
+                self._collection, models.PointIdsList(points=[memory_id]), wait=True
+            )
+        )
+        return True
+
+    async def delete_scope(self, scope: Scope) -> int:
+        selector = _filter(scope_conditions(scope))
+        counted = await self._call(
+            self._client.count(self._collection, count_filter=selector, exact=True)
+        )
+        await self._call(
+            self._client.delete(self._collection, models.FilterSelector(filter=selector), wait=True)
+        )
+        return counted.count

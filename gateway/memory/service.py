@@ -1,0 +1,223 @@
+"""The memory service: writes, searches and recalls, over a store and an embedder.
+
+Writes take one of two paths. The memory API writes at once (one embedder
+call for the whole batch, then one upsert) and answers 201; when the embedder
+or the store is down, or older writes are still queued, the batch goes to the
+durable outbox instead and the API answers 202. Memories from chat always go
+through the outbox: it is written before the background store starts, so a
+gateway killed right after answering still has them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from gateway.memory.embedder_client import EmbedderClient, EmbedderRejected, EmbedderUnavailable
+from gateway.memory.outbox import Outbox
+from gateway.memory.records import (
+    Condition,
+    MemoryRecord,
+    NewMemory,
+    Scope,
+    dedupe_texts,
+    memory_id,
+)
+from gateway.memory.store import StoredPoint, StoreUnavailable, VectorStore
+from gateway.metrics import GatewayMetrics
+from gateway.monitor import Monitor, next_backoff
+
+logger = logging.getLogger("gateway.memory")
+
+ADD, NONE = "ADD", "NONE"
+
+
+class MemoryUnavailable(Exception):
+    """Memory cannot be read right now: the embedder or the vector store is down."""
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    id: str
+    memory: str
+    event: str  # ADD: new; NONE: this text was already stored for the user
+
+
+@dataclass(frozen=True)
+class AddOutcome:
+    results: list[WriteResult]
+    queued: bool
+
+
+class MemoryService:
+    def __init__(
+        self,
+        store: VectorStore,
+        embedder: EmbedderClient,
+        outbox: Outbox,
+        metrics: GatewayMetrics,
+        embedder_monitor: Monitor,
+        store_monitor: Monitor,
+    ) -> None:
+        self.store = store
+        self._embedder = embedder
+        self._outbox = outbox
+        self._metrics = metrics
+        self._embedder_monitor = embedder_monitor
+        self._store_monitor = store_monitor
+        self._replay_wake = asyncio.Event()
+        self._replayer: asyncio.Task[None] | None = None
+
+    @property
+    def available(self) -> bool:
+        return self._embedder_monitor.healthy and self._store_monitor.healthy
+
+    # -- writes --------------------------------------------------------------
+
+    async def add(self, scope: Scope, memories: Sequence[NewMemory]) -> AddOutcome:
+        """Write now if possible, else queue durably. Raises EmbedderRejected on bad input."""
+        unique = dedupe_texts(memories)
+        source = unique[0].source if unique else "api"
+        if self.available and self._outbox.depth == 0:
+            try:
+                results = await self.write_now(scope, unique)
+            except (EmbedderUnavailable, StoreUnavailable) as exc:
+                self._report(exc)
+            else:
+                for result in results:
+                    outcome = "stored" if result.event == ADD else "duplicate"
+                    self._metrics.memory_writes.labels(source, outcome).inc()
+                return AddOutcome(results, queued=False)
+        await self.enqueue(scope, unique)
+        results = [WriteResult(memory_id(scope, m.text), m.text, ADD) for m in unique]
+        return AddOutcome(results, queued=True)
+
+    async def enqueue(self, scope: Scope, memories: Sequence[NewMemory]) -> None:
+        if not memories:
+            return
+        await self._outbox.put(scope, memories)
+        self._metrics.memory_writes.labels(memories[0].source, "queued").inc(len(memories))
+        self._metrics.outbox_depth.set(self._outbox.depth)
+        self._replay_wake.set()
+
+    async def write_now(self, scope: Scope, memories: Sequence[NewMemory]) -> list[WriteResult]:
+        ids = [memory_id(scope, m.text) for m in memories]
+        existing = await self.store.existing_ids(scope, ids) if ids else set()
+        fresh = [(i, m) for i, m in zip(ids, memories, strict=True) if i not in existing]
+        if fresh:
+            vectors = await self._embedder.embed([m.text for _, m in fresh])
+            points = [StoredPoint(i, v, m) for (i, m), v in zip(fresh, vectors, strict=True)]
+            await self.store.upsert(scope, points)
+        return [
+            WriteResult(i, m.text, NONE if i in existing else ADD)
+            for i, m in zip(ids, memories, strict=True)
+        ]
+
+    async def forget(self, scope: Scope) -> int:
+        """Delete a user's memories, queued ones included, so replay cannot revive them."""
+        purged = await self._outbox.purge(scope)
+        self._metrics.outbox_depth.set(self._outbox.depth)
+        return purged + await self.store.delete_scope(scope)
+
+    # -- reads ---------------------------------------------------------------
+
+    async def search(
+        self,
+        scope: Scope,
+        query: str,
+        limit: int,
+        conditions: Sequence[Condition] = (),
+        min_score: float | None = None,
+    ) -> list[MemoryRecord]:
+        try:
+            [vector] = await self._embedder.embed([query])
+            return await self.store.search(scope, vector, limit, conditions, min_score)
+        except (EmbedderUnavailable, StoreUnavailable) as exc:
+            self._report(exc)
+            raise MemoryUnavailable(str(exc)) from exc
+
+    async def recall(
+        self, scope: Scope, query: str, limit: int, min_score: float
+    ) -> list[MemoryRecord]:
+        """Memories for a chat turn. Raises MemoryUnavailable when degraded."""
+        if not self.available:
+            self._metrics.recalls.labels("degraded").inc()
+            raise MemoryUnavailable("memory dependencies are down")
+        started = time.perf_counter()
+        try:
+            records = await self.search(scope, query, limit, (), min_score)
+        except MemoryUnavailable:
+            self._metrics.recalls.labels("degraded").inc()
+            raise
+        self._metrics.recall_duration.observe(time.perf_counter() - started)
+        self._metrics.recall_hits.observe(len(records))
+        self._metrics.recalls.labels("hit" if records else "miss").inc()
+        return records
+
+    def _report(self, exc: Exception) -> None:
+        monitor = self._embedder_monitor if isinstance(exc, EmbedderUnavailable) else None
+        monitor = monitor or self._store_monitor
+        monitor.report_failure(str(exc))
+
+    # -- outbox replay -------------------------------------------------------
+
+    def start_replayer(self) -> None:
+        self._metrics.outbox_depth.set(self._outbox.depth)
+        self._replayer = asyncio.create_task(self._replay_forever(), name="outbox-replay")
+
+    async def stop_replayer(self) -> None:
+        if self._replayer is not None:
+            self._replayer.cancel()
+            await asyncio.gather(self._replayer, return_exceptions=True)
+
+    def wake_replayer(self) -> None:
+        self._replay_wake.set()
+
+    async def drain(self) -> int:
+        """Replay queued entries until empty or blocked; return how many were applied."""
+        applied = 0
+        while self.available:
+            entry = await self._outbox.head()
+            if entry is None:
+                break
+            try:
+                results = await self.write_now(entry.scope, entry.memories)
+            except (EmbedderUnavailable, StoreUnavailable) as exc:
+                self._report(exc)
+                await self._outbox.failed(entry.seq, str(exc))
+                self._metrics.outbox_replays.labels("retry").inc()
+                break
+            except EmbedderRejected as exc:
+                logger.error("outbox entry %d rejected by the embedder: %s", entry.seq, exc)
+                await self._outbox.bury(entry.seq, str(exc))
+                self._metrics.outbox_replays.labels("dead").inc()
+            else:
+                await self._outbox.done(entry.seq)
+                self._metrics.outbox_replays.labels("success").inc()
+                for result, memory in zip(results, entry.memories, strict=True):
+                    outcome = "stored" if result.event == ADD else "duplicate"
+                    self._metrics.memory_writes.labels(memory.source, outcome).inc()
+                applied += 1
+            finally:
+                self._metrics.outbox_depth.set(self._outbox.depth)
+        return applied
+
+    async def _replay_forever(self) -> None:
+        delay = 0.0
+        while True:
+            self._replay_wake.clear()
+            try:
+                await self.drain()
+            except Exception:  # keep replaying whatever goes wrong once
+                logger.exception("outbox replay failed")
+            if self._outbox.depth == 0:
+                delay = 0.0
+                await self._replay_wake.wait()
+                continue
+            delay = next_backoff(delay, base_s=0.1, cap_s=5.0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._replay_wake.wait(), delay)

@@ -1,0 +1,64 @@
+"""The vector store interface, implemented for Qdrant Edge and the Qdrant server."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from gateway.memory.records import Condition, MemoryRecord, NewMemory, Scope
+
+
+class StoreUnavailable(Exception):
+    """The vector store cannot be reached right now; the caller may retry later."""
+
+
+class DimensionMismatch(Exception):
+    """The collection exists with another vector size: refuse, never corrupt."""
+
+
+@dataclass(frozen=True)
+class StoredPoint:
+    id: str
+    vector: Sequence[float]
+    memory: NewMemory
+
+
+class VectorStore(Protocol):
+    """Every method filters by ``scope``: nothing crosses tenants or users."""
+
+    name: str
+
+    async def open(self) -> None:
+        """Create or load the collection; raise DimensionMismatch on a size conflict."""
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailable when the store cannot serve."""
+
+    async def upsert(self, scope: Scope, points: Sequence[StoredPoint]) -> None: ...
+
+    async def existing_ids(self, scope: Scope, ids: Sequence[str]) -> set[str]: ...
+
+    async def search(
+        self,
+        scope: Scope,
+        vector: Sequence[float],
+        limit: int,
+        conditions: Sequence[Condition] = (),
+        min_score: float | None = None,
+    ) -> list[MemoryRecord]: ...
+
+    async def get(self, tenant: str, memory_id: str) -> MemoryRecord | None:
+        """A memory by id, only when it belongs to ``tenant``."""
+
+    async def list(
+        self, scope: Scope, limit: int, cursor: str | None
+    ) -> tuple[list[MemoryRecord], str | None]: ...
+
+    async def delete(self, scope: Scope, memory_id: str) -> bool:
+        """Delete one memory of this scope; False when it is not in the scope."""
+
+    async def delete_scope(self, scope: Scope) -> int:
+        """Forget a user: delete all their memories, return how many there were."""

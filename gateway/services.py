@@ -1,0 +1,54 @@
+"""What the lifespan builds and the routers use, kept on ``app.state.services``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+import httpx
+from fastapi import Depends, Request
+
+from gateway.memory.outbox import Outbox
+from gateway.memory.service import MemoryService
+from gateway.metrics import GatewayMetrics
+from gateway.monitor import Monitor
+from gateway.settings import Settings
+from gateway.upstream.pool import UpstreamPool
+
+logger = logging.getLogger("gateway")
+
+
+@dataclass
+class Services:
+    settings: Settings
+    metrics: GatewayMetrics
+    pool: UpstreamPool
+    memory: MemoryService
+    outbox: Outbox
+    embedder_monitor: Monitor
+    store_monitor: Monitor
+    upstream_timeout: httpx.Timeout
+    stream_timeout: httpx.Timeout
+    background: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
+        """Run work after the response; shutdown waits for it (see the lifespan)."""
+        task = asyncio.create_task(coro, name=name)
+        self.background.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        self.background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("background task %s failed: %r", task.get_name(), task.exception())
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]

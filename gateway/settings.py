@@ -1,0 +1,85 @@
+"""Gateway configuration, read from ``GATEWAY_*`` environment variables."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the gateway. The env name is ``GATEWAY_`` + the field name."""
+
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    log_level: str = "info"
+
+    # The LLM upstream (vLLM or any OpenAI-compatible server) and an optional fallback.
+    llm_url: str = "http://localhost:8000/v1"
+    llm_api_key: str | None = None
+    fallback_llm_url: str | None = None
+    fallback_llm_api_key: str | None = None
+    fallback_llm_model: str | None = None
+    connect_timeout_s: float = Field(default=2.0, gt=0)
+    read_timeout_s: float = Field(default=120.0, gt=0)
+    # Upper bound on one whole non-streaming upstream call.
+    total_timeout_s: float = Field(default=600.0, gt=0)
+    # A stream that sends nothing for this long is ended with an error event.
+    stream_idle_timeout_s: float = Field(default=60.0, gt=0)
+    retry_attempts: int = Field(default=3, ge=1, le=10)
+    health_interval_s: float = Field(default=5.0, gt=0)
+
+    # Embedding service and vector store.
+    embedder_url: str = "http://localhost:8081/v1"
+    embedder_api_key: str | None = None
+    embedder_timeout_s: float = Field(default=10.0, gt=0)
+    embedding_dim: int = Field(default=384, gt=0)
+    qdrant_url: str | None = None
+    qdrant_api_key: str | None = None
+    qdrant_collection: str = "memgate_memories"
+    data_dir: Path = Path("./data")
+
+    # Memory behaviour.
+    memory_top_k: int = Field(default=5, ge=0, le=100)
+    memory_min_score: float = Field(default=0.1, ge=-1.0, le=1.0)
+    memory_required: bool = False
+
+    # Auth: comma-separated ``tenant:key`` pairs. Unset = no auth, loopback only.
+    api_keys: str | None = None
+    admin_key: str | None = None
+    allow_unauthenticated: bool = False
+    config: Path | None = None
+
+    @field_validator("llm_url", "fallback_llm_url", "embedder_url", "qdrant_url")
+    @classmethod
+    def _strip_trailing_slash(cls, value: str | None) -> str | None:
+        return value.rstrip("/") if value else value
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.api_keys)
+
+    def check_bind_address(self) -> None:
+        """Refuse to serve memories unauthenticated beyond this machine.
+
+        Raises ``ValueError`` with a message meant for the operator.
+        """
+        if self.auth_enabled or self.allow_unauthenticated or is_loopback(self.host):
+            return
+        raise ValueError(
+            f"refusing to listen on {self.host} without API keys: set GATEWAY_API_KEYS "
+            "(tenant:key,...), bind 127.0.0.1, or set GATEWAY_ALLOW_UNAUTHENTICATED=true"
+        )
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,1 @@
+"""LLM upstreams: the client, health monitor, circuit breaker, retries and fallback."""

@@ -1,0 +1,82 @@
+"""A circuit breaker per upstream: a pure state machine, driven by a clock.
+
+closed → open after ``failure_threshold`` consecutive failures; open → half_open
+once ``reset_timeout_s`` has passed, letting exactly one trial request through;
+the trial's success closes the breaker, its failure opens it again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+
+
+class CircuitBreaker:
+    def __init__(
+        self,
+        failure_threshold: int = 5,
+        reset_timeout_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+        on_change: Callable[[str], None] | None = None,
+    ) -> None:
+        self._threshold = failure_threshold
+        self._reset_timeout_s = reset_timeout_s
+        self._clock = clock
+        self._on_change = on_change
+        self._state = CLOSED
+        self._failures = 0
+        self._opened_at = 0.0
+        self._trial_in_flight = False
+
+    @property
+    def state(self) -> str:
+        if self._state == OPEN and self._clock() - self._opened_at >= self._reset_timeout_s:
+            self._set(HALF_OPEN)
+        return self._state
+
+    def allow(self) -> bool:
+        """May a request go out now? In half-open, only one trial at a time."""
+        state = self.state
+        if state == CLOSED:
+            return True
+        if state == HALF_OPEN and not self._trial_in_flight:
+            self._trial_in_flight = True
+            return True
+        return False
+
+    def would_allow(self) -> bool:
+        """Like allow(), without claiming the half-open trial."""
+        state = self.state
+        return state == CLOSED or (state == HALF_OPEN and not self._trial_in_flight)
+
+    def record_success(self) -> None:
+        self._failures = 0
+        self._trial_in_flight = False
+        self._set(CLOSED)
+
+    def record_failure(self) -> None:
+        self._trial_in_flight = False
+        if self._state == HALF_OPEN:
+            self._open()
+            return
+        self._failures += 1
+        if self._failures >= self._threshold:
+            self._open()
+
+    def reset(self) -> None:
+        """The health monitor saw the upstream come back: trust it again."""
+        self._failures = 0
+        self._trial_in_flight = False
+        self._set(CLOSED)
+
+    def _open(self) -> None:
+        self._opened_at = self._clock()
+        self._set(OPEN)
+
+    def _set(self, state: str) -> None:
+        if state != self._state:
+            self._state = state
+            if self._on_change is not None:
+                self._on_change(state)
