@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml
 # The embedded default: the embedder process, and the gateway with Qdrant Edge
 # in-process under GATEWAY_DATA_DIR; the LLM is whatever GATEWAY_LLM_URL points at.
 run: $(STAMP)
-	@$(BIN)/python -m tools.run_stack
+	@PY=$(BIN)/python bash tools/run_stack.sh
 
 run-embedder: $(STAMP)
 	$(BIN)/python -m embedder
@@ -36,8 +36,10 @@ run-embedder: $(STAMP)
 run-gateway: $(STAMP)
 	$(BIN)/python -m gateway
 
+# The monitoring tests need a real Prometheus: installed here when missing.
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	./tools/install_prometheus.sh
+	MEMGATE_REQUIRE_PROMETHEUS=1 $(BIN)/python -m pytest
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not e2e"

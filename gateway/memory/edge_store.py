@@ -126,10 +126,7 @@ class EdgeStore:
         await self._run(lambda shard: shard.info())
 
     async def upsert(self, scope: Scope, points: Sequence[StoredPoint]) -> None:
-        batch = [
-            qe.Point(p.id, list(p.vector), to_payload(scope, p.memory))
-            for p in points
-        ]
+        batch = [qe.Point(p.id, list(p.vector), to_payload(scope, p.memory)) for p in points]
         await self._run(lambda shard: shard.update(qe.UpdateOperation.upsert_points(batch)))
 
     async def existing_ids(self, scope: Scope, ids: Sequence[str]) -> set[str]:

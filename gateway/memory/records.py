@@ -9,6 +9,7 @@ queued write can never duplicate it.
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from collections.abc import Mapping, Sequence
@@ -76,8 +77,10 @@ class Condition:
 
 
 def memory_id(scope: Scope, text: str) -> str:
-    # The separator cannot occur in a tenant name, so scopes never collide.
-    return str(uuid.uuid5(_ID_NAMESPACE, f"{scope.tenant}\x1f{scope.user_id}\x1f{text}"))
+    # A JSON array is an unambiguous encoding: no choice of tenant, user or text
+    # can make two different triples produce the same key.
+    key = json.dumps([scope.tenant, scope.user_id, text], ensure_ascii=False)
+    return str(uuid.uuid5(_ID_NAMESPACE, key))
 
 
 def to_payload(scope: Scope, memory: NewMemory) -> dict[str, Any]:

@@ -1,0 +1,107 @@
+"""The embedder's HTTP surface, with a fake model (the e2e tests use the real one)."""
+
+from __future__ import annotations
+
+import base64
+import threading
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from embedder.app import create_app
+from embedder.model import Encoder
+from embedder.settings import EmbedderSettings
+from tests.embedder.fake_encoder import FakeEncoder
+from tests.support.stack import wait_until
+
+
+def client_for(load: object, **settings: object) -> TestClient:
+    app = create_app(EmbedderSettings(**settings), load_encoder=load)  # type: ignore[arg-type]
+    return TestClient(app)
+
+
+@pytest.fixture
+def client() -> Iterator[TestClient]:
+    with client_for(lambda s: FakeEncoder(), max_inputs=4, max_input_chars=10) as c:
+        wait_until(lambda: c.get("/health").status_code == 200, 5)
+        yield c
+
+
+def test_health_is_503_until_the_model_is_loaded() -> None:
+    gate = threading.Event()
+
+    def slow_load(_: EmbedderSettings) -> Encoder:
+        gate.wait(5)
+        return FakeEncoder()
+
+    with client_for(slow_load) as c:
+        loading = c.get("/health")
+        assert loading.status_code == 503 and loading.json()["status"] == "loading"
+        assert c.post("/v1/embeddings", json={"input": "x"}).status_code == 503
+        gate.set()
+        wait_until(lambda: c.get("/health").status_code == 200, 5)
+        assert c.get("/health").json() == {"status": "ok", "model": "fake", "dimension": 3}
+
+
+def test_a_failed_load_is_reported_and_stops_the_service() -> None:
+    stopped = threading.Event()
+
+    def broken(_: EmbedderSettings) -> Encoder:
+        raise OSError("weights not found")
+
+    app = create_app(EmbedderSettings(), load_encoder=broken, on_load_failure=stopped.set)
+    with TestClient(app) as c:
+        assert stopped.wait(5)
+        body = c.get("/health").json()
+        assert body["status"] == "failed" and "weights not found" in body["error"]
+
+
+def test_embeddings_in_openai_shape(client: TestClient) -> None:
+    body = client.post("/v1/embeddings", json={"input": ["a b", "ccc"], "model": "x"}).json()
+    assert body["object"] == "list" and body["model"] == "fake"
+    assert [d["index"] for d in body["data"]] == [0, 1]
+    assert body["data"][1]["embedding"] == [3.0, 1.0, 1.0]
+    assert body["usage"] == {"prompt_tokens": 3, "total_tokens": 3}
+    single = client.post("/v1/embeddings", json={"input": "solo"}).json()
+    assert len(single["data"]) == 1
+
+
+def test_base64_encoding_matches_floats(client: TestClient) -> None:
+    body = client.post("/v1/embeddings", json={"input": "ab", "encoding_format": "base64"}).json()
+    decoded = np.frombuffer(base64.b64decode(body["data"][0]["embedding"]), dtype="<f4")
+    assert decoded.tolist() == [2.0, 0.0, 1.0]
+
+
+@pytest.mark.parametrize(
+    ("payload", "fragment"),
+    [
+        ({"input": []}, "must not be empty"),
+        ({"input": ["ok", ""]}, "input[1] is empty"),
+        ({"input": ["a"] * 5}, "at most 4"),
+        ({"input": "x" * 11}, "11 characters; at most 10"),
+        ({"input": [1, 2]}, "input"),
+        ({"input": "x", "dimensions": 7}, "dimensions=7"),
+        ({}, "input"),
+    ],
+)
+def test_bad_input_is_a_clear_400(client: TestClient, payload: object, fragment: str) -> None:
+    response = client.post("/v1/embeddings", json=payload)
+    assert response.status_code == 400
+    assert fragment in response.json()["error"]["message"]
+
+
+def test_malformed_json_is_400(client: TestClient) -> None:
+    response = client.post(
+        "/v1/embeddings", content=b"{nope", headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_json"
+
+
+def test_metrics_count_batches_and_inputs(client: TestClient) -> None:
+    client.post("/v1/embeddings", json={"input": ["a", "b"]})
+    text = client.get("/metrics").text
+    assert "embedder_inputs_total 2.0" in text
+    assert 'embedder_requests_total{status="200"} 1.0' in text
+    assert 'embedder_model_info{dimension="3",model="fake"} 1.0' in text

@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+
+from gateway.memory.outbox import Outbox, decode_memories, encode_memories
+from gateway.memory.records import NewMemory, Scope
+
+WHEN = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
+ALICE, BOB = Scope("t", "alice"), Scope("t", "bob")
+
+
+def memory(text: str) -> NewMemory:
+    return NewMemory(text, WHEN, {"k": [1, None]}, "s", "user", "chat")
+
+
+def test_encoding_round_trips() -> None:
+    items = [memory("a"), NewMemory("b", WHEN)]
+    assert decode_memories(encode_memories(items)) == items
+
+
+async def test_entries_come_back_in_order_and_survive_reopen(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.sqlite3")
+    box.open()
+    await box.put(ALICE, [memory("first")])
+    await box.put(BOB, [memory("second")])
+    assert box.depth == 2
+    box.close()  # as if the process died: nothing but the file remains
+
+    again = Outbox(tmp_path / "o.sqlite3")
+    again.open()
+    assert again.depth == 2
+    head = await again.head()
+    assert head is not None and head.scope == ALICE and head.memories == [memory("first")]
+    await again.failed(head.seq, "embedder down")
+    head2 = await again.head()
+    assert head2 is not None and head2.seq == head.seq and head2.attempts == 1
+    await again.done(head.seq)
+    head3 = await again.head()
+    assert head3 is not None and head3.scope == BOB
+    assert again.depth == 1
+
+
+async def test_wal_mode_is_on(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.sqlite3")
+    box.open()
+    mode = sqlite3.connect(tmp_path / "o.sqlite3").execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+    box.close()
+
+
+async def test_bury_keeps_the_entry_in_dead(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.sqlite3")
+    box.open()
+    seq = await box.put(ALICE, [memory("bad")])
+    await box.bury(seq, "rejected")
+    assert box.depth == 0 and box.dead_count() == 1
+    assert await box.head() is None
+
+
+async def test_purge_drops_only_that_user(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.sqlite3")
+    box.open()
+    await box.put(ALICE, [memory("a1")])
+    await box.put(BOB, [memory("b1")])
+    await box.put(ALICE, [memory("a2")])
+    assert await box.purge(ALICE) == 2
+    assert box.depth == 1
+    head = await box.head()
+    assert head is not None and head.scope == BOB

@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+
+from gateway.memory.records import (
+    Condition,
+    NewMemory,
+    Scope,
+    dedupe_texts,
+    from_payload,
+    memory_id,
+    parse_filters,
+    parse_timestamp,
+    to_payload,
+)
+
+NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+def test_memory_id_is_deterministic_and_scoped() -> None:
+    alice = Scope("acme", "alice")
+    assert memory_id(alice, "likes tea") == memory_id(Scope("acme", "alice"), "likes tea")
+    assert memory_id(alice, "likes tea") != memory_id(Scope("acme", "bob"), "likes tea")
+    assert memory_id(alice, "likes tea") != memory_id(Scope("globex", "alice"), "likes tea")
+    assert memory_id(alice, "likes tea") != memory_id(alice, "likes coffee")
+
+
+def test_scope_separator_prevents_collisions() -> None:
+    assert memory_id(Scope("a", "b\x1fc"), "t") != memory_id(Scope("a\x1fb", "c"), "t")
+
+
+def test_payload_round_trip_keeps_metadata_unchanged() -> None:
+    metadata = {"dia_id": "D1:3", "nested": {"list": [1, 2.5, None, "x"]}, "flag": True}
+    memory = NewMemory("text", NOW, metadata, "s1", "user", "api")
+    payload = to_payload(Scope("t", "u"), memory)
+    record = from_payload("id-1", payload, 0.5)
+    assert record.metadata == metadata
+    assert record.created_at == NOW
+    assert (record.user_id, record.session_id, record.role) == ("u", "s1", "user")
+    assert record.score == 0.5
+    assert payload["tenant"] == "t" and payload["created_ts"] == NOW.timestamp()
+
+
+def test_timestamp_without_zone_is_utc() -> None:
+    assert parse_timestamp("2023-05-08T13:56:00", NOW) == datetime(2023, 5, 8, 13, 56, tzinfo=UTC)
+    plus2 = parse_timestamp("2023-05-08T13:56:00+02:00", NOW)
+    assert plus2.utcoffset() == timedelta(hours=2)
+    assert plus2.astimezone(UTC).hour == 11
+    assert parse_timestamp(None, NOW) == NOW
+    with pytest.raises(ValueError):
+        parse_timestamp("last tuesday", NOW)
+
+
+def test_stored_time_is_normalised_to_utc() -> None:
+    local = datetime(2023, 5, 8, 15, 0, tzinfo=timezone(timedelta(hours=2)))
+    payload = to_payload(Scope("t", "u"), NewMemory("x", local))
+    assert payload["created_at"] == "2023-05-08T13:00:00+00:00"
+
+
+def test_filters_map_to_metadata_and_cannot_reach_scope_fields() -> None:
+    assert parse_filters({"dia_id": "D1:3", "session_id": ["a", "b"]}) == [
+        Condition("metadata.dia_id", ("D1:3",)),
+        Condition("session_id", ("a", "b")),
+    ]
+    assert parse_filters({"tenant": "other"}) == [Condition("metadata.tenant", ("other",))]
+    for bad in ({"a.b": 1}, {"x": {"nested": 1}}, {"x": []}, {"": 1}, {"x": 1.5}):
+        with pytest.raises(ValueError):
+            parse_filters(bad)
+    assert parse_filters(None) == []
+
+
+def test_dedupe_keeps_first_occurrence() -> None:
+    items = [NewMemory("a", NOW), NewMemory("b", NOW), NewMemory("a", NOW, {"later": 1})]
+    assert [(m.text, dict(m.metadata)) for m in dedupe_texts(items)] == [("a", {}), ("b", {})]

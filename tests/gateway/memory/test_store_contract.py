@@ -1,0 +1,165 @@
+"""One contract, two adapters: Qdrant Edge (in-process) and the Qdrant server adapter
+(through qdrant-client's local ``:memory:`` mode)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from gateway.memory.edge_store import EdgeStore
+from gateway.memory.qdrant_store import QdrantServerStore
+from gateway.memory.records import Condition, NewMemory, Scope, memory_id
+from gateway.memory.store import DimensionMismatch, StoredPoint, VectorStore
+
+DIM = 4
+ALICE = Scope("acme", "alice")
+BOB = Scope("acme", "bob")
+EVIL_ALICE = Scope("globex", "alice")  # same user id, another tenant
+WHEN = datetime(2024, 1, 1, tzinfo=UTC)
+
+Factory = Callable[[int], VectorStore]
+
+
+@pytest.fixture(params=["edge", "server"])
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Factory:
+    def make(dim: int) -> VectorStore:
+        if request.param == "edge":
+            return EdgeStore(tmp_path / "edge", dim)
+        return QdrantServerStore(":memory:", None, "memories", dim)
+
+    return make
+
+
+@pytest.fixture
+async def store(make_store: Factory) -> AsyncIterator[VectorStore]:
+    store = make_store(DIM)
+    await store.open()
+    yield store
+    await store.close()
+
+
+def point(scope: Scope, text: str, vector: list[float], **metadata: object) -> StoredPoint:
+    return StoredPoint(memory_id(scope, text), vector, NewMemory(text, WHEN, metadata))
+
+
+async def seed(store: VectorStore) -> None:
+    await store.upsert(ALICE, [
+        point(ALICE, "alice likes tea", [1, 0, 0, 0], dia_id="D1"),
+        point(ALICE, "alice owns a cat", [0, 1, 0, 0], dia_id="D2"),
+    ])  # fmt: skip
+    await store.upsert(BOB, [point(BOB, "bob likes tea", [1, 0, 0, 0])])
+    await store.upsert(EVIL_ALICE, [point(EVIL_ALICE, "other tenant's alice", [1, 0, 0, 0])])
+
+
+async def test_search_sees_only_the_scope(store: VectorStore) -> None:
+    await seed(store)
+    hits = await store.search(ALICE, [1, 0, 0, 0], limit=10)
+    assert [h.text for h in hits] == ["alice likes tea", "alice owns a cat"]
+    assert hits[0].score == pytest.approx(1.0)
+    assert [h.text for h in await store.search(BOB, [1, 0, 0, 0], 10)] == ["bob likes tea"]
+    other = await store.search(EVIL_ALICE, [1, 0, 0, 0], 10)
+    assert [h.text for h in other] == ["other tenant's alice"]
+    assert await store.search(Scope("acme", "nobody"), [1, 0, 0, 0], 10) == []
+
+
+async def test_search_filters_and_min_score(store: VectorStore) -> None:
+    await seed(store)
+    by_dia = await store.search(ALICE, [1, 0, 0, 0], 10, [Condition("metadata.dia_id", ("D2",))])
+    assert [h.text for h in by_dia] == ["alice owns a cat"]
+    either = [Condition("metadata.dia_id", ("D1", "D2"))]
+    assert len(await store.search(ALICE, [1, 0, 0, 0], 10, either)) == 2
+    close = await store.search(ALICE, [1, 0, 0, 0], 10, min_score=0.5)
+    assert [h.text for h in close] == ["alice likes tea"]
+
+
+async def test_existing_ids_respects_scope(store: VectorStore) -> None:
+    await seed(store)
+    ids = [memory_id(ALICE, "alice likes tea"), memory_id(BOB, "bob likes tea")]
+    assert await store.existing_ids(ALICE, ids) == {ids[0]}
+
+
+async def test_get_is_limited_to_the_tenant(store: VectorStore) -> None:
+    await seed(store)
+    key = memory_id(ALICE, "alice likes tea")
+    record = await store.get("acme", key)
+    assert record is not None and record.user_id == "alice" and record.metadata == {"dia_id": "D1"}
+    assert await store.get("globex", key) is None
+    assert await store.get("acme", memory_id(ALICE, "never stored")) is None
+
+
+async def test_list_pages_cover_everything_once(store: VectorStore) -> None:
+    texts = [f"memory {i}" for i in range(7)]
+    await store.upsert(ALICE, [point(ALICE, t, [1, i, 0, 0]) for i, t in enumerate(texts)])
+    await store.upsert(BOB, [point(BOB, "bob's", [1, 0, 0, 0])])
+    seen: list[str] = []
+    cursor = None
+    for _ in range(10):
+        page, cursor = await store.list(ALICE, 3, cursor)
+        assert len(page) <= 3
+        seen += [r.text for r in page]
+        if cursor is None:
+            break
+    assert sorted(seen) == sorted(texts)
+
+
+async def test_delete_only_within_scope(store: VectorStore) -> None:
+    await seed(store)
+    key = memory_id(ALICE, "alice likes tea")
+    assert await store.delete(BOB, key) is False
+    assert await store.delete(EVIL_ALICE, key) is False
+    assert await store.get("acme", key) is not None
+    assert await store.delete(ALICE, key) is True
+    assert await store.get("acme", key) is None
+    assert await store.delete(ALICE, key) is False
+
+
+async def test_forgetting_a_user_leaves_everyone_else(store: VectorStore) -> None:
+    await seed(store)
+    assert await store.delete_scope(ALICE) == 2
+    assert await store.search(ALICE, [1, 0, 0, 0], 10) == []
+    assert len(await store.search(BOB, [1, 0, 0, 0], 10)) == 1
+    assert len(await store.search(EVIL_ALICE, [1, 0, 0, 0], 10)) == 1
+
+
+async def test_upsert_of_the_same_id_does_not_duplicate(store: VectorStore) -> None:
+    await store.upsert(ALICE, [point(ALICE, "same", [1, 0, 0, 0])])
+    await store.upsert(ALICE, [point(ALICE, "same", [1, 0, 0, 0])])
+    page, _ = await store.list(ALICE, 10, None)
+    assert [r.text for r in page] == ["same"]
+
+
+async def test_another_dimension_is_refused(make_store: Factory, tmp_path: Path) -> None:
+    first = make_store(DIM)
+    await first.open()
+    if isinstance(first, EdgeStore):
+        await first.close()
+        with pytest.raises(DimensionMismatch, match="vector"):
+            await EdgeStore(tmp_path / "edge", DIM * 2).open()
+    else:
+        # Same client, same collection, asked again with another size.
+        first._dimension = DIM * 2  # type: ignore[attr-defined]
+        with pytest.raises(DimensionMismatch, match="size 4"):
+            await first.open()
+        await first.close()
+
+
+async def test_edge_store_survives_reopen(tmp_path: Path) -> None:
+    store = EdgeStore(tmp_path / "edge", DIM)
+    await store.open()
+    await store.upsert(ALICE, [point(ALICE, "durable", [1, 0, 0, 0])])
+    await store.close()
+    again = EdgeStore(tmp_path / "edge", DIM)
+    await again.open()
+    assert [r.text for r in await again.search(ALICE, [1, 0, 0, 0], 5)] == ["durable"]
+    await again.close()
+
+
+async def test_edge_store_refuses_a_second_process_on_the_same_dir(tmp_path: Path) -> None:
+    store = EdgeStore(tmp_path / "edge", DIM)
+    await store.open()
+    with pytest.raises(RuntimeError, match="in use"):
+        await EdgeStore(tmp_path / "edge", DIM).open()
+    await store.close()

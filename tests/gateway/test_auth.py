@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import pytest
+
+from gateway.auth import KeyRing, Principal, parse_api_keys
+from gateway.settings import Settings, is_loopback
+
+
+def test_keys_map_to_tenants() -> None:
+    ring = KeyRing("acme:k-acme, globex:k-globex", admin_key="k-admin")
+    assert ring.enabled
+    assert ring.identify("k-acme") == Principal("acme")
+    assert ring.identify("k-globex") == Principal("globex")
+    assert ring.identify("k-admin") == Principal("default", admin=True)
+    assert ring.identify("k-acm") is None
+    assert ring.identify("") is None
+
+
+def test_keys_with_colons_keep_everything_after_the_first() -> None:
+    assert KeyRing("acme:abc:def", None).identify("abc:def") == Principal("acme")
+
+
+@pytest.mark.parametrize("spec", ["acme", ":key", "acme:", "acme: "])
+def test_malformed_key_specs_are_refused(spec: str) -> None:
+    with pytest.raises(ValueError, match="tenant:key"):
+        parse_api_keys(spec)
+
+
+def test_no_keys_means_auth_disabled() -> None:
+    assert not KeyRing(None, None).enabled
+
+
+def test_loopback_detection() -> None:
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("10.0.0.1")
+    assert not is_loopback("example.com")
+
+
+def test_refuses_public_bind_without_keys() -> None:
+    with pytest.raises(ValueError, match="GATEWAY_API_KEYS"):
+        Settings(host="0.0.0.0").check_bind_address()
+    Settings(host="0.0.0.0", api_keys="t:k").check_bind_address()
+    Settings(host="0.0.0.0", allow_unauthenticated=True).check_bind_address()
+    Settings(host="127.0.0.1").check_bind_address()
+
+
+def test_settings_read_the_contract_env_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GATEWAY_LLM_URL", "http://vllm:8000/v1/")
+    monkeypatch.setenv("GATEWAY_QDRANT_URL", "http://qdrant:6333")
+    monkeypatch.setenv("GATEWAY_DATA_DIR", "/var/lib/memgate")
+    settings = Settings()
+    assert settings.llm_url == "http://vllm:8000/v1"  # trailing slash dropped
+    assert settings.qdrant_url == "http://qdrant:6333"
+    assert str(settings.data_dir) == "/var/lib/memgate"
+    assert Settings.model_config["env_prefix"] == "GATEWAY_"

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+from gateway.upstream.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_opens_after_consecutive_failures_only() -> None:
+    breaker = CircuitBreaker(failure_threshold=3, reset_timeout_s=5, clock=Clock())
+    breaker.record_failure()
+    breaker.record_failure()
+    breaker.record_success()  # resets the count
+    breaker.record_failure()
+    breaker.record_failure()
+    assert breaker.state == CLOSED and breaker.allow()
+    breaker.record_failure()
+    assert breaker.state == OPEN and not breaker.allow()
+
+
+def test_half_open_lets_one_trial_through() -> None:
+    clock = Clock()
+    changes: list[str] = []
+    breaker = CircuitBreaker(1, reset_timeout_s=5, clock=clock, on_change=changes.append)
+    breaker.record_failure()
+    clock.now = 4.9
+    assert not breaker.allow()
+    clock.now = 5.0
+    assert breaker.state == HALF_OPEN
+    assert breaker.allow() is True
+    assert breaker.allow() is False  # one trial at a time
+    breaker.record_success()
+    assert breaker.state == CLOSED and breaker.allow()
+    assert changes == [OPEN, HALF_OPEN, CLOSED]
+
+
+def test_failed_trial_opens_again_for_a_full_timeout() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(1, reset_timeout_s=5, clock=clock)
+    breaker.record_failure()
+    clock.now = 5.0
+    assert breaker.allow()
+    breaker.record_failure()
+    assert breaker.state == OPEN
+    clock.now = 9.9
+    assert not breaker.allow()
+    clock.now = 10.0
+    assert breaker.allow()
+
+
+def test_reset_closes_at_once() -> None:
+    breaker = CircuitBreaker(1, reset_timeout_s=60, clock=Clock())
+    breaker.record_failure()
+    breaker.reset()
+    assert breaker.state == CLOSED and breaker.would_allow()

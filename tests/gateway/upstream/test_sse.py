@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import json
+
+from gateway.upstream.sse import StreamAccumulator, error_event, reply_text
+
+
+def event(obj: object) -> bytes:
+    return b"data: " + json.dumps(obj).encode() + b"\n\n"
+
+
+def chunk(content: str | None = None, finish: str | None = None) -> bytes:
+    delta = {} if content is None else {"content": content}
+    return event({"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+
+
+def test_reassembles_text_across_arbitrary_splits() -> None:
+    stream = (chunk("Hel") + chunk("lo ") + chunk("wörld") + chunk(finish="stop")
+              + event({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}})
+              + b"data: [DONE]\n\n")  # fmt: skip
+    for size in (1, 3, 7, len(stream)):
+        acc = StreamAccumulator()
+        for i in range(0, len(stream), size):
+            acc.feed(stream[i : i + size])
+        assert acc.text == "Hello wörld"
+        assert acc.completed and acc.done and acc.finish_reason == "stop"
+        assert acc.usage == {"prompt_tokens": 3, "completion_tokens": 2}
+
+
+def test_a_stream_cut_short_is_not_completed() -> None:
+    acc = StreamAccumulator()
+    acc.feed(chunk("partial") + b'data: {"choices": [{"delta": {"cont')
+    assert acc.text == "partial" and not acc.completed
+
+
+def test_error_events_mark_the_stream_failed() -> None:
+    acc = StreamAccumulator()
+    acc.feed(chunk("x") + event({"error": {"message": "boom"}}) + b"data: [DONE]\n\n")
+    assert acc.error == {"message": "boom"} and not acc.completed
+
+
+def test_garbage_is_ignored_not_fatal() -> None:
+    acc = StreamAccumulator(max_line_bytes=64)
+    acc.feed(b": comment\n\ndata: not json\n\ndata: [1,2]\n\nevent: x\n")
+    acc.feed(b"data: " + b"x" * 1000)  # a runaway line is dropped
+    acc.feed(b"\n\n" + chunk("ok"))
+    assert acc.text == "ok"
+
+
+def test_other_choices_are_not_mixed_in() -> None:
+    acc = StreamAccumulator()
+    acc.feed(event({"choices": [{"index": 1, "delta": {"content": "B"}},
+                                {"index": 0, "delta": {"content": "A"}}]}))  # fmt: skip
+    assert acc.text == "A"
+
+
+def test_error_event_shape() -> None:
+    raw = error_event("gone", "upstream_stream_error")
+    assert raw.startswith(b"data: ") and raw.endswith(b"\n\n")
+    body = json.loads(raw[6:])
+    assert body == {"error": {"message": "gone", "type": "upstream_error",
+                              "code": "upstream_stream_error", "param": None}}  # fmt: skip
+
+
+def test_reply_text() -> None:
+    assert reply_text({"choices": [{"message": {"content": "hi"}}]}) == "hi"
+    assert reply_text({"choices": []}) == ""
+    assert reply_text({"choices": [{"message": {"content": None, "tool_calls": []}}]}) == ""
