@@ -17,6 +17,20 @@ _FAST_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05
 
 UPSTREAM_STATES = ("starting", "healthy", "unhealthy")
 BREAKER_STATES = ("closed", "open", "half_open")
+# The fixed words used as label values. Each family's known values get a zero
+# series up front, so dashboards show 0 (not "no data") until the first event,
+# and rate() has a starting point when it happens.
+UPSTREAM_OUTCOMES = (
+    "success", "http_error", "connect_error", "timeout", "stream_error", "client_disconnect",
+)  # fmt: skip
+TOKEN_KINDS = ("prompt", "completion")
+RECALL_OUTCOMES = ("hit", "miss", "degraded")
+WRITE_SOURCES = ("api", "chat")
+WRITE_OUTCOMES = ("stored", "duplicate", "queued")
+REPLAY_OUTCOMES = ("success", "retry", "dead")
+# embedder_client also reports ``http_<status>`` for 429 and 5xx answers (bounded by HTTP).
+EMBEDDER_ERROR_KINDS = ("unreachable", "rejected", "bad_response")
+DEPENDENCIES = ("embedder", "vector_store")
 
 
 class GatewayMetrics:
@@ -112,10 +126,51 @@ class GatewayMetrics:
             ["dependency"], registry=registry,
         )  # fmt: skip
 
+        self._upstreams: set[str] = set()
+        self._init_known_labels()
+
+    def _init_known_labels(self) -> None:
+        for outcome in RECALL_OUTCOMES:
+            self.recalls.labels(outcome)
+        for source in WRITE_SOURCES:
+            for outcome in WRITE_OUTCOMES:
+                self.memory_writes.labels(source, outcome)
+        for outcome in REPLAY_OUTCOMES:
+            self.outbox_replays.labels(outcome)
+        for kind in EMBEDDER_ERROR_KINDS:
+            self.embedder_errors.labels(kind)
+        for dependency in DEPENDENCIES:
+            self.dependency_ready.labels(dependency)
+
+    def init_upstream(self, upstream: str) -> None:
+        """Create the zero series of one configured upstream (idempotent).
+
+        Call once per upstream at start-up, so its retries, fallbacks, outcomes and
+        states exist before anything happens to it. Its health starts as ``starting``
+        and its breaker as ``closed`` until the pool reports otherwise.
+        """
+        if upstream in self._upstreams:
+            return
+        self._upstreams.add(upstream)
+        for outcome in UPSTREAM_OUTCOMES:
+            self.upstream_requests.labels(upstream, outcome)
+        for kind in TOKEN_KINDS:
+            self.upstream_tokens.labels(upstream, kind)
+        self.upstream_retries.labels(upstream)
+        self.upstream_fallbacks.labels(upstream)
+        self.upstream_duration.labels(upstream)
+        self.upstream_ttft.labels(upstream)
+        self.set_upstream_state(upstream, UPSTREAM_STATES[0])
+        self.set_breaker_state(upstream, BREAKER_STATES[0])
+
     def set_upstream_state(self, upstream: str, state: str) -> None:
+        if upstream not in self._upstreams:
+            self.init_upstream(upstream)
         for candidate in UPSTREAM_STATES:
             self.upstream_state.labels(upstream, candidate).set(1 if candidate == state else 0)
 
     def set_breaker_state(self, upstream: str, state: str) -> None:
+        if upstream not in self._upstreams:
+            self.init_upstream(upstream)
         for candidate in BREAKER_STATES:
             self.breaker_state.labels(upstream, candidate).set(1 if candidate == state else 0)

@@ -96,6 +96,10 @@ class Monitor:
         await self._probe_once()
         return self.healthy
 
+    def wake(self) -> None:
+        """Probe now rather than at the next interval (something looked wrong)."""
+        self._wake.set()
+
     def report_success(self) -> None:
         self._set(HEALTHY, None)
 

@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -119,8 +119,30 @@ async def chat_completions(
     stream = bool(chat.stream)
     request_id = getattr(request.state, "request_id", None)
     timeouts = services.stream_timeout if stream else services.upstream_timeout
+
+    async def forward() -> Response:
+        opened = await _open(services, encode, timeouts, request_id)
+        relay = _Relay(services, opened, plan, started)
+        if not stream or opened.response.status_code != 200:
+            return await relay.complete(headers)  # a completion, or an error answer
+        return StreamingResponse(
+            relay.stream(), media_type="text/event-stream",
+            headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )  # fmt: skip
+
+    # Starlette notices a vanished client only while streaming a body; until the
+    # upstream has answered, this watch cancels the upstream call when they go.
+    return await _unless_disconnected(request, forward())
+
+
+async def _open(
+    services: Services,
+    encode: Callable[[Upstream], bytes],
+    timeouts: httpx.Timeout,
+    request_id: str | None,
+) -> OpenedReply:
     try:
-        opened = await services.pool.open_chat(encode, timeouts=timeouts, request_id=request_id)
+        return await services.pool.open_chat(encode, timeouts=timeouts, request_id=request_id)
     except NoUpstreamAvailable as exc:
         state = "starting" if exc.starting else "unavailable"
         message = (
@@ -134,15 +156,25 @@ async def chat_completions(
         status = exc.status if exc.status in (429, 502, 503, 504) else 502
         raise APIError(status, str(exc), code="upstream_unavailable", headers=retry) from None
 
-    relay = _Relay(services, opened, plan, started, request_id)
-    if not stream:
-        return await relay.complete(headers)
-    if opened.response.status_code != 200:
-        return await relay.complete(headers)  # an error answer, not a stream
-    return StreamingResponse(
-        relay.stream(), media_type="text/event-stream",
-        headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )  # fmt: skip
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[Response]) -> Response:
+    task = asyncio.ensure_future(work)
+    watch = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait((task, watch), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not task.done():
+            task.cancel()  # the client left: stop waiting on the upstream
+        watch.cancel()
+    if task.cancelled():
+        # Nobody will read this; 499 ("client closed request") keeps the metrics honest.
+        return Response(status_code=499)
+    return task.result()
 
 
 async def _recall(services: Services, plan: MemoryPlan, headers: dict[str, str]) -> list[Any]:
@@ -172,13 +204,11 @@ class _Relay:
         opened: OpenedReply,
         plan: MemoryPlan,
         started: float,
-        request_id: str | None,
     ) -> None:
         self.services = services
         self.opened = opened
         self.plan = plan
         self.started = started
-        self.request_id = request_id
         self.name = opened.upstream.name
 
     async def complete(self, headers: dict[str, str]) -> Response:
@@ -192,6 +222,9 @@ class _Relay:
         except httpx.TransportError:
             self._finish("stream_error")
             raise APIError(502, "the LLM upstream failed", code="upstream_error") from None
+        except asyncio.CancelledError:
+            self._finish("client_disconnect")
+            raise
         finally:
             await response.aclose()
         if response.status_code == 200:

@@ -214,6 +214,8 @@ class UpstreamPool:
         self._metrics.upstream_requests.labels(upstream.name, outcome).inc()
         if outcome == "success":
             upstream.breaker.record_success()
-        elif outcome == "stream_error":
+        elif outcome in ("stream_error", "timeout"):
             upstream.breaker.record_failure()
+            if upstream.monitor is not None:
+                upstream.monitor.wake()  # died mid-stream? find out now
         self._metrics.set_breaker_state(upstream.name, upstream.breaker.state)
