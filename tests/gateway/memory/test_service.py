@@ -1,0 +1,132 @@
+"""MemoryService with a real Qdrant Edge store and an embedder behind httpx's
+MockTransport (unit level; the e2e tests use the real embedder process)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry
+
+from gateway.memory.edge_store import EdgeStore
+from gateway.memory.embedder_client import EmbedderClient
+from gateway.memory.outbox import Outbox
+from gateway.memory.records import NewMemory, Scope
+from gateway.memory.service import MemoryService, MemoryUnavailable
+from gateway.metrics import GatewayMetrics
+from gateway.monitor import Monitor
+
+DIM = 8
+ALICE = Scope("t", "alice")
+WHEN = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+def vector(text: str) -> list[float]:
+    digest = hashlib.sha256(text.encode()).digest()
+    return [b / 255 for b in digest[:DIM]]
+
+
+class Embedder:
+    def __init__(self) -> None:
+        self.up = True
+        self.calls = 0
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        if not self.up:
+            raise httpx.ConnectError("refused", request=request)
+        self.calls += 1
+        texts = json.loads(request.content)["input"]
+        data = [{"index": i, "embedding": vector(t)} for i, t in enumerate(texts)]
+        return httpx.Response(200, json={"data": data})
+
+
+class Harness:
+    def __init__(self, tmp_path: Path) -> None:
+        self.embedder = Embedder()
+        self.http = httpx.AsyncClient(transport=httpx.MockTransport(self.embedder.handle))
+        self.metrics = GatewayMetrics(CollectorRegistry())
+        self.client = EmbedderClient(self.http, "http://embedder/v1", DIM, self.metrics)
+        self.store = EdgeStore(tmp_path / "edge", DIM)
+        self.outbox = Outbox(tmp_path / "outbox.sqlite3")
+        self.embedder_monitor = Monitor("embedder", self.client.probe)
+        self.store_monitor = Monitor("vector_store", self.store.ping)
+        self.service = MemoryService(self.store, self.client, self.outbox, self.metrics,
+                                     self.embedder_monitor, self.store_monitor)  # fmt: skip
+
+    async def texts(self) -> list[str]:
+        page, _ = await self.store.list(ALICE, 100, None)
+        return sorted(r.text for r in page)
+
+
+@pytest.fixture
+async def h(tmp_path: Path) -> AsyncIterator[Harness]:
+    harness = Harness(tmp_path)
+    harness.outbox.open()
+    await harness.store.open()
+    harness.embedder_monitor.report_success()
+    harness.store_monitor.report_success()
+    yield harness
+    await harness.store.close()
+    harness.outbox.close()
+    await harness.http.aclose()
+
+
+def memories(*texts: str) -> list[NewMemory]:
+    return [NewMemory(t, WHEN) for t in texts]
+
+
+async def test_a_batch_is_embedded_in_one_call_and_deduplicated(h: Harness) -> None:
+    outcome = await h.service.add(ALICE, memories("a", "b", "a"))
+    assert not outcome.queued and [r.event for r in outcome.results] == ["ADD", "ADD"]
+    assert h.embedder.calls == 1
+    again = await h.service.add(ALICE, memories("a", "c"))
+    assert [r.event for r in again.results] == ["NONE", "ADD"]
+    assert h.embedder.calls == 2  # only "c" was embedded
+    assert await h.texts() == ["a", "b", "c"]
+
+
+async def test_store_down_queues_then_replays_exactly_once(h: Harness, tmp_path: Path) -> None:
+    await h.service.add(ALICE, memories("before"))
+    await h.store.close()  # Qdrant goes away
+    outcome = await h.service.add(ALICE, memories("during 1", "during 2"))
+    assert outcome.queued and h.outbox.depth == 1
+    assert h.store_monitor.state.status == "unhealthy"  # the failure was reported
+    with pytest.raises(MemoryUnavailable):
+        await h.service.recall(ALICE, "anything", 5, 0.0)
+    # Later writes queue behind the first, preserving order.
+    assert (await h.service.add(ALICE, memories("during 3"))).queued
+
+    await h.store.open()  # Qdrant is back
+    h.store_monitor.report_success()
+    assert await h.service.drain() == 2
+    assert h.outbox.depth == 0
+    assert await h.service.drain() == 0
+    assert await h.texts() == ["before", "during 1", "during 2", "during 3"]
+
+
+async def test_embedder_down_keeps_entries_until_it_returns(h: Harness) -> None:
+    h.embedder.up = False
+    outcome = await h.service.add(ALICE, memories("x"))
+    assert outcome.queued
+    assert h.embedder_monitor.state.status == "unhealthy"
+    h.embedder_monitor.report_success()  # a stale "healthy": replay tries and fails cleanly
+    assert await h.service.drain() == 0 and h.outbox.depth == 1
+    h.embedder.up = True
+    h.embedder_monitor.report_success()
+    assert await h.service.drain() == 1 and await h.texts() == ["x"]
+
+
+async def test_forget_purges_queued_writes(h: Harness) -> None:
+    await h.service.add(ALICE, memories("stored"))
+    h.embedder.up = False
+    await h.service.add(ALICE, memories("queued"))
+    assert await h.service.forget(ALICE) == 2
+    h.embedder.up = True
+    h.embedder_monitor.report_success()
+    await h.service.drain()
+    assert await h.texts() == []
