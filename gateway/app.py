@@ -21,15 +21,16 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 import httpx
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CollectorRegistry
 
-from gateway.api import chat, health, memories, models
+from gateway.api import admin, chat, health, memories, models
 from gateway.auth import KeyRing
 from gateway.errors import install_error_handlers
+from gateway.limits import RequestLimits
 from gateway.memory.edge_store import EdgeStore
 from gateway.memory.embedder_client import EmbedderClient
 from gateway.memory.outbox import Outbox
-from gateway.memory.qdrant_store import QdrantServerStore
 from gateway.memory.service import MemoryService
 from gateway.memory.store import VectorStore
 from gateway.metrics import GatewayMetrics
@@ -48,6 +49,10 @@ STARTUP_PROBE_TIMEOUT_S = 1.0
 
 def build_store(settings: Settings) -> VectorStore:
     if settings.qdrant_url:
+        # Imported here: qdrant-client takes seconds to import, and the embedded
+        # default (Qdrant Edge) never needs it.
+        from gateway.memory.qdrant_store import QdrantServerStore
+
         return QdrantServerStore(
             settings.qdrant_url,
             settings.qdrant_api_key,
@@ -163,10 +168,24 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.keyring = KeyRing(settings.api_keys, settings.admin_key)
+    app.state.keyring = KeyRing(settings.api_keys, settings.admin_key, settings.api_keys_file)
     install_error_handlers(app)
-    for router in (chat.router, memories.router, models.router, health.router):
+    for router in (chat.router, memories.router, models.router, admin.router, health.router):
         app.include_router(router)
+    app.add_middleware(
+        RequestLimits,
+        max_body_bytes=settings.max_body_bytes,
+        max_concurrency=settings.max_concurrency,
+    )
+    if settings.cors_origins:
+        origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-Id"],
+        )
+    # Added last, so it runs first: every answer, 413 and 429 included, is counted.
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     return app
 

@@ -1,8 +1,11 @@
-"""API keys: each ``tenant:key`` pair of ``GATEWAY_API_KEYS`` is one tenant.
+"""API keys: each key belongs to one tenant; one admin key for ``/admin``.
 
-Keys are compared as SHA-256 digests with ``hmac.compare_digest`` against
-every configured key, so the time taken does not depend on how much of a
-guess was right. With no keys configured there is no auth: one tenant,
+Keys come from ``GATEWAY_API_KEYS`` (``tenant:key`` pairs) and/or
+``GATEWAY_API_KEYS_FILE`` (one per line: ``tenant:key``, or
+``tenant:sha256:<hex>`` so the file need not hold the key itself). They are
+kept only as SHA-256 digests and compared with ``hmac.compare_digest``
+against every configured key, so the time taken does not depend on how much
+of a guess was right. With no keys configured there is no auth: one tenant,
 ``default``, and the gateway binds loopback only (see ``Settings``).
 """
 
@@ -10,7 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -18,6 +23,7 @@ from fastapi import Depends, Request
 from gateway.errors import APIError
 
 DEFAULT_TENANT = "default"
+_HEX_DIGEST = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
 @dataclass(frozen=True)
@@ -30,35 +36,63 @@ def _digest(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 
 
+def _parse_entry(item: str, where: str) -> tuple[bytes, str]:
+    tenant, sep, key = item.partition(":")
+    tenant, key = tenant.strip(), key.strip()
+    if not sep or not tenant or not key:
+        raise ValueError(f"{where}: expected tenant:key, got an entry without both")
+    algo, sep, digest = key.partition(":")
+    if sep and algo == "sha256" and _HEX_DIGEST.match(digest):
+        return bytes.fromhex(digest), tenant
+    return _digest(key), tenant
+
+
 def parse_api_keys(spec: str) -> dict[bytes, str]:
     """``"acme:k1,globex:k2"`` → {sha256(key): tenant}. Raises ValueError when malformed."""
+    entries = (part.strip() for part in spec.split(","))
+    return dict(_parse_entry(item, "GATEWAY_API_KEYS") for item in entries if item)
+
+
+def read_api_keys_file(path: Path) -> dict[bytes, str]:
     keys: dict[bytes, str] = {}
-    for item in filter(None, (part.strip() for part in spec.split(","))):
-        tenant, sep, key = item.partition(":")
-        if not sep or not tenant.strip() or not key.strip():
-            raise ValueError("GATEWAY_API_KEYS must be comma-separated tenant:key pairs")
-        keys[_digest(key.strip())] = tenant.strip()
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        line = line.strip()
+        if line and not line.startswith("#"):
+            digest, tenant = _parse_entry(line, f"{path}:{number}")
+            keys[digest] = tenant
     return keys
 
 
 class KeyRing:
-    def __init__(self, api_keys: str | None, admin_key: str | None) -> None:
+    def __init__(
+        self,
+        api_keys: str | None,
+        admin_key: str | None,
+        keys_file: Path | None = None,
+    ) -> None:
         self._keys = parse_api_keys(api_keys) if api_keys else {}
+        if keys_file is not None:
+            self._keys.update(read_api_keys_file(keys_file))
         self._admin = _digest(admin_key) if admin_key else None
 
     @property
-    def enabled(self) -> bool:
+    def tenants_enabled(self) -> bool:
         return bool(self._keys)
 
-    def identify(self, key: str) -> Principal | None:
+    @property
+    def admin_enabled(self) -> bool:
+        return self._admin is not None
+
+    def tenant_of(self, key: str) -> str | None:
         digest = _digest(key)
         tenant = None
         for known, owner in self._keys.items():  # no early exit: constant time
             if hmac.compare_digest(known, digest):
                 tenant = owner
-        if self._admin is not None and hmac.compare_digest(self._admin, digest):
-            return Principal(tenant or DEFAULT_TENANT, admin=True)
-        return Principal(tenant) if tenant else None
+        return tenant
+
+    def is_admin(self, key: str) -> bool:
+        return self._admin is not None and hmac.compare_digest(self._admin, _digest(key))
 
 
 def bearer_token(request: Request) -> str | None:
@@ -67,11 +101,7 @@ def bearer_token(request: Request) -> str | None:
     return token.strip() or None if scheme.lower() == "bearer" else None
 
 
-async def authenticate(request: Request) -> Principal:
-    """FastAPI dependency for ``/v1/*``."""
-    ring: KeyRing = request.app.state.keyring
-    if not ring.enabled:
-        return Principal(DEFAULT_TENANT, admin=True)
+def _require_token(request: Request) -> str:
     token = bearer_token(request)
     if token is None:
         raise APIError(
@@ -80,12 +110,44 @@ async def authenticate(request: Request) -> Principal:
             code="missing_api_key",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    principal = ring.identify(token)
-    if principal is None:
-        raise APIError(
-            401, "invalid API key", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}
-        )
-    return principal
+    return token
+
+
+def _invalid_key() -> APIError:
+    return APIError(
+        401, "invalid API key", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}
+    )
+
+
+async def authenticate(request: Request) -> Principal:
+    """Dependency for ``/v1/*``: a tenant's key; none needed when no keys are configured."""
+    ring: KeyRing = request.app.state.keyring
+    if not ring.tenants_enabled:
+        return Principal(DEFAULT_TENANT)  # loopback-only mode: one tenant
+    token = _require_token(request)
+    tenant = ring.tenant_of(token)
+    if tenant is not None:
+        return Principal(tenant)
+    if ring.is_admin(token):
+        raise APIError(403, "the admin key is for /admin endpoints", code="admin_key_on_v1")
+    raise _invalid_key()
+
+
+async def authenticate_admin(request: Request) -> Principal:
+    """Dependency for ``/admin/*``: the admin key when one is set; open only when no
+    keys at all are configured (loopback-only mode)."""
+    ring: KeyRing = request.app.state.keyring
+    if not ring.admin_enabled:
+        if not ring.tenants_enabled:
+            return Principal(DEFAULT_TENANT, admin=True)
+        raise APIError(403, "admin endpoints are off: set GATEWAY_ADMIN_KEY", code="admin_off")
+    token = _require_token(request)
+    if ring.is_admin(token):
+        return Principal(DEFAULT_TENANT, admin=True)
+    if ring.tenant_of(token) is not None:
+        raise APIError(403, "this endpoint needs the admin key", code="admin_only")
+    raise _invalid_key()
 
 
 PrincipalDep = Annotated[Principal, Depends(authenticate)]
+AdminDep = Annotated[Principal, Depends(authenticate_admin)]

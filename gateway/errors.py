@@ -36,6 +36,9 @@ _TYPE_BY_STATUS = {
 }
 
 
+_CODE_BY_STATUS = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+
+
 class APIError(Exception):
     """An error answered to the client in OpenAI's envelope."""
 
@@ -100,7 +103,7 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    code = "not_found" if exc.status_code == 404 else None
+    code = _CODE_BY_STATUS.get(exc.status_code)
     return APIError(exc.status_code, str(exc.detail), code=code, headers=exc.headers).response()
 
 

@@ -48,11 +48,20 @@ class Settings(BaseSettings):
     memory_min_score: float = Field(default=0.1, ge=-1.0, le=1.0)
     memory_required: bool = False
 
-    # Auth: comma-separated ``tenant:key`` pairs. Unset = no auth, loopback only.
+    # Auth: comma-separated ``tenant:key`` pairs, and/or a file of them (one per
+    # line, ``tenant:key`` or ``tenant:sha256:<hex digest>``). None = no auth, loopback only.
     api_keys: str | None = None
+    api_keys_file: Path | None = None
     admin_key: str | None = None
     allow_unauthenticated: bool = False
     config: Path | None = None
+
+    # Limits: what a single request may cost.
+    max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    max_concurrency: int = Field(default=512, ge=1)
+    max_metadata_bytes: int = Field(default=8192, ge=64)
+    cors_origins: str | None = None  # comma-separated; unset = no CORS headers at all
+    access_log: bool = True
 
     @field_validator("llm_url", "fallback_llm_url", "embedder_url", "qdrant_url")
     @classmethod
@@ -61,7 +70,7 @@ class Settings(BaseSettings):
 
     @property
     def auth_enabled(self) -> bool:
-        return bool(self.api_keys)
+        return bool(self.api_keys or self.api_keys_file)
 
     def check_bind_address(self) -> None:
         """Refuse to serve memories unauthenticated beyond this machine.
@@ -72,7 +81,8 @@ class Settings(BaseSettings):
             return
         raise ValueError(
             f"refusing to listen on {self.host} without API keys: set GATEWAY_API_KEYS "
-            "(tenant:key,...), bind 127.0.0.1, or set GATEWAY_ALLOW_UNAUTHENTICATED=true"
+            "(tenant:key,...) or GATEWAY_API_KEYS_FILE, bind 127.0.0.1, or set "
+            "GATEWAY_ALLOW_UNAUTHENTICATED=true"
         )
 
 

@@ -13,7 +13,13 @@ from gateway.api.schemas import AddMemoriesRequest, SearchMemoriesRequest
 from gateway.auth import PrincipalDep
 from gateway.errors import APIError, unavailable
 from gateway.memory.embedder_client import EmbedderRejected
-from gateway.memory.records import NewMemory, Scope, parse_filters, parse_timestamp
+from gateway.memory.records import (
+    NewMemory,
+    Scope,
+    check_metadata,
+    parse_filters,
+    parse_timestamp,
+)
 from gateway.memory.service import MemoryUnavailable
 from gateway.memory.store import StoreUnavailable
 from gateway.services import ServicesDep
@@ -61,6 +67,9 @@ async def add_memories(
             400, "timestamp must be ISO 8601", code="invalid_timestamp", param="timestamp"
         ) from None
     metadata = request.metadata or {}
+    problem = check_metadata(metadata, services.settings.max_metadata_bytes)
+    if problem:
+        raise APIError(400, problem, code="invalid_metadata", param="metadata")
     items = (
         [(m.role, m.content) for m in request.messages]
         if request.messages is not None

@@ -9,6 +9,7 @@ clear start-up error instead of two writers on one shard.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import fcntl
 import os
 from collections.abc import Callable, Sequence
@@ -172,6 +173,13 @@ class EdgeStore:
             return False
         await self._run(lambda shard: shard.update(qe.UpdateOperation.delete_points([memory_id])))
         return True
+
+    async def users(self, tenant: str, limit: int) -> builtins.list[str]:
+        request = qe.FacetRequest(
+            "user_id", limit=limit, exact=True, filter=_filter([Condition("tenant", (tenant,))])
+        )
+        response = await self._run(lambda shard: shard.facet(request))
+        return sorted(str(hit.value) for hit in response.hits)
 
     async def delete_scope(self, scope: Scope) -> int:
         selector = _filter(scope_conditions(scope))

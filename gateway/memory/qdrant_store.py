@@ -6,6 +6,7 @@ it to hold this adapter to the same contract as the Edge one.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Awaitable, Sequence
 from typing import Any, TypeVar
 
@@ -168,6 +169,18 @@ class QdrantServerStore:
             )
         )
         return True
+
+    async def users(self, tenant: str, limit: int) -> builtins.list[str]:
+        response = await self._call(
+            self._client.facet(
+                self._collection,
+                "user_id",
+                facet_filter=_filter([Condition("tenant", (tenant,))]),
+                limit=limit,
+                exact=True,
+            )
+        )
+        return sorted(str(hit.value) for hit in response.hits)
 
     async def delete_scope(self, scope: Scope) -> int:
         selector = _filter(scope_conditions(scope))

@@ -142,6 +142,28 @@ def parse_filters(filters: Mapping[str, Any] | None) -> list[Condition]:
     return conditions
 
 
+MAX_METADATA_DEPTH = 5
+
+
+def _depth(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    return 0
+
+
+def check_metadata(metadata: Mapping[str, Any], max_bytes: int) -> str | None:
+    """Why ``metadata`` is refused, or None. It comes back verbatim on every search,
+    so its size and nesting are bounded."""
+    size = len(json.dumps(metadata, ensure_ascii=False).encode())
+    if size > max_bytes:
+        return f"metadata is {size} bytes as JSON; at most {max_bytes} are allowed"
+    if _depth(metadata) > MAX_METADATA_DEPTH:
+        return f"metadata nests deeper than {MAX_METADATA_DEPTH} levels"
+    return None
+
+
 def parse_timestamp(value: str | datetime | None, now: datetime) -> datetime:
     """ISO 8601; a time without a zone is taken as UTC."""
     if value is None:

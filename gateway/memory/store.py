@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -59,6 +60,9 @@ class VectorStore(Protocol):
 
     async def delete(self, scope: Scope, memory_id: str) -> bool:
         """Delete one memory of this scope; False when it is not in the scope."""
+
+    async def users(self, tenant: str, limit: int) -> builtins.list[str]:
+        """The user ids of a tenant that have memories (admin)."""
 
     async def delete_scope(self, scope: Scope) -> int:
         """Forget a user: delete all their memories, return how many there were."""

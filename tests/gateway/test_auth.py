@@ -1,23 +1,39 @@
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import pytest
 
-from gateway.auth import KeyRing, Principal, parse_api_keys
+from gateway.auth import KeyRing, parse_api_keys
 from gateway.settings import Settings, is_loopback
 
 
 def test_keys_map_to_tenants() -> None:
     ring = KeyRing("acme:k-acme, globex:k-globex", admin_key="k-admin")
-    assert ring.enabled
-    assert ring.identify("k-acme") == Principal("acme")
-    assert ring.identify("k-globex") == Principal("globex")
-    assert ring.identify("k-admin") == Principal("default", admin=True)
-    assert ring.identify("k-acm") is None
-    assert ring.identify("") is None
+    assert ring.tenants_enabled and ring.admin_enabled
+    assert ring.tenant_of("k-acme") == "acme"
+    assert ring.tenant_of("k-globex") == "globex"
+    assert ring.tenant_of("k-admin") is None and ring.is_admin("k-admin")
+    assert ring.tenant_of("k-acm") is None and not ring.is_admin("k-acme")
+    assert ring.tenant_of("") is None
 
 
 def test_keys_with_colons_keep_everything_after_the_first() -> None:
-    assert KeyRing("acme:abc:def", None).identify("abc:def") == Principal("acme")
+    assert KeyRing("acme:abc:def", None).tenant_of("abc:def") == "acme"
+
+
+def test_keys_file_takes_plain_and_hashed_keys(tmp_path: Path) -> None:
+    digest = hashlib.sha256(b"s3cret").hexdigest()
+    path = tmp_path / "keys"
+    path.write_text(f"# tenants\nacme:plain-key\n\nglobex:sha256:{digest}\n")
+    ring = KeyRing(None, None, keys_file=path)
+    assert ring.tenant_of("plain-key") == "acme"
+    assert ring.tenant_of("s3cret") == "globex"
+    assert ring.tenant_of(f"sha256:{digest}") is None  # the digest itself is no key
+    path.write_text("broken-line\n")
+    with pytest.raises(ValueError, match=":1"):
+        KeyRing(None, None, keys_file=path)
 
 
 @pytest.mark.parametrize("spec", ["acme", ":key", "acme:", "acme: "])
@@ -27,7 +43,8 @@ def test_malformed_key_specs_are_refused(spec: str) -> None:
 
 
 def test_no_keys_means_auth_disabled() -> None:
-    assert not KeyRing(None, None).enabled
+    ring = KeyRing(None, None)
+    assert not ring.tenants_enabled and not ring.admin_enabled
 
 
 def test_loopback_detection() -> None:

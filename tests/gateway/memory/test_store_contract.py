@@ -163,3 +163,10 @@ async def test_edge_store_refuses_a_second_process_on_the_same_dir(tmp_path: Pat
     with pytest.raises(RuntimeError, match="in use"):
         await EdgeStore(tmp_path / "edge", DIM).open()
     await store.close()
+
+
+async def test_users_lists_a_tenants_users_only(store: VectorStore) -> None:
+    await seed(store)
+    assert await store.users("acme", 10) == ["alice", "bob"]
+    assert await store.users("globex", 10) == ["alice"]
+    assert await store.users("nobody", 10) == []
