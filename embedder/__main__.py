@@ -8,15 +8,13 @@ import sys
 import uvicorn
 
 from embedder.app import create_app
+from embedder.logs import configure_logging
 from embedder.settings import EmbedderSettings
 
 
 def main() -> int:
     settings = EmbedderSettings()
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format='{"ts":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}',
-    )
+    configure_logging(settings.log_level)
     server: uvicorn.Server | None = None
 
     def stop() -> None:
@@ -30,6 +28,7 @@ def main() -> int:
         uvicorn.Config(
             app, host=settings.host, port=settings.port,
             log_level=settings.log_level, access_log=False,
+            log_config=None,  # uvicorn's lines go through our JSON handler too
         )
     )  # fmt: skip
     server.run()
@@ -37,4 +36,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    logging.captureWarnings(True)
     sys.exit(main())

@@ -38,8 +38,9 @@ from gateway.monitor import HEALTHY, Monitor
 from gateway.observability import RequestContextMiddleware
 from gateway.services import Services
 from gateway.settings import Settings
-from gateway.upstream.client import Upstream
 from gateway.upstream.pool import UpstreamPool
+from gateway.upstream.registry import ModelRegistry
+from gateway.upstream.setup import build_router
 
 logger = logging.getLogger("gateway")
 
@@ -60,21 +61,6 @@ def build_store(settings: Settings) -> VectorStore:
             settings.embedding_dim,
         )
     return EdgeStore(settings.data_dir / "qdrant-edge", settings.embedding_dim)
-
-
-def build_upstreams(settings: Settings, http: httpx.AsyncClient) -> list[Upstream]:
-    upstreams = [Upstream("primary", settings.llm_url, http, api_key=settings.llm_api_key)]
-    if settings.fallback_llm_url:
-        upstreams.append(
-            Upstream(
-                "fallback",
-                settings.fallback_llm_url,
-                http,
-                api_key=settings.fallback_llm_api_key,
-                model=settings.fallback_llm_model,
-            )
-        )
-    return upstreams
 
 
 async def _startup(settings: Settings, metrics: GatewayMetrics, stack: AsyncExitStack) -> Services:
@@ -101,11 +87,12 @@ async def _startup(settings: Settings, metrics: GatewayMetrics, stack: AsyncExit
         api_key=settings.embedder_api_key,
     )  # fmt: skip
     pool = UpstreamPool(
-        build_upstreams(settings, llm_http),
-        metrics,
-        attempts=settings.retry_attempts,
-        health_interval_s=settings.health_interval_s,
+        metrics, attempts=settings.retry_attempts, health_interval_s=settings.health_interval_s
     )
+    registry = ModelRegistry(settings.data_dir / "models.sqlite3")
+    registry.open()
+    stack.callback(registry.close)
+    router = build_router(settings, llm_http, pool, registry)
 
     def readiness(name: str) -> Monitor:
         def changed(_: str, status: str) -> None:
@@ -124,6 +111,9 @@ async def _startup(settings: Settings, metrics: GatewayMetrics, stack: AsyncExit
         settings=settings,
         metrics=metrics,
         pool=pool,
+        router=router,
+        registry=registry,
+        llm_http=llm_http,
         memory=memory,
         outbox=outbox,
         embedder_monitor=embedder_monitor,
@@ -133,16 +123,18 @@ async def _startup(settings: Settings, metrics: GatewayMetrics, stack: AsyncExit
             settings.stream_idle_timeout_s, connect=settings.connect_timeout_s
         ),
     )
-    monitors = [embedder_monitor, store_monitor, *pool.monitors()]
+    monitors = [embedder_monitor, store_monitor]
     await asyncio.wait(
         [asyncio.create_task(m.check_now()) for m in monitors], timeout=STARTUP_PROBE_TIMEOUT_S
     )
     for monitor in monitors:
         monitor.start()
         stack.push_async_callback(monitor.stop)
+    await pool.start(STARTUP_PROBE_TIMEOUT_S)
+    stack.push_async_callback(pool.stop)
     memory.start_replayer()
     stack.push_async_callback(memory.stop_replayer)
-    for monitor in monitors:
+    for monitor in [*monitors, *pool.monitors()]:
         logger.info("%s: %s", monitor.name, monitor.state.status)
     return services
 
@@ -184,9 +176,10 @@ def create_app(
             allow_origins=origins,
             allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "X-Request-Id"],
+            expose_headers=["X-Request-Id", "X-Memory-Hits", "X-Memory-Status"],
         )
     # Added last, so it runs first: every answer, 413 and 429 included, is counted.
-    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, access_log=settings.access_log)
     return app
 
 

@@ -17,6 +17,7 @@ from gateway.observability import request_id_var
 
 # Record attributes written out when present (set with ``logger.info(..., extra={...})``).
 FIELDS = ("method", "route", "status", "duration_ms")
+_ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)  # built once, not per line
 
 
 class JsonFormatter(logging.Formatter):
@@ -36,7 +37,7 @@ class JsonFormatter(logging.Formatter):
                 entry[name] = attributes[name]
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False, default=str)
+        return _ENCODER.encode(entry)
 
 
 def configure_logging(level: str) -> None:

@@ -163,14 +163,20 @@ class GatewayMetrics:
         self.set_upstream_state(upstream, UPSTREAM_STATES[0])
         self.set_breaker_state(upstream, BREAKER_STATES[0])
 
+    def remove_upstream(self, upstream: str) -> None:
+        """Drop every series of an upstream that is gone (a replica unregistered)."""
+        self._upstreams.discard(upstream)
+        for family in (
+            self.upstream_requests, self.upstream_duration, self.upstream_ttft,
+            self.upstream_retries, self.upstream_fallbacks, self.upstream_tokens,
+            self.upstream_state, self.breaker_state,
+        ):  # fmt: skip
+            family.remove_by_labels({"upstream": upstream})
+
     def set_upstream_state(self, upstream: str, state: str) -> None:
-        if upstream not in self._upstreams:
-            self.init_upstream(upstream)
         for candidate in UPSTREAM_STATES:
             self.upstream_state.labels(upstream, candidate).set(1 if candidate == state else 0)
 
     def set_breaker_state(self, upstream: str, state: str) -> None:
-        if upstream not in self._upstreams:
-            self.init_upstream(upstream)
         for candidate in BREAKER_STATES:
             self.breaker_state.labels(upstream, candidate).set(1 if candidate == state else 0)

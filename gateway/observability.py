@@ -11,7 +11,8 @@ The route template is what the router left in ``scope["route"]`` (FastAPI
 0.165 sets the matched ``APIRoute`` there). Note that for a router included
 with ``include_router(router, prefix=...)`` that route's ``path_format`` lacks
 the include prefix, so gateway routers carry their prefix on the ``APIRouter``
-itself. Requests no route matched (404s) share the label value ``unmatched``.
+itself. Requests no route matched (404s) share the label value ``unmatched``,
+and unknown HTTP methods the value ``other``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,11 @@ access_logger = logging.getLogger("gateway.access")
 MAX_REQUEST_ID = 128
 UNMATCHED = "unmatched"
 REQUEST_ID_HEADER = b"x-request-id"
+# Some servers (h11) accept any token as a method: anything else is one label value.
+KNOWN_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
+)
+OTHER_METHOD = "other"
 
 
 def client_request_id(scope: Scope) -> str | None:
@@ -89,26 +95,34 @@ class RequestContextMiddleware:
             metrics.http_in_flight.dec()
             template = route_template(scope)
             method: str = scope["method"]
+            if method not in KNOWN_METHODS:
+                method = OTHER_METHOD
             metrics.http_requests.labels(template, method, str(status)).inc()
             metrics.http_duration.labels(template, method).observe(elapsed)
             if self.access_log and access_logger.isEnabledFor(logging.INFO):
-                # One dict per line: its keys become record attributes that
-                # gateway.logs.JsonFormatter writes out (it knows these names).
-                access_logger.info(
-                    "%s %s %d",
-                    method,
-                    template,
-                    status,
-                    extra={
-                        "method": method,
-                        "route": template,
-                        "status": status,
-                        "duration_ms": round(elapsed * 1000, 3),
-                    },
-                )
+                _log_access(method, template, status, elapsed)
             # After an exception the id stays set: the error handler outside this
             # middleware (Starlette's ServerErrorMiddleware) logs the failure, and its
             # line should carry the id too. Each request runs in its own task, so the
             # id cannot leak into another request.
             if not failed:
                 request_id_var.reset(token)
+
+
+def _log_access(method: str, route: str, status: int, elapsed_s: float) -> None:
+    """One INFO line; the dict's keys become record attributes JsonFormatter writes out.
+
+    The record is made and handled directly: ``Logger.info`` would also walk the
+    stack for the caller's file and line, which the JSON lines do not use.
+    """
+    fields = {
+        "method": method,
+        "route": route,
+        "status": status,
+        "duration_ms": round(elapsed_s * 1000, 3),
+    }
+    record = access_logger.makeRecord(
+        access_logger.name, logging.INFO, "", 0, "%s %s %d", (method, route, status), None,
+        extra=fields,
+    )  # fmt: skip
+    access_logger.handle(record)

@@ -17,6 +17,8 @@ from gateway.metrics import GatewayMetrics
 from gateway.monitor import Monitor
 from gateway.settings import Settings
 from gateway.upstream.pool import UpstreamPool
+from gateway.upstream.registry import ModelRegistry
+from gateway.upstream.router import ModelRouter
 
 logger = logging.getLogger("gateway")
 
@@ -26,6 +28,9 @@ class Services:
     settings: Settings
     metrics: GatewayMetrics
     pool: UpstreamPool
+    router: ModelRouter
+    registry: ModelRegistry
+    llm_http: httpx.AsyncClient
     memory: MemoryService
     outbox: Outbox
     embedder_monitor: Monitor

@@ -5,12 +5,16 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 
 from gateway.auth import AdminDep
-from gateway.errors import unavailable
+from gateway.errors import APIError, unavailable
 from gateway.memory.records import Scope
 from gateway.memory.store import StoreUnavailable
-from gateway.services import ServicesDep
+from gateway.services import Services, ServicesDep
+from gateway.upstream.pool import status_of
+from gateway.upstream.registry import Registration
+from gateway.upstream.setup import register, registered_group, unregister
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
@@ -57,16 +61,75 @@ async def outbox(_: AdminDep, services: ServicesDep) -> dict[str, int]:
 
 @router.get("/upstreams")
 async def upstreams(_: AdminDep, services: ServicesDep) -> dict[str, Any]:
+    return {"status": services.pool.status(), "upstreams": services.pool.describe()}
+
+
+class RegisterModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    alias: str = Field(min_length=1, max_length=256)
+    upstream_url: AnyHttpUrl
+    model: str = Field(min_length=1, max_length=256)
+    api_key: str | None = Field(default=None, min_length=1, max_length=4096)
+
+
+def _registration_view(services: Services, alias: str) -> dict[str, Any]:
+    route = services.router.aliases[alias]
+    replicas = services.router.groups.get(route.upstream, [])
     return {
-        "status": services.pool.status(),
-        "upstreams": [
-            {
-                "name": u.name,
-                "url": u.base_url,
-                "model": u.model,
-                "breaker": u.breaker.state,
-                **(u.monitor.state.to_json() if u.monitor else {}),
-            }
-            for u in services.pool.upstreams
-        ],
+        "alias": alias,
+        "model": route.model,
+        "upstream": route.upstream,
+        "upstream_url": replicas[0].base_url if replicas else None,
+        "state": status_of(replicas),
+        "source": route.source,
     }
+
+
+@router.post("/models", status_code=201)
+async def register_model(
+    request: RegisterModel, _: AdminDep, services: ServicesDep
+) -> dict[str, Any]:
+    """Route ``alias`` to ``model`` on the server at ``upstream_url``.
+
+    The server is probed at once: the answer says whether it is serving
+    (``healthy``) or not yet (``starting``: it is registered all the same, and
+    the health monitor brings it in when it answers).
+    """
+    router = services.router
+    existing = router.aliases.get(request.alias)
+    if existing is not None and existing.source != "registered":
+        raise APIError(
+            409, f"alias {request.alias!r} is set in GATEWAY_CONFIG", code="alias_configured"
+        )
+    if existing is not None:
+        await unregister(router, request.alias)
+    registration = services.registry.put(
+        Registration(request.alias, str(request.upstream_url).rstrip("/"), request.model,
+                     request.api_key)
+    )  # fmt: skip
+    register(router, services.llm_http, registration)
+    for replica in router.groups[registered_group(request.alias)]:
+        if replica.monitor is not None:
+            await replica.monitor.check_now()
+    return _registration_view(services, request.alias)
+
+
+@router.get("/models")
+async def registered_models(_: AdminDep, services: ServicesDep) -> dict[str, Any]:
+    """Every alias, configured or registered."""
+    return {
+        "data": [_registration_view(services, alias) for alias in sorted(services.router.aliases)]
+    }
+
+
+@router.delete("/models/{alias:path}")
+async def delete_model(alias: str, _: AdminDep, services: ServicesDep) -> dict[str, Any]:
+    route = services.router.aliases.get(alias)
+    if route is None:
+        raise APIError(404, f"no model alias {alias!r}", code="alias_not_found")
+    if route.source != "registered":
+        raise APIError(409, f"alias {alias!r} is set in GATEWAY_CONFIG", code="alias_configured")
+    services.registry.delete(alias)
+    await unregister(services.router, alias)
+    return {"alias": alias, "deleted": True}

@@ -29,9 +29,14 @@ from gateway.memory.prompt import format_memories, inject_memories, last_user_te
 from gateway.memory.records import NewMemory, Scope
 from gateway.memory.service import MemoryUnavailable
 from gateway.services import Services, ServicesDep
-from gateway.upstream.client import Upstream
-from gateway.upstream.pool import NoUpstreamAvailable, OpenedReply, UpstreamFailed
-from gateway.upstream.sse import StreamAccumulator, error_event, reply_text
+from gateway.upstream.pool import NoUpstreamAvailable, OpenedReply, Target, UpstreamFailed
+from gateway.upstream.router import UnknownModel
+from gateway.upstream.sse import (
+    StreamAccumulator,
+    error_event,
+    rename_model,
+    reply_text,
+)
 
 logger = logging.getLogger("gateway.chat")
 router = APIRouter()
@@ -100,6 +105,7 @@ async def chat_completions(
     raw = await request.body()
     body = parse_json_object(raw)
     chat = validate_chat(body)
+    targets = _route(services, chat.model)
     plan = plan_memory(chat, principal, services)
     headers: dict[str, str] = {}
     modified = body.pop("memory", None) is not None
@@ -111,18 +117,27 @@ async def chat_completions(
             body["messages"] = inject_memories(body["messages"], format_memories(hits))
             modified = True
 
-    def encode(upstream: Upstream) -> bytes:
-        if upstream.model is not None and upstream.model != body.get("model"):
-            return json.dumps({**body, "model": upstream.model}).encode()
+    def encode(target: Target) -> bytes:
+        if target.model is not None and target.model != chat.model:
+            return json.dumps({**body, "model": target.model}).encode()
         return json.dumps(body).encode() if modified else raw
 
     stream = bool(chat.stream)
+    wants_usage = True
+    if stream:
+        # Ask for usage in streams (token metrics); a client that did not ask
+        # for it does not get the extra event (see StreamAccumulator).
+        options = body.get("stream_options")
+        wants_usage = isinstance(options, dict) and options.get("include_usage") is True
+        if not wants_usage and (options is None or isinstance(options, dict)):
+            body["stream_options"] = {**(options or {}), "include_usage": True}
+            modified = True
     request_id = getattr(request.state, "request_id", None)
     timeouts = services.stream_timeout if stream else services.upstream_timeout
 
     async def forward() -> Response:
-        opened = await _open(services, encode, timeouts, request_id)
-        relay = _Relay(services, opened, plan, started)
+        opened = await _open(services, targets, encode, timeouts, request_id)
+        relay = _Relay(services, opened, plan, started, chat.model, drop_usage=not wants_usage)
         if not stream or opened.response.status_code != 200:
             return await relay.complete(headers)  # a completion, or an error answer
         return StreamingResponse(
@@ -135,14 +150,30 @@ async def chat_completions(
     return await _unless_disconnected(request, forward())
 
 
+def _route(services: Services, model: str) -> list[Target]:
+    try:
+        return services.router.resolve(model)
+    except UnknownModel as exc:
+        shown = ", ".join(exc.available[:50]) or "none yet"
+        raise APIError(
+            404,
+            f"model {model!r} does not exist here; available: {shown}",
+            code="model_not_found",
+            param="model",
+        ) from None
+
+
 async def _open(
     services: Services,
-    encode: Callable[[Upstream], bytes],
+    targets: list[Target],
+    encode: Callable[[Target], bytes],
     timeouts: httpx.Timeout,
     request_id: str | None,
 ) -> OpenedReply:
     try:
-        return await services.pool.open_chat(encode, timeouts=timeouts, request_id=request_id)
+        return await services.pool.open_chat(
+            targets, encode, timeouts=timeouts, request_id=request_id
+        )
     except NoUpstreamAvailable as exc:
         state = "starting" if exc.starting else "unavailable"
         message = (
@@ -204,8 +235,15 @@ class _Relay:
         opened: OpenedReply,
         plan: MemoryPlan,
         started: float,
+        client_model: str,
+        *,
+        drop_usage: bool = False,
     ) -> None:
         self.services = services
+        sent_model = opened.target.model
+        # The upstream knew the model by another name: give the client's back.
+        self.rename_to = client_model if sent_model and sent_model != client_model else None
+        self.drop_usage = drop_usage
         self.opened = opened
         self.plan = plan
         self.started = started
@@ -232,6 +270,8 @@ class _Relay:
             self._after_completion(content)
         else:
             self._finish("http_error")
+        if self.rename_to is not None and response.status_code == 200:
+            content = rename_model(content, self.rename_to) or content
         media_type = response.headers.get("content-type", "application/json")
         return Response(content, response.status_code, headers=headers, media_type=media_type)
 
@@ -246,7 +286,7 @@ class _Relay:
 
     async def stream(self) -> AsyncIterator[bytes]:
         response = self.opened.response
-        acc = StreamAccumulator()
+        acc = StreamAccumulator(rename_to=self.rename_to, drop_usage=self.drop_usage)
         outcome = "stream_error"
         first = True
         try:
@@ -256,8 +296,10 @@ class _Relay:
                     self.services.metrics.upstream_ttft.labels(self.name).observe(
                         time.perf_counter() - self.opened.sent_at
                     )
-                acc.feed(chunk)
-                yield chunk
+                if relayed := acc.feed(chunk):
+                    yield relayed
+            if tail := acc.flush():
+                yield tail
             if acc.completed:
                 outcome = "success"
             else:

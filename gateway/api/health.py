@@ -26,14 +26,7 @@ async def livez() -> dict[str, str]:
 @router.get("/readyz")
 async def readyz(services: ServicesDep) -> JSONResponse:
     """200 when the store and the embedder are usable and one LLM upstream is healthy."""
-    upstreams = {
-        u.name: {
-            **(u.monitor.state.to_json() if u.monitor else {}),
-            "url": u.base_url,
-            "breaker": u.breaker.state,
-        }
-        for u in services.pool.upstreams
-    }
+    upstreams = services.pool.describe()
     llm = services.pool.status()
     checks: dict[str, Any] = {
         "llm": {"status": llm, "upstreams": upstreams},

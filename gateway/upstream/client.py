@@ -1,6 +1,8 @@
-"""One LLM upstream: an OpenAI-compatible server (vLLM, or a cloud API)."""
+"""One LLM replica: an OpenAI-compatible server (vLLM, or a cloud API)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import httpx
 
@@ -14,6 +16,8 @@ def service_root(base_url: str) -> str:
 
 
 class Upstream:
+    """A replica. ``group`` names the upstream it belongs to (replicas share it)."""
+
     def __init__(
         self,
         name: str,
@@ -21,25 +25,32 @@ class Upstream:
         http: httpx.AsyncClient,
         *,
         api_key: str | None = None,
-        model: str | None = None,
+        group: str | None = None,
         breaker: CircuitBreaker | None = None,
     ) -> None:
         self.name = name
+        self.group = group or name
         self.base_url = base_url
-        # The model name to send instead of the client's (a cloud fallback has its own).
-        self.model = model
         self.breaker = breaker or CircuitBreaker()
+        # Model ids the server lists at /v1/models, refreshed by every good probe.
+        self.models: list[dict[str, Any]] = []
+        self.discovered = False
         self._http = http
         self._chat_url = f"{base_url}/chat/completions"
+        self._models_url = f"{base_url}/models"
         self._headers = {"Content-Type": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
-        self._health_urls = [f"{service_root(base_url)}/health", f"{base_url}/models"]
+        self._health_url = f"{service_root(base_url)}/health"
         self.monitor: Monitor | None = None
 
     @property
     def healthy(self) -> bool:
         return self.monitor is None or self.monitor.healthy
+
+    @property
+    def model_ids(self) -> set[str]:
+        return {m["id"] for m in self.models}
 
     async def send_chat(
         self, body: bytes, *, request_id: str | None, timeouts: httpx.Timeout
@@ -53,25 +64,32 @@ class Upstream:
         )
         return await self._http.send(request, stream=True)
 
-    async def get_models(self) -> httpx.Response:
-        return await self._http.get(f"{self.base_url}/models", headers=self._headers)
-
     async def probe(self) -> None:
-        """``/health`` (vLLM), else ``/v1/models`` (any OpenAI-compatible API)."""
-        for url in self._health_urls:
-            try:
-                response = await self._http.get(url, headers=self._headers)
-            except httpx.ConnectError as exc:
-                raise ProbeFailed(f"connection refused: {exc}", starting=True) from exc
-            except httpx.TransportError as exc:
-                raise ProbeFailed(f"{type(exc).__name__}: {exc}") from exc
-            if response.status_code == 200:
-                return
-            if response.status_code in (404, 405):
-                continue  # no /health here: ask /v1/models instead
+        """``/health`` (vLLM) when it exists, then ``/v1/models``, which also tells
+        which models this replica serves."""
+        health = await self._get(self._health_url)
+        if health.status_code not in (200, 404, 405):  # 404/405: no /health here
             # vLLM answers 503 while the engine is still starting.
             raise ProbeFailed(
-                f"{url} answered {response.status_code}",
-                starting=response.status_code == 503,
+                f"/health answered {health.status_code}", starting=health.status_code == 503
             )
-        raise ProbeFailed("neither /health nor /v1/models answered 200")
+        listing = await self._get(self._models_url)
+        if listing.status_code != 200:
+            raise ProbeFailed(
+                f"/v1/models answered {listing.status_code}",
+                starting=listing.status_code == 503,
+            )
+        try:
+            data = listing.json().get("data", [])
+            self.models = [m for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
+        except (ValueError, AttributeError):
+            raise ProbeFailed("/v1/models did not answer an OpenAI model list") from None
+        self.discovered = True
+
+    async def _get(self, url: str) -> httpx.Response:
+        try:
+            return await self._http.get(url, headers=self._headers)
+        except httpx.ConnectError as exc:
+            raise ProbeFailed(f"connection refused: {exc}", starting=True) from exc
+        except httpx.TransportError as exc:
+            raise ProbeFailed(f"{type(exc).__name__}: {exc}") from exc

@@ -13,9 +13,11 @@ stream has started it is never retried.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 from tenacity import (
@@ -57,11 +59,24 @@ class _Retryable(Exception):
         self.failure = failure
 
 
+@dataclass(frozen=True)
+class Target:
+    """One place a request may go: a replica, and the model name to send there
+    (None: the client's own)."""
+
+    upstream: Upstream
+    model: str | None = None
+
+
 @dataclass
 class OpenedReply:
-    upstream: Upstream
+    target: Target
     response: httpx.Response
     sent_at: float
+
+    @property
+    def upstream(self) -> Upstream:
+        return self.target.upstream
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -84,27 +99,72 @@ class _Wait:
         return float(self._backoff(state))
 
 
+def status_of(upstreams: Sequence[Upstream]) -> str:
+    """healthy: one can serve; starting: none can, one is coming up; else unavailable."""
+    if any(u.healthy for u in upstreams):
+        return HEALTHY
+    if any(u.monitor is not None and u.monitor.state.status == STARTING for u in upstreams):
+        return STARTING
+    return "unavailable"
+
+
 class UpstreamPool:
+    """Every LLM replica the gateway knows, each with its monitor and breaker.
+
+    Replicas come and go at run time (admin registrations): ``add`` starts a
+    replica's monitor once the pool runs, ``remove`` stops it.
+    """
+
     def __init__(
         self,
-        upstreams: Sequence[Upstream],
         metrics: GatewayMetrics,
         *,
         attempts: int,
         health_interval_s: float,
     ) -> None:
-        self.upstreams = list(upstreams)
+        self.upstreams: dict[str, Upstream] = {}
         self._metrics = metrics
         self._attempts = attempts
-        for upstream in self.upstreams:
-            upstream.monitor = Monitor(
-                f"llm:{upstream.name}",
-                upstream.probe,
-                interval_s=health_interval_s,
-                on_change=self._state_listener(upstream),
+        self._health_interval_s = health_interval_s
+        self._running = False
+
+    def add(self, upstream: Upstream) -> None:
+        if upstream.name in self.upstreams:
+            raise ValueError(f"upstream {upstream.name!r} exists already")
+        upstream.monitor = Monitor(
+            f"llm:{upstream.name}",
+            upstream.probe,
+            interval_s=self._health_interval_s,
+            on_change=self._state_listener(upstream),
+        )
+        self.upstreams[upstream.name] = upstream
+        self._metrics.init_upstream(upstream.name)
+        self._metrics.set_upstream_state(upstream.name, STARTING)
+        self._metrics.set_breaker_state(upstream.name, upstream.breaker.state)
+        if self._running:
+            upstream.monitor.start()
+
+    async def remove(self, name: str) -> None:
+        upstream = self.upstreams.pop(name, None)
+        if upstream is not None and upstream.monitor is not None:
+            await upstream.monitor.stop()
+        self._metrics.remove_upstream(name)
+
+    async def start(self, first_probe_timeout_s: float) -> None:
+        """Probe every replica once (so the first state is real), then keep watching."""
+        monitors = self.monitors()
+        if monitors:
+            await asyncio.wait(
+                [asyncio.create_task(m.check_now()) for m in monitors],
+                timeout=first_probe_timeout_s,
             )
-            metrics.set_upstream_state(upstream.name, STARTING)
-            metrics.set_breaker_state(upstream.name, upstream.breaker.state)
+        for monitor in monitors:
+            monitor.start()
+        self._running = True
+
+    async def stop(self) -> None:
+        self._running = False
+        await asyncio.gather(*(m.stop() for m in self.monitors()))
 
     def _state_listener(self, upstream: Upstream) -> Callable[[str, str], None]:
         def changed(_: str, status: str) -> None:
@@ -116,40 +176,50 @@ class UpstreamPool:
         return changed
 
     def monitors(self) -> list[Monitor]:
-        return [u.monitor for u in self.upstreams if u.monitor is not None]
-
-    @property
-    def primary(self) -> Upstream:
-        return self.upstreams[0]
+        return [u.monitor for u in self.upstreams.values() if u.monitor is not None]
 
     def status(self) -> str:
-        """healthy: one can serve; starting: none can, one is coming up; else unavailable."""
-        if any(u.healthy for u in self.upstreams):
-            return HEALTHY
-        if any(m.state.status == STARTING for m in self.monitors()):
-            return STARTING
-        return "unavailable"
+        return status_of(list(self.upstreams.values()))
 
-    def _pick(self) -> Upstream:
-        for upstream in self.upstreams:
+    def describe(self) -> dict[str, dict[str, Any]]:
+        """Each replica's state, for /readyz and the admin API."""
+        return {
+            u.name: {
+                **(u.monitor.state.to_json() if u.monitor else {}),
+                "upstream": u.group,
+                "url": u.base_url,
+                "breaker": u.breaker.state,
+                "models": sorted(u.model_ids),
+            }
+            for u in self.upstreams.values()
+        }
+
+    def _pick(self, targets: Sequence[Target]) -> Target:
+        for target in targets:
+            upstream = target.upstream
             if upstream.healthy and upstream.breaker.allow():
                 self._metrics.set_breaker_state(upstream.name, upstream.breaker.state)
-                return upstream
-        status = self.status()
+                return target
+        upstreams = [t.upstream for t in targets]
         detail = "; ".join(
             f"{u.name}: {u.monitor.state.status if u.monitor else '?'} (breaker {u.breaker.state})"
-            for u in self.upstreams
+            for u in upstreams
         )
-        raise NoUpstreamAvailable(status == STARTING, detail)
+        raise NoUpstreamAvailable(status_of(upstreams) == STARTING, detail)
 
     async def open_chat(
         self,
-        encode: Callable[[Upstream], bytes],
+        targets: Sequence[Target],
+        encode: Callable[[Target], bytes],
         *,
         timeouts: httpx.Timeout,
         request_id: str | None,
     ) -> OpenedReply:
-        """Send to the first eligible upstream, retrying before any byte is relayed."""
+        """Send to the first eligible target, retrying before any byte is relayed.
+
+        ``targets`` are in order of preference: the replicas serving the model
+        (already rotated for load balancing), then its fallbacks.
+        """
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._attempts),
             wait=_Wait(),
@@ -160,20 +230,25 @@ class UpstreamPool:
             async for attempt in retrying:
                 with attempt:
                     if attempt.retry_state.attempt_number > 1:
-                        self._metrics.upstream_retries.labels(self.primary.name).inc()
-                    return await self._attempt(encode, timeouts, request_id)
+                        self._metrics.upstream_retries.labels(targets[0].upstream.name).inc()
+                    return await self._attempt(targets, encode, timeouts, request_id)
         except _Retryable as exc:
             raise exc.failure from None
         raise AssertionError("unreachable: tenacity either returns or reraises")
 
     async def _attempt(
-        self, encode: Callable[[Upstream], bytes], timeouts: httpx.Timeout, request_id: str | None
+        self,
+        targets: Sequence[Target],
+        encode: Callable[[Target], bytes],
+        timeouts: httpx.Timeout,
+        request_id: str | None,
     ) -> OpenedReply:
-        upstream = self._pick()
+        target = self._pick(targets)
+        upstream = target.upstream
         sent_at = time.perf_counter()
         try:
             response = await upstream.send_chat(
-                encode(upstream), request_id=request_id, timeouts=timeouts
+                encode(target), request_id=request_id, timeouts=timeouts
             )
         except httpx.ConnectError as exc:
             self._failed(upstream, "connect_error", f"connection refused: {exc}", starting=True)
@@ -198,9 +273,9 @@ class UpstreamPool:
             message = f"LLM upstream {upstream.name} answered {response.status_code}"
             raise _Retryable(UpstreamFailed(response.status_code, message, retry_after))
 
-        if upstream is not self.primary:
+        if target.upstream.group != targets[0].upstream.group:
             self._metrics.upstream_fallbacks.labels(upstream.name).inc()
-        return OpenedReply(upstream, response, sent_at)
+        return OpenedReply(target, response, sent_at)
 
     def _failed(self, upstream: Upstream, outcome: str, error: str, starting: bool = False) -> None:
         self._metrics.upstream_requests.labels(upstream.name, outcome).inc()

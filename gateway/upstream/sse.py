@@ -12,45 +12,79 @@ from typing import Any
 
 
 class StreamAccumulator:
-    def __init__(self, max_line_bytes: int = 1 << 20) -> None:
+    """Reads an OpenAI chat stream as it passes; optionally rewrites it on the way.
+
+    ``feed`` returns the bytes to relay: the input itself, unless the stream
+    must be changed, then whole lines, an event split across chunks held back
+    until complete. Two changes exist, both invisible to a client that got what
+    it asked for:
+
+    - ``rename_to``: the upstream was sent another model name (an alias, a
+      fallback's model); each event gets the client's name back;
+    - ``drop_usage``: the gateway asked for usage (for its metrics) when the
+      client had not; the usage-only event is not relayed.
+    """
+
+    def __init__(
+        self,
+        *,
+        rename_to: str | None = None,
+        drop_usage: bool = False,
+        max_line_bytes: int = 1 << 20,
+    ) -> None:
         self._buffer = b""
         self._max_line_bytes = max_line_bytes
+        self._rename_to = rename_to
+        self._drop_usage = drop_usage
+        self._rewrites = rename_to is not None or drop_usage
         self._parts: list[str] = []
         self.done = False
         self.finish_reason: str | None = None
         self.usage: dict[str, Any] | None = None
         self.error: dict[str, Any] | None = None
-        self.saw_content = False
 
     @property
     def text(self) -> str:
         return "".join(self._parts)
 
-    def feed(self, chunk: bytes) -> None:
+    def feed(self, chunk: bytes) -> bytes:
         self._buffer += chunk
-        *lines, self._buffer = self._buffer.split(b"\n")
-        if len(self._buffer) > self._max_line_bytes:
-            self._buffer = b""  # a runaway line: stop looking at it, keep relaying
-        for line in lines:
-            self._line(line.rstrip(b"\r"))
+        *lines, rest = self._buffer.split(b"\n")
+        if len(rest) > self._max_line_bytes:
+            # A runaway line: stop holding or reading it; relay what there is.
+            lines.append(rest)
+            rest = b""
+        self._buffer = rest
+        out = [self._line(line) for line in lines]
+        if not self._rewrites:
+            return chunk
+        kept = [line for line in out if line is not None]
+        return b"\n".join(kept) + b"\n" if kept else b""
 
-    def _line(self, line: bytes) -> None:
+    def flush(self) -> bytes:
+        """What is left at the end of the stream (only when rewriting)."""
+        tail, self._buffer = self._buffer, b""
+        return tail if self._rewrites else b""
+
+    def _line(self, line: bytes) -> bytes | None:
         if not line.startswith(b"data:"):
-            return
+            return line
         data = line[5:].strip()
         if data == b"[DONE]":
             self.done = True
-            return
+            return line
         try:
             event = json.loads(data)
         except ValueError:
-            return
+            return line
         if not isinstance(event, dict):
-            return
+            return line
         if isinstance(event.get("error"), dict):
             self.error = event["error"]
         if isinstance(event.get("usage"), dict):
             self.usage = event["usage"]
+            if self._drop_usage and not event.get("choices"):
+                return None
         for choice in event.get("choices") or ():
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
@@ -58,9 +92,12 @@ class StreamAccumulator:
             content = delta.get("content") if isinstance(delta, dict) else None
             if isinstance(content, str) and content:
                 self._parts.append(content)
-                self.saw_content = True
             if choice.get("finish_reason"):
                 self.finish_reason = str(choice["finish_reason"])
+        if self._rename_to is not None and "model" in event:
+            event["model"] = self._rename_to
+            return b"data: " + json.dumps(event, ensure_ascii=False).encode()
+        return line
 
     @property
     def completed(self) -> bool:
@@ -81,3 +118,15 @@ def reply_text(completion: Any) -> str:
     except (KeyError, IndexError, TypeError):
         return ""
     return content if isinstance(content, str) else ""
+
+
+def rename_model(body: bytes, model: str) -> bytes | None:
+    """``body`` (a JSON object) with its ``model`` set to ``model``; None if not such."""
+    try:
+        event = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(event, dict) or "model" not in event:
+        return None
+    event["model"] = model
+    return json.dumps(event, ensure_ascii=False).encode()

@@ -114,10 +114,9 @@ def test_content_and_keys_never_reach_the_logs_at_info(
         model="fake-model", messages=messages, user=user, stream=True
     )
     assert "hunter2-q8" in "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    invalid: Any = [{"role": "nobody", "content": SECRET_TEXT}]
     with pytest.raises(BadRequestError):  # a 400 whose body holds the secret
-        client.chat.completions.create(
-            model="fake-model", messages=[{"role": "nobody", "content": SECRET_TEXT}]
-        )
+        client.chat.completions.create(model="fake-model", messages=invalid)
     with pytest.raises(AuthenticationError):
         OpenAI(base_url=gateway.url, api_key=WRONG_KEY, max_retries=0).models.list()
     headers = {"Authorization": f"Bearer {CLIENT_KEY}"}

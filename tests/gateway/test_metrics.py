@@ -133,24 +133,21 @@ def test_init_upstream_is_idempotent_and_keeps_state(metrics: GatewayMetrics) ->
     assert registry.get_sample_value("memgate_upstream_retries_total", {"upstream": "primary"}) == 1
 
 
-def test_reporting_a_state_initialises_an_unknown_upstream() -> None:
-    metrics = GatewayMetrics(CollectorRegistry())
+def test_a_removed_upstream_leaves_no_series_behind(metrics: GatewayMetrics) -> None:
+    metrics.init_upstream("replica-2")
+    metrics.upstream_requests.labels("replica-2", "success").inc()
+    metrics.upstream_duration.labels("replica-2").observe(0.1)
+    metrics.set_breaker_state("replica-2", "open")
+    metrics.remove_upstream("replica-2")
+    text = exposition(metrics.registry)
+    assert 'upstream="replica-2"' not in text
+    assert 'upstream="primary"' in text  # the others stay
+    metrics.init_upstream("replica-2")  # registered again: fresh zero series
     assert (
         metrics.registry.get_sample_value(
-            "memgate_upstream_fallbacks_total", {"upstream": "fallback"}
+            "memgate_upstream_requests_total", {"upstream": "replica-2", "outcome": "success"}
         )
-        is None
-    )
-    metrics.set_breaker_state("fallback", "open")
-    registry = metrics.registry
-    assert (
-        registry.get_sample_value("memgate_upstream_fallbacks_total", {"upstream": "fallback"}) == 0
-    )
-    assert (
-        registry.get_sample_value(
-            "memgate_upstream_breaker_state", {"upstream": "fallback", "state": "open"}
-        )
-        == 1
+        == 0
     )
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 from starlette.types import Message, Scope
 
 from gateway.app import create_app
@@ -309,6 +309,29 @@ def test_memory_routes_report_their_full_templates(
     assert observed(registry, "/v1/memories", "GET") == 1
     assert observed(registry, "/v1/memories/search", "POST") == 1
     assert "someone-private" not in client.get("/metrics").text
+
+
+async def test_unknown_methods_share_one_label_value() -> None:
+    """h11 passes any method token through: they must not become label values."""
+    registry = CollectorRegistry()
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 405, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        pass
+
+    middleware = RequestContextMiddleware(app, GatewayMetrics(registry))
+    for method in ("FOO1", "FOO2", "PROPFIND", "GET"):
+        await middleware({"type": "http", "method": method, "headers": []}, receive, send)
+    text = generate_latest(registry).decode()
+    assert "FOO1" not in text and "PROPFIND" not in text
+    assert http_requests(registry, "unmatched", "other", 405) == 3
+    assert http_requests(registry, "unmatched", "GET", 405) == 1
 
 
 def test_in_flight_returns_to_zero(gateway: tuple[TestClient, CollectorRegistry]) -> None:

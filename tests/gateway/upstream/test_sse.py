@@ -66,3 +66,35 @@ def test_reply_text() -> None:
     assert reply_text({"choices": [{"message": {"content": "hi"}}]}) == "hi"
     assert reply_text({"choices": []}) == ""
     assert reply_text({"choices": [{"message": {"content": None, "tool_calls": []}}]}) == ""
+
+
+def usage_event() -> bytes:
+    return event({"model": "up", "choices": [], "usage": {"prompt_tokens": 1}})
+
+
+def test_without_rewriting_the_bytes_pass_unchanged() -> None:
+    acc = StreamAccumulator()
+    data = chunk("hi") + b"data: [DO"
+    assert acc.feed(data) == data
+    assert acc.flush() == b""
+
+
+def test_rename_puts_the_clients_model_back_across_chunk_splits() -> None:
+    first = {"model": "upstream-name", "choices": [{"index": 0, "delta": {"content": "é"}}]}
+    stream = event(first) + b"data: [DONE]\n\n"
+    for size in (1, 5, len(stream)):
+        acc = StreamAccumulator(rename_to="alias")
+        out = b"".join(acc.feed(stream[i : i + size]) for i in range(0, len(stream), size))
+        out += acc.flush()
+        events = [line[6:] for line in out.split(b"\n") if line.startswith(b"data: ")]
+        assert json.loads(events[0])["model"] == "alias"
+        assert events[1] == b"[DONE]" and acc.text == "é"
+
+
+def test_the_usage_event_is_dropped_but_still_read() -> None:
+    acc = StreamAccumulator(drop_usage=True)
+    out = acc.feed(chunk("a", finish="stop") + usage_event() + b"data: [DONE]\n\n")
+    assert b'"usage"' not in out and b"[DONE]" in out and b'"a"' in out
+    assert acc.usage == {"prompt_tokens": 1}
+    kept = StreamAccumulator(drop_usage=False, rename_to="x").feed(usage_event())
+    assert b'"usage"' in kept

@@ -1,0 +1,89 @@
+"""The upstreams file (``GATEWAY_CONFIG``, YAML): several LLM servers and their models.
+
+```yaml
+upstreams:
+  - name: qwen                       # a bounded label in metrics and /readyz
+    urls: ["http://vllm-a:8000/v1", "http://vllm-b:8000/v1"]   # replicas
+    api_key_env: QWEN_API_KEY        # or api_key: "..." (the env form keeps secrets out)
+    models:                          # optional: a plain vLLM's own /v1/models is discovered
+      - alias: qwen                  # what clients send as "model"
+        model: Qwen/Qwen2.5-7B-Instruct   # what the upstream is sent instead
+        fallback: cloud              # optional: another upstream for this alias...
+        fallback_model: gpt-4o-mini  # ...and the model name to use there
+  - name: cloud
+    urls: ["https://api.openai.com/v1"]
+    api_key_env: OPENAI_API_KEY
+```
+
+``GATEWAY_LLM_URL`` stays the upstream named ``primary`` (with the
+``GATEWAY_FALLBACK_LLM_*`` fallback); the file adds upstreams beside it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
+
+
+class ModelEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    alias: str = Field(min_length=1, max_length=256)
+    model: str | None = Field(default=None, min_length=1, max_length=256)
+    fallback: str | None = Field(default=None, pattern=NAME)
+    fallback_model: str | None = Field(default=None, min_length=1, max_length=256)
+
+
+class UpstreamEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=NAME)
+    urls: list[str] = Field(min_length=1, max_length=64)
+    api_key: str | None = None
+    api_key_env: str | None = None
+    models: list[ModelEntry] = Field(default_factory=list)
+
+    def key(self) -> str | None:
+        if self.api_key_env:
+            return os.environ.get(self.api_key_env) or None
+        return self.api_key
+
+
+class UpstreamsFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    upstreams: list[UpstreamEntry] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> UpstreamsFile:
+        names = [u.name for u in self.upstreams]
+        if len(set(names)) != len(names):
+            raise ValueError("upstream names must be unique")
+        aliases = [m.alias for u in self.upstreams for m in u.models]
+        if len(set(aliases)) != len(aliases):
+            raise ValueError("model aliases must be unique across upstreams")
+        reserved = {"primary", "fallback"} & set(names)
+        if reserved:
+            raise ValueError(f"{sorted(reserved)} are reserved for GATEWAY_LLM_URL's upstreams")
+        known = {*names, "primary", "fallback"}
+        for upstream in self.upstreams:
+            for entry in upstream.models:
+                if entry.fallback and entry.fallback not in known:
+                    raise ValueError(f"alias {entry.alias!r}: unknown fallback {entry.fallback!r}")
+        return self
+
+
+def load_upstreams_file(path: Path) -> UpstreamsFile:
+    """Raises ValueError with a message fit for the operator."""
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+        return UpstreamsFile.model_validate(raw)
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"GATEWAY_CONFIG {path}: {exc}") from exc
+    except ValidationError as exc:
+        raise ValueError(f"GATEWAY_CONFIG {path}: {exc}") from exc

@@ -1,0 +1,58 @@
+"""Assembling the router from the environment, ``GATEWAY_CONFIG`` and registrations."""
+
+from __future__ import annotations
+
+import httpx
+
+from gateway.settings import Settings
+from gateway.upstream.config import load_upstreams_file
+from gateway.upstream.pool import UpstreamPool
+from gateway.upstream.registry import ModelRegistry, Registration
+from gateway.upstream.router import FALLBACK, PRIMARY, AliasRoute, ModelRouter
+
+
+def registered_group(alias: str) -> str:
+    """Registered models get an upstream of their own; the colon keeps these names
+    apart from configured ones, which cannot contain it."""
+    return f"registered:{alias}"
+
+
+def register(router: ModelRouter, http: httpx.AsyncClient, registration: Registration) -> None:
+    group = registered_group(registration.alias)
+    router.add_upstream(group, [registration.upstream_url], http, registration.api_key)
+    router.add_alias(AliasRoute(registration.alias, group, registration.model, source="registered"))
+
+
+async def unregister(router: ModelRouter, alias: str) -> None:
+    router.aliases.pop(alias, None)
+    await router.remove_upstream(registered_group(alias))
+
+
+def build_router(
+    settings: Settings, http: httpx.AsyncClient, pool: UpstreamPool, registry: ModelRegistry
+) -> ModelRouter:
+    router = ModelRouter(pool, fallback_model=settings.fallback_llm_model)
+    router.add_upstream(PRIMARY, [settings.llm_url], http, settings.llm_api_key)
+    if settings.fallback_llm_url:
+        router.add_upstream(
+            FALLBACK, [settings.fallback_llm_url], http, settings.fallback_llm_api_key
+        )
+    if settings.config is not None:
+        upstreams = load_upstreams_file(settings.config).upstreams
+        for upstream in upstreams:
+            router.add_upstream(upstream.name, upstream.urls, http, upstream.key())
+        for upstream in upstreams:
+            for entry in upstream.models:
+                router.add_alias(
+                    AliasRoute(
+                        entry.alias,
+                        upstream.name,
+                        entry.model,
+                        entry.fallback,
+                        entry.fallback_model,
+                    )
+                )
+    for registration in registry.all():
+        if registration.alias not in router.aliases:  # the config file wins
+            register(router, http, registration)
+    return router

@@ -1,0 +1,127 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry
+
+from gateway.metrics import GatewayMetrics
+from gateway.upstream.config import load_upstreams_file
+from gateway.upstream.pool import UpstreamPool
+from gateway.upstream.registry import ModelRegistry, Registration
+from gateway.upstream.router import FALLBACK, PRIMARY, AliasRoute, ModelRouter, UnknownModel
+
+
+@pytest.fixture
+async def router() -> AsyncIterator[ModelRouter]:
+    pool = UpstreamPool(GatewayMetrics(CollectorRegistry()), attempts=1, health_interval_s=5)
+    async with httpx.AsyncClient() as http:
+        router = ModelRouter(pool, fallback_model="cloud-model")
+        router.add_upstream(PRIMARY, ["http://vllm:8000/v1"], http, None)
+        router.add_upstream(FALLBACK, ["https://cloud/v1"], http, "k")
+        router.add_upstream("qwen", ["http://a/v1", "http://b/v1"], http, None)
+        yield router
+
+
+def serves(router: ModelRouter, group: str, *models: str) -> None:
+    for replica in router.groups[group]:
+        replica.models = [{"id": m, "object": "model"} for m in models]
+        replica.discovered = True
+
+
+def names(targets: list) -> list[tuple[str, str | None]]:  # type: ignore[type-arg]
+    return [(t.upstream.name, t.model) for t in targets]
+
+
+async def test_alias_first_with_its_upstream_model_and_fallback(router: ModelRouter) -> None:
+    serves(router, PRIMARY, "Qwen/Qwen2.5-7B")
+    serves(router, "qwen", "Qwen/Qwen2.5-7B")
+    router.add_alias(AliasRoute("fast", "qwen", "Qwen/Qwen2.5-7B", FALLBACK, "gpt-mini"))
+    targets = names(router.resolve("fast"))
+    assert sorted(targets[:2]) == [("qwen-0", "Qwen/Qwen2.5-7B"), ("qwen-1", "Qwen/Qwen2.5-7B")]
+    assert targets[2:] == [("fallback", "gpt-mini")]
+
+
+async def test_replicas_take_turns(router: ModelRouter) -> None:
+    serves(router, PRIMARY)
+    serves(router, FALLBACK)
+    serves(router, "qwen", "m")
+    firsts = {router.resolve("m")[0].upstream.name for _ in range(4)}
+    assert firsts == {"qwen-0", "qwen-1"}
+
+
+async def test_discovered_names_route_and_primary_falls_back(router: ModelRouter) -> None:
+    serves(router, PRIMARY, "llama")
+    serves(router, FALLBACK, "gpt-4o")
+    serves(router, "qwen", "qwen")
+    assert names(router.resolve("llama")) == [("primary", None), ("fallback", "cloud-model")]
+    assert names(router.resolve("gpt-4o")) == [("fallback", None)]
+
+
+async def test_unknown_model_lists_what_exists(router: ModelRouter) -> None:
+    serves(router, PRIMARY, "llama")
+    serves(router, FALLBACK)
+    serves(router, "qwen", "qwen")
+    router.add_alias(AliasRoute("fast", "qwen", "qwen"))
+    with pytest.raises(UnknownModel) as caught:
+        router.resolve("gpt-5")
+    assert caught.value.available == ["fast", "llama", "qwen"]
+
+
+async def test_undiscovered_upstreams_may_serve_anything(router: ModelRouter) -> None:
+    serves(router, "qwen", "qwen")  # primary has not listed its models yet (loading)
+    assert names(router.resolve("whatever")) == [("primary", None), ("fallback", "cloud-model")]
+
+
+async def test_listing_has_aliases_and_discovered_models_with_state(router: ModelRouter) -> None:
+    serves(router, PRIMARY, "llama")
+    serves(router, FALLBACK)
+    serves(router, "qwen", "qwen")
+    router.add_alias(AliasRoute("fast", "qwen", "qwen"))
+    items = {item["id"]: item for item in router.listing()}
+    assert set(items) == {"fast", "llama", "qwen"}
+    assert items["fast"]["upstream"] == "qwen" and items["fast"]["upstream_model"] == "qwen"
+    assert items["llama"]["source"] == "discovered" and items["llama"]["object"] == "model"
+    assert {item["state"] for item in items.values()} <= {"healthy", "starting", "unavailable"}
+
+
+def test_config_file_is_validated(tmp_path: Path) -> None:
+    path = tmp_path / "upstreams.yaml"
+    path.write_text(
+        "upstreams:\n"
+        "  - name: qwen\n"
+        "    urls: [http://a/v1]\n"
+        "    models: [{alias: fast, model: Qwen/Qwen2.5-7B, fallback: primary}]\n"
+    )
+    loaded = load_upstreams_file(path)
+    assert loaded.upstreams[0].models[0].model == "Qwen/Qwen2.5-7B"
+    for bad in (
+        "upstreams: [{name: primary, urls: [http://a]}]",
+        "upstreams: [{name: a, urls: []}]",
+        "upstreams: [{name: a, urls: [x], models: [{alias: m, fallback: nowhere}]}]",
+        "upstreams: [{name: a, urls: [x], models: [{alias: m}]}, "
+        "{name: b, urls: [y], models: [{alias: m}]}]",
+        "upstreams: [{name: 'bad name', urls: [x]}]",
+        "upstreams: [{name: a, urls: [x], surprise: 1}]",
+        "upstreams: [",
+    ):
+        path.write_text(bad)
+        with pytest.raises(ValueError, match="GATEWAY_CONFIG"):
+            load_upstreams_file(path)
+
+
+def test_registrations_persist_privately(tmp_path: Path) -> None:
+    registry = ModelRegistry(tmp_path / "models.sqlite3")
+    registry.open()
+    registry.put(Registration("vl", "http://x:8000/v1", "Qwen/Qwen3-VL-2B-Instruct", "k"))
+    registry.put(Registration("vl", "http://y:8000/v1", "Qwen/Qwen3-VL-2B-Instruct"))
+    registry.close()
+    assert (tmp_path / "models.sqlite3").stat().st_mode & 0o077 == 0
+    again = ModelRegistry(tmp_path / "models.sqlite3")
+    again.open()
+    [only] = again.all()
+    assert (only.alias, only.upstream_url, only.api_key) == ("vl", "http://y:8000/v1", None)
+    assert again.delete("vl") and not again.delete("vl") and again.all() == []
+    again.close()
