@@ -60,6 +60,11 @@ class GatewayMetrics:
             f"{p}_upstream_requests", "Requests sent to LLM upstreams, by outcome.",
             ["upstream", "outcome"], registry=registry,
         )  # fmt: skip
+        self.model_requests = Counter(
+            f"{p}_model_requests", "Chat requests by the model asked for (configured, "
+            "registered or discovered names; anything else is 'other') and where they went.",
+            ["model", "upstream", "outcome"], registry=registry,
+        )  # fmt: skip
         self.upstream_duration = Histogram(
             f"{p}_upstream_request_duration_seconds", "LLM upstream latency, to the last byte.",
             ["upstream"], buckets=_LATENCY_BUCKETS, registry=registry,
@@ -167,7 +172,7 @@ class GatewayMetrics:
         """Drop every series of an upstream that is gone (a replica unregistered)."""
         self._upstreams.discard(upstream)
         for family in (
-            self.upstream_requests, self.upstream_duration, self.upstream_ttft,
+            self.upstream_requests, self.model_requests, self.upstream_duration, self.upstream_ttft,
             self.upstream_retries, self.upstream_fallbacks, self.upstream_tokens,
             self.upstream_state, self.breaker_state,
         ):  # fmt: skip

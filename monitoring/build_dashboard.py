@@ -199,6 +199,16 @@ ROWS: tuple[Row, ...] = (
                 mappings=READY_MAP,
             ),
             Panel(
+                "Requests/s by model",
+                (
+                    Query(
+                        rate("memgate_model_requests_total", "model, upstream, outcome"),
+                        "{{model}} → {{upstream}} {{outcome}}",
+                    ),
+                ),
+                unit="reqps",
+            ),
+            Panel(
                 "Upstream requests/s by outcome",
                 (
                     Query(

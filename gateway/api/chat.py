@@ -243,6 +243,7 @@ class _Relay:
         sent_model = opened.target.model
         # The upstream knew the model by another name: give the client's back.
         self.rename_to = client_model if sent_model and sent_model != client_model else None
+        self.model_label = services.router.metric_label(client_model)
         self.drop_usage = drop_usage
         self.opened = opened
         self.plan = plan
@@ -331,6 +332,7 @@ class _Relay:
         upstream_s = now - self.opened.sent_at
         metrics = self.services.metrics
         self.services.pool.record_outcome(self.opened.upstream, outcome)
+        metrics.model_requests.labels(self.model_label, self.name, outcome).inc()
         metrics.upstream_duration.labels(self.name).observe(upstream_s)
         metrics.overhead.labels("/v1/chat/completions").observe(
             max(0.0, (now - self.started) - upstream_s)

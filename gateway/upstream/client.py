@@ -34,6 +34,7 @@ class Upstream:
         self.breaker = breaker or CircuitBreaker()
         # Model ids the server lists at /v1/models, refreshed by every good probe.
         self.models: list[dict[str, Any]] = []
+        self.model_ids: frozenset[str] = frozenset()
         self.discovered = False
         self._http = http
         self._chat_url = f"{base_url}/chat/completions"
@@ -47,10 +48,6 @@ class Upstream:
     @property
     def healthy(self) -> bool:
         return self.monitor is None or self.monitor.healthy
-
-    @property
-    def model_ids(self) -> set[str]:
-        return {m["id"] for m in self.models}
 
     async def send_chat(
         self, body: bytes, *, request_id: str | None, timeouts: httpx.Timeout
@@ -81,9 +78,10 @@ class Upstream:
             )
         try:
             data = listing.json().get("data", [])
-            self.models = [m for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
+            models = [m for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
         except (ValueError, AttributeError):
             raise ProbeFailed("/v1/models did not answer an OpenAI model list") from None
+        self.models, self.model_ids = models, frozenset(m["id"] for m in models)
         self.discovered = True
 
     async def _get(self, url: str) -> httpx.Response:

@@ -126,6 +126,15 @@ class ModelRouter:
             raise UnknownModel(model, sorted(self.model_names()))
         return [target for group in serving for target in self._with_fallback(group, None)]
 
+    def metric_label(self, model: str) -> str:
+        """``model`` if it is a name the gateway knows (bounded), else ``other``."""
+        if model in self.aliases:
+            return model
+        for replicas in self.groups.values():
+            if any(model in replica.model_ids for replica in replicas):
+                return model
+        return "other"
+
     # -- listing -------------------------------------------------------------
 
     def model_names(self) -> set[str]:

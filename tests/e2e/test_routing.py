@@ -70,6 +70,11 @@ def test_alias_routes_and_names_are_substituted_both_ways(
     assert chunks and {c.model for c in chunks} == {"small"}
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "echo: hello"
     assert all(not c.usage for c in chunks)  # the usage the gateway asked for is not relayed
+    metrics = httpx.get(f"{gateway.base_url}/metrics").text
+    assert (
+        'memgate_model_requests_total{model="small",outcome="success",upstream="team-a"} 2.0'
+        in (metrics)
+    )
 
 
 def test_discovered_names_route_across_replicas(

@@ -51,6 +51,7 @@ CONTRACT_FAMILIES = frozenset(
         "memgate_http_requests_total",
         "memgate_http_request_duration_seconds",
         "memgate_http_requests_in_flight",
+        "memgate_model_requests_total",
         "memgate_upstream_requests_total",
         "memgate_upstream_request_duration_seconds",
         "memgate_upstream_time_to_first_token_seconds",

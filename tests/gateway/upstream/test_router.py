@@ -28,6 +28,7 @@ async def router() -> AsyncIterator[ModelRouter]:
 def serves(router: ModelRouter, group: str, *models: str) -> None:
     for replica in router.groups[group]:
         replica.models = [{"id": m, "object": "model"} for m in models]
+        replica.model_ids = frozenset(models)
         replica.discovered = True
 
 
@@ -125,3 +126,11 @@ def test_registrations_persist_privately(tmp_path: Path) -> None:
     assert (only.alias, only.upstream_url, only.api_key) == ("vl", "http://y:8000/v1", None)
     assert again.delete("vl") and not again.delete("vl") and again.all() == []
     again.close()
+
+
+async def test_metric_labels_stay_bounded(router: ModelRouter) -> None:
+    serves(router, PRIMARY, "llama")
+    router.add_alias(AliasRoute("fast", "qwen", "qwen"))
+    assert router.metric_label("fast") == "fast"
+    assert router.metric_label("llama") == "llama"
+    assert router.metric_label("anything-a-client-sends") == "other"
