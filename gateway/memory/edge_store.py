@@ -25,11 +25,37 @@ from gateway.memory.records import (
     from_payload,
     in_scope,
     scope_conditions,
+    session_conditions,
     to_payload,
 )
-from gateway.memory.store import DimensionMismatch, StoredPoint, StoreUnavailable
+from gateway.memory.sparse import Sparse
+from gateway.memory.store import (
+    DENSE_CONTEXT,
+    DENSE_TEXT,
+    PREFETCH_LIMIT,
+    RRF_K,
+    SPARSE_CONTEXT,
+    SPARSE_TEXT,
+    DimensionMismatch,
+    QueryVectors,
+    StoredPoint,
+    StoreUnavailable,
+)
 
 T = TypeVar("T")
+
+
+# Tenant first: Qdrant co-locates a tenant's points when is_tenant is set.
+_INDEXES: list[tuple[str, Any]] = [
+    ("tenant", qe.KeywordIndexParams(is_tenant=True)),
+    ("user_id", qe.PayloadSchemaType.Keyword),
+    ("session_key", qe.PayloadSchemaType.Keyword),
+    ("written_at", qe.IntegerIndexParams(lookup=False, range=True)),
+]
+
+
+def _sparse(vector: Sparse) -> qe.SparseVector:
+    return qe.SparseVector(vector.indices, vector.values)
 
 
 def _filter(conditions: Sequence[Condition]) -> qe.Filter:
@@ -78,29 +104,25 @@ class EdgeStore:
 
     def _open_shard(self) -> qe.EdgeShard:
         shard_dir = self._path / "shard"
+        dense = qe.EdgeVectorParams(size=self._dimension, distance=qe.Distance.Cosine)
+        idf = qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)
         config = qe.EdgeConfig(
-            vectors=qe.EdgeVectorParams(size=self._dimension, distance=qe.Distance.Cosine)
+            vectors={DENSE_TEXT: dense, DENSE_CONTEXT: dense},
+            sparse_vectors={SPARSE_TEXT: idf, SPARSE_CONTEXT: idf},
         )
         if not shard_dir.exists():
             shard = qe.EdgeShard.create(str(shard_dir), config)
-            # Tenant first: Qdrant co-locates a tenant's points when is_tenant is set.
-            shard.update(
-                qe.UpdateOperation.create_field_index(
-                    "tenant", qe.KeywordIndexParams(is_tenant=True)
-                )
-            )
-            shard.update(
-                qe.UpdateOperation.create_field_index("user_id", qe.PayloadSchemaType.Keyword)
-            )
+            for field, schema in _INDEXES:
+                shard.update(qe.UpdateOperation.create_field_index(field, schema))
             return shard
         try:
             return qe.EdgeShard.load(str(shard_dir), config)
         except Exception as exc:
-            if "vector size" in str(exc):
+            if "ncompatible" in str(exc):
                 raise DimensionMismatch(
-                    f"the memory store at {shard_dir} holds vectors of another size than "
-                    f"the embedder's {self._dimension}: {exc}. Use a new GATEWAY_DATA_DIR "
-                    "or re-embed the memories."
+                    f"the memory store at {shard_dir} holds vectors of another size or "
+                    f"layout than this gateway's ({self._dimension}-dimensional, named "
+                    f"vectors): {exc}. Use a new GATEWAY_DATA_DIR or re-embed the memories."
                 ) from exc
             raise
 
@@ -127,7 +149,19 @@ class EdgeStore:
         await self._run(lambda shard: shard.info())
 
     async def upsert(self, scope: Scope, points: Sequence[StoredPoint]) -> None:
-        batch = [qe.Point(p.id, list(p.vector), to_payload(scope, p.memory)) for p in points]
+        batch = [
+            qe.Point(
+                p.id,
+                {
+                    DENSE_TEXT: list(p.vectors.text),
+                    DENSE_CONTEXT: list(p.vectors.context),
+                    SPARSE_TEXT: _sparse(p.vectors.sparse_text),
+                    SPARSE_CONTEXT: _sparse(p.vectors.sparse_context),
+                },
+                to_payload(scope, p.memory, p.written_at),
+            )
+            for p in points
+        ]
         await self._run(lambda shard: shard.update(qe.UpdateOperation.upsert_points(batch)))
 
     async def existing_ids(self, scope: Scope, ids: Sequence[str]) -> set[str]:
@@ -137,20 +171,46 @@ class EdgeStore:
     async def search(
         self,
         scope: Scope,
-        vector: Sequence[float],
+        query: QueryVectors,
         limit: int,
         conditions: Sequence[Condition] = (),
         min_score: float | None = None,
     ) -> list[MemoryRecord]:
+        selector = _filter([*scope_conditions(scope), *conditions])
+        dense, sparse = list(query.dense), _sparse(query.sparse)
+        prefetches = [
+            qe.Prefetch(
+                limit=PREFETCH_LIMIT,
+                query=qe.Query.Nearest(dense, using=name),
+                filter=selector,
+                score_threshold=min_score,
+            )
+            for name in (DENSE_TEXT, DENSE_CONTEXT)
+        ] + [
+            qe.Prefetch(
+                limit=PREFETCH_LIMIT, query=qe.Query.Nearest(sparse, using=name), filter=selector
+            )
+            for name in (SPARSE_TEXT, SPARSE_CONTEXT)
+        ]
         request = qe.QueryRequest(
             limit=limit,
-            query=qe.Query.Nearest(list(vector)),
-            filter=_filter([*scope_conditions(scope), *conditions]),
+            prefetches=prefetches,
+            query=qe.Fusion.Rrf(k=RRF_K),  # type: ignore[arg-type]  # the stub omits it
+            filter=selector,
             with_payload=True,
-            score_threshold=min_score,
         )
         hits = await self._run(lambda shard: shard.query(request))
         return [_record(hit, hit.score) for hit in hits]
+
+    async def recent(self, scope: Scope, session_id: str | None, limit: int) -> list[str]:
+        request = qe.ScrollRequest(
+            limit=limit,
+            filter=_filter(session_conditions(scope, session_id)),
+            with_payload=["memory"],
+            order_by=qe.OrderBy("written_at", direction=qe.Direction.Desc),
+        )
+        points, _ = await self._run(lambda shard: shard.scroll(request))
+        return [str((p.payload or {}).get("memory", "")) for p in reversed(points)]
 
     async def get(self, tenant: str, memory_id: str) -> MemoryRecord | None:
         found = await self._run(lambda shard: shard.retrieve([memory_id], True, False))

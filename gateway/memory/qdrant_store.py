@@ -21,9 +21,22 @@ from gateway.memory.records import (
     from_payload,
     in_scope,
     scope_conditions,
+    session_conditions,
     to_payload,
 )
-from gateway.memory.store import DimensionMismatch, StoredPoint, StoreUnavailable
+from gateway.memory.sparse import Sparse
+from gateway.memory.store import (
+    DENSE_CONTEXT,
+    DENSE_TEXT,
+    PREFETCH_LIMIT,
+    RRF_K,
+    SPARSE_CONTEXT,
+    SPARSE_TEXT,
+    DimensionMismatch,
+    QueryVectors,
+    StoredPoint,
+    StoreUnavailable,
+)
 
 T = TypeVar("T")
 
@@ -38,6 +51,10 @@ def _filter(conditions: Sequence[Condition]) -> models.Filter:
         )
         must.append(models.FieldCondition(key=cond.path, match=match))
     return models.Filter(must=must)
+
+
+def _sparse(vector: Sparse) -> models.SparseVector:
+    return models.SparseVector(indices=vector.indices, values=vector.values)
 
 
 def _record(point: Any, score: float | None = None) -> MemoryRecord:
@@ -71,36 +88,40 @@ class QdrantServerStore:
         if await self._call(self._client.collection_exists(self._collection)):
             info = await self._call(self._client.get_collection(self._collection))
             vectors = info.config.params.vectors
-            size = vectors.size if isinstance(vectors, models.VectorParams) else None
-            if size != self._dimension:
+            sizes = (
+                {name: params.size for name, params in vectors.items()}
+                if isinstance(vectors, dict)
+                else {}
+            )
+            wanted = {DENSE_TEXT: self._dimension, DENSE_CONTEXT: self._dimension}
+            if sizes != wanted:
                 raise DimensionMismatch(
-                    f"Qdrant collection {self._collection!r} has vectors of size {size}, "
-                    f"the embedder produces {self._dimension}: use another "
-                    "GATEWAY_QDRANT_COLLECTION or re-embed the memories"
+                    f"Qdrant collection {self._collection!r} has vectors {sizes or vectors}, "
+                    f"this gateway needs {wanted} (and sparse {SPARSE_TEXT}, "
+                    f"{SPARSE_CONTEXT}): use another GATEWAY_QDRANT_COLLECTION or re-embed"
                 )
             return
+        dense = models.VectorParams(size=self._dimension, distance=models.Distance.COSINE)
+        idf = models.SparseVectorParams(modifier=models.Modifier.IDF)
         await self._call(
             self._client.create_collection(
                 self._collection,
-                vectors_config=models.VectorParams(
-                    size=self._dimension, distance=models.Distance.COSINE
-                ),
+                vectors_config={DENSE_TEXT: dense, DENSE_CONTEXT: dense},
+                sparse_vectors_config={SPARSE_TEXT: idf, SPARSE_CONTEXT: idf},
             )
         )
-        await self._call(
-            self._client.create_payload_index(
-                self._collection,
-                "tenant",
-                field_schema=models.KeywordIndexParams(
-                    type=models.KeywordIndexType.KEYWORD, is_tenant=True
-                ),
+        indexes: list[tuple[str, Any]] = [
+            ("tenant", models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD,
+                                                  is_tenant=True)),
+            ("user_id", models.PayloadSchemaType.KEYWORD),
+            ("session_key", models.PayloadSchemaType.KEYWORD),
+            ("written_at", models.IntegerIndexParams(type=models.IntegerIndexType.INTEGER,
+                                                     lookup=False, range=True)),
+        ]  # fmt: skip
+        for field, schema in indexes:
+            await self._call(
+                self._client.create_payload_index(self._collection, field, field_schema=schema)
             )
-        )
-        await self._call(
-            self._client.create_payload_index(
-                self._collection, "user_id", field_schema=models.PayloadSchemaType.KEYWORD
-            )
-        )
 
     async def close(self) -> None:
         await self._client.close()
@@ -110,7 +131,16 @@ class QdrantServerStore:
 
     async def upsert(self, scope: Scope, points: Sequence[StoredPoint]) -> None:
         batch = [
-            models.PointStruct(id=p.id, vector=list(p.vector), payload=to_payload(scope, p.memory))
+            models.PointStruct(
+                id=p.id,
+                vector={
+                    DENSE_TEXT: list(p.vectors.text),
+                    DENSE_CONTEXT: list(p.vectors.context),
+                    SPARSE_TEXT: _sparse(p.vectors.sparse_text),
+                    SPARSE_CONTEXT: _sparse(p.vectors.sparse_context),
+                },
+                payload=to_payload(scope, p.memory, p.written_at),
+            )
             for p in points
         ]
         await self._call(self._client.upsert(self._collection, batch, wait=True))
@@ -122,22 +152,46 @@ class QdrantServerStore:
     async def search(
         self,
         scope: Scope,
-        vector: Sequence[float],
+        query: QueryVectors,
         limit: int,
         conditions: Sequence[Condition] = (),
         min_score: float | None = None,
     ) -> list[MemoryRecord]:
+        selector = _filter([*scope_conditions(scope), *conditions])
+        dense, sparse = list(query.dense), _sparse(query.sparse)
+        prefetch = [
+            models.Prefetch(
+                query=dense, using=name, limit=PREFETCH_LIMIT, filter=selector,
+                score_threshold=min_score,
+            )
+            for name in (DENSE_TEXT, DENSE_CONTEXT)
+        ] + [
+            models.Prefetch(query=sparse, using=name, limit=PREFETCH_LIMIT, filter=selector)
+            for name in (SPARSE_TEXT, SPARSE_CONTEXT)
+        ]  # fmt: skip
         response = await self._call(
             self._client.query_points(
                 self._collection,
-                query=list(vector),
-                query_filter=_filter([*scope_conditions(scope), *conditions]),
+                prefetch=prefetch,
+                query=models.RrfQuery(rrf=models.Rrf(k=RRF_K)),
+                query_filter=selector,
                 limit=limit,
                 with_payload=True,
-                score_threshold=min_score,
             )
         )
         return [_record(hit, hit.score) for hit in response.points]
+
+    async def recent(self, scope: Scope, session_id: str | None, limit: int) -> list[str]:
+        points, _ = await self._call(
+            self._client.scroll(
+                self._collection,
+                scroll_filter=_filter(session_conditions(scope, session_id)),
+                limit=limit,
+                with_payload=["memory"],
+                order_by=models.OrderBy(key="written_at", direction=models.Direction.DESC),
+            )
+        )
+        return [str((p.payload or {}).get("memory", "")) for p in reversed(points)]
 
     async def get(self, tenant: str, memory_id: str) -> MemoryRecord | None:
         found = await self._call(self._client.retrieve(self._collection, [memory_id]))

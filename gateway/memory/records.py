@@ -83,9 +83,10 @@ def memory_id(scope: Scope, text: str) -> str:
     return str(uuid.uuid5(_ID_NAMESPACE, key))
 
 
-def to_payload(scope: Scope, memory: NewMemory) -> dict[str, Any]:
+def to_payload(scope: Scope, memory: NewMemory, written_at: int = 0) -> dict[str, Any]:
     created = memory.created_at.astimezone(UTC)
     return {
+        "written_at": written_at,
         "tenant": scope.tenant,
         "user_id": scope.user_id,
         "memory": memory.text,
@@ -93,6 +94,7 @@ def to_payload(scope: Scope, memory: NewMemory) -> dict[str, Any]:
         "created_at": created.isoformat(),
         "created_ts": created.timestamp(),
         "session_id": memory.session_id,
+        "session_key": memory.session_id or "",
         "role": memory.role,
         "source": memory.source,
     }
@@ -121,6 +123,12 @@ def in_scope(payload: Mapping[str, Any] | None, scope: Scope) -> bool:
 
 def scope_conditions(scope: Scope) -> list[Condition]:
     return [Condition("tenant", (scope.tenant,)), Condition("user_id", (scope.user_id,))]
+
+
+def session_conditions(scope: Scope, session_id: str | None) -> list[Condition]:
+    """A session's memories; ``session_id`` None means the user's session-less ones
+    (stored with an empty ``session_key``)."""
+    return [*scope_conditions(scope), Condition("session_key", (session_id or "",))]
 
 
 def parse_filters(filters: Mapping[str, Any] | None) -> list[Condition]:

@@ -18,6 +18,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gateway.memory.embedder_client import EmbedderClient, EmbedderRejected, EmbedderUnavailable
+from gateway.memory.indexing import (
+    WINDOW,
+    IndexTexts,
+    RecentTexts,
+    SessionKey,
+    index_texts,
+    session_key,
+)
 from gateway.memory.outbox import Outbox
 from gateway.memory.records import (
     Condition,
@@ -27,7 +35,14 @@ from gateway.memory.records import (
     dedupe_texts,
     memory_id,
 )
-from gateway.memory.store import StoredPoint, StoreUnavailable, VectorStore
+from gateway.memory.sparse import Bm25Encoder
+from gateway.memory.store import (
+    PointVectors,
+    QueryVectors,
+    StoredPoint,
+    StoreUnavailable,
+    VectorStore,
+)
 from gateway.metrics import GatewayMetrics
 from gateway.monitor import Monitor, next_backoff
 
@@ -69,6 +84,8 @@ class MemoryService:
         self._metrics = metrics
         self._embedder_monitor = embedder_monitor
         self._store_monitor = store_monitor
+        self._sparse = Bm25Encoder()
+        self._recent = RecentTexts()
         self._replay_wake = asyncio.Event()
         self._replayer: asyncio.Task[None] | None = None
 
@@ -105,13 +122,49 @@ class MemoryService:
         self._replay_wake.set()
 
     async def write_now(self, scope: Scope, memories: Sequence[NewMemory]) -> list[WriteResult]:
+        """Embed and store the memories not stored yet, in one embedder call.
+
+        Each is indexed with its session's previous memories (gateway.memory.indexing);
+        writes to one session are expected in order, as the outbox replays them.
+        """
         ids = [memory_id(scope, m.text) for m in memories]
         existing = await self.store.existing_ids(scope, ids) if ids else set()
         fresh = [(i, m) for i, m in zip(ids, memories, strict=True) if i not in existing]
         if fresh:
-            vectors = await self._embedder.embed([m.text for _, m in fresh])
-            points = [StoredPoint(i, v, m) for (i, m), v in zip(fresh, vectors, strict=True)]
+            windows: dict[SessionKey, list[str]] = {}
+            texts: list[IndexTexts] = []
+            for _, memory in fresh:
+                key = session_key(scope, memory.session_id)
+                if key not in windows:
+                    cached = self._recent.get(key)
+                    windows[key] = (
+                        cached
+                        if cached is not None
+                        else await self.store.recent(scope, memory.session_id, WINDOW)
+                    )
+                texts.append(index_texts(memory, windows[key]))
+                windows[key] = [*windows[key], memory.text][-WINDOW:]
+            dense = await self._embedder.embed(
+                [text for t in texts for text in (t.text, t.context_dense)]
+            )
+            written_at = time.time_ns()
+            points = [
+                StoredPoint(
+                    point_id,
+                    PointVectors(
+                        dense[2 * n],
+                        dense[2 * n + 1],
+                        self._sparse.document(t.text),
+                        self._sparse.document(t.context_sparse),
+                    ),
+                    memory,
+                    written_at + n,
+                )
+                for n, ((point_id, memory), t) in enumerate(zip(fresh, texts, strict=True))
+            ]
             await self.store.upsert(scope, points)
+            for key, window in windows.items():
+                self._recent.put(key, window)
         return [
             WriteResult(i, m.text, NONE if i in existing else ADD)
             for i, m in zip(ids, memories, strict=True)
@@ -121,6 +174,7 @@ class MemoryService:
         """Delete a user's memories, queued ones included, so replay cannot revive them."""
         purged = await self._outbox.purge(scope)
         self._metrics.outbox_depth.set(self._outbox.depth)
+        self._recent.forget(scope.tenant, scope.user_id)
         return purged + await self.store.delete_scope(scope)
 
     # -- reads ---------------------------------------------------------------
@@ -135,7 +189,8 @@ class MemoryService:
     ) -> list[MemoryRecord]:
         try:
             [vector] = await self._embedder.embed([query])
-            return await self.store.search(scope, vector, limit, conditions, min_score)
+            vectors = QueryVectors(vector, self._sparse.query(query))
+            return await self.store.search(scope, vectors, limit, conditions, min_score)
         except (EmbedderUnavailable, StoreUnavailable) as exc:
             self._report(exc)
             raise MemoryUnavailable(str(exc)) from exc

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from gateway.memory.records import Condition, MemoryRecord, NewMemory, Scope
+from gateway.memory.sparse import Sparse
 
 
 class StoreUnavailable(Exception):
@@ -15,14 +16,35 @@ class StoreUnavailable(Exception):
 
 
 class DimensionMismatch(Exception):
-    """The collection exists with another vector size: refuse, never corrupt."""
+    """The collection exists with another vector size or layout: refuse, never corrupt."""
+
+
+# Named vectors of every point (see gateway.memory.indexing).
+DENSE_TEXT, DENSE_CONTEXT, SPARSE_TEXT, SPARSE_CONTEXT = "text", "ctx", "bm25", "bm25_ctx"
+PREFETCH_LIMIT = 30  # candidates each of the four lists brings to the fusion
+RRF_K = 2
+
+
+@dataclass(frozen=True)
+class PointVectors:
+    text: Sequence[float]
+    context: Sequence[float]
+    sparse_text: Sparse
+    sparse_context: Sparse
 
 
 @dataclass(frozen=True)
 class StoredPoint:
     id: str
-    vector: Sequence[float]
+    vectors: PointVectors
     memory: NewMemory
+    written_at: int  # nanoseconds: the order of writes, for session windows
+
+
+@dataclass(frozen=True)
+class QueryVectors:
+    dense: Sequence[float]
+    sparse: Sparse
 
 
 class VectorStore(Protocol):
@@ -45,11 +67,15 @@ class VectorStore(Protocol):
     async def search(
         self,
         scope: Scope,
-        vector: Sequence[float],
+        query: QueryVectors,
         limit: int,
         conditions: Sequence[Condition] = (),
         min_score: float | None = None,
-    ) -> list[MemoryRecord]: ...
+    ) -> list[MemoryRecord]:
+        """The four lists fused by RRF; ``min_score`` bounds the dense lists' cosine."""
+
+    async def recent(self, scope: Scope, session_id: str | None, limit: int) -> list[str]:
+        """The texts of the session's last ``limit`` memories, oldest first."""
 
     async def get(self, tenant: str, memory_id: str) -> MemoryRecord | None:
         """A memory by id, only when it belongs to ``tenant``."""

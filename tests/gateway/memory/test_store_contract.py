@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,7 +13,14 @@ import pytest
 from gateway.memory.edge_store import EdgeStore
 from gateway.memory.qdrant_store import QdrantServerStore
 from gateway.memory.records import Condition, NewMemory, Scope, memory_id
-from gateway.memory.store import DimensionMismatch, StoredPoint, VectorStore
+from gateway.memory.sparse import Bm25Encoder, Sparse
+from gateway.memory.store import (
+    DimensionMismatch,
+    PointVectors,
+    QueryVectors,
+    StoredPoint,
+    VectorStore,
+)
 
 DIM = 4
 ALICE = Scope("acme", "alice")
@@ -41,8 +49,23 @@ async def store(make_store: Factory) -> AsyncIterator[VectorStore]:
     await store.close()
 
 
-def point(scope: Scope, text: str, vector: list[float], **metadata: object) -> StoredPoint:
-    return StoredPoint(memory_id(scope, text), vector, NewMemory(text, WHEN, metadata))
+BM25 = Bm25Encoder()
+NO_WORDS = Sparse([], [])
+_clock = itertools.count(1)
+
+
+def point(
+    scope: Scope, text: str, vector: list[float], session: str | None = None, **metadata: object
+) -> StoredPoint:
+    sparse = BM25.document(text)
+    vectors = PointVectors(vector, vector, sparse, sparse)
+    memory = NewMemory(text, WHEN, metadata, session_id=session)
+    return StoredPoint(memory_id(scope, text), vectors, memory, next(_clock))
+
+
+def dense(vector: list[float]) -> QueryVectors:
+    """A query by vector alone (no words), so only the dense lists rank."""
+    return QueryVectors(vector, NO_WORDS)
 
 
 async def seed(store: VectorStore) -> None:
@@ -56,22 +79,24 @@ async def seed(store: VectorStore) -> None:
 
 async def test_search_sees_only_the_scope(store: VectorStore) -> None:
     await seed(store)
-    hits = await store.search(ALICE, [1, 0, 0, 0], limit=10)
+    hits = await store.search(ALICE, dense([1, 0, 0, 0]), limit=10)
     assert [h.text for h in hits] == ["alice likes tea", "alice owns a cat"]
-    assert hits[0].score == pytest.approx(1.0)
-    assert [h.text for h in await store.search(BOB, [1, 0, 0, 0], 10)] == ["bob likes tea"]
-    other = await store.search(EVIL_ALICE, [1, 0, 0, 0], 10)
+    assert hits[0].score is not None and hits[0].score > hits[1].score
+    assert [h.text for h in await store.search(BOB, dense([1, 0, 0, 0]), 10)] == ["bob likes tea"]
+    other = await store.search(EVIL_ALICE, dense([1, 0, 0, 0]), 10)
     assert [h.text for h in other] == ["other tenant's alice"]
-    assert await store.search(Scope("acme", "nobody"), [1, 0, 0, 0], 10) == []
+    assert await store.search(Scope("acme", "nobody"), dense([1, 0, 0, 0]), 10) == []
 
 
 async def test_search_filters_and_min_score(store: VectorStore) -> None:
     await seed(store)
-    by_dia = await store.search(ALICE, [1, 0, 0, 0], 10, [Condition("metadata.dia_id", ("D2",))])
+    by_dia = await store.search(
+        ALICE, dense([1, 0, 0, 0]), 10, [Condition("metadata.dia_id", ("D2",))]
+    )
     assert [h.text for h in by_dia] == ["alice owns a cat"]
     either = [Condition("metadata.dia_id", ("D1", "D2"))]
-    assert len(await store.search(ALICE, [1, 0, 0, 0], 10, either)) == 2
-    close = await store.search(ALICE, [1, 0, 0, 0], 10, min_score=0.5)
+    assert len(await store.search(ALICE, dense([1, 0, 0, 0]), 10, either)) == 2
+    close = await store.search(ALICE, dense([1, 0, 0, 0]), 10, min_score=0.5)
     assert [h.text for h in close] == ["alice likes tea"]
 
 
@@ -119,9 +144,9 @@ async def test_delete_only_within_scope(store: VectorStore) -> None:
 async def test_forgetting_a_user_leaves_everyone_else(store: VectorStore) -> None:
     await seed(store)
     assert await store.delete_scope(ALICE) == 2
-    assert await store.search(ALICE, [1, 0, 0, 0], 10) == []
-    assert len(await store.search(BOB, [1, 0, 0, 0], 10)) == 1
-    assert len(await store.search(EVIL_ALICE, [1, 0, 0, 0], 10)) == 1
+    assert await store.search(ALICE, dense([1, 0, 0, 0]), 10) == []
+    assert len(await store.search(BOB, dense([1, 0, 0, 0]), 10)) == 1
+    assert len(await store.search(EVIL_ALICE, dense([1, 0, 0, 0]), 10)) == 1
 
 
 async def test_upsert_of_the_same_id_does_not_duplicate(store: VectorStore) -> None:
@@ -141,7 +166,7 @@ async def test_another_dimension_is_refused(make_store: Factory, tmp_path: Path)
     else:
         # Same client, same collection, asked again with another size.
         first._dimension = DIM * 2  # type: ignore[attr-defined]
-        with pytest.raises(DimensionMismatch, match="size 4"):
+        with pytest.raises(DimensionMismatch, match="'text': 4"):
             await first.open()
         await first.close()
 
@@ -153,7 +178,7 @@ async def test_edge_store_survives_reopen(tmp_path: Path) -> None:
     await store.close()
     again = EdgeStore(tmp_path / "edge", DIM)
     await again.open()
-    assert [r.text for r in await again.search(ALICE, [1, 0, 0, 0], 5)] == ["durable"]
+    assert [r.text for r in await again.search(ALICE, dense([1, 0, 0, 0]), 5)] == ["durable"]
     await again.close()
 
 
@@ -170,3 +195,22 @@ async def test_users_lists_a_tenants_users_only(store: VectorStore) -> None:
     assert await store.users("acme", 10) == ["alice", "bob"]
     assert await store.users("globex", 10) == ["alice"]
     assert await store.users("nobody", 10) == []
+
+
+async def test_words_find_what_vectors_miss(store: VectorStore) -> None:
+    await store.upsert(ALICE, [
+        point(ALICE, "Melanie painted a sunrise over the lake", [0, 1, 0, 0]),
+        point(ALICE, "the weather was nice", [1, 0, 0, 0]),
+    ])  # fmt: skip
+    query = QueryVectors([1, 0, 0, 0], BM25.query("What did Melanie paint?"))
+    hits = await store.search(ALICE, query, 1)
+    assert [h.text for h in hits] == ["Melanie painted a sunrise over the lake"]
+
+
+async def test_recent_gives_a_sessions_last_memories_in_write_order(store: VectorStore) -> None:
+    await store.upsert(ALICE, [point(ALICE, f"s1 turn {i}", [1, i, 0, 0], "s1") for i in range(4)])
+    await store.upsert(ALICE, [point(ALICE, "no session", [1, 0, 0, 0])])
+    await store.upsert(BOB, [point(BOB, "bob s1", [1, 0, 0, 0], "s1")])
+    assert await store.recent(ALICE, "s1", 2) == ["s1 turn 2", "s1 turn 3"]
+    assert await store.recent(ALICE, None, 2) == ["no session"]
+    assert await store.recent(ALICE, "s2", 2) == []
