@@ -14,6 +14,7 @@ from gateway.auth import PrincipalDep
 from gateway.errors import APIError, unavailable
 from gateway.memory.embedder_client import EmbedderRejected
 from gateway.memory.records import (
+    MemoryRecord,
     NewMemory,
     Scope,
     check_metadata,
@@ -22,7 +23,7 @@ from gateway.memory.records import (
 )
 from gateway.memory.service import MemoryUnavailable
 from gateway.memory.store import StoreUnavailable
-from gateway.services import ServicesDep
+from gateway.services import Services, ServicesDep
 
 router = APIRouter(prefix="/v1/memories", tags=["memories"])
 
@@ -131,41 +132,42 @@ async def list_memories(
     return {"results": [r.to_api() for r in records], "next_cursor": next_cursor}
 
 
-@router.get("/{memory_id}")
-async def get_memory(
-    principal: PrincipalDep,
-    services: ServicesDep,
-    memory_id: str,
-    user_id: Annotated[str | None, Query(min_length=1, max_length=256)] = None,
-) -> dict[str, Any]:
-    """A memory of the caller's tenant; with ``user_id``, only if it is that user's."""
+OptionalUserId = Annotated[str | None, Query(min_length=1, max_length=256)]
+
+
+async def _owned(
+    services: Services, tenant: str, memory_id: str, user_id: str | None
+) -> MemoryRecord:
+    """The memory, if the caller's tenant (and ``user_id``, when given) owns it; else 404."""
     key = _memory_id(memory_id)
     try:
-        record = await services.memory.store.get(principal.tenant, key)
+        record = await services.memory.store.get(tenant, key)
     except StoreUnavailable as exc:
         raise _store_down(exc) from None
     if record is None or (user_id is not None and record.user_id != user_id):
         raise _not_found(memory_id)
+    return record
+
+
+@router.get("/{memory_id}")
+async def get_memory(
+    principal: PrincipalDep, services: ServicesDep, memory_id: str, user_id: OptionalUserId = None
+) -> dict[str, Any]:
+    """A memory of the caller's tenant; with ``user_id``, only if it is that user's."""
+    record = await _owned(services, principal.tenant, memory_id, user_id)
     return record.to_api()
 
 
 @router.delete("/{memory_id}")
 async def delete_memory(
-    principal: PrincipalDep,
-    services: ServicesDep,
-    memory_id: str,
-    user_id: Annotated[str | None, Query(min_length=1, max_length=256)] = None,
+    principal: PrincipalDep, services: ServicesDep, memory_id: str, user_id: OptionalUserId = None
 ) -> dict[str, Any]:
-    key = _memory_id(memory_id)
-    store = services.memory.store
+    record = await _owned(services, principal.tenant, memory_id, user_id)
     try:
-        record = await store.get(principal.tenant, key)
-        if record is None or (user_id is not None and record.user_id != user_id):
-            raise _not_found(memory_id)
-        await store.delete(Scope(principal.tenant, record.user_id), key)
+        await services.memory.store.delete(Scope(principal.tenant, record.user_id), record.id)
     except StoreUnavailable as exc:
         raise _store_down(exc) from None
-    return {"id": key, "deleted": True}
+    return {"id": record.id, "deleted": True}
 
 
 @router.delete("")
