@@ -51,7 +51,8 @@ class Services:
             logger.error("background task %s failed: %r", task.get_name(), task.exception())
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    # async: a plain def dependency would run in the threadpool on every request.
     services: Services = request.app.state.services
     return services
 

@@ -130,21 +130,30 @@ class Outbox:
     async def put(self, scope: Scope, memories: Sequence[NewMemory]) -> int:
         return await asyncio.to_thread(self.put_sync, scope, memories)
 
-    def head_sync(self) -> OutboxEntry | None:
+    def head_sync(self, limit: int = 1) -> list[OutboxEntry]:
         rows = self._execute(
-            "SELECT seq, tenant, user_id, memories, attempts FROM outbox ORDER BY seq LIMIT 1"
+            "SELECT seq, tenant, user_id, memories, attempts FROM outbox ORDER BY seq LIMIT ?",
+            (limit,),
         )
-        if not rows:
-            return None
-        seq, tenant, user_id, memories, attempts = rows[0]
-        return OutboxEntry(seq, Scope(tenant, user_id), decode_memories(memories), attempts)
+        return [
+            OutboxEntry(seq, Scope(tenant, user_id), decode_memories(memories), attempts)
+            for seq, tenant, user_id, memories, attempts in rows
+        ]
 
-    async def head(self) -> OutboxEntry | None:
-        return await asyncio.to_thread(self.head_sync)
+    async def head(self, limit: int = 1) -> list[OutboxEntry]:
+        """The oldest ``limit`` entries, oldest first."""
+        return await asyncio.to_thread(self.head_sync, limit)
 
-    async def done(self, seq: int) -> None:
-        await asyncio.to_thread(self._execute, "DELETE FROM outbox WHERE seq = ?", (seq,))
-        self._depth -= 1
+    async def done(self, seqs: Sequence[int]) -> None:
+        def delete() -> int:
+            with self._lock:
+                assert self._conn is not None
+                cursor = self._conn.executemany(
+                    "DELETE FROM outbox WHERE seq = ?", [(seq,) for seq in seqs]
+                )
+                return int(cursor.rowcount)
+
+        self._depth -= await asyncio.to_thread(delete)
 
     async def failed(self, seq: int, error: str) -> None:
         await asyncio.to_thread(

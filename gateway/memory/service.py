@@ -26,7 +26,7 @@ from gateway.memory.indexing import (
     index_texts,
     session_key,
 )
-from gateway.memory.outbox import Outbox
+from gateway.memory.outbox import Outbox, OutboxEntry
 from gateway.memory.records import (
     Condition,
     MemoryRecord,
@@ -49,6 +49,7 @@ from gateway.monitor import Monitor, next_backoff
 logger = logging.getLogger("gateway.memory")
 
 ADD, NONE = "ADD", "NONE"
+REPLAY_BATCH = 16  # outbox entries per embedder call when replaying
 
 
 class MemoryUnavailable(Exception):
@@ -122,18 +123,29 @@ class MemoryService:
         self._replay_wake.set()
 
     async def write_now(self, scope: Scope, memories: Sequence[NewMemory]) -> list[WriteResult]:
-        """Embed and store the memories not stored yet, in one embedder call.
+        """Embed and store the memories not stored yet, in one embedder call."""
+        [results] = await self.write_batches([(scope, memories)])
+        return results
 
-        Each is indexed with its session's previous memories (gateway.memory.indexing);
-        writes to one session are expected in order, as the outbox replays them.
+    async def write_batches(
+        self, batches: Sequence[tuple[Scope, Sequence[NewMemory]]]
+    ) -> list[list[WriteResult]]:
+        """Several writes (of one or more users) with one embedder call for all.
+
+        Each memory is indexed with its session's previous memories
+        (gateway.memory.indexing); writes to one session are expected in order,
+        as the outbox replays them.
         """
-        ids = [memory_id(scope, m.text) for m in memories]
-        existing = await self.store.existing_ids(scope, ids) if ids else set()
-        fresh = [(i, m) for i, m in zip(ids, memories, strict=True) if i not in existing]
-        if fresh:
-            windows: dict[SessionKey, list[str]] = {}
-            texts: list[IndexTexts] = []
-            for _, memory in fresh:
+        windows: dict[SessionKey, list[str]] = {}
+        plans: list[tuple[Scope, list[tuple[str, NewMemory, IndexTexts]]]] = []
+        results: list[list[WriteResult]] = []
+        for scope, memories in batches:
+            ids = [memory_id(scope, m.text) for m in memories]
+            existing = await self.store.existing_ids(scope, ids) if ids else set()
+            fresh = []
+            for point_id, memory in zip(ids, memories, strict=True):
+                if point_id in existing:
+                    continue
                 key = session_key(scope, memory.session_id)
                 if key not in windows:
                     cached = self._recent.get(key)
@@ -142,33 +154,36 @@ class MemoryService:
                         if cached is not None
                         else await self.store.recent(scope, memory.session_id, WINDOW)
                     )
-                texts.append(index_texts(memory, windows[key]))
+                fresh.append((point_id, memory, index_texts(memory, windows[key])))
                 windows[key] = [*windows[key], memory.text][-WINDOW:]
-            dense = await self._embedder.embed(
-                [text for t in texts for text in (t.text, t.context_dense)]
+            plans.append((scope, fresh))
+            results.append(
+                [
+                    WriteResult(i, m.text, NONE if i in existing else ADD)
+                    for i, m in zip(ids, memories, strict=True)
+                ]
             )
-            written_at = time.time_ns()
-            points = [
-                StoredPoint(
-                    point_id,
-                    PointVectors(
-                        dense[2 * n],
-                        dense[2 * n + 1],
-                        self._sparse.document(t.text),
-                        self._sparse.document(t.context_sparse),
-                    ),
-                    memory,
-                    written_at + n,
+        texts = [t for _, fresh in plans for _, _, it in fresh for t in (it.text, it.context_dense)]
+        if not texts:
+            return results
+        dense = iter(await self._embedder.embed(texts))
+        written_at = time.time_ns()
+        for scope, fresh in plans:
+            points = []
+            for point_id, memory, it in fresh:
+                vectors = PointVectors(
+                    next(dense),
+                    next(dense),
+                    self._sparse.document(it.text),
+                    self._sparse.document(it.context_sparse),
                 )
-                for n, ((point_id, memory), t) in enumerate(zip(fresh, texts, strict=True))
-            ]
-            await self.store.upsert(scope, points)
-            for key, window in windows.items():
-                self._recent.put(key, window)
-        return [
-            WriteResult(i, m.text, NONE if i in existing else ADD)
-            for i, m in zip(ids, memories, strict=True)
-        ]
+                points.append(StoredPoint(point_id, vectors, memory, written_at))
+                written_at += 1
+            if points:
+                await self.store.upsert(scope, points)
+        for key, window in windows.items():
+            self._recent.put(key, window)
+        return results
 
     async def forget(self, scope: Scope) -> int:
         """Delete a user's memories, queued ones included, so replay cannot revive them."""
@@ -233,33 +248,60 @@ class MemoryService:
         self._replay_wake.set()
 
     async def drain(self) -> int:
-        """Replay queued entries until empty or blocked; return how many were applied."""
+        """Replay queued entries until empty or blocked; return how many were applied.
+
+        Up to REPLAY_BATCH entries at a time share one embedder call, so a backlog
+        drains at the embedder's batch speed, not one round trip per entry.
+        """
         applied = 0
         while self.available:
-            entry = await self._outbox.head()
-            if entry is None:
+            entries = await self._outbox.head(REPLAY_BATCH)
+            if not entries:
                 break
             try:
-                results = await self.write_now(entry.scope, entry.memories)
+                results = await self.write_batches([(e.scope, e.memories) for e in entries])
             except (EmbedderUnavailable, StoreUnavailable) as exc:
                 self._report(exc)
-                await self._outbox.failed(entry.seq, str(exc))
+                await self._outbox.failed(entries[0].seq, str(exc))
                 self._metrics.outbox_replays.labels("retry").inc()
                 break
+            except EmbedderRejected as exc:
+                if len(entries) > 1:
+                    applied += await self._drain_one_by_one(entries)
+                    continue
+                logger.error("outbox entry %d rejected by the embedder: %s", entries[0].seq, exc)
+                await self._outbox.bury(entries[0].seq, str(exc))
+                self._metrics.outbox_replays.labels("dead").inc()
+            else:
+                await self._outbox.done([e.seq for e in entries])
+                for entry, written in zip(entries, results, strict=True):
+                    self._count_replayed(entry.memories, written)
+                applied += len(entries)
+            finally:
+                self._metrics.outbox_depth.set(self._outbox.depth)
+        return applied
+
+    async def _drain_one_by_one(self, entries: Sequence[OutboxEntry]) -> int:
+        """A batch was rejected: find the entry that is, and apply the others."""
+        applied = 0
+        for entry in entries:
+            try:
+                written = await self.write_now(entry.scope, entry.memories)
             except EmbedderRejected as exc:
                 logger.error("outbox entry %d rejected by the embedder: %s", entry.seq, exc)
                 await self._outbox.bury(entry.seq, str(exc))
                 self._metrics.outbox_replays.labels("dead").inc()
-            else:
-                await self._outbox.done(entry.seq)
-                self._metrics.outbox_replays.labels("success").inc()
-                for result, memory in zip(results, entry.memories, strict=True):
-                    outcome = "stored" if result.event == ADD else "duplicate"
-                    self._metrics.memory_writes.labels(memory.source, outcome).inc()
-                applied += 1
-            finally:
-                self._metrics.outbox_depth.set(self._outbox.depth)
+                continue
+            await self._outbox.done([entry.seq])
+            self._count_replayed(entry.memories, written)
+            applied += 1
         return applied
+
+    def _count_replayed(self, memories: Sequence[NewMemory], written: list[WriteResult]) -> None:
+        self._metrics.outbox_replays.labels("success").inc()
+        for result, memory in zip(written, memories, strict=True):
+            outcome = "stored" if result.event == ADD else "duplicate"
+            self._metrics.memory_writes.labels(memory.source, outcome).inc()
 
     async def _replay_forever(self) -> None:
         delay = 0.0

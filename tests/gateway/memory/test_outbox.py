@@ -31,15 +31,18 @@ async def test_entries_come_back_in_order_and_survive_reopen(tmp_path: Path) -> 
     again = Outbox(tmp_path / "o.sqlite3")
     again.open()
     assert again.depth == 2
-    head = await again.head()
-    assert head is not None and head.scope == ALICE and head.memories == [memory("first")]
+    [head] = await again.head()
+    assert head.scope == ALICE and head.memories == [memory("first")]
     await again.failed(head.seq, "embedder down")
-    head2 = await again.head()
-    assert head2 is not None and head2.seq == head.seq and head2.attempts == 1
-    await again.done(head.seq)
-    head3 = await again.head()
-    assert head3 is not None and head3.scope == BOB
+    [head2] = await again.head()
+    assert head2.seq == head.seq and head2.attempts == 1
+    assert [e.scope for e in await again.head(10)] == [ALICE, BOB]  # in order
+    await again.done([head.seq])
+    [head3] = await again.head()
+    assert head3.scope == BOB
     assert again.depth == 1
+    await again.done([head3.seq, 999])  # an unknown seq changes nothing
+    assert again.depth == 0 and await again.head() == []
 
 
 async def test_wal_mode_is_on(tmp_path: Path) -> None:
@@ -56,7 +59,7 @@ async def test_bury_keeps_the_entry_in_dead(tmp_path: Path) -> None:
     seq = await box.put(ALICE, [memory("bad")])
     await box.bury(seq, "rejected")
     assert box.depth == 0 and box.dead_count() == 1
-    assert await box.head() is None
+    assert await box.head() == []
 
 
 async def test_purge_drops_only_that_user(tmp_path: Path) -> None:
@@ -67,5 +70,5 @@ async def test_purge_drops_only_that_user(tmp_path: Path) -> None:
     await box.put(ALICE, [memory("a2")])
     assert await box.purge(ALICE) == 2
     assert box.depth == 1
-    head = await box.head()
-    assert head is not None and head.scope == BOB
+    [head] = await box.head()
+    assert head.scope == BOB

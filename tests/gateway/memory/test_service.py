@@ -35,12 +35,15 @@ class Embedder:
     def __init__(self) -> None:
         self.up = True
         self.calls = 0
+        self.reject: str | None = None
 
     def handle(self, request: httpx.Request) -> httpx.Response:
         if not self.up:
             raise httpx.ConnectError("refused", request=request)
         self.calls += 1
         texts = json.loads(request.content)["input"]
+        if any(self.reject and self.reject in t for t in texts):
+            return httpx.Response(400, json={"error": {"message": "input too long"}})
         data = [{"index": i, "embedding": vector(t)} for i, t in enumerate(texts)]
         return httpx.Response(200, json={"data": data})
 
@@ -103,7 +106,9 @@ async def test_store_down_queues_then_replays_exactly_once(h: Harness, tmp_path:
 
     await h.store.open()  # Qdrant is back
     h.store_monitor.report_success()
+    calls = h.embedder.calls
     assert await h.service.drain() == 2
+    assert h.embedder.calls == calls + 1  # both entries in one embedder call
     assert h.outbox.depth == 0
     assert await h.service.drain() == 0
     assert await h.texts() == ["before", "during 1", "during 2", "during 3"]
@@ -130,3 +135,16 @@ async def test_forget_purges_queued_writes(h: Harness) -> None:
     h.embedder_monitor.report_success()
     await h.service.drain()
     assert await h.texts() == []
+
+
+async def test_a_rejected_entry_is_set_aside_and_the_rest_replayed(h: Harness) -> None:
+    h.embedder.up = False
+    await h.service.add(ALICE, memories("good 1"))
+    await h.service.add(ALICE, memories("poison"))
+    await h.service.add(ALICE, memories("good 2"))
+    h.embedder.up = True
+    h.embedder.reject = "poison"
+    h.embedder_monitor.report_success()
+    assert await h.service.drain() == 2
+    assert await h.texts() == ["good 1", "good 2"]
+    assert h.outbox.depth == 0 and h.outbox.dead_count() == 1
