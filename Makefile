@@ -14,7 +14,7 @@ EMBEDDER_PORT ?= 8081
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: install run run-gateway run-embedder test test-fast lint fmt typecheck clean
+.PHONY: install run run-gateway run-embedder test test-fast fuzz bench lint fmt clean
 
 install: $(STAMP)
 
@@ -43,6 +43,18 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not e2e"
+
+# A long fuzzing run (make test runs a short, fixed one).
+FUZZ_EXAMPLES ?= 2000
+fuzz: $(STAMP)
+	MEMGATE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest tests/fuzz
+
+# The benchmarks of bench/README.md (needs wrk and bench/.work venvs: see there).
+bench: $(STAMP)
+	$(BIN)/python bench/overhead.py
+	$(BIN)/python bench/memory_scale.py
+	$(BIN)/python bench/embedder_throughput.py
+	$(BIN)/python bench/soak.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -12,7 +12,7 @@ from gateway.errors import APIError, unavailable
 from gateway.memory.records import Scope
 from gateway.memory.store import StoreUnavailable
 from gateway.services import Services, ServicesDep
-from gateway.upstream.pool import status_of
+from gateway.upstream.pool import redact_url, status_of
 from gateway.upstream.registry import Registration
 from gateway.upstream.setup import register, registered_group, unregister
 
@@ -80,7 +80,7 @@ def _registration_view(services: Services, alias: str) -> dict[str, Any]:
         "alias": alias,
         "model": route.model,
         "upstream": route.upstream,
-        "upstream_url": replicas[0].base_url if replicas else None,
+        "upstream_url": redact_url(replicas[0].base_url) if replicas else None,
         "state": status_of(replicas),
         "source": route.source,
     }

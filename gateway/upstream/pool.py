@@ -14,10 +14,12 @@ stream has started it is never retried.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from tenacity import (
@@ -79,11 +81,24 @@ class OpenedReply:
         return self.target.upstream
 
 
+MAX_RETRY_AFTER_HEADER_S = 3600.0
+
+
 def _retry_after(response: httpx.Response) -> float | None:
+    """Retry-After in seconds: finite and capped, whatever the upstream wrote."""
     try:
-        return max(0.0, float(response.headers.get("retry-after", "")))
+        value = float(response.headers.get("retry-after", ""))
     except ValueError:
         return None
+    return min(max(0.0, value), MAX_RETRY_AFTER_HEADER_S) if math.isfinite(value) else None
+
+
+def redact_url(url: str) -> str:
+    """The URL without credentials (``user:password@``) for anything shown or logged."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
 
 
 class _Wait:
@@ -187,7 +202,7 @@ class UpstreamPool:
             u.name: {
                 **(u.monitor.state.to_json() if u.monitor else {}),
                 "upstream": u.group,
-                "url": u.base_url,
+                "url": redact_url(u.base_url),
                 "breaker": u.breaker.state,
                 "models": sorted(u.model_ids),
             }
@@ -213,6 +228,7 @@ class UpstreamPool:
         encode: Callable[[Target], bytes],
         *,
         timeouts: httpx.Timeout,
+        headers_timeout_s: float,
         request_id: str | None,
     ) -> OpenedReply:
         """Send to the first eligible target, retrying before any byte is relayed.
@@ -231,7 +247,9 @@ class UpstreamPool:
                 with attempt:
                     if attempt.retry_state.attempt_number > 1:
                         self._metrics.upstream_retries.labels(targets[0].upstream.name).inc()
-                    return await self._attempt(targets, encode, timeouts, request_id)
+                    return await self._attempt(
+                        targets, encode, timeouts, headers_timeout_s, request_id
+                    )
         except _Retryable as exc:
             raise exc.failure from None
         raise AssertionError("unreachable: tenacity either returns or reraises")
@@ -241,15 +259,23 @@ class UpstreamPool:
         targets: Sequence[Target],
         encode: Callable[[Target], bytes],
         timeouts: httpx.Timeout,
+        headers_timeout_s: float,
         request_id: str | None,
     ) -> OpenedReply:
         target = self._pick(targets)
         upstream = target.upstream
         sent_at = time.perf_counter()
         try:
-            response = await upstream.send_chat(
-                encode(target), request_id=request_id, timeouts=timeouts
-            )
+            # httpx bounds each read; this bounds the wait for the whole head of the answer.
+            async with asyncio.timeout(headers_timeout_s):
+                response = await upstream.send_chat(
+                    encode(target), request_id=request_id, timeouts=timeouts
+                )
+        except TimeoutError:
+            self._failed(upstream, "timeout", "no response headers in time")
+            raise _Retryable(
+                UpstreamFailed(504, f"LLM upstream {upstream.name} timed out")
+            ) from None
         except httpx.ConnectError as exc:
             self._failed(upstream, "connect_error", f"connection refused: {exc}", starting=True)
             raise _Retryable(UpstreamFailed(503, f"LLM upstream {upstream.name} refused")) from exc
@@ -264,8 +290,12 @@ class UpstreamPool:
 
         if response.status_code in RETRYABLE_STATUS:
             retry_after = _retry_after(response)
-            await response.aread()
-            await response.aclose()
+            try:
+                await response.aread()  # so the connection can be reused
+            except httpx.HTTPError:
+                pass  # a broken error body changes nothing: this attempt failed
+            finally:
+                await response.aclose()
             self._metrics.upstream_requests.labels(upstream.name, "http_error").inc()
             if response.status_code != 429:  # 429 is load, not a broken upstream
                 upstream.breaker.record_failure()

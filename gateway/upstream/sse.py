@@ -37,6 +37,7 @@ class StreamAccumulator:
         self._rename_to = rename_to
         self._drop_usage = drop_usage
         self._rewrites = rename_to is not None or drop_usage
+        self._skipping = False
         self._parts: list[str] = []
         self.done = False
         self.finish_reason: str | None = None
@@ -48,23 +49,37 @@ class StreamAccumulator:
         return "".join(self._parts)
 
     def feed(self, chunk: bytes) -> bytes:
+        passthrough = b""
+        if self._skipping:
+            # Inside a line too long to read: relay it unread, up to its end.
+            head, newline, chunk = chunk.partition(b"\n")
+            passthrough = head + newline
+            if not newline:
+                return passthrough
+            self._skipping = False
         self._buffer += chunk
         *lines, rest = self._buffer.split(b"\n")
+        runaway = b""
         if len(rest) > self._max_line_bytes:
-            # A runaway line: stop holding or reading it; relay what there is.
-            lines.append(rest)
-            rest = b""
+            # A runaway line: stop reading it, whatever the chunking.
+            self._skipping = True
+            runaway, rest = rest, b""
         self._buffer = rest
-        out = [self._line(line) for line in lines]
+        kept = [line for line in map(self._line, lines) if line is not None]
         if not self._rewrites:
-            return chunk
-        kept = [line for line in out if line is not None]
-        return b"\n".join(kept) + b"\n" if kept else b""
+            return passthrough + chunk  # the input, unchanged
+        body = b"\n".join(kept) + b"\n" if kept else b""
+        return passthrough + body + runaway
 
     def flush(self) -> bytes:
         """What is left at the end of the stream (only when rewriting)."""
         tail, self._buffer = self._buffer, b""
         return tail if self._rewrites else b""
+
+    @property
+    def mid_line(self) -> bool:
+        """The stream so far ends inside a line (it was cut off)."""
+        return bool(self._buffer) or self._skipping
 
     def _line(self, line: bytes) -> bytes | None:
         if not line.startswith(b"data:"):
@@ -75,7 +90,7 @@ class StreamAccumulator:
             return line
         try:
             event = json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):
             return line
         if not isinstance(event, dict):
             return line
@@ -85,7 +100,8 @@ class StreamAccumulator:
             self.usage = event["usage"]
             if self._drop_usage and not event.get("choices"):
                 return None
-        for choice in event.get("choices") or ():
+        choices = event.get("choices")
+        for choice in choices if isinstance(choices, list) else ():
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
             delta = choice.get("delta") or {}
@@ -96,7 +112,7 @@ class StreamAccumulator:
                 self.finish_reason = str(choice["finish_reason"])
         if self._rename_to is not None and "model" in event:
             event["model"] = self._rename_to
-            return b"data: " + json.dumps(event, ensure_ascii=False).encode()
+            return b"data: " + json.dumps(event).encode()  # ASCII: survives lone surrogates
         return line
 
     @property
@@ -124,9 +140,9 @@ def rename_model(body: bytes, model: str) -> bytes | None:
     """``body`` (a JSON object) with its ``model`` set to ``model``; None if not such."""
     try:
         event = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if not isinstance(event, dict) or "model" not in event:
         return None
     event["model"] = model
-    return json.dumps(event, ensure_ascii=False).encode()
+    return json.dumps(event).encode()

@@ -1,0 +1,213 @@
+"""Relaying one upstream answer to the client, and the bookkeeping after it.
+
+Whatever the upstream sends, the client gets something an OpenAI client can
+read: a chat completion, an SSE stream that ends in ``[DONE]`` or in an
+error event, or an error in OpenAI's envelope. An upstream's own client
+errors (400, 404, 413, 422) keep their status; anything else that is not a
+200 is a 502, since it is the gateway's dependency that failed, not the
+client's request. A reply that completed is then remembered (through the
+outbox) and its token usage counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+from fastapi.responses import Response
+
+from gateway.errors import APIError, error_body
+from gateway.memory.records import NewMemory, Scope
+from gateway.services import Services
+from gateway.upstream.pool import OpenedReply
+from gateway.upstream.sse import StreamAccumulator, error_event, reply_text
+
+logger = logging.getLogger("gateway.chat")
+
+# Memories from chat are clipped: a pasted document is not a memory.
+MAX_CHAT_MEMORY_CHARS = 4000
+# The upstream's verdicts on the request itself, which the client should see as such.
+RELAYED_CLIENT_ERRORS = frozenset({400, 404, 413, 422})
+
+
+@dataclass
+class MemoryPlan:
+    scope: Scope | None = None
+    top_k: int = 0
+    store: bool = False
+    session_id: str | None = None
+    query: str = ""
+
+
+def _json_object(content: bytes) -> dict[str, Any] | None:
+    try:
+        value = json.loads(content)
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def upstream_error(status: int, content: bytes) -> tuple[int, dict[str, Any]]:
+    """The client's status and OpenAI error body for an upstream's non-200 answer."""
+    client_status = status if status in RELAYED_CLIENT_ERRORS else 502
+    body = _json_object(content)
+    if body is not None and isinstance(body.get("error"), dict):
+        error = body["error"]
+        message = error.get("message")
+        return client_status, error_body(
+            message if isinstance(message, str) else f"the LLM upstream answered {status}",
+            "invalid_request_error" if client_status < 500 else "upstream_error",
+            error.get("code") if isinstance(error.get("code"), str) else None,
+        )
+    return client_status, error_body(
+        f"the LLM upstream answered {status}", "upstream_error", "upstream_error"
+    )
+
+
+class Relay:
+    def __init__(
+        self,
+        services: Services,
+        opened: OpenedReply,
+        plan: MemoryPlan,
+        started: float,
+        client_model: str,
+        *,
+        drop_usage: bool = False,
+    ) -> None:
+        self.services = services
+        sent_model = opened.target.model
+        # The upstream knew the model by another name: give the client's back.
+        self.rename_to = client_model if sent_model and sent_model != client_model else None
+        self.model_label = services.router.metric_label(client_model)
+        self.drop_usage = drop_usage
+        self.opened = opened
+        self.plan = plan
+        self.started = started
+        self.name = opened.upstream.name
+
+    async def complete(self, headers: dict[str, str]) -> Response:
+        response = self.opened.response
+        try:
+            async with asyncio.timeout(self.services.settings.total_timeout_s):
+                content = await response.aread()
+        except (TimeoutError, httpx.TimeoutException):
+            self._finish("timeout")
+            raise APIError(504, "the LLM upstream timed out", code="upstream_timeout") from None
+        except httpx.HTTPError:  # transport failures, undecodable content-encoding, ...
+            self._finish("stream_error")
+            raise APIError(502, "the LLM upstream failed", code="upstream_error") from None
+        except asyncio.CancelledError:
+            self._finish("client_disconnect")
+            raise
+        finally:
+            await response.aclose()
+        if response.status_code != 200:
+            self._finish("http_error")
+            status, body = upstream_error(response.status_code, content)
+            raise APIError(
+                status,
+                body["error"]["message"],
+                code=body["error"]["code"],
+                type=body["error"]["type"],
+            )
+        completion = _json_object(content)
+        if completion is None:
+            self._finish("http_error")
+            raise APIError(
+                502, "the LLM upstream answered with invalid JSON", code="upstream_invalid"
+            )
+        self._finish("success")
+        self._count_tokens(completion.get("usage"))
+        self._remember(reply_text(completion))
+        if self.rename_to is not None and "model" in completion:
+            content = json.dumps({**completion, "model": self.rename_to}).encode()
+        return Response(content, 200, headers=headers, media_type="application/json")
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        response = self.opened.response
+        acc = StreamAccumulator(rename_to=self.rename_to, drop_usage=self.drop_usage)
+        outcome = "stream_error"
+        first = True
+        cut_mid_line = False
+        failure: bytes | None = None
+        try:
+            async for chunk in response.aiter_bytes():  # decoded, if the upstream compressed
+                if first:
+                    first = False
+                    self.services.metrics.upstream_ttft.labels(self.name).observe(
+                        time.perf_counter() - self.opened.sent_at
+                    )
+                if relayed := acc.feed(chunk):
+                    yield relayed
+            cut_mid_line = acc.mid_line
+            if tail := acc.flush():
+                yield tail
+            if acc.completed:
+                outcome = "success"
+            else:
+                failure = error_event(
+                    "the LLM upstream closed the stream before finishing",
+                    "upstream_stream_incomplete",
+                )
+        except httpx.ReadTimeout:
+            outcome = "timeout"
+            idle = self.services.settings.stream_idle_timeout_s
+            failure = error_event(
+                f"the LLM upstream sent nothing for {idle:g}s", "upstream_stream_idle_timeout"
+            )
+        except httpx.HTTPError as exc:
+            logger.warning("stream from %s broke: %s", self.name, type(exc).__name__)
+            failure = error_event("the LLM upstream failed mid-stream", "upstream_stream_error")
+        except asyncio.CancelledError:
+            outcome = "client_disconnect"
+            raise
+        finally:
+            await response.aclose()
+            self._finish(outcome)
+        if failure is not None:
+            # After a cut-off line, a blank line first, so the error is an event of its own.
+            yield (b"\n\n" + failure) if cut_mid_line or acc.mid_line else failure
+        if outcome == "success":
+            self._count_tokens(acc.usage)
+            self._remember(acc.text)
+
+    def _finish(self, outcome: str) -> None:
+        now = time.perf_counter()
+        upstream_s = now - self.opened.sent_at
+        metrics = self.services.metrics
+        self.services.pool.record_outcome(self.opened.upstream, outcome)
+        metrics.model_requests.labels(self.model_label, self.name, outcome).inc()
+        metrics.upstream_duration.labels(self.name).observe(upstream_s)
+        metrics.overhead.labels("/v1/chat/completions").observe(
+            max(0.0, (now - self.started) - upstream_s)
+        )
+
+    def _count_tokens(self, usage: Any) -> None:
+        if not isinstance(usage, dict):
+            return
+        for kind in ("prompt", "completion"):
+            value = usage.get(f"{kind}_tokens")
+            if isinstance(value, int) and value >= 0:
+                self.services.metrics.upstream_tokens.labels(self.name, kind).inc(value)
+
+    def _remember(self, reply: str) -> None:
+        plan = self.plan
+        if plan.scope is None or not plan.store or not plan.query:
+            return
+        now = datetime.now(UTC)
+        memories = [
+            NewMemory(text[:MAX_CHAT_MEMORY_CHARS], now, {}, plan.session_id, role, "chat")
+            for role, text in (("user", plan.query), ("assistant", reply.strip()))
+            if text
+        ]
+        self.services.spawn(
+            self.services.memory.enqueue(plan.scope, memories), name="remember-chat"
+        )
