@@ -1,0 +1,1 @@
+"""LoCoMo retrieval research: loaders, metrics and offline experiments (see RESULTS.md)."""

@@ -1,0 +1,190 @@
+"""Soak: minutes of steady load with memory on and streams mixed in; errors and the gateway's RSS.
+
+    .venv/bin/python bench/soak.py [--minutes 10] [--rate 40] [--stream-share 0.5]
+        [--out bench/results/soak.json]
+
+Starts the stand-in upstream and the embedder (CPU 1) and the gateway (CPU 0,
+defaults, Qdrant Edge under bench/.work), then runs bench/loadgen.py (open
+loop) at --rate for --minutes. Every request names a user (20 users, each
+seeded with 5 memories) and carries a unique message, so every turn recalls
+(embed + search), and stores two new memories (outbox, embed, upsert): the
+memory store grows for the whole run. --stream-share of the requests stream.
+
+Counted as errors: any non-200 answer or transport failure seen by the
+generator, any upstream outcome other than success in the gateway's own
+metrics (e.g. a stream cut off or ended with an error event), outbox entries
+left over or dead, degraded recalls and embedder client errors. The target is
+zero. The gateway's RSS (from /proc) is sampled every 10 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import overhead
+import procs
+from procs import ROOT, WORK
+
+
+def metrics(gateway: procs.Proc) -> dict[str, float]:
+    text = httpx.get(gateway.base_url + "/metrics", timeout=10).text
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        parts = line.rsplit(" ", 1)
+        if len(parts) == 2 and parts[0].startswith(("memgate_", "gateway_")):
+            with contextlib.suppress(ValueError):
+                out[parts[0]] = float(parts[1])
+    return out
+
+
+def select(m: dict[str, float], name: str, *needles: str) -> float:
+    """Sum of the series of one metric (``name`` or ``name_total``) whose labels hold ``needles``."""
+    return sum(
+        v for k, v in m.items()
+        if k.split("{", 1)[0] in (name, name + "_total") and all(n in k for n in needles)
+    )  # fmt: skip
+
+
+def write_bodies(path: Path, n: int, stream_share: float, seed: int = 3) -> Path:
+    rng = random.Random(seed)
+    topics = ["cooking", "travel", "books", "work", "fitness", "music", "pets", "gardening"]
+    with path.open("w") as f:
+        for i in range(n):
+            body: dict[str, Any] = {
+                "model": overhead.MODEL,
+                "user": f"bench-user-{i % overhead.USERS}",
+                "messages": [
+                    {"role": "system", "content": "You are a helpful assistant."},
+                    {
+                        "role": "user",
+                        "content": f"Soak message {i}: tell me about "
+                        f"{rng.choice(topics)} and {rng.choice(topics)} ({rng.random():.9f})",
+                    },
+                ],
+                "max_tokens": 64,
+            }
+            if rng.random() < stream_share:
+                body["stream"] = True
+                body["stream_options"] = {"include_usage": True}
+            f.write(json.dumps(body) + "\n")
+    return path
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--minutes", type=float, default=10.0)
+    p.add_argument("--rate", type=float, default=40.0)
+    p.add_argument("--stream-share", type=float, default=0.5)
+    p.add_argument("--proxy-cpus", default="0")
+    p.add_argument("--gen-cpus", default="1")
+    p.add_argument("--out", type=Path, default=procs.RESULTS / "soak.json")
+    args = p.parse_args()
+    procs.exit_on_sigterm()
+    run_dir = Path(tempfile.mkdtemp(prefix="soak-", dir=WORK))
+    logs = run_dir / "logs"
+    seconds = args.minutes * 60
+    n_bodies = int(seconds * args.rate) + 1000
+    bodies = write_bodies(run_dir / "bodies.jsonl", n_bodies, args.stream_share)
+    data: dict[str, Any] = {
+        "command": "python bench/soak.py " + " ".join(sys.argv[1:]),
+        "machine": procs.machine_info(),
+        "git": procs.git_rev(),
+        "rate": args.rate,
+        "minutes": args.minutes,
+        "stream_share": args.stream_share,
+    }
+    started: list[procs.Proc] = []
+    try:
+        llm = procs.start_fake_llm(logs, args.gen_cpus)
+        embedder = procs.start_embedder(logs, args.gen_cpus)
+        started += [llm, embedder]
+        gw = procs.start_gateway(logs, run_dir / "data", llm.base_url + "/v1",
+                                 embedder.base_url + "/v1", args.proxy_cpus)  # fmt: skip
+        started.append(gw)
+        overhead.seed_memories(gw)
+        before = metrics(gw)
+        rss: list[tuple[float, float]] = [(0.0, gw.rss_bytes() / 2**20)]
+        data["rss_mib_start"] = rss[0][1]
+        argv = [procs.tools_python(), str(ROOT / "bench" / "loadgen.py"),
+                "--url", gw.base_url + "/v1/chat/completions", "--body-file", str(bodies),
+                "--rate", str(args.rate), "--duration", str(seconds), "--warmup", "0",
+                "--timeout", "60"]  # fmt: skip
+        t0 = time.monotonic()
+        gen = subprocess.Popen(procs.pinned(args.gen_cpus, argv), stdout=subprocess.PIPE, text=True)
+        next_sample = 10.0
+        while gen.poll() is None:
+            time.sleep(0.5)
+            if time.monotonic() - t0 >= next_sample:
+                rss.append((time.monotonic() - t0, gw.rss_bytes() / 2**20))
+                print(f"  t={rss[-1][0]:5.0f}s rss {rss[-1][1]:.1f} MiB load {procs.loadavg()[0]}",
+                      flush=True)  # fmt: skip
+                next_sample += 10.0
+        out, _ = gen.communicate()
+        load = json.loads(out.strip().splitlines()[-1])
+        # let the background memory writes of the last turns finish
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            m = metrics(gw)
+            if select(m, "memgate_outbox_depth") == 0:
+                break
+            time.sleep(1)
+        after = metrics(gw)
+        rss.append((time.monotonic() - t0, gw.rss_bytes() / 2**20))
+        delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+        upstream_bad = select(delta, "memgate_upstream_requests") - select(
+            delta, "memgate_upstream_requests", 'outcome="success"'
+        )
+        checks = {
+            "generator_errors": load["error_count"],
+            "upstream_outcomes_not_success": upstream_bad,
+            "recalls_degraded": select(delta, "memgate_memory_recalls", "degraded"),
+            "embedder_client_errors": select(delta, "memgate_embedder_client_errors"),
+            "outbox_depth_at_end": select(after, "memgate_outbox_depth"),
+            "outbox_dead": select(delta, "memgate_outbox_replays", '"dead"'),
+        }
+        data.update(
+            loadgen=load,
+            checks=checks,
+            errors=sum(checks.values()),
+            memories_stored=select(delta, "memgate_memory_writes", 'outcome="stored"'),
+            rss_mib=rss,
+            rss_mib_end=rss[-1][1],
+            http_2xx=select(delta, "memgate_http_requests", 'status="200"'),
+        )
+    finally:
+        for proc in reversed(started):
+            proc.stop()
+    data["loadavg_end"] = procs.loadavg()
+    procs.write_json(args.out, data)
+    md = args.out.with_suffix(".md")
+    lat = data["loadgen"]["latency_ms"]
+    md.write_text(
+        "# Soak\n\n"
+        f"Machine: {data['machine']['nproc']} x {data['machine']['cpu_model']}, load average at start "
+        f"{data['machine']['loadavg']}, at end {data['loadavg_end']}. Command: `{data['command']}`\n\n"
+        "| minutes | rate/s | streams | requests ok | errors | memories stored | latency p50 / p99 ms "
+        "| gateway RSS start → end MiB |\n|---|---|---|---|---|---|---|---|\n"
+        f"| {args.minutes:g} | {args.rate:g} | {100 * args.stream_share:.0f} % | {data['loadgen']['ok']} "
+        f"| {data['errors']:g} | {data['memories_stored']:g} | {lat['p50']:.1f} / {lat['p99']:.1f} "
+        f"| {data['rss_mib_start']:.1f} → {data['rss_mib_end']:.1f} |\n\n"
+        f"Error checks: `{json.dumps(data['checks'])}`\n"
+    )
+    print(md.read_text())
+
+
+if __name__ == "__main__":
+    main()

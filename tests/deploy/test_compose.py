@@ -1,0 +1,291 @@
+"""Static checks of compose.yaml, compose.cloud.yaml and .env.example (no Docker needed)."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import yaml
+from deploy_files import (
+    CLOUD,
+    COMPOSE,
+    ENV_EXAMPLE,
+    REPO,
+    MissingVariable,
+    arg_default,
+    defaults,
+    duration_s,
+    environment,
+    example_env,
+    interpolate,
+    load_compose,
+    read_dockerfile,
+    read_env_example,
+    variables,
+)
+
+# What each stateful service must keep on a named volume, and where.
+STATE = {
+    "qdrant": "/qdrant/storage",
+    "gateway": "/data",
+    "prometheus": "/prometheus",
+    "grafana": "/var/lib/grafana",
+    "vllm": "/root/.cache/huggingface",
+}
+PINNED_TAG = re.compile(r"^v?\d+\.\d+\.\d+$")
+SECRETS = ("GATEWAY_API_KEYS", "QDRANT_API_KEY", "GRAFANA_ADMIN_PASSWORD")
+
+
+@pytest.fixture(scope="module")
+def stack() -> dict[str, Any]:
+    return load_compose(COMPOSE, env=example_env())
+
+
+@pytest.fixture(scope="module")
+def cloud_stack() -> dict[str, Any]:
+    return load_compose(COMPOSE, CLOUD, env=example_env())
+
+
+def services(model: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return model["services"]  # type: ignore[no-any-return]
+
+
+def test_the_stack_has_the_services_of_the_design(stack: dict[str, Any]) -> None:
+    assert set(services(stack)) == {
+        "vllm",
+        "embedder",
+        "qdrant",
+        "gateway",
+        "prometheus",
+        "grafana",
+    }
+
+
+def test_every_service_is_health_checked_without_curl(stack: dict[str, Any]) -> None:
+    for name, service in services(stack).items():
+        check = service.get("healthcheck")
+        assert check and not check.get("disable"), f"{name} has no health check"
+        test = check["test"]
+        assert test[0] in ("CMD", "CMD-SHELL"), f"{name}: {test}"
+        # Most of these images ship no curl; the checks use python, wget or bash.
+        assert "curl" not in " ".join(test), f"{name}'s health check needs curl"
+        assert duration_s(check["interval"]) > 0 and duration_s(check["start_period"]) > 0
+
+
+def test_every_image_is_pinned(stack: dict[str, Any]) -> None:
+    for name, service in services(stack).items():
+        image = service.get("image", "")
+        repository, _, tag = image.rpartition(":")
+        assert repository and PINNED_TAG.match(tag), f"{name}: {image!r} is not pinned"
+
+
+def test_the_images_built_here_carry_the_project_version(stack: dict[str, Any]) -> None:
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    assert services(stack)["gateway"]["image"] == f"memgate/gateway:{version}"
+    assert services(stack)["embedder"]["image"] == f"memgate/embedder:{version}"
+    assert services(stack)["gateway"]["build"]["target"] == "gateway"
+    assert services(stack)["embedder"]["build"]["target"] == "embedder"
+
+
+def test_vllm_is_pinned_to_one_version_everywhere() -> None:
+    dockerfile = read_dockerfile(REPO / "vllm-server" / "Dockerfile")
+    pinned = dockerfile.global_args["VLLM_VERSION"]
+    assert PINNED_TAG.match(pinned)
+    assert [s.base for s in dockerfile.stages.values()] == ["vllm/vllm-openai:${VLLM_VERSION}"]
+    assert defaults(COMPOSE.read_text())["VLLM_VERSION"] == {pinned}
+    assert read_env_example().documented_defaults["VLLM_VERSION"] == pinned
+
+
+def test_the_embedders_build_default_is_cpu_torch() -> None:
+    dockerfile = read_dockerfile(REPO / "Dockerfile")
+    cpu_index = arg_default(dockerfile, "embedder", "TORCH_INDEX_URL")
+    assert cpu_index == "https://download.pytorch.org/whl/cpu"
+    assert defaults(COMPOSE.read_text())["TORCH_INDEX_URL"] == {cpu_index}
+
+
+def test_only_the_gateway_and_grafana_publish_ports(stack: dict[str, Any]) -> None:
+    publishing = {name for name, service in services(stack).items() if service.get("ports")}
+    assert publishing == {"gateway", "grafana"}
+
+
+def test_stateful_services_keep_their_state_on_named_volumes(stack: dict[str, Any]) -> None:
+    declared = set(stack["volumes"])
+    for name, target in STATE.items():
+        mounts = {m.split(":")[1]: m.split(":")[0] for m in services(stack)[name]["volumes"]}
+        assert target in mounts, f"{name} keeps {target} in the container's own layer"
+        assert mounts[target] in declared, f"{name}: {mounts[target]} is not a named volume"
+
+
+def test_the_gateway_waits_for_embedder_and_qdrant_but_not_for_vllm(
+    stack: dict[str, Any],
+) -> None:
+    depends = services(stack)["gateway"]["depends_on"]
+    assert depends == {
+        "embedder": {"condition": "service_healthy"},
+        "qdrant": {"condition": "service_healthy"},
+    }
+
+
+def test_vllm_gets_a_gpu_shared_memory_caches_and_time_to_load(stack: dict[str, Any]) -> None:
+    vllm = services(stack)["vllm"]
+    devices = vllm["deploy"]["resources"]["reservations"]["devices"]
+    assert any("gpu" in d["capabilities"] and d["driver"] == "nvidia" for d in devices)
+    assert vllm["ipc"] == "host"
+    assert vllm["init"] is True  # the launcher must not be PID 1 (it reaps nothing)
+    volumes = {m.split(":")[1] for m in vllm["volumes"]}
+    assert {"/root/.cache/huggingface", "/root/.cache/vllm"} <= volumes
+    env = environment(vllm)
+    assert "HF_TOKEN" in env and env["VLLM_MODEL"]
+    # A model download and load takes minutes: the start period must cover it.
+    assert duration_s(vllm["healthcheck"]["start_period"]) >= 15 * 60
+
+
+def test_qdrant_requires_an_api_key(stack: dict[str, Any]) -> None:
+    env = environment(services(stack)["qdrant"])
+    assert env["QDRANT__SERVICE__API_KEY"] == example_env()["QDRANT_API_KEY"]
+    assert (
+        environment(services(stack)["gateway"])["GATEWAY_QDRANT_API_KEY"]
+        == (env["QDRANT__SERVICE__API_KEY"])
+    )
+
+
+@pytest.mark.parametrize("secret", SECRETS)
+def test_required_secrets_stop_compose_when_unset(secret: str) -> None:
+    assert ":?" in variables(COMPOSE.read_text())[secret]
+    env = example_env()
+    del env[secret]
+    with pytest.raises(MissingVariable, match=secret):
+        load_compose(COMPOSE, env=env)
+
+
+def test_env_example_documents_every_variable_compose_reads() -> None:
+    read = set(variables(COMPOSE.read_text())) | set(variables(CLOUD.read_text()))
+    read |= {s["environment"] for s in yaml.safe_load(COMPOSE.read_text())["secrets"].values()}
+    documented = read_env_example().names
+    assert read - documented == set(), "compose reads variables .env.example does not mention"
+    assert documented - read == set(), ".env.example lists variables compose never reads"
+
+
+def test_env_example_defaults_match_compose() -> None:
+    example = read_env_example()
+    compose_defaults = defaults(COMPOSE.read_text())
+    for name, value in example.documented_defaults.items():
+        if name in compose_defaults:
+            assert compose_defaults[name] == {value}, name
+
+
+def _gateway_settings() -> Any:
+    settings = pytest.importorskip("gateway.settings", reason="the gateway package is missing")
+    return settings
+
+
+def test_every_gateway_variable_is_a_gateway_setting(
+    stack: dict[str, Any], cloud_stack: dict[str, Any]
+) -> None:
+    fields = {f"GATEWAY_{name.upper()}" for name in _gateway_settings().Settings.model_fields}
+    names = set(environment(services(stack)["gateway"]))
+    names |= set(environment(services(cloud_stack)["gateway"]))
+    names |= {n for n in read_env_example().names if n.startswith("GATEWAY_")}
+    assert names - fields == set()
+
+
+@pytest.fixture
+def clean_gateway_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("GATEWAY_"):
+            monkeypatch.delenv(name)
+    yield monkeypatch
+
+
+@pytest.mark.parametrize("files", [(COMPOSE,), (COMPOSE, CLOUD)], ids=["gpu", "cloud"])
+def test_the_gateway_accepts_the_environment_compose_gives_it(
+    clean_gateway_env: pytest.MonkeyPatch, files: tuple[Any, ...]
+) -> None:
+    module = _gateway_settings()
+    model = load_compose(*files, env=example_env())
+    for name, value in environment(services(model)["gateway"]).items():
+        clean_gateway_env.setenv(name, value)
+
+    settings = module.Settings()
+
+    settings.check_bind_address()  # 0.0.0.0 with keys: allowed
+    assert settings.host == "0.0.0.0"
+    assert settings.qdrant_url == "http://qdrant:6333"
+    assert settings.embedder_url == "http://embedder:8081/v1"
+    assert str(settings.data_dir) == "/data"
+    cloud = CLOUD in files
+    assert settings.llm_url == ("https://api.openai.com/v1" if cloud else "http://vllm:8000/v1")
+
+
+def test_the_embedder_accepts_the_environment_compose_gives_it(
+    stack: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = pytest.importorskip("embedder.settings", reason="the embedder package is missing")
+    env = environment(services(stack)["embedder"])
+    fields = {f"EMBEDDER_{name.upper()}" for name in module.EmbedderSettings.model_fields}
+    assert {n for n in env if n.startswith("EMBEDDER_")} <= fields
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = module.EmbedderSettings()
+    assert (settings.host, settings.port, settings.device) == ("0.0.0.0", 8081, "cpu")
+
+
+def test_the_cloud_override_replaces_vllm(cloud_stack: dict[str, Any]) -> None:
+    assert services(cloud_stack)["vllm"]["profiles"] == ["local-llm"]  # not started by `up`
+    gateway = environment(services(cloud_stack)["gateway"])
+    assert gateway["GATEWAY_LLM_URL"] == example_env()["CLOUD_LLM_URL"]
+    assert gateway["GATEWAY_LLM_API_KEY"] == example_env()["CLOUD_LLM_API_KEY"]
+    # The cloud stack needs its URL and key, like the secrets of the main file.
+    env = example_env()
+    del env["CLOUD_LLM_URL"]
+    with pytest.raises(MissingVariable, match="CLOUD_LLM_URL"):
+        load_compose(COMPOSE, CLOUD, env=env)
+
+
+def test_bind_mounts_exist_and_match_the_monitoring_config(stack: dict[str, Any]) -> None:
+    binds = {
+        m.split(":")[1]: REPO / m.split(":")[0]
+        for service in services(stack).values()
+        for m in service.get("volumes", [])
+        if m.startswith("./")
+    }
+    for target, source in binds.items():
+        assert source.exists(), f"{source} (mounted at {target}) is missing"
+
+    providers = yaml.safe_load(
+        (REPO / "monitoring/grafana/provisioning/dashboards/memgate.yml").read_text()
+    )["providers"]
+    dashboards = binds["/var/lib/grafana/dashboards"]
+    assert {p["options"]["path"] for p in providers} == {"/var/lib/grafana/dashboards"}
+    assert list(dashboards.glob("*.json")), "no dashboard to provision"
+
+    prometheus = yaml.safe_load((REPO / "monitoring/prometheus.yml").read_text())
+    ports = {name: _port(service) for name, service in services(stack).items()}
+    for job in prometheus["scrape_configs"]:
+        for target in (t for c in job["static_configs"] for t in c["targets"]):
+            host, _, port = target.partition(":")
+            assert ports.get(host) == port, f"Prometheus scrapes {target}: no such service port"
+        credentials = job.get("authorization", {}).get("credentials_file")
+        if credentials:
+            secret = credentials.removeprefix("/run/secrets/")
+            assert secret in services(stack)["prometheus"]["secrets"]
+
+
+def _port(service: dict[str, Any]) -> str | None:
+    exposed = service.get("expose") or [p.rsplit(":", 1)[1] for p in service.get("ports", [])]
+    return str(exposed[0]) if exposed else None
+
+
+def test_interpolation_follows_compose_rules() -> None:
+    env = {"SET": "x", "EMPTY": ""}
+    assert interpolate("${SET:-d} ${EMPTY:-d} ${EMPTY-d} ${UNSET-d} $$HOME ${SET}", env) == (
+        "x d  d $HOME x"
+    )
+    with pytest.raises(MissingVariable):
+        interpolate("${EMPTY:?needed}", env)
+    assert ENV_EXAMPLE.exists()

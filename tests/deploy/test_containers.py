@@ -1,0 +1,336 @@
+"""Containers: Qdrant as compose runs it, the two images built here, and the whole stack.
+
+These need a Docker engine and skip, saying why, when there is none (CI machines have
+none). Knobs for unusual engines:
+  MEMGATE_TEST_DOCKER_NETWORK=host   run containers (and builds) on the host network, for
+                                     engines without bridge networking (the dev sandbox)
+  MEMGATE_TEST_PYTHON_IMAGE          the images' base (default python:3.11-slim)
+  MEMGATE_TEST_TORCH_INDEX_URL       the embedder's torch index (default PyTorch's CPU one)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from deploy_files import CLOUD, COMPOSE, REPO, environment, example_env, load_compose
+
+docker = pytest.importorskip("docker", reason="the docker SDK (a testcontainers dependency)")
+from testcontainers.core.container import DockerContainer  # noqa: E402
+
+HOST_NETWORK = os.environ.get("MEMGATE_TEST_DOCKER_NETWORK") == "host"
+BUILD_TIMEOUT_S = 3600  # a cold embedder build downloads torch
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[Any]:
+    try:
+        client = docker.from_env(timeout=BUILD_TIMEOUT_S)
+        client.ping()
+    except Exception as exc:
+        pytest.skip(
+            f"no Docker engine reachable ({type(exc).__name__}): the container tests need "
+            "one (DOCKER_HOST or /var/run/docker.sock); CI machines have none"
+        )
+    _reaper_or_none(client)
+    yield client
+    client.close()
+
+
+def _reaper_or_none(client: Any) -> None:
+    """testcontainers starts a reaper (Ryuk) from a registry image; without one, our
+    ``with`` blocks still remove every container, so go on without it."""
+    from testcontainers.core.config import testcontainers_config as config
+
+    if config.ryuk_disabled:
+        return
+    try:
+        client.images.get(config.ryuk_image)
+    except docker.errors.ImageNotFound:
+        try:
+            client.images.pull(config.ryuk_image)
+        except docker.errors.APIError:
+            config.ryuk_disabled = True
+
+
+def pull_or_skip(client: Any, image: str) -> None:
+    try:
+        client.images.get(image)
+    except docker.errors.ImageNotFound:
+        try:
+            client.images.pull(image)
+        except docker.errors.APIError as exc:
+            pytest.skip(f"cannot pull {image} on this engine: {exc.explanation}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http(url: str, body: Any = None, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, headers=headers or {})
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            status, raw = response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        status, raw = exc.code, exc.read()
+    try:
+        return status, json.loads(raw)
+    except ValueError:
+        return status, raw.decode(errors="replace")
+
+
+def wait_for(url: str, timeout_s: float, status: int = 200, **kwargs: Any) -> Any:
+    """Poll until ``url`` answers ``status``: the condition a container start is judged by."""
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            code, body = http(url, **kwargs)
+            if code == status:
+                return body
+            last = (code, body)
+        except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+            last = exc
+        time.sleep(0.5)
+    raise AssertionError(f"{url} did not answer {status} within {timeout_s} s; last: {last}")
+
+
+@dataclass
+class Running:
+    container: DockerContainer
+    base_url: str
+
+    def exec(self, command: list[str]) -> tuple[int, str]:
+        result = self.container.get_wrapped_container().exec_run(command)
+        return result.exit_code, result.output.decode(errors="replace")
+
+    def logs(self) -> str:
+        out, err = self.container.get_logs()
+        return (out + err).decode(errors="replace")
+
+
+@contextmanager
+def run(image: str, env: dict[str, str], port: int) -> Iterator[Running]:
+    """Start a container; on the host network ``port`` must be the one the service uses."""
+    container = DockerContainer(image)
+    for name, value in env.items():
+        container.with_env(name, value)
+    if HOST_NETWORK:
+        container.with_kwargs(network_mode="host")
+    else:
+        container.with_exposed_ports(port)
+    with container:
+        if HOST_NETWORK:
+            base_url = f"http://127.0.0.1:{port}"
+        else:
+            host = container.get_container_host_ip()
+            base_url = f"http://{host}:{container.get_exposed_port(port)}"
+        yield Running(container, base_url)
+
+
+def build(client: Any, target: str) -> str:
+    if not (REPO / "README.md").exists():
+        pytest.fail("README.md is missing: pyproject.toml names it, so the image cannot build")
+    args = {"PYTHON_IMAGE": os.environ.get("MEMGATE_TEST_PYTHON_IMAGE", "python:3.11-slim")}
+    pull_or_skip(client, args["PYTHON_IMAGE"])
+    if target == "embedder":
+        args["TORCH_INDEX_URL"] = os.environ.get(
+            "MEMGATE_TEST_TORCH_INDEX_URL", "https://download.pytorch.org/whl/cpu"
+        )
+    tag = f"memgate/{target}:test"
+    client.images.build(
+        path=str(REPO),
+        target=target,
+        tag=tag,
+        buildargs=args,
+        network_mode="host" if HOST_NETWORK else None,
+        rm=True,
+    )
+    return tag
+
+
+# --------------------------------------------------------------------------- Qdrant
+
+
+def test_qdrant_runs_as_compose_configures_it(engine: Any) -> None:
+    service = load_compose(COMPOSE, env=example_env())["services"]["qdrant"]
+    pull_or_skip(engine, service["image"])
+    key = "test-qdrant-key"
+    env = {**environment(service), "QDRANT__SERVICE__API_KEY": key}
+    port = 6333
+    if HOST_NETWORK:  # share the host's ports: take free ones
+        port = free_port()
+        env["QDRANT__SERVICE__HTTP_PORT"] = str(port)
+        env["QDRANT__SERVICE__GRPC_PORT"] = str(free_port())
+
+    with run(service["image"], env, port) as qdrant:
+        wait_for(f"{qdrant.base_url}/readyz", 60, headers={"api-key": key})
+
+        status, _ = http(f"{qdrant.base_url}/collections")
+        assert status in (401, 403), "Qdrant answered without its API key"
+        status, body = http(f"{qdrant.base_url}/collections", headers={"api-key": key})
+        assert status == 200, body
+
+        # compose's own health check (no curl in the image) passes inside the container.
+        test = [part.replace("6333", str(port)) for part in service["healthcheck"]["test"][1:]]
+        code, output = qdrant.exec(test)
+        assert code == 0, output
+
+
+# --------------------------------------------------------------------------- images
+
+
+@pytest.fixture(scope="module")
+def gateway_image(engine: Any) -> str:
+    return build(engine, "gateway")
+
+
+@pytest.fixture(scope="module")
+def embedder_image(engine: Any) -> str:
+    return build(engine, "embedder")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(BUILD_TIMEOUT_S)
+def test_the_gateway_image_has_no_torch_and_runs_as_a_user(engine: Any, gateway_image: str) -> None:
+    with pytest.raises(docker.errors.ContainerError) as missing:
+        engine.containers.run(gateway_image, ["python", "-c", "import torch"], remove=True)
+    assert missing.value.exit_status == 1
+    assert b"No module named 'torch'" in missing.value.stderr
+
+    uid = engine.containers.run(
+        gateway_image, ["python", "-c", "import os; print(os.getuid())"], remove=True
+    )
+    assert uid.strip() not in (b"", b"0")
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+@pytest.mark.timeout(BUILD_TIMEOUT_S)
+def test_the_embedder_and_gateway_containers_serve(
+    engine: Any, embedder_image: str, gateway_image: str
+) -> None:
+    embedder_port = free_port() if HOST_NETWORK else 8081
+    with run(embedder_image, {"EMBEDDER_PORT": str(embedder_port)}, embedder_port) as embedder:
+        wait_for(f"{embedder.base_url}/health", 300)  # 503 until the model is loaded
+        status, body = http(
+            f"{embedder.base_url}/v1/embeddings",
+            body={"model": "all-MiniLM-L6-v2", "input": ["the cat sat on the mat"]},
+        )
+        assert status == 200, body
+        assert len(body["data"][0]["embedding"]) == 384
+
+        gateway_port = free_port() if HOST_NETWORK else 8080
+        embedder_url = (
+            f"{embedder.base_url}/v1"
+            if HOST_NETWORK
+            else f"http://{_container_ip(embedder)}:8081/v1"
+        )
+        env = {
+            "GATEWAY_PORT": str(gateway_port),
+            "GATEWAY_API_KEYS": "t1:test-key",
+            "GATEWAY_EMBEDDER_URL": embedder_url,
+            # Nothing listens there: the gateway must start anyway and report not ready.
+            "GATEWAY_LLM_URL": f"http://127.0.0.1:{free_port()}/v1",
+        }
+        with run(gateway_image, env, gateway_port) as gateway:
+            wait_for(f"{gateway.base_url}/livez", 60)
+            body = wait_for(f"{gateway.base_url}/readyz", 60, status=503)
+            assert body["checks"]["llm"]["status"] != "healthy"
+
+            def embedder_healthy() -> bool:
+                _, ready = http(f"{gateway.base_url}/readyz")
+                return bool(ready["checks"]["embedder"]["status"] == "healthy")
+
+            _until(embedder_healthy, 60, gateway.logs)
+            status, _ = http(f"{gateway.base_url}/v1/models")
+            assert status == 401  # keys are required on the API
+
+            # The image's HEALTHCHECK (python, /livez) turns the container healthy.
+            def docker_healthy() -> bool:
+                state = engine.api.inspect_container(gateway.container.get_wrapped_container().id)
+                return bool(state["State"]["Health"]["Status"] == "healthy")
+
+            _until(docker_healthy, 90, gateway.logs)
+
+
+def _container_ip(running: Running) -> str:
+    wrapped = running.container.get_wrapped_container()
+    wrapped.reload()
+    networks = wrapped.attrs["NetworkSettings"]["Networks"]
+    return str(next(iter(networks.values()))["IPAddress"])
+
+
+def _until(condition: Any, timeout_s: float, logs: Any) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, logs()
+        time.sleep(0.5)
+
+
+# --------------------------------------------------------------------------- the stack
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+@pytest.mark.timeout(BUILD_TIMEOUT_S)
+def test_the_cloud_stack_comes_up_healthy(engine: Any, tmp_path: Path) -> None:
+    if HOST_NETWORK:
+        pytest.skip("the compose stack needs a bridge network; this engine has none")
+    if (
+        shutil.which("docker") is None
+        or subprocess.run(
+            ["docker", "compose", "version"], capture_output=True, check=False
+        ).returncode
+    ):
+        pytest.skip("the `docker compose` plugin is not installed")
+    model = load_compose(COMPOSE, CLOUD, env=example_env())
+    for service in model["services"].values():
+        if "build" not in service and "profiles" not in service:
+            pull_or_skip(engine, service["image"])
+
+    gateway_port, grafana_port = free_port(), free_port()
+    env_file = tmp_path / "stack.env"
+    env = {
+        **example_env(),
+        "MEMGATE_GATEWAY_PORT": str(gateway_port),
+        "MEMGATE_GRAFANA_PORT": str(grafana_port),
+        "CLOUD_LLM_URL": "http://127.0.0.1:9/v1",  # no LLM: the gateway must come up anyway
+        "PYTHON_IMAGE": os.environ.get("MEMGATE_TEST_PYTHON_IMAGE", "python:3.11-slim"),
+    }
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+    from testcontainers.compose import DockerCompose
+
+    stack = DockerCompose(
+        REPO,
+        compose_file_name=["compose.yaml", "compose.cloud.yaml"],
+        env_file=str(env_file),
+        build=True,
+        wait=True,  # `up --wait`: every started service must turn healthy
+    )
+    with stack:
+        base = f"http://127.0.0.1:{gateway_port}"
+        wait_for(f"{base}/livez", 60)
+        _, ready = http(f"{base}/readyz")
+        assert ready["checks"]["embedder"]["status"] == "healthy", ready
+        assert ready["checks"]["vector_store"]["status"] == "healthy", ready
+        assert ready["checks"]["vector_store"]["backend"] == "qdrant", ready
+        wait_for(f"http://127.0.0.1:{grafana_port}/api/health", 60)

@@ -1,0 +1,338 @@
+"""The launcher's pure parts: version pins, GPU choice, the ladder and its policy, config."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from types import ModuleType
+
+import pytest
+from launcher_harness import LAUNCHER_DIR
+
+LINUX = {
+    "python_version": "3.12",
+    "python_full_version": "3.12.3",
+    "implementation_name": "cpython",
+    "implementation_version": "3.12.3",
+    "platform_python_implementation": "CPython",
+    "platform_machine": "x86_64",
+    "platform_system": "Linux",
+    "sys_platform": "linux",
+    "os_name": "posix",
+    "extra": "",
+}
+
+
+# --------------------------------------------------------------------------- versions
+
+
+def test_versions_order_as_pep_440_says(pins: ModuleType) -> None:
+    ordered = ["2.14.0.dev1", "2.14.0a1", "2.14.0b2", "2.14.0rc1", "2.14.0", "2.14.0.post1", "2.15"]
+    keys = [pins.parse_version(v).key for v in ordered]
+    assert keys == sorted(keys)
+    assert len(set(keys)) == len(keys)
+    assert pins.parse_version("2.14").key == pins.parse_version("2.14.0").key
+    assert pins.parse_version("2.14.0+cu129").local == "cu129"
+    with pytest.raises(ValueError):
+        pins.parse_version("latest")
+
+
+@pytest.mark.parametrize(
+    ("specifier", "version", "allowed"),
+    [
+        ("==2.14.0", "2.14.0", True),
+        ("==2.14.0", "2.14.0+cu129", True),  # a local build of the pinned release
+        ("==2.14.0", "2.13.0", False),
+        ("==2.14.0", "2.14.1", False),
+        ("==2.14.0+cu129", "2.14.0+cpu", False),
+        ("==2.14.*", "2.14.3", True),
+        ("==2.14.*", "2.15.0", False),
+        ("!=2.14.0", "2.14.0", False),
+        (">=2.1,<3", "2.9.1", True),
+        (">=2.1,<3", "3.0", False),
+        ("<=2.14", "2.14.0", True),
+        (">2.14", "2.14.0", False),
+        ("~=2.4.1", "2.4.9", True),
+        ("~=2.4.1", "2.5.0", False),
+        ("===2.14.0", "2.14.0", True),
+        ("", "1.0", True),
+    ],
+)
+def test_specifiers(pins: ModuleType, specifier: str, version: str, allowed: bool) -> None:
+    assert pins.specifier_allows(specifier, version) is allowed
+
+
+def test_a_specifier_it_cannot_read_is_an_error(pins: ModuleType) -> None:
+    with pytest.raises(ValueError):
+        pins.specifier_allows("about 2.14", "2.14.0")
+
+
+@pytest.mark.parametrize(
+    ("line", "name", "specifier", "marker"),
+    [
+        ("torch==2.14.0", "torch", "==2.14.0", None),
+        ("torch (==2.14.0)", "torch", "==2.14.0", None),  # the older metadata style
+        ("TorchVision>=0.29, <0.30", "torchvision", ">=0.29,<0.30", None),
+        ('zentorch==2.14.0.1; extra == "zen"', "zentorch", "==2.14.0.1", 'extra == "zen"'),
+        ("torch[opt-einsum]==2.14.0", "torch", "==2.14.0", None),
+        ("flashinfer @ https://example.invalid/f.whl", "flashinfer", "", None),
+    ],
+)
+def test_requirements(
+    pins: ModuleType, line: str, name: str, specifier: str, marker: str | None
+) -> None:
+    assert pins.parse_requirement(line) == pins.Requirement(name, specifier, marker)
+
+
+@pytest.mark.parametrize(
+    ("marker", "applies"),
+    [
+        ('sys_platform == "linux"', True),
+        ("platform_machine != 'x86_64'", False),
+        ('platform_machine == "aarch64" or platform_system == "Linux"', True),
+        ('python_version >= "3.10" and platform_system != "Darwin"', True),
+        ('python_version < "3.10"', False),
+        ('platform_machine in "x86_64 AMD64"', True),
+        ('extra == "zen"', False),  # extras are not what vLLM needs to start
+        ('(sys_platform == "linux")', None),  # beyond the subset: checked anyway
+        ('no_such_variable == "x"', None),
+    ],
+)
+def test_markers(pins: ModuleType, marker: str, applies: bool | None) -> None:
+    assert pins.marker_applies(marker, LINUX) is applies
+
+
+def _installed(versions: dict[str, str]):  # type: ignore[no-untyped-def]
+    return versions.get
+
+
+def test_check_pins_accepts_what_vllm_pins(pins: ModuleType) -> None:
+    notes, problems = pins.check_pins(
+        "0.33.0",
+        ["torch==2.14.0", "torchvision==0.29.0", 'zentorch==2.14.0.1; extra == "zen"', "numpy"],
+        _installed({"torch": "2.14.0+cu129", "torchvision": "0.29.0"}),
+        LINUX,
+    )
+    assert problems == []
+    assert "vllm 0.33.0 requires torch==2.14.0: 2.14.0+cu129 installed, ok" in notes
+
+
+def test_check_pins_reports_a_mismatch(pins: ModuleType) -> None:
+    _, problems = pins.check_pins(
+        "0.33.0",
+        ["torch==2.14.0", "torchvision==0.29.0"],
+        _installed({"torch": "2.13.0", "torchvision": "0.28.0"}),
+        LINUX,
+    )
+    assert problems == [
+        "vllm 0.33.0 requires torch==2.14.0, but torch 2.13.0 is installed",
+        "vllm 0.33.0 requires torchvision==0.29.0, but torchvision 0.28.0 is installed",
+        pins.MISMATCH_ADVICE,
+    ]
+
+
+def test_check_pins_needs_torch_but_not_its_siblings(pins: ModuleType) -> None:
+    _, problems = pins.check_pins(
+        "0.33.0", ["torch==2.14.0", "torchaudio==2.11.0"], _installed({}), LINUX
+    )
+    assert problems == [
+        "vllm 0.33.0 requires torch==2.14.0, but torch is not installed",
+        pins.MISMATCH_ADVICE,
+    ]
+
+
+def test_check_pins_skips_requirements_for_other_platforms(pins: ModuleType) -> None:
+    _, problems = pins.check_pins(
+        "0.33.0",
+        [
+            'torch==2.14.0; platform_machine == "x86_64"',
+            'torch==2.9.0; platform_machine != "x86_64"',
+        ],
+        _installed({"torch": "2.14.0"}),
+        LINUX,
+    )
+    assert problems == []
+
+
+def test_check_pins_says_when_vllm_declares_no_torch(pins: ModuleType) -> None:
+    notes, problems = pins.check_pins("0.0.1", ["numpy"], _installed({}), LINUX)
+    assert problems == []
+    assert notes == ["vllm 0.0.1 declares no torch requirement; nothing to compare"]
+
+
+# --------------------------------------------------------------------------- GPUs
+
+
+def test_nvidia_smi_rows_are_parsed_and_unusable_rows_skipped(launch: ModuleType) -> None:
+    output = "0, 1200, 81559\n\n1, [N/A], 81559\n2,70210,81559\nNo devices were found\n"
+    assert launch.parse_nvidia_smi(output) == [
+        launch.Gpu(0, 1200, 81559),
+        launch.Gpu(2, 70210, 81559),
+    ]
+
+
+def test_choose_gpus_prefers_free_memory_then_the_lower_index(launch: ModuleType) -> None:
+    gpus = [launch.Gpu(0, 100, 80), launch.Gpu(1, 500, 80), launch.Gpu(2, 500, 80)]
+    assert [g.index for g in launch.choose_gpus(gpus, 1)] == [1]
+    assert [g.index for g in launch.choose_gpus(gpus, 3)] == [1, 2, 0]
+    with pytest.raises(launch.ConfigError, match="wants 4 GPU"):
+        launch.choose_gpus(gpus, 4)
+
+
+def _config(launch: ModuleType, **env: str) -> object:
+    return launch.load_config({"VLLM_MODEL": "m", **env}, [])
+
+
+def test_gpu_environment(launch: ModuleType) -> None:
+    def gpus() -> list[object]:
+        return [launch.Gpu(0, 10, 80), launch.Gpu(1, 70, 80)]
+
+    def broken() -> list[object]:
+        raise OSError("nvidia-smi: not found")
+
+    assert launch.gpu_environment(_config(launch), gpus) == {}
+    auto = _config(launch, VLLM_GPU="auto")
+    assert launch.gpu_environment(auto, gpus) == {
+        "CUDA_VISIBLE_DEVICES": "1",
+        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+    }
+    assert launch.gpu_environment(auto, broken) == {}
+    assert launch.gpu_environment(auto, list) == {}
+    explicit = _config(launch, VLLM_GPU="3, 1")
+    assert launch.gpu_environment(explicit, broken)["CUDA_VISIBLE_DEVICES"] == "3,1"
+
+
+# --------------------------------------------------------------------------- ladder
+
+
+def test_the_ladder_steps_down_in_the_documented_order(launch: ModuleType) -> None:
+    kv = "4294967296"
+    lower = ("--gpu-memory-utilization", "0.80")
+    assert [(r.name, r.args) for r in launch.build_ladder(0.9, 4 * 1024**3)] == [
+        ("as configured", ("--gpu-memory-utilization", "0.90")),
+        ("lower GPU memory utilization", ("--gpu-memory-utilization", "0.80")),
+        (
+            "explicit KV cache size",
+            ("--gpu-memory-utilization", "0.80", "--kv-cache-memory-bytes", kv),
+        ),
+        (
+            "explicit KV cache size, eager mode",
+            (*lower, "--kv-cache-memory-bytes", kv, "--enforce-eager"),
+        ),
+    ]
+
+
+def test_a_utilization_too_low_to_lower_skips_that_rung(launch: ModuleType) -> None:
+    ladder = launch.build_ladder(0.1, 1024)
+    assert [r.name for r in ladder] == [
+        "as configured",
+        "explicit KV cache size",
+        "explicit KV cache size, eager mode",
+    ]
+    assert ladder[1].args[:2] == ("--gpu-memory-utilization", "0.10")
+
+
+@pytest.mark.parametrize(
+    ("line", "failure"),
+    [
+        (
+            "AssertionError: Error in memory profiling. Initial free memory 40 GiB",
+            "memory profiling assertion",
+        ),
+        (
+            "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 MiB",
+            "CUDA out of memory",
+        ),
+        ("RuntimeError: CUDA error: out of memory", "CUDA out of memory"),
+        (
+            "ValueError: Free memory on device (1.0/79.2 GiB) on startup is less than desired "
+            "GPU memory utilization (0.9, 71.3 GiB).",
+            "less free GPU memory than requested",
+        ),
+        ("ValueError: No available memory for the cache blocks.", None),
+        ("INFO 05-01 12:00:00 loading weights", None),
+    ],
+)
+def test_known_start_up_failures(launch: ModuleType, line: str, failure: str | None) -> None:
+    assert launch.classify_failure(line) == failure
+
+
+@pytest.mark.parametrize(
+    ("returncode", "started", "failure", "stopping", "retry"),
+    [
+        (1, False, "CUDA out of memory", False, True),
+        (1, False, "CUDA out of memory", True, False),  # being stopped: never start again
+        (1, True, "CUDA out of memory", False, False),  # crashed while serving
+        (1, False, None, False, False),  # unknown failure: its own exit code
+        (0, False, None, False, False),
+        (-9, False, "memory profiling assertion", False, True),
+    ],
+)
+def test_retry_policy(
+    launch: ModuleType,
+    returncode: int,
+    started: bool,
+    failure: str | None,
+    stopping: bool,
+    retry: bool,
+) -> None:
+    attempt = launch.Attempt(returncode, started, failure)
+    assert launch.should_retry(attempt, stopping) is retry
+
+
+def test_exit_code_reports_signals_as_a_shell_does(launch: ModuleType) -> None:
+    assert launch.exit_code(-15) == 143
+    assert launch.exit_code(3) == 3
+
+
+# --------------------------------------------------------------------------- config
+
+
+def test_config_defaults(launch: ModuleType) -> None:
+    config = launch.load_config({"VLLM_MODEL": " org/m "}, ["--port", "8000"])
+    assert config == launch.Config(
+        model="org/m",
+        extra_args=("--port", "8000"),
+        gpu="",
+        gpu_count=1,
+        utilization=0.9,
+        kv_cache_bytes=4 * 1024**3,
+        multiproc_method="spawn",
+        retries=True,
+        check_versions=True,
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"VLLM_MODEL": ""}, "VLLM_MODEL is not set"),
+        ({"VLLM_EXTRA_ARGS": "--kv-cache-memory-bytes 1"}, "set VLLM_KV_CACHE_MEMORY_BYTES"),
+        ({"VLLM_EXTRA_ARGS": "'unclosed"}, "cannot be parsed"),
+        ({"VLLM_GPU_MEMORY_UTILIZATION": "0"}, "expected a fraction"),
+        ({"VLLM_GPU_MEMORY_UTILIZATION": "most"}, "expected a number"),
+        ({"VLLM_KV_CACHE_MEMORY_BYTES": "4G"}, "expected a whole number"),
+        ({"VLLM_KV_CACHE_MEMORY_BYTES": "0"}, "positive number of bytes"),
+        ({"VLLM_GPU_COUNT": "0"}, "at least 1"),
+        ({"VLLM_WORKER_MULTIPROC_METHOD": "forkserver"}, "expected spawn or fork"),
+        ({"VLLM_START_RETRIES": "maybe"}, "expected true or false"),
+    ],
+)
+def test_config_errors_name_the_setting(
+    launch: ModuleType, env: dict[str, str], message: str
+) -> None:
+    with pytest.raises(launch.ConfigError, match=message):
+        launch.load_config({"VLLM_MODEL": "m", **env}, [])
+
+
+@pytest.mark.parametrize("module", ["launch.py", "vllm_pins.py"])
+def test_the_launcher_imports_only_the_standard_library(module: str) -> None:
+    # It must start before anything in the image is trusted, and must never load torch.
+    tree = ast.parse((LAUNCHER_DIR / module).read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module.split(".")[0])
+    assert imported - sys.stdlib_module_names - {"vllm_pins"} == set()
