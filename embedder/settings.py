@@ -11,7 +11,7 @@ DEFAULT_MODEL = "all-MiniLM-L6-v2"
 
 
 class EmbedderSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="EMBEDDER_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="EMBEDDER_", extra="ignore", env_ignore_empty=True)
 
     host: str = "127.0.0.1"
     port: int = Field(default=8081, ge=0, le=65535)
