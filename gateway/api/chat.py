@@ -56,14 +56,18 @@ def validate_chat(body: dict[str, Any]) -> ChatRequest:
         ) from None
 
 
-def plan_memory(chat: ChatRequest, principal: Principal, services: Services) -> MemoryPlan:
-    """Memory is on when the request names a user (``memory.user_id`` or ``user``)."""
+def plan_memory(
+    chat: ChatRequest, messages: list[dict[str, Any]], principal: Principal, services: Services
+) -> MemoryPlan:
+    """Memory is on when the request names a user (``memory.user_id`` or ``user``).
+
+    ``messages`` is the body's own list (already validated as ``chat.messages``).
+    """
     options = chat.memory
     user_id = (options.user_id if options else None) or chat.user
     if not user_id or (options is not None and not options.enabled):
         return MemoryPlan()
     top_k = options.top_k if options and options.top_k is not None else None
-    messages = [m.model_dump() for m in chat.messages]
     return MemoryPlan(
         scope=Scope(principal.tenant, user_id),
         top_k=services.settings.memory_top_k if top_k is None else top_k,
@@ -101,7 +105,7 @@ async def chat_completions(
     body = parse_json_object(raw)
     chat = validate_chat(body)
     targets = _route(services, chat.model)
-    plan = plan_memory(chat, principal, services)
+    plan = plan_memory(chat, body["messages"], principal, services)
     headers: dict[str, str] = {}
     modified = body.pop("memory", None) is not None
 
