@@ -12,9 +12,10 @@ from gateway.errors import APIError, unavailable
 from gateway.memory.records import Scope
 from gateway.memory.store import StoreUnavailable
 from gateway.services import Services, ServicesDep
-from gateway.upstream.pool import redact_url, status_of
+from gateway.upstream.pool import status_of
 from gateway.upstream.registry import Registration
 from gateway.upstream.setup import register, registered_group, unregister
+from gateway.urls import redact_url
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 

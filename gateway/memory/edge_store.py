@@ -22,8 +22,8 @@ from gateway.memory.records import (
     Condition,
     MemoryRecord,
     Scope,
-    from_payload,
     in_scope,
+    record_of,
     scope_conditions,
     session_conditions,
     to_payload,
@@ -68,10 +68,6 @@ def _filter(conditions: Sequence[Condition]) -> qe.Filter:
         )
         must.append(qe.FieldCondition(cond.path, match=match))
     return qe.Filter(must=must)
-
-
-def _record(point: Any, score: float | None = None) -> MemoryRecord:
-    return from_payload(str(point.id), point.payload or {}, score)
 
 
 class EdgeStore:
@@ -200,7 +196,7 @@ class EdgeStore:
             with_payload=True,
         )
         hits = await self._run(lambda shard: shard.query(request))
-        return [_record(hit, hit.score) for hit in hits]
+        return [record_of(hit, hit.score) for hit in hits]
 
     async def recent(self, scope: Scope, session_id: str | None, limit: int) -> list[str]:
         request = qe.ScrollRequest(
@@ -216,7 +212,7 @@ class EdgeStore:
         found = await self._run(lambda shard: shard.retrieve([memory_id], True, False))
         for point in found:
             if point.payload and point.payload.get("tenant") == tenant:
-                return _record(point)
+                return record_of(point)
         return None
 
     async def list(
@@ -226,7 +222,7 @@ class EdgeStore:
             offset=cursor, limit=limit, filter=_filter(scope_conditions(scope)), with_payload=True
         )
         points, next_offset = await self._run(lambda shard: shard.scroll(request))
-        return [_record(p) for p in points], (str(next_offset) if next_offset else None)
+        return [record_of(p) for p in points], (str(next_offset) if next_offset else None)
 
     async def delete(self, scope: Scope, memory_id: str) -> bool:
         if not await self.existing_ids(scope, [memory_id]):

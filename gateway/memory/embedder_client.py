@@ -9,6 +9,7 @@ import httpx
 
 from gateway.metrics import GatewayMetrics
 from gateway.monitor import ProbeFailed
+from gateway.urls import service_root
 
 
 class EmbedderUnavailable(Exception):
@@ -17,11 +18,6 @@ class EmbedderUnavailable(Exception):
 
 class EmbedderRejected(Exception):
     """The embedder refused the input itself (a 4xx): retrying will not help."""
-
-
-def service_root(base_url: str) -> str:
-    """``http://host:8081/v1`` → ``http://host:8081`` (where ``/health`` lives)."""
-    return base_url[: -len("/v1")] if base_url.endswith("/v1") else base_url
 
 
 class EmbedderClient:

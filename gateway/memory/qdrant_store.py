@@ -18,8 +18,8 @@ from gateway.memory.records import (
     Condition,
     MemoryRecord,
     Scope,
-    from_payload,
     in_scope,
+    record_of,
     scope_conditions,
     session_conditions,
     to_payload,
@@ -55,10 +55,6 @@ def _filter(conditions: Sequence[Condition]) -> models.Filter:
 
 def _sparse(vector: Sparse) -> models.SparseVector:
     return models.SparseVector(indices=vector.indices, values=vector.values)
-
-
-def _record(point: Any, score: float | None = None) -> MemoryRecord:
-    return from_payload(str(point.id), point.payload or {}, score)
 
 
 class QdrantServerStore:
@@ -179,7 +175,7 @@ class QdrantServerStore:
                 with_payload=True,
             )
         )
-        return [_record(hit, hit.score) for hit in response.points]
+        return [record_of(hit, hit.score) for hit in response.points]
 
     async def recent(self, scope: Scope, session_id: str | None, limit: int) -> list[str]:
         points, _ = await self._call(
@@ -197,7 +193,7 @@ class QdrantServerStore:
         found = await self._call(self._client.retrieve(self._collection, [memory_id]))
         for point in found:
             if point.payload and point.payload.get("tenant") == tenant:
-                return _record(point)
+                return record_of(point)
         return None
 
     async def list(
@@ -212,7 +208,7 @@ class QdrantServerStore:
                 with_payload=True,
             )
         )
-        return [_record(p) for p in points], (str(next_offset) if next_offset else None)
+        return [record_of(p) for p in points], (str(next_offset) if next_offset else None)
 
     async def delete(self, scope: Scope, memory_id: str) -> bool:
         if not await self.existing_ids(scope, [memory_id]):

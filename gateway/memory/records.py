@@ -113,6 +113,11 @@ def from_payload(point_id: str, payload: Mapping[str, Any], score: float | None)
     )
 
 
+def record_of(point: Any, score: float | None = None) -> MemoryRecord:
+    """A MemoryRecord from a Qdrant point (Edge or server: both have ``id`` and ``payload``)."""
+    return from_payload(str(point.id), point.payload or {}, score)
+
+
 def in_scope(payload: Mapping[str, Any] | None, scope: Scope) -> bool:
     return (
         payload is not None

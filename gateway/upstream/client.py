@@ -8,11 +8,7 @@ import httpx
 
 from gateway.monitor import Monitor, ProbeFailed
 from gateway.upstream.breaker import CircuitBreaker
-
-
-def service_root(base_url: str) -> str:
-    """vLLM serves ``/health`` at its root, beside ``/v1``."""
-    return base_url[: -len("/v1")] if base_url.endswith("/v1") else base_url
+from gateway.urls import service_root
 
 
 class Upstream:

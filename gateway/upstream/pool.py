@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from tenacity import (
@@ -33,6 +32,7 @@ from tenacity import (
 from gateway.metrics import GatewayMetrics
 from gateway.monitor import HEALTHY, STARTING, Monitor
 from gateway.upstream.client import Upstream
+from gateway.urls import redact_url
 
 RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
 MAX_RETRY_AFTER_S = 2.0
@@ -91,14 +91,6 @@ def _retry_after(response: httpx.Response) -> float | None:
     except ValueError:
         return None
     return min(max(0.0, value), MAX_RETRY_AFTER_HEADER_S) if math.isfinite(value) else None
-
-
-def redact_url(url: str) -> str:
-    """The URL without credentials (``user:password@``) for anything shown or logged."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
 
 
 class _Wait:

@@ -134,15 +134,3 @@ def reply_text(completion: Any) -> str:
     except (KeyError, IndexError, TypeError):
         return ""
     return content if isinstance(content, str) else ""
-
-
-def rename_model(body: bytes, model: str) -> bytes | None:
-    """``body`` (a JSON object) with its ``model`` set to ``model``; None if not such."""
-    try:
-        event = json.loads(body)
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(event, dict) or "model" not in event:
-        return None
-    event["model"] = model
-    return json.dumps(event).encode()
