@@ -40,8 +40,9 @@ from gateway.observability import RequestContextMiddleware
 from gateway.services import Services
 from gateway.settings import Settings
 from gateway.upstream.pool import UpstreamPool
-from gateway.upstream.registry import ModelRegistry
+from gateway.upstream.registry import ModelRegistry, SqliteRegistry
 from gateway.upstream.setup import build_router
+from gateway.upstream.sync import RegistrySync
 
 logger = logging.getLogger("gateway")
 
@@ -62,6 +63,33 @@ def build_store(settings: Settings) -> VectorStore:
             settings.embedding_dim,
         )
     return EdgeStore(settings.data_dir / "qdrant-edge", settings.embedding_dim)
+
+
+def build_registry(settings: Settings) -> ModelRegistry:
+    """Where registered models live: the Qdrant server the gateways share, when
+    there is one, else a SQLite file (shared by gateways on one host)."""
+    if settings.qdrant_url:
+        from qdrant_client import AsyncQdrantClient
+
+        from gateway.upstream.qdrant_registry import QdrantRegistry
+
+        if settings.registry_path is not None:
+            logger.warning(
+                "GATEWAY_REGISTRY_PATH is ignored: with GATEWAY_QDRANT_URL, registered "
+                "models live on the Qdrant server"
+            )
+        if settings.qdrant_url == ":memory:":
+            client = AsyncQdrantClient(location=":memory:")
+        else:
+            # The memory store's client checks this server's version already.
+            client = AsyncQdrantClient(
+                url=settings.qdrant_url,
+                api_key=settings.qdrant_api_key,
+                timeout=5,
+                check_compatibility=False,
+            )
+        return QdrantRegistry(client, f"{settings.qdrant_collection}_models")
+    return SqliteRegistry(settings.model_registry_path)
 
 
 async def _startup(settings: Settings, metrics: GatewayMetrics, stack: AsyncExitStack) -> Services:
@@ -91,10 +119,14 @@ async def _startup(settings: Settings, metrics: GatewayMetrics, stack: AsyncExit
     pool = UpstreamPool(
         metrics, attempts=settings.retry_attempts, health_interval_s=settings.health_interval_s
     )
-    registry = ModelRegistry(settings.data_dir / "models.sqlite3")
-    registry.open()
-    stack.callback(registry.close)
-    router = build_router(settings, llm_http, pool, registry)
+    registry = build_registry(settings)
+    await registry.open()
+    stack.push_async_callback(registry.close)
+    router = build_router(settings, llm_http, pool)
+    registrations = RegistrySync(registry, router, llm_http, interval_s=settings.registry_sync_s)
+    # Registered models join before the pool's first probe (a store that cannot be
+    # read now leaves them to the next sync).
+    await registrations.sync()
 
     def readiness(name: str) -> Monitor:
         def changed(_: str, status: str) -> None:
@@ -114,7 +146,7 @@ async def _startup(settings: Settings, metrics: GatewayMetrics, stack: AsyncExit
         metrics=metrics,
         pool=pool,
         router=router,
-        registry=registry,
+        registrations=registrations,
         llm_http=llm_http,
         memory=memory,
         outbox=outbox,
@@ -134,6 +166,8 @@ async def _startup(settings: Settings, metrics: GatewayMetrics, stack: AsyncExit
         stack.push_async_callback(monitor.stop)
     await pool.start(STARTUP_PROBE_TIMEOUT_S)
     stack.push_async_callback(pool.stop)
+    registrations.start()
+    stack.push_async_callback(registrations.stop)
     memory.start_replayer()
     stack.push_async_callback(memory.stop_replayer)
     for monitor in [*monitors, *pool.monitors()]:

@@ -17,8 +17,8 @@ from gateway.metrics import GatewayMetrics
 from gateway.monitor import Monitor
 from gateway.settings import Settings
 from gateway.upstream.pool import UpstreamPool
-from gateway.upstream.registry import ModelRegistry
 from gateway.upstream.router import ModelRouter
+from gateway.upstream.sync import RegistrySync
 
 logger = logging.getLogger("gateway")
 
@@ -29,7 +29,7 @@ class Services:
     metrics: GatewayMetrics
     pool: UpstreamPool
     router: ModelRouter
-    registry: ModelRegistry
+    registrations: RegistrySync
     llm_http: httpx.AsyncClient
     memory: MemoryService
     outbox: Outbox

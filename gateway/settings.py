@@ -43,6 +43,12 @@ class Settings(BaseSettings):
     qdrant_api_key: str | None = None
     qdrant_collection: str = "memgate_memories"
     data_dir: Path = Path("./data")
+    # Models registered at run time: this SQLite file (unset: models.sqlite3 in the
+    # data dir; gateways on one host may share it), or, with a Qdrant server, the
+    # collection ``<qdrant_collection>_models`` there. Every gateway re-reads its
+    # store this often (0: only at start and after its own changes).
+    registry_path: Path | None = None
+    registry_sync_s: float = Field(default=5.0, ge=0)
 
     # Memory behaviour.
     memory_top_k: int = Field(default=5, ge=0, le=100)
@@ -68,6 +74,10 @@ class Settings(BaseSettings):
     @classmethod
     def _strip_trailing_slash(cls, value: str | None) -> str | None:
         return value.rstrip("/") if value else value
+
+    @property
+    def model_registry_path(self) -> Path:
+        return self.registry_path or self.data_dir / "models.sqlite3"
 
     @property
     def auth_enabled(self) -> bool:

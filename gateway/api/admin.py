@@ -13,8 +13,8 @@ from gateway.memory.records import Scope
 from gateway.memory.store import StoreUnavailable
 from gateway.services import Services, ServicesDep
 from gateway.upstream.pool import status_of
-from gateway.upstream.registry import Registration
-from gateway.upstream.setup import register, registered_group, unregister
+from gateway.upstream.registry import Registration, RegistryUnavailable
+from gateway.upstream.setup import registered_group
 from gateway.urls import redact_url
 
 router = APIRouter(prefix="/admin", tags=["admin"])
@@ -25,6 +25,12 @@ Name = Annotated[str, Path(min_length=1, max_length=256)]
 def _store_down(exc: Exception) -> Exception:
     return unavailable(
         f"memory store unavailable: {exc}", code="store_unavailable", retry_after_s=2
+    )
+
+
+def _registry_down(exc: Exception) -> Exception:
+    return unavailable(
+        f"model registry unavailable: {exc}", code="registry_unavailable", retry_after_s=2
     )
 
 
@@ -103,16 +109,18 @@ async def register_model(
         raise APIError(
             409, f"alias {request.alias!r} is set in GATEWAY_CONFIG", code="alias_configured"
         )
-    if existing is not None:
-        await unregister(router, request.alias)
-    registration = services.registry.put(
-        Registration(request.alias, str(request.upstream_url).rstrip("/"), request.model,
-                     request.api_key)
-    )  # fmt: skip
-    register(router, services.llm_http, registration)
-    for replica in router.groups[registered_group(request.alias)]:
+    registration = Registration(
+        request.alias, str(request.upstream_url).rstrip("/"), request.model, request.api_key
+    )
+    try:
+        await services.registrations.register(registration)
+    except RegistryUnavailable as exc:
+        raise _registry_down(exc) from None
+    for replica in router.groups.get(registered_group(request.alias), []):
         if replica.monitor is not None:
             await replica.monitor.check_now()
+    if request.alias not in router.aliases:  # another gateway deleted it meanwhile
+        raise APIError(409, f"alias {request.alias!r} was deleted meanwhile", code="alias_deleted")
     return _registration_view(services, request.alias)
 
 
@@ -126,11 +134,14 @@ async def registered_models(_: AdminDep, services: ServicesDep) -> dict[str, Any
 
 @router.delete("/models/{alias:path}")
 async def delete_model(alias: str, _: AdminDep, services: ServicesDep) -> dict[str, Any]:
+    """Unregister an alias, here and in the store every gateway reads."""
     route = services.router.aliases.get(alias)
-    if route is None:
-        raise APIError(404, f"no model alias {alias!r}", code="alias_not_found")
-    if route.source != "registered":
+    if route is not None and route.source != "registered":
         raise APIError(409, f"alias {alias!r} is set in GATEWAY_CONFIG", code="alias_configured")
-    services.registry.delete(alias)
-    await unregister(services.router, alias)
+    try:
+        deleted = await services.registrations.unregister(alias)
+    except RegistryUnavailable as exc:
+        raise _registry_down(exc) from None
+    if not deleted:
+        raise APIError(404, f"no model alias {alias!r}", code="alias_not_found")
     return {"alias": alias, "deleted": True}

@@ -1,4 +1,8 @@
-"""Assembling the router from the environment, ``GATEWAY_CONFIG`` and registrations."""
+"""Assembling the router from the environment and ``GATEWAY_CONFIG``.
+
+Registered models are routed by :mod:`gateway.upstream.sync`, through
+``register`` and ``unregister`` here.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import httpx
 from gateway.settings import Settings
 from gateway.upstream.config import load_upstreams_file
 from gateway.upstream.pool import UpstreamPool
-from gateway.upstream.registry import ModelRegistry, Registration
+from gateway.upstream.registry import Registration
 from gateway.upstream.router import FALLBACK, PRIMARY, AliasRoute, ModelRouter
 
 
@@ -28,9 +32,7 @@ async def unregister(router: ModelRouter, alias: str) -> None:
     await router.remove_upstream(registered_group(alias))
 
 
-def build_router(
-    settings: Settings, http: httpx.AsyncClient, pool: UpstreamPool, registry: ModelRegistry
-) -> ModelRouter:
+def build_router(settings: Settings, http: httpx.AsyncClient, pool: UpstreamPool) -> ModelRouter:
     router = ModelRouter(pool, fallback_model=settings.fallback_llm_model)
     router.add_upstream(PRIMARY, [settings.llm_url], http, settings.llm_api_key)
     if settings.fallback_llm_url:
@@ -52,7 +54,4 @@ def build_router(
                         entry.fallback_model,
                     )
                 )
-    for registration in registry.all():
-        if registration.alias not in router.aliases:  # the config file wins
-            register(router, http, registration)
     return router

@@ -1,5 +1,6 @@
 """Several models on several upstreams: routing by alias and by discovered name,
-name substitution both ways, runtime registration surviving a restart."""
+name substitution both ways, runtime registration surviving a restart and shared
+by the gateways that share a registry."""
 
 from __future__ import annotations
 
@@ -165,6 +166,46 @@ def test_registration_routes_survives_restart_and_deletes(
         assert httpx.delete(f"{again.base_url}/admin/models/qwen-vl-2b").status_code == 404
     finally:
         again.terminate()
+
+
+def test_gateways_sharing_a_registry_learn_each_others_registrations(
+    tmp_path: Path, servers: dict[str, RunningServer], embedder: Service
+) -> None:
+    for server in servers.values():
+        server.reset()
+    shared = {
+        "GATEWAY_REGISTRY_PATH": str(tmp_path / "shared" / "models.sqlite3"),
+        "GATEWAY_REGISTRY_SYNC_S": "0.2",
+    }
+    one = start_gateway(tmp_path / "one", servers["a"].url, embedder.url, **shared)
+    two = start_gateway(tmp_path / "two", servers["a"].url, embedder.url, **shared)
+    try:
+        body = {"alias": "shared-vl", "upstream_url": servers["b2"].url, "model": "model-b",
+                "api_key": "shared-key"}  # fmt: skip
+        assert httpx.post(f"{one.base_url}/admin/models", json=body).status_code == 201
+        wait_until(lambda: _serving(two, "shared-vl"), 10, what="gateway two routes shared-vl")
+        reply = client(two).chat.completions.create(model="shared-vl", messages=HELLO)
+        assert reply.model == "shared-vl"
+        [sent] = servers["b2"].requests()
+        assert sent["body"]["model"] == "model-b"
+        assert sent["headers"]["authorization"] == "Bearer shared-key"
+
+        deleted = httpx.delete(f"{two.base_url}/admin/models/shared-vl")
+        assert deleted.json() == {"alias": "shared-vl", "deleted": True}
+        wait_until(lambda: not _listed(one, "shared-vl"), 10, what="gateway one drops shared-vl")
+        with pytest.raises(NotFoundError) as caught:
+            client(one).chat.completions.create(model="shared-vl", messages=HELLO)
+        error = caught.value.body
+        assert isinstance(error, dict) and error["code"] == "model_not_found"
+        assert len(servers["b2"].requests()) == 1
+    finally:
+        one.terminate()
+        two.terminate()
+
+
+def _listed(gateway: Service, alias: str) -> bool:
+    listing = httpx.get(f"{gateway.base_url}/admin/models").json()["data"]
+    return any(m["alias"] == alias for m in listing)
 
 
 def _serving(gateway: Service, alias: str) -> bool:

@@ -10,7 +10,6 @@ from prometheus_client import CollectorRegistry
 from gateway.metrics import GatewayMetrics
 from gateway.upstream.config import load_upstreams_file
 from gateway.upstream.pool import UpstreamPool
-from gateway.upstream.registry import ModelRegistry, Registration
 from gateway.upstream.router import FALLBACK, PRIMARY, AliasRoute, ModelRouter, UnknownModel
 
 
@@ -111,21 +110,6 @@ def test_config_file_is_validated(tmp_path: Path) -> None:
         path.write_text(bad)
         with pytest.raises(ValueError, match="GATEWAY_CONFIG"):
             load_upstreams_file(path)
-
-
-def test_registrations_persist_privately(tmp_path: Path) -> None:
-    registry = ModelRegistry(tmp_path / "models.sqlite3")
-    registry.open()
-    registry.put(Registration("vl", "http://x:8000/v1", "Qwen/Qwen3-VL-2B-Instruct", "k"))
-    registry.put(Registration("vl", "http://y:8000/v1", "Qwen/Qwen3-VL-2B-Instruct"))
-    registry.close()
-    assert (tmp_path / "models.sqlite3").stat().st_mode & 0o077 == 0
-    again = ModelRegistry(tmp_path / "models.sqlite3")
-    again.open()
-    [only] = again.all()
-    assert (only.alias, only.upstream_url, only.api_key) == ("vl", "http://y:8000/v1", None)
-    assert again.delete("vl") and not again.delete("vl") and again.all() == []
-    again.close()
 
 
 async def test_metric_labels_stay_bounded(router: ModelRouter) -> None:
