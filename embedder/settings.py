@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -18,10 +21,20 @@ class EmbedderSettings(BaseSettings):
     # Any sentence-transformers model name or local path.
     model: str = DEFAULT_MODEL
     device: str = "cpu"
+    # "onnx": ONNX Runtime on the CPU (faster there at equal embeddings: bench/);
+    # "torch": sentence-transformers as is; "auto": onnx for a local model on the
+    # CPU (the default model included), torch on a GPU or for a hub model name.
+    backend: Literal["auto", "onnx", "torch"] = "auto"
+    # Where the ONNX export of the model is cached (made on the first start).
+    onnx_cache_dir: Path = Path("~/.cache/memgate/onnx")
+    # Intra-op threads of the inference thread's runtime; unset: one per core.
+    threads: int | None = Field(default=None, ge=1, le=256)
     log_level: str = "info"
     # Micro-batching: requests that arrive together share one encode call.
     max_batch_size: int = Field(default=64, ge=1, le=4096)
-    max_batch_wait_ms: float = Field(default=2.0, ge=0, le=1000)
+    # 0: a batch is whatever is waiting when the inference thread is free, so a
+    # lone request never waits; under load batches still grow while one encodes.
+    max_batch_wait_ms: float = Field(default=0.0, ge=0, le=1000)
     max_queue: int = Field(default=4096, ge=1)
     # Request limits (OpenAI allows 2048 inputs per request).
     max_inputs: int = Field(default=2048, ge=1)

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -101,7 +102,10 @@ def _spawn(name: str, module: str, env: Mapping[str, str], log_dir: Path, port: 
 
 def start_embedder(log_dir: Path, port: int | None = None, **env: str) -> Service:
     port = port or free_port()
-    service = _spawn("embedder", "embedder", {"EMBEDDER_PORT": str(port), **env}, log_dir, port)
+    # One ONNX export for every embedder the tests start (the export is atomic).
+    cache = str(Path(tempfile.gettempdir()) / "memgate-tests-onnx")
+    env = {"EMBEDDER_PORT": str(port), "EMBEDDER_ONNX_CACHE_DIR": cache, **env}
+    service = _spawn("embedder", "embedder", env, log_dir, port)
     return service.wait_for("/health", timeout=120)
 
 
