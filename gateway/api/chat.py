@@ -206,9 +206,13 @@ async def _unless_disconnected(request: Request, work: Awaitable[Response]) -> R
     try:
         await asyncio.wait((task, watch), return_when=asyncio.FIRST_COMPLETED)
     finally:
+        watch.cancel()
         if not task.done():
             task.cancel()  # the client left: stop waiting on the upstream
-        watch.cancel()
+    if not task.done():
+        # cancel() only asks; wait until the upstream call has really unwound
+        # (reading the result before that would be an error, not a 499).
+        await asyncio.wait((task,))
     if task.cancelled():
         # Nobody will read this; 499 ("client closed request") keeps the metrics honest.
         return Response(status_code=499)

@@ -169,6 +169,14 @@ def test_client_disconnect_cancels_the_upstream_request(
     with pytest.raises(httpx.ReadTimeout):
         chat(gateway, timeout=0.5)  # a slow non-streamed call abandoned by its client
     wait_until(lambda: llm.stats()["disconnects"] >= 2, 5)
+    # ... and answered as "client closed request", not as the gateway's own failure
+    chat_route = 'memgate_http_requests_total{method="POST",route="/v1/chat/completions"'
+    def metrics() -> str:
+        return httpx.get(f"{gateway.base_url}/metrics").text
+
+    wait_until(lambda: f'{chat_route},status="499"}}' in metrics(), 5)
+    assert f'{chat_route},status="500"}}' not in metrics()
+    assert "unhandled error" not in gateway.log()
 
 
 def test_retries_hide_a_transient_503_and_honour_retry_after(
