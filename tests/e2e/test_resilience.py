@@ -171,6 +171,7 @@ def test_client_disconnect_cancels_the_upstream_request(
     wait_until(lambda: llm.stats()["disconnects"] >= 2, 5)
     # ... and answered as "client closed request", not as the gateway's own failure
     chat_route = 'memgate_http_requests_total{method="POST",route="/v1/chat/completions"'
+
     def metrics() -> str:
         return httpx.get(f"{gateway.base_url}/metrics").text
 
