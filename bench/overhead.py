@@ -130,6 +130,14 @@ def start_litellm(log_dir: Path, upstream_url: str, cpus: str) -> Proc:
     return proc.wait_http("/health/liveliness", 180)
 
 
+def start_floor(kind: str, log_dir: Path, upstream_url: str, cpus: str) -> Proc:
+    """A bare proxy (bench/floor/proxies.py): what any Python proxy on this stack costs."""
+    port = procs.free_port()
+    argv = [procs.PY, str(ROOT / "bench" / "floor" / "proxies.py"), kind, str(port), upstream_url]
+    proc = procs.spawn(f"floor-{kind}", argv, port=port, log_dir=log_dir, cpus=cpus)
+    return proc.wait_line("Uvicorn running on", 30)
+
+
 def loadgen(url: str, bodies: Path, rate: float, duration: float, warmup: float,
             stream: bool, cpus: str) -> dict[str, Any]:  # fmt: skip
     argv = [procs.tools_python(), str(ROOT / "bench" / "loadgen.py"), "--url", url,
@@ -389,6 +397,15 @@ def main() -> None:
                 data["targets"][name] = measure(name, gw.base_url + chat, bodies, args, gw, gw)
                 gw.stop()
                 embedder.stop()
+            elif name.startswith("floor-"):
+                floor = start_floor(
+                    name.removeprefix("floor-"), logs, llm.base_url, args.proxy_cpus
+                )
+                started.append(floor)
+                data["targets"][name] = measure(
+                    name, floor.base_url + chat, plain, args, floor, floor
+                )
+                floor.stop()
             elif name == "litellm":
                 ll = start_litellm(logs, llm.base_url + "/v1", args.proxy_cpus)
                 started.append(ll)

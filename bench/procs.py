@@ -151,6 +151,7 @@ def start_embedder(log_dir: Path, cpus: str | None, threads: int = 1, **env: str
     port = free_port()
     full = {
         "EMBEDDER_PORT": str(port),
+        "EMBEDDER_THREADS": str(threads),  # ONNX Runtime's pool (torch: the two below)
         "OMP_NUM_THREADS": str(threads),
         "MKL_NUM_THREADS": str(threads),
         **env,
