@@ -14,7 +14,8 @@ backend (the service's default on the CPU) and once with torch
 Service: ``python -m embedder`` (default backend) pinned to the same --cpus with the
 same thread count; closed-loop clients on --client-cpus (raw keep-alive HTTP/1.1,
 the bench/loadgen.py connection code), each sending one text per request
-(``{"input": "..."}``, float output, as the gateway sends it) or batches of 32
+(``{"input": "...", "encoding_format": "base64"}``, as the gateway and the
+official openai SDK send it; ``--encoding float`` for float lists) or batches of 32
 texts, for --seconds after a warm-up. Throughput is texts/s; the target is
 >= 90 % of the best direct batched rate of the same backend under concurrency.
 
@@ -215,22 +216,22 @@ async def closed_loop(port: int, bodies: list[bytes], texts_per_request: int, co
 
 
 def client_worker(
-    port: int, texts_per_request: int, concurrency: int, seconds: float
+    port: int, texts_per_request: int, concurrency: int, seconds: float, encoding: str
 ) -> dict[str, Any]:
     texts = make_texts(4096, seed=11)
-    if texts_per_request == 1:
-        bodies = [json.dumps({"input": t}).encode() for t in texts]
-    else:
-        bodies = [
-            json.dumps({"input": texts[i : i + texts_per_request]}).encode()
-            for i in range(0, len(texts), texts_per_request)
-        ]
+    inputs: list[str | list[str]] = (
+        list(texts)
+        if texts_per_request == 1
+        else [texts[i : i + texts_per_request] for i in range(0, len(texts), texts_per_request)]
+    )
+    bodies = [json.dumps({"input": i, "encoding_format": encoding}).encode() for i in inputs]
     return asyncio.run(closed_loop(port, bodies, texts_per_request, concurrency, seconds, 2.0))
 
 
 def run_clients(port: int, tpr: int, conc: int, args: argparse.Namespace) -> dict[str, Any]:
     argv = [procs.tools_python(), __file__, "--client", str(port), "--texts-per-request", str(tpr),
-            "--concurrency", str(conc), "--seconds", str(args.seconds)]  # fmt: skip
+            "--concurrency", str(conc), "--seconds", str(args.seconds),
+            "--encoding", args.encoding]  # fmt: skip
     out = subprocess.run(procs.pinned(args.client_cpus, argv), capture_output=True, text=True,
                          check=True)  # fmt: skip
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -279,7 +280,8 @@ def markdown(data: dict[str, Any]) -> str:
                   f"mean {c['mean']:.6f}."]  # fmt: skip
     lines += [
         "",
-        f"## Service (`python -m embedder`, default backend onnx, HTTP, float output); "
+        f"## Service (`python -m embedder`, default backend onnx, HTTP, {data['encoding']} "
+        "output); "
         f"ceiling = best direct onnx batched rate, {ceiling:.0f} texts/s",
         "",
         "| clients | texts/request | texts/s | % of direct batched | p50 ms | p99 ms | errors |",
@@ -302,6 +304,7 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--concurrency", default="1,8,32,128")
     p.add_argument("--batch-concurrency", default="1,4")
+    p.add_argument("--encoding", choices=["base64", "float"], default="base64")
     p.add_argument("--out", type=Path, default=procs.RESULTS / "embedder.json")
     # internal: worker modes
     p.add_argument("--worker", choices=["torch", "onnx"])
@@ -314,7 +317,9 @@ def main() -> None:
         return
     if args.client:
         conc = int(args.concurrency)
-        print(json.dumps(client_worker(args.client, args.texts_per_request, conc, args.seconds)))
+        result = client_worker(args.client, args.texts_per_request, conc, args.seconds,
+                               args.encoding)  # fmt: skip
+        print(json.dumps(result))
         return
 
     run_dir = Path(tempfile.mkdtemp(prefix="embedder-", dir=WORK))
@@ -325,6 +330,7 @@ def main() -> None:
         "cpus": args.cpus,
         "client_cpus": args.client_cpus,
         "threads": args.threads,
+        "encoding": args.encoding,
         "direct": {},
         "service": [],
     }

@@ -1,11 +1,12 @@
 """Soak: minutes of steady load with memory on and streams mixed in; errors and the gateway's RSS.
 
-    .venv/bin/python bench/soak.py [--minutes 10] [--rate 40] [--stream-share 0.5]
+    .venv/bin/python bench/soak.py [--minutes 10] [--rate 10] [--stream-share 0.5]
         [--out bench/results/soak.json]
 
-Starts the stand-in upstream and the embedder (CPU 1) and the gateway (CPU 0,
-defaults, Qdrant Edge under bench/.work), then runs bench/loadgen.py (open
-loop) at --rate for --minutes. Every request names a user (20 users, each
+Starts the embedder alone on CPU 1 (with memory on it is the bottleneck: each
+turn embeds one query and four index texts), and the stand-in upstream, the
+gateway (defaults, Qdrant Edge under bench/.work) and bench/loadgen.py (open
+loop, at --rate for --minutes) on CPU 0. Every request names a user (20 users, each
 seeded with 5 memories) and carries a unique message, so every turn recalls
 (embed + search), and stores two new memories (outbox, embed, upsert): the
 memory store grows for the whole run. --stream-share of the requests stream.
@@ -13,8 +14,11 @@ memory store grows for the whole run. --stream-share of the requests stream.
 Counted as errors: any non-200 answer or transport failure seen by the
 generator, any upstream outcome other than success in the gateway's own
 metrics (e.g. a stream cut off or ended with an error event), outbox entries
-left over or dead, degraded recalls and embedder client errors. The target is
-zero. The gateway's RSS (from /proc) is sampled every 10 s.
+dead, degraded recalls and embedder client errors. The target is zero; memory
+writes still queued a minute after the load stops are reported beside them
+(queued writes are durable, not lost, but a backlog that does not drain means
+the rate is above what the embedder sustains). The gateway's RSS (from /proc)
+is sampled every 10 s.
 """
 
 from __future__ import annotations
@@ -87,10 +91,11 @@ def write_bodies(path: Path, n: int, stream_share: float, seed: int = 3) -> Path
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--minutes", type=float, default=10.0)
-    p.add_argument("--rate", type=float, default=40.0)
+    p.add_argument("--rate", type=float, default=10.0)
     p.add_argument("--stream-share", type=float, default=0.5)
     p.add_argument("--proxy-cpus", default="0")
-    p.add_argument("--gen-cpus", default="1")
+    p.add_argument("--gen-cpus", default="0")
+    p.add_argument("--embedder-cpus", default="1")
     p.add_argument("--out", type=Path, default=procs.RESULTS / "soak.json")
     args = p.parse_args()
     procs.exit_on_sigterm()
@@ -110,7 +115,7 @@ def main() -> None:
     started: list[procs.Proc] = []
     try:
         llm = procs.start_fake_llm(logs, args.gen_cpus)
-        embedder = procs.start_embedder(logs, args.gen_cpus)
+        embedder = procs.start_embedder(logs, args.embedder_cpus)
         started += [llm, embedder]
         gw = procs.start_gateway(logs, run_dir / "data", llm.base_url + "/v1",
                                  embedder.base_url + "/v1", args.proxy_cpus)  # fmt: skip
@@ -153,13 +158,17 @@ def main() -> None:
             "upstream_outcomes_not_success": upstream_bad,
             "recalls_degraded": select(delta, "memgate_memory_recalls", "degraded"),
             "embedder_client_errors": select(delta, "memgate_embedder_client_errors"),
-            "outbox_depth_at_end": select(after, "memgate_outbox_depth"),
             "outbox_dead": select(delta, "memgate_outbox_replays", '"dead"'),
         }
+        recalls = select(delta, "memgate_memory_recall_duration_seconds_count")
         data.update(
             loadgen=load,
             checks=checks,
             errors=sum(checks.values()),
+            writes_pending_at_end=select(after, "memgate_outbox_depth"),
+            recall_mean_ms=1000
+            * select(delta, "memgate_memory_recall_duration_seconds_sum")
+            / max(recalls, 1),
             memories_stored=select(delta, "memgate_memory_writes", 'outcome="stored"'),
             rss_mib=rss,
             rss_mib_end=rss[-1][1],
@@ -176,10 +185,12 @@ def main() -> None:
         "# Soak\n\n"
         f"Machine: {data['machine']['nproc']} x {data['machine']['cpu_model']}, load average at start "
         f"{data['machine']['loadavg']}, at end {data['loadavg_end']}. Command: `{data['command']}`\n\n"
-        "| minutes | rate/s | streams | requests ok | errors | memories stored | latency p50 / p99 ms "
-        "| gateway RSS start → end MiB |\n|---|---|---|---|---|---|---|---|\n"
+        "| minutes | rate/s | streams | requests ok | errors | memories stored | writes pending "
+        "at end | latency p50 / p99 ms | recall mean ms | gateway RSS start → end MiB |\n"
+        "|---|---|---|---|---|---|---|---|---|---|\n"
         f"| {args.minutes:g} | {args.rate:g} | {100 * args.stream_share:.0f} % | {data['loadgen']['ok']} "
-        f"| {data['errors']:g} | {data['memories_stored']:g} | {lat['p50']:.1f} / {lat['p99']:.1f} "
+        f"| {data['errors']:g} | {data['memories_stored']:g} | {data['writes_pending_at_end']:g} "
+        f"| {lat['p50']:.1f} / {lat['p99']:.1f} | {data['recall_mean_ms']:.1f} "
         f"| {data['rss_mib_start']:.1f} → {data['rss_mib_end']:.1f} |\n\n"
         f"Error checks: `{json.dumps(data['checks'])}`\n"
     )

@@ -22,7 +22,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from embedder.batcher import MicroBatcher, QueueFull
 from embedder.metrics import EmbedderMetrics
@@ -43,6 +43,9 @@ class EmbeddingRequest(BaseModel):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
     user: str | None = None
+    # Lower goes first, as in vLLM's request field; the gateway sends 1 for the
+    # background replay of memory writes so that queries overtake it.
+    priority: int = Field(default=0, ge=-1000, le=1000)
 
 
 def _error(status: int, message: str, code: str) -> JSONResponse:
@@ -85,9 +88,9 @@ def create_app(
             return
         batcher = MicroBatcher(
             encoder, executor,
-            max_batch_size=settings.max_batch_size,
+            max_batch_size=settings.batch_size,
             max_wait_s=settings.max_batch_wait_ms / 1000,
-            max_queued_texts=settings.max_queue * settings.max_batch_size,
+            max_queued_texts=settings.max_queue * settings.batch_size,
             on_batch=metrics.observe_batch,
         )  # fmt: skip
         batcher.start()
@@ -159,7 +162,7 @@ def create_app(
                 "unsupported_dimensions",
             )
         try:
-            encoded = await state.batcher.encode(texts)
+            encoded = await state.batcher.encode(texts, request.priority)
         except QueueFull:
             return _error(429, "too many texts queued; retry shortly", "queue_full")
         metrics.inputs.inc(len(texts))

@@ -80,13 +80,13 @@ def load_encoder(settings: EmbedderSettings) -> Encoder:
         from embedder.onnx_model import load_onnx
 
         return load_onnx(
-            settings.model, settings.onnx_cache_dir, settings.max_batch_size, settings.threads
+            settings.model, settings.onnx_cache_dir, settings.batch_size, settings.threads
         )
     if settings.threads:
         import torch
 
         torch.set_num_threads(settings.threads)
-    return load_sentence_transformer(settings.model, settings.device, settings.max_batch_size)
+    return load_sentence_transformer(settings.model, settings.device, settings.batch_size)
 
 
 def load_sentence_transformer(model: str, device: str, batch_size: int) -> Encoder:

@@ -30,8 +30,11 @@ class EmbedderSettings(BaseSettings):
     # Intra-op threads of the inference thread's runtime; unset: one per core.
     threads: int | None = Field(default=None, ge=1, le=256)
     log_level: str = "info"
-    # Micro-batching: requests that arrive together share one encode call.
-    max_batch_size: int = Field(default=64, ge=1, le=4096)
+    # Micro-batching: requests that arrive together share one encode call of at
+    # most this many texts; unset: 8 on the CPU, 64 on a GPU. On the CPU a batch
+    # of 8 encodes as many texts per second as one of 64 (bench/results/
+    # embedder.md), and a query waits for at most one batch of bulk texts.
+    max_batch_size: int | None = Field(default=None, ge=1, le=4096)
     # 0: a batch is whatever is waiting when the inference thread is free, so a
     # lone request never waits; under load batches still grow while one encodes.
     max_batch_wait_ms: float = Field(default=0.0, ge=0, le=1000)
@@ -39,3 +42,9 @@ class EmbedderSettings(BaseSettings):
     # Request limits (OpenAI allows 2048 inputs per request).
     max_inputs: int = Field(default=2048, ge=1)
     max_input_chars: int = Field(default=32_768, ge=1)
+
+    @property
+    def batch_size(self) -> int:
+        if self.max_batch_size is not None:
+            return self.max_batch_size
+        return 8 if self.device == "cpu" else 64

@@ -1,15 +1,30 @@
-"""Client of the embedding service (OpenAI ``/v1/embeddings``)."""
+"""Client of the embedding service (OpenAI ``/v1/embeddings``).
+
+Vectors are asked for as base64 (OpenAI's ``encoding_format``, which the
+official SDK uses by default too): the embedder skips printing 384 floats as
+text and the gateway skips parsing them. A service that answers with float
+lists anyway is understood as well.
+"""
 
 from __future__ import annotations
 
+import array
+import base64
+import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import httpx
 
 from gateway.metrics import GatewayMetrics
 from gateway.monitor import ProbeFailed
 from gateway.urls import service_root
+
+# Request priorities (lower first, as in vLLM's ``priority`` field): what a
+# user waits for goes ahead of the background replay of queued memory writes.
+INTERACTIVE = 0
+BACKGROUND = 1
 
 
 class EmbedderUnavailable(Exception):
@@ -36,12 +51,15 @@ class EmbedderClient:
         self._metrics = metrics
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
-    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+    async def embed(
+        self, texts: Sequence[str], *, priority: int = INTERACTIVE
+    ) -> list[list[float]]:
+        body: dict[str, Any] = {"input": list(texts), "encoding_format": "base64"}
+        if priority != INTERACTIVE:  # an embedder without priorities ignores the field
+            body["priority"] = priority
         started = time.perf_counter()
         try:
-            response = await self._http.post(
-                self._url, json={"input": list(texts)}, headers=self._headers
-            )
+            response = await self._http.post(self._url, json=body, headers=self._headers)
         except httpx.TransportError as exc:
             self._metrics.embedder_errors.labels("unreachable").inc()
             raise EmbedderUnavailable(f"embedder unreachable: {type(exc).__name__}") from exc
@@ -53,8 +71,12 @@ class EmbedderClient:
         if response.status_code != 200:
             self._metrics.embedder_errors.labels("rejected").inc()
             raise EmbedderRejected(_error_message(response))
-        data = sorted(response.json()["data"], key=lambda item: item["index"])
-        vectors: list[list[float]] = [item["embedding"] for item in data]
+        try:
+            data = sorted(response.json()["data"], key=lambda item: item["index"])
+            vectors = [_vector(item["embedding"]) for item in data]
+        except (ValueError, KeyError, TypeError) as exc:
+            self._metrics.embedder_errors.labels("bad_response").inc()
+            raise EmbedderUnavailable(f"embedder answered malformed JSON: {exc}") from exc
         if len(vectors) != len(texts) or any(len(v) != self._dimension for v in vectors):
             self._metrics.embedder_errors.labels("bad_response").inc()
             raise EmbedderUnavailable(
@@ -81,6 +103,15 @@ class EmbedderClient:
                 f"embedder produces {dimension}-dimensional vectors but "
                 f"GATEWAY_EMBEDDING_DIM is {self._dimension}"
             )
+
+
+def _vector(embedding: str | list[float]) -> list[float]:
+    if isinstance(embedding, list):
+        return embedding
+    floats = array.array("f", base64.b64decode(embedding, validate=True))  # little-endian float32
+    if sys.byteorder == "big":
+        floats.byteswap()
+    return floats.tolist()
 
 
 def _error_message(response: httpx.Response) -> str:

@@ -17,7 +17,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from gateway.memory.embedder_client import EmbedderClient, EmbedderRejected, EmbedderUnavailable
+from gateway.memory.embedder_client import (
+    BACKGROUND,
+    INTERACTIVE,
+    EmbedderClient,
+    EmbedderRejected,
+    EmbedderUnavailable,
+)
 from gateway.memory.indexing import (
     WINDOW,
     IndexTexts,
@@ -122,13 +128,15 @@ class MemoryService:
         self._metrics.outbox_depth.set(self._outbox.depth)
         self._replay_wake.set()
 
-    async def write_now(self, scope: Scope, memories: Sequence[NewMemory]) -> list[WriteResult]:
+    async def write_now(
+        self, scope: Scope, memories: Sequence[NewMemory], priority: int = INTERACTIVE
+    ) -> list[WriteResult]:
         """Embed and store the memories not stored yet, in one embedder call."""
-        [results] = await self.write_batches([(scope, memories)])
+        [results] = await self.write_batches([(scope, memories)], priority)
         return results
 
     async def write_batches(
-        self, batches: Sequence[tuple[Scope, Sequence[NewMemory]]]
+        self, batches: Sequence[tuple[Scope, Sequence[NewMemory]]], priority: int = INTERACTIVE
     ) -> list[list[WriteResult]]:
         """Several writes (of one or more users) with one embedder call for all.
 
@@ -166,7 +174,7 @@ class MemoryService:
         texts = [t for _, fresh in plans for _, _, it in fresh for t in (it.text, it.context_dense)]
         if not texts:
             return results
-        dense = iter(await self._embedder.embed(texts))
+        dense = iter(await self._embedder.embed(texts, priority=priority))
         written_at = time.time_ns()
         for scope, fresh in plans:
             points = []
@@ -251,7 +259,8 @@ class MemoryService:
         """Replay queued entries until empty or blocked; return how many were applied.
 
         Up to REPLAY_BATCH entries at a time share one embedder call, so a backlog
-        drains at the embedder's batch speed, not one round trip per entry.
+        drains at the embedder's batch speed, not one round trip per entry. The
+        call goes at background priority: queries of chat turns overtake it.
         """
         applied = 0
         while self.available:
@@ -259,7 +268,8 @@ class MemoryService:
             if not entries:
                 break
             try:
-                results = await self.write_batches([(e.scope, e.memories) for e in entries])
+                batches = [(e.scope, e.memories) for e in entries]
+                results = await self.write_batches(batches, BACKGROUND)
             except (EmbedderUnavailable, StoreUnavailable) as exc:
                 self._report(exc)
                 await self._outbox.failed(entries[0].seq, str(exc))
@@ -286,7 +296,7 @@ class MemoryService:
         applied = 0
         for entry in entries:
             try:
-                written = await self.write_now(entry.scope, entry.memories)
+                written = await self.write_now(entry.scope, entry.memories, BACKGROUND)
             except EmbedderRejected as exc:
                 logger.error("outbox entry %d rejected by the embedder: %s", entry.seq, exc)
                 await self._outbox.bury(entry.seq, str(exc))

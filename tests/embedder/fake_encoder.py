@@ -18,9 +18,11 @@ class FakeEncoder:
         self.batches: list[list[str]] = []
         self.threads: set[str] = set()
         self._gate = gate
+        self.waiting = threading.Event()  # an encode call is blocked on the gate
 
     def encode(self, texts: list[str]) -> Encoded:
         if self._gate is not None:
+            self.waiting.set()
             self._gate.wait(5)
         self.threads.add(threading.current_thread().name)
         self.batches.append(list(texts))

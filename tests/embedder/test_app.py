@@ -83,6 +83,8 @@ def test_base64_encoding_matches_floats(client: TestClient) -> None:
         ({"input": "x" * 11}, "11 characters; at most 10"),
         ({"input": [1, 2]}, "input"),
         ({"input": "x", "dimensions": 7}, "dimensions=7"),
+        ({"input": "x", "priority": 5000}, "priority"),
+        ({"input": "x", "priority": "high"}, "priority"),
         ({}, "input"),
     ],
 )
@@ -90,6 +92,12 @@ def test_bad_input_is_a_clear_400(client: TestClient, payload: object, fragment:
     response = client.post("/v1/embeddings", json=payload)
     assert response.status_code == 400
     assert fragment in response.json()["error"]["message"]
+
+
+def test_a_request_may_name_its_priority(client: TestClient) -> None:
+    response = client.post("/v1/embeddings", json={"input": ["ab", "c"], "priority": 1})
+    assert response.status_code == 200
+    assert [item["embedding"][0] for item in response.json()["data"]] == [2.0, 1.0]
 
 
 def test_malformed_json_is_400(client: TestClient) -> None:

@@ -90,3 +90,80 @@ async def test_an_encode_error_reaches_every_caller_of_the_batch() -> None:
                                        return_exceptions=True)  # fmt: skip
         await batcher.stop()
     assert all(isinstance(r, RuntimeError) for r in results)
+
+
+async def test_a_large_request_is_split_at_the_batch_size_and_joined_in_order() -> None:
+    encoder = FakeEncoder()
+    with ThreadPoolExecutor(1) as pool:
+        batcher = MicroBatcher(encoder, pool, max_batch_size=4, max_wait_s=0,
+                               max_queued_texts=100)  # fmt: skip
+        batcher.start()
+        texts = ["x" * (i + 1) for i in range(10)]
+        result = await batcher.encode(texts)
+        await batcher.stop()
+    assert [len(b) for b in encoder.batches] == [4, 4, 2]
+    # Rows come back in the request's order (column 0 is the text's length).
+    assert result.vectors[:, 0].tolist() == [float(i + 1) for i in range(10)]
+    assert result.token_counts == [1] * 10
+
+
+async def test_a_query_overtakes_a_bulk_request_of_lower_priority() -> None:
+    gate = threading.Event()
+    encoder = FakeEncoder(gate)
+    with ThreadPoolExecutor(1) as pool:
+        batcher = MicroBatcher(encoder, pool, max_batch_size=4, max_wait_s=0,
+                               max_queued_texts=100)  # fmt: skip
+        batcher.start()
+        bulk = asyncio.create_task(batcher.encode([f"bulk{i}" for i in range(12)], priority=1))
+        assert await asyncio.to_thread(encoder.waiting.wait, 5)  # the first bulk batch runs
+        query = asyncio.create_task(batcher.encode(["query"], priority=0))
+        await asyncio.sleep(0)
+        gate.set()
+        await asyncio.gather(bulk, query)
+        await batcher.stop()
+    # The query runs next, alone (not padded out with bulk texts), ahead of
+    # the rest of the bulk request.
+    assert encoder.batches == [
+        ["bulk0", "bulk1", "bulk2", "bulk3"],
+        ["query"],
+        ["bulk4", "bulk5", "bulk6", "bulk7"],
+        ["bulk8", "bulk9", "bulk10", "bulk11"],
+    ]
+
+
+async def test_priorities_go_in_order_and_equal_ones_in_arrival_order() -> None:
+    gate = threading.Event()
+    encoder = FakeEncoder(gate)
+    with ThreadPoolExecutor(1) as pool:
+        batcher = MicroBatcher(encoder, pool, max_batch_size=2, max_wait_s=0,
+                               max_queued_texts=100)  # fmt: skip
+        batcher.start()
+        first = asyncio.create_task(batcher.encode(["warm"]))
+        assert await asyncio.to_thread(encoder.waiting.wait, 5)
+        later = [asyncio.create_task(batcher.encode([f"r{i}"], priority=1)) for i in range(4)]
+        urgent = asyncio.create_task(batcher.encode(["u"], priority=-1))
+        await asyncio.sleep(0)
+        gate.set()
+        await asyncio.gather(first, urgent, *later)
+        await batcher.stop()
+    assert encoder.batches[1:] == [["u"], ["r0", "r1"], ["r2", "r3"]]
+
+
+async def test_a_caller_that_leaves_mid_request_frees_its_queued_texts() -> None:
+    gate = threading.Event()
+    encoder = FakeEncoder(gate)
+    with ThreadPoolExecutor(1) as pool:
+        batcher = MicroBatcher(encoder, pool, max_batch_size=2, max_wait_s=0,
+                               max_queued_texts=6)  # fmt: skip
+        batcher.start()
+        leaving = asyncio.create_task(batcher.encode(["a", "b", "c", "d", "e", "f"]))
+        assert await asyncio.to_thread(encoder.waiting.wait, 5)
+        leaving.cancel()
+        await asyncio.gather(leaving, return_exceptions=True)
+        gate.set()
+        # The four texts still queued for the cancelled caller are dropped, not
+        # encoded, and their room goes to the next request.
+        result = await asyncio.wait_for(batcher.encode(["g", "h", "i", "j", "k", "l"]), 5)
+        await batcher.stop()
+    assert result.vectors.shape[0] == 6
+    assert all(text not in batch for batch in encoder.batches for text in "cdef")

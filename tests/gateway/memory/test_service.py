@@ -3,6 +3,7 @@ MockTransport (unit level; the e2e tests use the real embedder process)."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from collections.abc import AsyncIterator
@@ -10,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -36,16 +38,28 @@ class Embedder:
         self.up = True
         self.calls = 0
         self.reject: str | None = None
+        self.floats_only = False  # an embedder that ignores encoding_format
+        self.priorities: list[int] = []
 
     def handle(self, request: httpx.Request) -> httpx.Response:
         if not self.up:
             raise httpx.ConnectError("refused", request=request)
         self.calls += 1
-        texts = json.loads(request.content)["input"]
+        body = json.loads(request.content)
+        texts = body["input"]
+        self.priorities.append(body.get("priority", 0))
         if any(self.reject and self.reject in t for t in texts):
             return httpx.Response(400, json={"error": {"message": "input too long"}})
-        data = [{"index": i, "embedding": vector(t)} for i, t in enumerate(texts)]
+        as_base64 = body.get("encoding_format") == "base64" and not self.floats_only
+        data = [
+            {"index": i, "embedding": encoded(vector(t)) if as_base64 else vector(t)}
+            for i, t in enumerate(texts)
+        ]
         return httpx.Response(200, json={"data": data})
+
+
+def encoded(floats: list[float]) -> str:
+    return base64.b64encode(np.asarray(floats, dtype="<f4").tobytes()).decode()
 
 
 class Harness:
@@ -148,3 +162,25 @@ async def test_a_rejected_entry_is_set_aside_and_the_rest_replayed(h: Harness) -
     assert await h.service.drain() == 2
     assert await h.texts() == ["good 1", "good 2"]
     assert h.outbox.depth == 0 and h.outbox.dead_count() == 1
+
+
+async def test_vectors_arrive_as_base64_or_floats_alike(h: Harness) -> None:
+    from_base64 = await h.client.embed(["same text"])
+    h.embedder.floats_only = True
+    from_floats = await h.client.embed(["same text"])
+    expected = np.asarray(vector("same text"), dtype=np.float32).tolist()
+    assert from_base64 == [expected]
+    assert np.allclose(from_floats, [expected], atol=1e-7)
+
+
+async def test_replay_asks_the_embedder_for_background_priority(h: Harness) -> None:
+    await h.service.add(ALICE, memories("written at once"))
+    await h.service.search(ALICE, "a query", 5)
+    assert h.embedder.priorities == [0, 0]
+    h.embedder.up = False
+    await h.service.add(ALICE, memories("queued"))
+    h.embedder.up = True
+    h.embedder_monitor.report_success()
+    assert await h.service.drain() == 1
+    # Chat turns' queries go first; the replay of queued writes waits its turn.
+    assert h.embedder.priorities == [0, 0, 1]

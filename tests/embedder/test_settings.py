@@ -1,0 +1,18 @@
+from __future__ import annotations
+
+import pytest
+
+from embedder.settings import EmbedderSettings
+
+
+def test_the_batch_size_follows_the_device_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("EMBEDDER_MAX_BATCH_SIZE", raising=False)
+    assert EmbedderSettings(device="cpu").batch_size == 8
+    assert EmbedderSettings(device="cuda").batch_size == 64
+    monkeypatch.setenv("EMBEDDER_MAX_BATCH_SIZE", "32")
+    assert EmbedderSettings(device="cpu").batch_size == 32
+
+
+def test_a_batch_size_of_zero_is_refused() -> None:
+    with pytest.raises(ValueError, match="max_batch_size"):
+        EmbedderSettings(max_batch_size=0)
