@@ -1,7 +1,7 @@
 """Soak: minutes of steady load with memory on and streams mixed in; errors and the gateway's RSS.
 
     .venv/bin/python bench/soak.py [--minutes 10] [--rate 10] [--stream-share 0.5]
-        [--out bench/results/soak.json]
+        [--no-memory] [--out bench/results/soak.json]
 
 Starts the embedder alone on CPU 1 (with memory on it is the bottleneck: each
 turn embeds one query and four index texts), and the stand-in upstream, the
@@ -18,7 +18,12 @@ dead, degraded recalls and embedder client errors. The target is zero; memory
 writes still queued a minute after the load stops are reported beside them
 (queued writes are durable, not lost, but a backlog that does not drain means
 the rate is above what the embedder sustains). The gateway's RSS (from /proc)
-is sampled every 10 s.
+is sampled every 10 s, and the size of the store on disk (Qdrant Edge's
+segments, which it maps into memory) is reported at the end.
+
+``--no-memory`` leaves the user out of every request: the gateway only proxies,
+so its RSS shows the proxy path alone under streaming (where a proxy in this
+class is known to leak), at rates the embedder could not carry.
 """
 
 from __future__ import annotations
@@ -63,7 +68,9 @@ def select(m: dict[str, float], name: str, *needles: str) -> float:
     )  # fmt: skip
 
 
-def write_bodies(path: Path, n: int, stream_share: float, seed: int = 3) -> Path:
+def write_bodies(
+    path: Path, n: int, stream_share: float, memory: bool = True, seed: int = 3
+) -> Path:
     rng = random.Random(seed)
     topics = ["cooking", "travel", "books", "work", "fitness", "music", "pets", "gardening"]
     with path.open("w") as f:
@@ -81,6 +88,8 @@ def write_bodies(path: Path, n: int, stream_share: float, seed: int = 3) -> Path
                 ],
                 "max_tokens": 64,
             }
+            if not memory:
+                del body["user"]
             if rng.random() < stream_share:
                 body["stream"] = True
                 body["stream_options"] = {"include_usage": True}
@@ -96,6 +105,7 @@ def main() -> None:
     p.add_argument("--proxy-cpus", default="0")
     p.add_argument("--gen-cpus", default="0")
     p.add_argument("--embedder-cpus", default="1")
+    p.add_argument("--no-memory", action="store_true")
     p.add_argument("--out", type=Path, default=procs.RESULTS / "soak.json")
     args = p.parse_args()
     procs.exit_on_sigterm()
@@ -103,7 +113,8 @@ def main() -> None:
     logs = run_dir / "logs"
     seconds = args.minutes * 60
     n_bodies = int(seconds * args.rate) + 1000
-    bodies = write_bodies(run_dir / "bodies.jsonl", n_bodies, args.stream_share)
+    memory = not args.no_memory
+    bodies = write_bodies(run_dir / "bodies.jsonl", n_bodies, args.stream_share, memory)
     data: dict[str, Any] = {
         "command": "python bench/soak.py " + " ".join(sys.argv[1:]),
         "machine": procs.machine_info(),
@@ -111,6 +122,7 @@ def main() -> None:
         "rate": args.rate,
         "minutes": args.minutes,
         "stream_share": args.stream_share,
+        "memory": memory,
     }
     started: list[procs.Proc] = []
     try:
@@ -120,7 +132,8 @@ def main() -> None:
         gw = procs.start_gateway(logs, run_dir / "data", llm.base_url + "/v1",
                                  embedder.base_url + "/v1", args.proxy_cpus)  # fmt: skip
         started.append(gw)
-        overhead.seed_memories(gw)
+        if memory:
+            overhead.seed_memories(gw)
         before = metrics(gw)
         rss: list[tuple[float, float]] = [(0.0, gw.rss_bytes() / 2**20)]
         data["rss_mib_start"] = rss[0][1]
@@ -172,6 +185,10 @@ def main() -> None:
             memories_stored=select(delta, "memgate_memory_writes", 'outcome="stored"'),
             rss_mib=rss,
             rss_mib_end=rss[-1][1],
+            store_mib_end=sum(
+                f.stat().st_size for f in (run_dir / "data").rglob("*") if f.is_file()
+            )
+            / 2**20,
             http_2xx=select(delta, "memgate_http_requests", 'status="200"'),
         )
     finally:
@@ -180,21 +197,28 @@ def main() -> None:
     data["loadavg_end"] = procs.loadavg()
     procs.write_json(args.out, data)
     md = args.out.with_suffix(".md")
+    md.write_text(markdown(data))
+    print(md.read_text())
+
+
+def markdown(data: dict[str, Any]) -> str:
     lat = data["loadgen"]["latency_ms"]
-    md.write_text(
+    store = data.get("store_mib_end")
+    return (
         "# Soak\n\n"
         f"Machine: {data['machine']['nproc']} x {data['machine']['cpu_model']}, load average at start "
         f"{data['machine']['loadavg']}, at end {data['loadavg_end']}. Command: `{data['command']}`\n\n"
-        "| minutes | rate/s | streams | requests ok | errors | memories stored | writes pending "
-        "at end | latency p50 / p99 ms | recall mean ms | gateway RSS start → end MiB |\n"
-        "|---|---|---|---|---|---|---|---|---|---|\n"
-        f"| {args.minutes:g} | {args.rate:g} | {100 * args.stream_share:.0f} % | {data['loadgen']['ok']} "
+        "| memory | minutes | rate/s | streams | requests ok | errors | memories stored | writes "
+        "pending at end | latency p50 / p99 ms | recall mean ms | gateway RSS start → end MiB "
+        "| data dir at end MiB |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        f"| {'on' if data.get('memory', True) else 'off'} | {data['minutes']:g} | {data['rate']:g} "
+        f"| {100 * data['stream_share']:.0f} % | {data['loadgen']['ok']} "
         f"| {data['errors']:g} | {data['memories_stored']:g} | {data['writes_pending_at_end']:g} "
         f"| {lat['p50']:.1f} / {lat['p99']:.1f} | {data['recall_mean_ms']:.1f} "
-        f"| {data['rss_mib_start']:.1f} → {data['rss_mib_end']:.1f} |\n\n"
+        f"| {data['rss_mib_start']:.1f} → {data['rss_mib_end']:.1f} "
+        f"| {'n/a' if store is None else f'{store:.1f}'} |\n\n"
         f"Error checks: `{json.dumps(data['checks'])}`\n"
     )
-    print(md.read_text())
 
 
 if __name__ == "__main__":

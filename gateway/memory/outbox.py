@@ -91,6 +91,9 @@ class Outbox:
         self._path = path
         self._conn: sqlite3.Connection | None = None
         # One connection shared by worker threads; sqlite3 objects are not thread-safe.
+        # The lock also guards _depth, which changes in the thread that changed the
+        # table: never as ``self._depth -= await ...``, which reads the depth before
+        # the await and so loses the writes that land meanwhile.
         self._lock = threading.Lock()
         self._depth = 0
 
@@ -145,15 +148,15 @@ class Outbox:
         return await asyncio.to_thread(self.head_sync, limit)
 
     async def done(self, seqs: Sequence[int]) -> None:
-        def delete() -> int:
+        def delete() -> None:
             with self._lock:
                 assert self._conn is not None
                 cursor = self._conn.executemany(
                     "DELETE FROM outbox WHERE seq = ?", [(seq,) for seq in seqs]
                 )
-                return int(cursor.rowcount)
+                self._depth -= cursor.rowcount
 
-        self._depth -= await asyncio.to_thread(delete)
+        await asyncio.to_thread(delete)
 
     async def failed(self, seq: int, error: str) -> None:
         await asyncio.to_thread(
@@ -173,11 +176,11 @@ class Outbox:
                     "FROM outbox WHERE seq = ?",
                     (time.time(), error, seq),
                 )
-                self._conn.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+                deleted = self._conn.execute("DELETE FROM outbox WHERE seq = ?", (seq,)).rowcount
                 self._conn.execute("COMMIT")
+                self._depth -= deleted
 
         await asyncio.to_thread(move)
-        self._depth -= 1
 
     async def purge(self, scope: Scope) -> int:
         """Drop a user's queued writes (they asked to be forgotten)."""
@@ -189,11 +192,10 @@ class Outbox:
                     "DELETE FROM outbox WHERE tenant = ? AND user_id = ?",
                     (scope.tenant, scope.user_id),
                 )
+                self._depth -= cursor.rowcount
                 return int(cursor.rowcount)
 
-        purged = await asyncio.to_thread(delete)
-        self._depth -= purged
-        return purged
+        return await asyncio.to_thread(delete)
 
     @property
     def depth(self) -> int:

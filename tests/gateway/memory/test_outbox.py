@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
@@ -72,3 +73,25 @@ async def test_purge_drops_only_that_user(tmp_path: Path) -> None:
     assert box.depth == 1
     [head] = await box.head()
     assert head.scope == BOB
+
+
+async def test_the_depth_stays_exact_while_writes_and_replays_overlap(tmp_path: Path) -> None:
+    # Found by the soak: the in-memory depth read before awaiting the delete
+    # thread lost the puts that landed meanwhile, and went negative.
+    outbox = Outbox(tmp_path / "o.sqlite3")
+    outbox.open()
+    scope = Scope("t", "u")
+    for i in range(20):
+        await outbox.put(scope, [NewMemory(f"seed {i}", WHEN)])
+
+    async def replay() -> None:
+        while entries := await outbox.head(3):
+            await outbox.done([e.seq for e in entries])
+
+    async def write(i: int) -> None:
+        await outbox.put(scope, [NewMemory(f"new {i}", WHEN)])
+
+    await asyncio.gather(replay(), *(write(i) for i in range(100)), replay())
+    rows = sqlite3.connect(tmp_path / "o.sqlite3").execute("SELECT COUNT(*) FROM outbox")
+    assert outbox.depth == rows.fetchone()[0]
+    outbox.close()
