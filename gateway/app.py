@@ -18,7 +18,6 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any
 
 import httpx
 from fastapi import FastAPI
@@ -37,6 +36,7 @@ from gateway.memory.store import VectorStore
 from gateway.metrics import GatewayMetrics
 from gateway.monitor import HEALTHY, Monitor
 from gateway.observability import RequestContextMiddleware
+from gateway.openapi import install_openapi
 from gateway.services import Services
 from gateway.settings import Settings
 from gateway.upstream.pool import UpstreamPool
@@ -198,7 +198,7 @@ def create_app(
     app.state.settings = settings
     app.state.keyring = KeyRing(settings.api_keys, settings.admin_key, settings.api_keys_file)
     install_error_handlers(app)
-    _declare_chat_schema(app)
+    install_openapi(app, chat.chat_schema()[1])
     for router in (chat.router, memories.router, models.router, admin.router, health.router):
         app.include_router(router)
     app.add_middleware(
@@ -218,22 +218,6 @@ def create_app(
     # Added last, so it runs first: every answer, 413 and 429 included, is counted.
     app.add_middleware(RequestContextMiddleware, metrics=metrics, access_log=settings.access_log)
     return app
-
-
-def _declare_chat_schema(app: FastAPI) -> None:
-    """Put the chat body's definitions into the OpenAPI components its refs name."""
-    build = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            document = build()
-            document.setdefault("components", {}).setdefault("schemas", {}).update(
-                chat.chat_schema()[1]
-            )
-            app.openapi_schema = document
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
 
 
 async def _drain_background(services: Services) -> None:

@@ -77,6 +77,12 @@ def unavailable(message: str, *, code: str, retry_after_s: int) -> APIError:
     return APIError(503, message, code=code, headers={"Retry-After": str(retry_after_s)})
 
 
+def store_unavailable(exc: Exception) -> APIError:
+    return unavailable(
+        f"memory store unavailable: {exc}", code="store_unavailable", retry_after_s=2
+    )
+
+
 def _describe_validation(exc: RequestValidationError) -> tuple[str, str | None]:
     errors = exc.errors()
     if not errors:

@@ -114,7 +114,11 @@ class Monitor:
         if error is not None:
             self.state.last_error = error
         if status != self.state.status:
-            logger.info("%s: %s -> %s (%s)", self.name, self.state.status, status, error or "ok")
+            # Losing a dependency is what an operator looks for; the rest is routine.
+            level = logging.WARNING if status == UNHEALTHY else logging.INFO
+            logger.log(
+                level, "%s: %s -> %s (%s)", self.name, self.state.status, status, error or "ok"
+            )
             previous = self.state.status
             self.state.status, self.state.since = status, now
             if self._on_change is not None:

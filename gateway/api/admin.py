@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path, Query
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 
 from gateway.auth import AdminDep
-from gateway.errors import APIError, unavailable
+from gateway.errors import APIError, store_unavailable, unavailable
 from gateway.memory.records import Scope
 from gateway.memory.store import StoreUnavailable
 from gateway.services import Services, ServicesDep
@@ -20,12 +20,6 @@ from gateway.urls import redact_url
 router = APIRouter(prefix="/admin", tags=["admin"])
 
 Name = Annotated[str, Path(min_length=1, max_length=256)]
-
-
-def _store_down(exc: Exception) -> Exception:
-    return unavailable(
-        f"memory store unavailable: {exc}", code="store_unavailable", retry_after_s=2
-    )
 
 
 def _registry_down(exc: Exception) -> Exception:
@@ -45,7 +39,7 @@ async def tenant_users(
     try:
         users = await services.memory.store.users(tenant, limit)
     except StoreUnavailable as exc:
-        raise _store_down(exc) from None
+        raise store_unavailable(exc) from None
     return {"tenant": tenant, "users": users}
 
 
@@ -57,7 +51,7 @@ async def forget_any_user(
     try:
         deleted = await services.memory.forget(Scope(tenant, user_id))
     except StoreUnavailable as exc:
-        raise _store_down(exc) from None
+        raise store_unavailable(exc) from None
     return {"tenant": tenant, "user_id": user_id, "deleted": deleted}
 
 

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 
 from gateway.api.schemas import AddMemoriesRequest, SearchMemoriesRequest
 from gateway.auth import PrincipalDep
-from gateway.errors import APIError, unavailable
+from gateway.errors import APIError, store_unavailable, unavailable
 from gateway.memory.embedder_client import EmbedderRejected
 from gateway.memory.records import (
     MemoryRecord,
@@ -34,12 +34,6 @@ def _not_found(memory_id: str) -> APIError:
     return APIError(404, f"memory {memory_id} not found", code="memory_not_found")
 
 
-def _store_down(exc: Exception) -> APIError:
-    return unavailable(
-        f"memory store unavailable: {exc}", code="store_unavailable", retry_after_s=2
-    )
-
-
 def _memory_id(value: str) -> str:
     try:
         return str(uuid.UUID(value))
@@ -47,7 +41,16 @@ def _memory_id(value: str) -> str:
         raise APIError(400, "memory id must be a UUID", code="invalid_memory_id") from None
 
 
-@router.post("", status_code=201)
+@router.post(
+    "",
+    status_code=201,
+    responses={
+        202: {
+            "description": "Accepted into the durable outbox (the embedder or the store is "
+            "down, or older writes are queued); stored when they are back"
+        }
+    },
+)
 async def add_memories(
     principal: PrincipalDep,
     services: ServicesDep,
@@ -128,7 +131,7 @@ async def list_memories(
     try:
         records, next_cursor = await services.memory.store.list(scope, limit, start)
     except StoreUnavailable as exc:
-        raise _store_down(exc) from None
+        raise store_unavailable(exc) from None
     return {"results": [r.to_api() for r in records], "next_cursor": next_cursor}
 
 
@@ -143,7 +146,7 @@ async def _owned(
     try:
         record = await services.memory.store.get(tenant, key)
     except StoreUnavailable as exc:
-        raise _store_down(exc) from None
+        raise store_unavailable(exc) from None
     if record is None or (user_id is not None and record.user_id != user_id):
         raise _not_found(memory_id)
     return record
@@ -166,7 +169,7 @@ async def delete_memory(
     try:
         await services.memory.store.delete(Scope(principal.tenant, record.user_id), record.id)
     except StoreUnavailable as exc:
-        raise _store_down(exc) from None
+        raise store_unavailable(exc) from None
     return {"id": record.id, "deleted": True}
 
 
@@ -180,5 +183,5 @@ async def forget_user(
     try:
         deleted = await services.memory.forget(Scope(principal.tenant, user_id))
     except StoreUnavailable as exc:
-        raise _store_down(exc) from None
+        raise store_unavailable(exc) from None
     return {"user_id": user_id, "deleted": deleted}

@@ -99,3 +99,19 @@ async def test_report_failure_sets_the_matching_state(starting: bool) -> None:
     monitor.report_success()
     monitor.report_failure("x", starting=starting)
     assert monitor.state.status == (STARTING if starting else UNHEALTHY)
+
+
+def test_losing_a_dependency_is_a_warning_and_its_return_is_info(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monitor = Monitor("embedder", Dependency().probe)
+    with caplog.at_level("INFO", logger="gateway"):
+        monitor.report_success()
+        monitor.report_failure("health answered 500")
+        monitor.report_success()
+    levels = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert levels == [
+        ("INFO", "embedder: starting -> healthy (ok)"),
+        ("WARNING", "embedder: healthy -> unhealthy (health answered 500)"),
+        ("INFO", "embedder: unhealthy -> healthy (ok)"),
+    ]
