@@ -69,31 +69,39 @@ def select(m: dict[str, float], name: str, *needles: str) -> float:
 
 
 def write_bodies(
-    path: Path, n: int, stream_share: float, memory: bool = True, seed: int = 3
+    path: Path,
+    n: int,
+    stream_share: float,
+    memory: bool = True,
+    distinct: int | None = None,
+    seed: int = 3,
 ) -> Path:
+    """``n`` request bodies; with ``distinct``, the first ``distinct`` of them over and over."""
     rng = random.Random(seed)
+    lines: list[str] = []
     topics = ["cooking", "travel", "books", "work", "fitness", "music", "pets", "gardening"]
+    for i in range(min(n, distinct or n)):
+        body: dict[str, Any] = {
+            "model": overhead.MODEL,
+            "user": f"bench-user-{i % overhead.USERS}",
+            "messages": [
+                {"role": "system", "content": "You are a helpful assistant."},
+                {
+                    "role": "user",
+                    "content": f"Soak message {i}: tell me about "
+                    f"{rng.choice(topics)} and {rng.choice(topics)} ({rng.random():.9f})",
+                },
+            ],
+            "max_tokens": 64,
+        }
+        if not memory:
+            del body["user"]
+        if rng.random() < stream_share:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+        lines.append(json.dumps(body) + "\n")
     with path.open("w") as f:
-        for i in range(n):
-            body: dict[str, Any] = {
-                "model": overhead.MODEL,
-                "user": f"bench-user-{i % overhead.USERS}",
-                "messages": [
-                    {"role": "system", "content": "You are a helpful assistant."},
-                    {
-                        "role": "user",
-                        "content": f"Soak message {i}: tell me about "
-                        f"{rng.choice(topics)} and {rng.choice(topics)} ({rng.random():.9f})",
-                    },
-                ],
-                "max_tokens": 64,
-            }
-            if not memory:
-                del body["user"]
-            if rng.random() < stream_share:
-                body["stream"] = True
-                body["stream_options"] = {"include_usage": True}
-            f.write(json.dumps(body) + "\n")
+        f.writelines(lines[i % len(lines)] for i in range(n))
     return path
 
 
@@ -106,6 +114,8 @@ def main() -> None:
     p.add_argument("--gen-cpus", default="0")
     p.add_argument("--embedder-cpus", default="1")
     p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--distinct", type=int, default=None,
+                   help="repeat this many distinct messages, so the store stops growing")  # fmt: skip
     p.add_argument("--out", type=Path, default=procs.RESULTS / "soak.json")
     args = p.parse_args()
     procs.exit_on_sigterm()
@@ -114,7 +124,9 @@ def main() -> None:
     seconds = args.minutes * 60
     n_bodies = int(seconds * args.rate) + 1000
     memory = not args.no_memory
-    bodies = write_bodies(run_dir / "bodies.jsonl", n_bodies, args.stream_share, memory)
+    bodies = write_bodies(
+        run_dir / "bodies.jsonl", n_bodies, args.stream_share, memory, args.distinct
+    )
     data: dict[str, Any] = {
         "command": "python bench/soak.py " + " ".join(sys.argv[1:]),
         "machine": procs.machine_info(),
@@ -123,6 +135,7 @@ def main() -> None:
         "minutes": args.minutes,
         "stream_share": args.stream_share,
         "memory": memory,
+        "distinct": args.distinct,
     }
     started: list[procs.Proc] = []
     try:
@@ -204,6 +217,15 @@ def main() -> None:
 def markdown(data: dict[str, Any]) -> str:
     lat = data["loadgen"]["latency_ms"]
     store = data.get("store_mib_end")
+    repeats = ""
+    if data.get("distinct"):
+        first_pass_s = data["distinct"] / data["rate"]
+        after = next((mib for t, mib in data["rss_mib"] if t >= first_pass_s), data["rss_mib_end"])
+        repeats = (
+            f"Messages: {data['distinct']} distinct, repeated, so the store stops growing "
+            f"after {first_pass_s:g} s. Gateway RSS after that first pass {after:.1f} MiB, "
+            f"at the end {data['rss_mib_end']:.1f} MiB.\n\n"
+        )
     return (
         "# Soak\n\n"
         f"Machine: {data['machine']['nproc']} x {data['machine']['cpu_model']}, load average at start "
@@ -217,6 +239,7 @@ def markdown(data: dict[str, Any]) -> str:
         f"| {lat['p50']:.1f} / {lat['p99']:.1f} | {data['recall_mean_ms']:.1f} "
         f"| {data['rss_mib_start']:.1f} → {data['rss_mib_end']:.1f} "
         f"| {'n/a' if store is None else f'{store:.1f}'} |\n\n"
+        f"{repeats}"
         f"Error checks: `{json.dumps(data['checks'])}`\n"
     )
 

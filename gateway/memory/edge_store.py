@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import fcntl
+import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -43,6 +44,8 @@ from gateway.memory.store import (
 )
 
 T = TypeVar("T")
+
+logger = logging.getLogger("gateway.memory")
 
 
 # Tenant first: Qdrant co-locates a tenant's points when is_tenant is set.
@@ -130,7 +133,10 @@ class EdgeStore:
                 shard.flush()
                 shard.close()
 
-            await asyncio.to_thread(flush_and_close)
+            try:
+                await asyncio.to_thread(flush_and_close)
+            except Exception as exc:  # the lock is released all the same
+                logger.error("qdrant edge failed to close: %s", exc)
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None
@@ -139,7 +145,14 @@ class EdgeStore:
         shard = self._shard
         if shard is None:
             raise StoreUnavailable("the memory store is closed")
-        return await asyncio.to_thread(fn, shard)
+        try:
+            return await asyncio.to_thread(fn, shard)
+        except Exception as exc:
+            # qdrant_edge raises plain Exception for every engine error (I/O, a
+            # full disk, a shard it cannot serve). To callers that is the store
+            # failing: recalls degrade and writes wait in the outbox, no 500.
+            logger.error("qdrant edge failed: %s", exc)
+            raise StoreUnavailable(f"the memory store failed: {exc}") from exc
 
     async def ping(self) -> None:
         await self._run(lambda shard: shard.info())

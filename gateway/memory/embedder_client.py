@@ -4,6 +4,12 @@ Vectors are asked for as base64 (OpenAI's ``encoding_format``, which the
 official SDK uses by default too): the embedder skips printing 384 floats as
 text and the gateway skips parsing them. A service that answers with float
 lists anyway is understood as well.
+
+A request that finds its pooled keep-alive connection closed under it
+(``RemoteProtocolError``: the server's idle timeout fired as the connection
+was reused) is sent once more on a fresh connection. Embedding is idempotent,
+and the alternative is a degraded recall or a health probe marking a healthy
+embedder down for a whole probe interval.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import array
 import base64
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import httpx
@@ -59,7 +65,9 @@ class EmbedderClient:
             body["priority"] = priority
         started = time.perf_counter()
         try:
-            response = await self._http.post(self._url, json=body, headers=self._headers)
+            response = await _once_more_if_dropped(
+                lambda: self._http.post(self._url, json=body, headers=self._headers)
+            )
         except httpx.TransportError as exc:
             self._metrics.embedder_errors.labels("unreachable").inc()
             raise EmbedderUnavailable(f"embedder unreachable: {type(exc).__name__}") from exc
@@ -88,7 +96,7 @@ class EmbedderClient:
     async def probe(self) -> None:
         """Health probe for the monitor: ready means the model is loaded."""
         try:
-            response = await self._http.get(self._health_url)
+            response = await _once_more_if_dropped(lambda: self._http.get(self._health_url))
         except httpx.ConnectError as exc:
             raise ProbeFailed(f"connection refused: {exc}", starting=True) from exc
         except httpx.TransportError as exc:
@@ -103,6 +111,15 @@ class EmbedderClient:
                 f"embedder produces {dimension}-dimensional vectors but "
                 f"GATEWAY_EMBEDDING_DIM is {self._dimension}"
             )
+
+
+async def _once_more_if_dropped(
+    send: Callable[[], Awaitable[httpx.Response]],
+) -> httpx.Response:
+    try:
+        return await send()
+    except httpx.RemoteProtocolError:
+        return await send()  # the pool has dropped the closed connection: a fresh one now
 
 
 def _vector(embedding: str | list[float]) -> list[float]:

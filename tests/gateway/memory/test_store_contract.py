@@ -19,6 +19,7 @@ from gateway.memory.store import (
     PointVectors,
     QueryVectors,
     StoredPoint,
+    StoreUnavailable,
     VectorStore,
 )
 
@@ -179,6 +180,23 @@ async def test_edge_store_survives_reopen(tmp_path: Path) -> None:
     again = EdgeStore(tmp_path / "edge", DIM)
     await again.open()
     assert [r.text for r in await again.search(ALICE, dense([1, 0, 0, 0]), 5)] == ["durable"]
+    await again.close()
+
+
+async def test_an_edge_engine_error_is_the_store_being_unavailable(tmp_path: Path) -> None:
+    store = EdgeStore(tmp_path / "edge", DIM)
+    await store.open()
+    await store.upsert(ALICE, [point(ALICE, "kept", [1, 0, 0, 0])])
+    store._shard.close()  # type: ignore[union-attr]  # the engine fails under the adapter
+    with pytest.raises(StoreUnavailable, match="Shard is not initialized"):
+        await store.search(ALICE, dense([1, 0, 0, 0]), 5)
+    with pytest.raises(StoreUnavailable):
+        await store.upsert(ALICE, [point(ALICE, "more", [0, 1, 0, 0])])
+    with pytest.raises(StoreUnavailable):
+        await store.ping()
+    await store.close()
+    again = EdgeStore(tmp_path / "edge", DIM)
+    await again.open()  # the lock was released
     await again.close()
 
 
