@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry
 from gateway.api import admin, chat, health, memories, models
 from gateway.auth import KeyRing
 from gateway.errors import install_error_handlers
+from gateway.keepalive import KEEPALIVE_EXPIRY_S
 from gateway.limits import RequestLimits
 from gateway.memory.edge_store import EdgeStore
 from gateway.memory.embedder_client import EmbedderClient
@@ -103,10 +104,10 @@ async def _startup(settings: Settings, metrics: GatewayMetrics, stack: AsyncExit
 
     # One pool of connections per dependency. httpcore scans its idle connections
     # on every request, so the keep-alive pool stays modest (profiled: bench/).
-    # Idle connections are dropped before uvicorn's (and so vLLM's and the
-    # embedder's) 5 s keep-alive timeout: at equal timeouts the gateway could
-    # reuse a connection in the instant the server closes it.
-    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=32, keepalive_expiry=4.0)
+    # Idle ones are dropped before the servers drop them (gateway.keepalive).
+    limits = httpx.Limits(
+        max_connections=1000, max_keepalive_connections=32, keepalive_expiry=KEEPALIVE_EXPIRY_S
+    )
     llm_http = httpx.AsyncClient(limits=limits, timeout=settings.read_timeout_s)
     stack.push_async_callback(llm_http.aclose)
     embedder_http = httpx.AsyncClient(

@@ -5,11 +5,9 @@ official SDK uses by default too): the embedder skips printing 384 floats as
 text and the gateway skips parsing them. A service that answers with float
 lists anyway is understood as well.
 
-A request that finds its pooled keep-alive connection closed under it
-(``RemoteProtocolError``: the server's idle timeout fired as the connection
-was reused) is sent once more on a fresh connection. Embedding is idempotent,
-and the alternative is a degraded recall or a health probe marking a healthy
-embedder down for a whole probe interval.
+A request whose pooled connection the embedder closed under it is sent once
+more (``gateway.keepalive``): embedding is idempotent, and the alternative is
+a degraded recall, or a probe marking a healthy embedder down.
 """
 
 from __future__ import annotations
@@ -18,11 +16,12 @@ import array
 import base64
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import httpx
 
+from gateway.keepalive import resend_if_dropped
 from gateway.metrics import GatewayMetrics
 from gateway.monitor import ProbeFailed
 from gateway.urls import service_root
@@ -65,7 +64,7 @@ class EmbedderClient:
             body["priority"] = priority
         started = time.perf_counter()
         try:
-            response = await _once_more_if_dropped(
+            response = await resend_if_dropped(
                 lambda: self._http.post(self._url, json=body, headers=self._headers)
             )
         except httpx.TransportError as exc:
@@ -96,7 +95,7 @@ class EmbedderClient:
     async def probe(self) -> None:
         """Health probe for the monitor: ready means the model is loaded."""
         try:
-            response = await _once_more_if_dropped(lambda: self._http.get(self._health_url))
+            response = await resend_if_dropped(lambda: self._http.get(self._health_url))
         except httpx.ConnectError as exc:
             raise ProbeFailed(f"connection refused: {exc}", starting=True) from exc
         except httpx.TransportError as exc:
@@ -111,15 +110,6 @@ class EmbedderClient:
                 f"embedder produces {dimension}-dimensional vectors but "
                 f"GATEWAY_EMBEDDING_DIM is {self._dimension}"
             )
-
-
-async def _once_more_if_dropped(
-    send: Callable[[], Awaitable[httpx.Response]],
-) -> httpx.Response:
-    try:
-        return await send()
-    except httpx.RemoteProtocolError:
-        return await send()  # the pool has dropped the closed connection: a fresh one now
 
 
 def _vector(embedding: str | list[float]) -> list[float]:

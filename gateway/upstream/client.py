@@ -6,6 +6,7 @@ from typing import Any
 
 import httpx
 
+from gateway.keepalive import resend_if_dropped
 from gateway.monitor import Monitor, ProbeFailed
 from gateway.upstream.breaker import CircuitBreaker
 from gateway.urls import service_root
@@ -48,14 +49,18 @@ class Upstream:
     async def send_chat(
         self, body: bytes, *, request_id: str | None, timeouts: httpx.Timeout
     ) -> httpx.Response:
-        """Send a chat request and return once the response headers are in."""
+        """Send a chat request and return once the response headers are in.
+
+        A connection that the server closed as it was reused is not the
+        server failing: the request goes once more on a fresh connection.
+        """
         headers = dict(self._headers)
         if request_id:
             headers["X-Request-Id"] = request_id
         request = self._http.build_request(
             "POST", self._chat_url, content=body, headers=headers, timeout=timeouts
         )
-        return await self._http.send(request, stream=True)
+        return await resend_if_dropped(lambda: self._http.send(request, stream=True))
 
     async def probe(self) -> None:
         """``/health`` (vLLM) when it exists, then ``/v1/models``, which also tells
@@ -82,7 +87,7 @@ class Upstream:
 
     async def _get(self, url: str) -> httpx.Response:
         try:
-            return await self._http.get(url, headers=self._headers)
+            return await resend_if_dropped(lambda: self._http.get(url, headers=self._headers))
         except httpx.ConnectError as exc:
             raise ProbeFailed(f"connection refused: {exc}", starting=True) from exc
         except httpx.TransportError as exc:
