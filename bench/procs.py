@@ -219,13 +219,18 @@ def loadavg() -> list[float]:
 
 
 def git_rev() -> str:
+    """The commit measured; ``-dirty`` when tracked files differ from it."""
     try:
-        out = subprocess.run(
+        rev = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-        )
-        return out.stdout.strip()
+        ).stdout.strip()
+        changes = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT, capture_output=True, text=True,
+        ).stdout.strip()  # fmt: skip
     except OSError:
         return "unknown"
+    return f"{rev}-dirty" if changes else rev
 
 
 def write_json(path: Path, data: object) -> None:
