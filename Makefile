@@ -53,6 +53,7 @@ fuzz: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/memory_scale.py
+	$(BIN)/python bench/edge_optimize.py
 	$(BIN)/python bench/embedder_throughput.py
 	$(BIN)/python bench/soak.py
 
