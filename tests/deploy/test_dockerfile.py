@@ -123,6 +123,6 @@ def test_the_vllm_server_image_starts_through_the_launcher() -> None:
     instructions = dict(stage.instructions)
     assert instructions["ENTRYPOINT"] == '["python3", "/opt/memgate/launch.py"]'
     copied = instructions["COPY"].split()[:-1]
-    assert sorted(copied) == ["launch.py", "vllm_pins.py"]
+    assert sorted(copied) == ["launch.py", "launch_config.py", "vllm_pins.py"]
     assert all((REPO / "vllm-server" / name).exists() for name in copied)
     assert "/health" in instructions["HEALTHCHECK"]

@@ -13,7 +13,7 @@ from launcher_harness import LAUNCHER_DIR, Harness, make_harness
 
 @pytest.fixture(scope="session")
 def launch() -> Iterator[ModuleType]:
-    """launch.py (and its vllm_pins) imported in-process, for the pure functions."""
+    """launch.py (and its launch_config, vllm_pins) imported in-process, for the pure functions."""
     sys.path.insert(0, str(LAUNCHER_DIR))
     try:
         import launch as module
@@ -21,6 +21,13 @@ def launch() -> Iterator[ModuleType]:
         yield module
     finally:
         sys.path.remove(str(LAUNCHER_DIR))
+
+
+@pytest.fixture(scope="session")
+def launch_config(launch: ModuleType) -> ModuleType:
+    import launch_config
+
+    return launch_config
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""The launcher's pure parts: version pins, GPU choice, the ladder and its policy, config."""
+"""The launcher's pure parts: version pins, the ladder and its policy, its imports."""
 
 from __future__ import annotations
 
@@ -160,48 +160,6 @@ def test_check_pins_says_when_vllm_declares_no_torch(pins: ModuleType) -> None:
     assert notes == ["vllm 0.0.1 declares no torch requirement; nothing to compare"]
 
 
-# --------------------------------------------------------------------------- GPUs
-
-
-def test_nvidia_smi_rows_are_parsed_and_unusable_rows_skipped(launch: ModuleType) -> None:
-    output = "0, 1200, 81559\n\n1, [N/A], 81559\n2,70210,81559\nNo devices were found\n"
-    assert launch.parse_nvidia_smi(output) == [
-        launch.Gpu(0, 1200, 81559),
-        launch.Gpu(2, 70210, 81559),
-    ]
-
-
-def test_choose_gpus_prefers_free_memory_then_the_lower_index(launch: ModuleType) -> None:
-    gpus = [launch.Gpu(0, 100, 80), launch.Gpu(1, 500, 80), launch.Gpu(2, 500, 80)]
-    assert [g.index for g in launch.choose_gpus(gpus, 1)] == [1]
-    assert [g.index for g in launch.choose_gpus(gpus, 3)] == [1, 2, 0]
-    with pytest.raises(launch.ConfigError, match="wants 4 GPU"):
-        launch.choose_gpus(gpus, 4)
-
-
-def _config(launch: ModuleType, **env: str) -> object:
-    return launch.load_config({"VLLM_MODEL": "m", **env}, [])
-
-
-def test_gpu_environment(launch: ModuleType) -> None:
-    def gpus() -> list[object]:
-        return [launch.Gpu(0, 10, 80), launch.Gpu(1, 70, 80)]
-
-    def broken() -> list[object]:
-        raise OSError("nvidia-smi: not found")
-
-    assert launch.gpu_environment(_config(launch), gpus) == {}
-    auto = _config(launch, VLLM_GPU="auto")
-    assert launch.gpu_environment(auto, gpus) == {
-        "CUDA_VISIBLE_DEVICES": "1",
-        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
-    }
-    assert launch.gpu_environment(auto, broken) == {}
-    assert launch.gpu_environment(auto, list) == {}
-    explicit = _config(launch, VLLM_GPU="3, 1")
-    assert launch.gpu_environment(explicit, broken)["CUDA_VISIBLE_DEVICES"] == "3,1"
-
-
 # --------------------------------------------------------------------------- ladder
 
 
@@ -285,47 +243,7 @@ def test_exit_code_reports_signals_as_a_shell_does(launch: ModuleType) -> None:
     assert launch.exit_code(3) == 3
 
 
-# --------------------------------------------------------------------------- config
-
-
-def test_config_defaults(launch: ModuleType) -> None:
-    config = launch.load_config({"VLLM_MODEL": " org/m "}, ["--port", "8000"])
-    assert config == launch.Config(
-        model="org/m",
-        extra_args=("--port", "8000"),
-        gpu="",
-        gpu_count=1,
-        utilization=0.9,
-        kv_cache_bytes=4 * 1024**3,
-        multiproc_method="spawn",
-        retries=True,
-        check_versions=True,
-    )
-
-
-@pytest.mark.parametrize(
-    ("env", "message"),
-    [
-        ({"VLLM_MODEL": ""}, "VLLM_MODEL is not set"),
-        ({"VLLM_EXTRA_ARGS": "--kv-cache-memory-bytes 1"}, "set VLLM_KV_CACHE_MEMORY_BYTES"),
-        ({"VLLM_EXTRA_ARGS": "'unclosed"}, "cannot be parsed"),
-        ({"VLLM_GPU_MEMORY_UTILIZATION": "0"}, "expected a fraction"),
-        ({"VLLM_GPU_MEMORY_UTILIZATION": "most"}, "expected a number"),
-        ({"VLLM_KV_CACHE_MEMORY_BYTES": "4G"}, "expected a whole number"),
-        ({"VLLM_KV_CACHE_MEMORY_BYTES": "0"}, "positive number of bytes"),
-        ({"VLLM_GPU_COUNT": "0"}, "at least 1"),
-        ({"VLLM_WORKER_MULTIPROC_METHOD": "forkserver"}, "expected spawn or fork"),
-        ({"VLLM_START_RETRIES": "maybe"}, "expected true or false"),
-    ],
-)
-def test_config_errors_name_the_setting(
-    launch: ModuleType, env: dict[str, str], message: str
-) -> None:
-    with pytest.raises(launch.ConfigError, match=message):
-        launch.load_config({"VLLM_MODEL": "m", **env}, [])
-
-
-@pytest.mark.parametrize("module", ["launch.py", "vllm_pins.py"])
+@pytest.mark.parametrize("module", ["launch.py", "launch_config.py", "vllm_pins.py"])
 def test_the_launcher_imports_only_the_standard_library(module: str) -> None:
     # It must start before anything in the image is trusted, and must never load torch.
     tree = ast.parse((LAUNCHER_DIR / module).read_text())
@@ -335,4 +253,4 @@ def test_the_launcher_imports_only_the_standard_library(module: str) -> None:
             imported |= {alias.name.split(".")[0] for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module:
             imported.add(node.module.split(".")[0])
-    assert imported - sys.stdlib_module_names - {"vllm_pins"} == set()
+    assert imported - sys.stdlib_module_names - {"launch_config", "vllm_pins"} == set()
