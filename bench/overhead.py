@@ -324,11 +324,14 @@ def markdown(data: dict[str, Any]) -> str:
     if "memgate-off" in res and "litellm" in res:
         mg, ll = res["memgate-off"], res["litellm"]
         ratio_wrk = mg["wrk"]["rps"] / max(1e-9, ll["wrk"]["rps"])
-        ratio_ladder = mg["ladder"]["max_sustained_rps"] / max(
-            1e-9, ll["ladder"]["max_sustained_rps"]
+        ll_rate = ll["ladder"]["max_sustained_rps"]
+        by_ladder = (
+            f"{mg['ladder']['max_sustained_rps'] / ll_rate:.1f}x by sustainable open-loop rate"
+            if ll_rate
+            else "LiteLLM sustained none of the ladder's rates (start it lower for a ratio)"
         )
-        out += ["", f"memgate (memory off) / LiteLLM: {ratio_wrk:.1f}x by wrk max throughput, "
-                f"{ratio_ladder:.1f}x by sustainable open-loop rate."]  # fmt: skip
+        out += ["", f"memgate (memory off) / LiteLLM: {ratio_wrk:.1f}x by wrk max throughput; "
+                f"{by_ladder}."]  # fmt: skip
     out.append("")
     return "\n".join(out)
 
