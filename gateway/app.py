@@ -40,6 +40,7 @@ from gateway.observability import RequestContextMiddleware
 from gateway.openapi import install_openapi
 from gateway.services import Services
 from gateway.settings import Settings
+from gateway.upstream.http import UpstreamHTTP, timeouts_for
 from gateway.upstream.pool import UpstreamPool
 from gateway.upstream.registry import ModelRegistry, SqliteRegistry
 from gateway.upstream.setup import build_router
@@ -102,14 +103,16 @@ async def _startup(settings: Settings, metrics: GatewayMetrics, stack: AsyncExit
     await store.open()
     stack.push_async_callback(store.close)
 
-    # One pool of connections per dependency. httpcore scans its idle connections
-    # on every request, so the keep-alive pool stays modest (profiled: bench/).
-    # Idle ones are dropped before the servers drop them (gateway.keepalive).
+    # One pool of connections per dependency. The LLM's carries every chat
+    # request: aiohttp (see gateway.upstream.http). httpcore, under the
+    # embedder's httpx, scans its idle connections on every request, so that
+    # keep-alive pool stays modest (profiled: bench/). Idle connections are
+    # dropped before the servers drop them (gateway.keepalive).
+    llm_http = UpstreamHTTP()
+    stack.push_async_callback(llm_http.aclose)
     limits = httpx.Limits(
         max_connections=1000, max_keepalive_connections=32, keepalive_expiry=KEEPALIVE_EXPIRY_S
     )
-    llm_http = httpx.AsyncClient(limits=limits, timeout=settings.read_timeout_s)
-    stack.push_async_callback(llm_http.aclose)
     embedder_http = httpx.AsyncClient(
         limits=limits,
         timeout=httpx.Timeout(settings.embedder_timeout_s, connect=settings.connect_timeout_s),
@@ -156,10 +159,8 @@ async def _startup(settings: Settings, metrics: GatewayMetrics, stack: AsyncExit
         outbox=outbox,
         embedder_monitor=embedder_monitor,
         store_monitor=store_monitor,
-        upstream_timeout=httpx.Timeout(settings.read_timeout_s, connect=settings.connect_timeout_s),
-        stream_timeout=httpx.Timeout(
-            settings.stream_idle_timeout_s, connect=settings.connect_timeout_s
-        ),
+        upstream_timeout=timeouts_for(settings.read_timeout_s, settings.connect_timeout_s),
+        stream_timeout=timeouts_for(settings.stream_idle_timeout_s, settings.connect_timeout_s),
     )
     monitors = [embedder_monitor, store_monitor]
     await asyncio.wait(

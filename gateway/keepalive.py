@@ -16,15 +16,22 @@ sending a response"). Two defences:
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import httpx
 
 KEEPALIVE_EXPIRY_S = 4.0
 
+T = TypeVar("T")
 
-async def resend_if_dropped(send: Callable[[], Awaitable[httpx.Response]]) -> httpx.Response:
-    """``send()``, and once more if the pooled connection was closed under it."""
+
+async def resend_if_dropped(
+    send: Callable[[], Awaitable[T]],
+    dropped: type[Exception] = httpx.RemoteProtocolError,
+) -> T:
+    """``send()``, and once more if it raised ``dropped``: the pooled connection
+    was closed under it (httpx's error by default; gateway.upstream.http passes its own)."""
     try:
         return await send()
-    except httpx.RemoteProtocolError:
+    except dropped:
         return await send()  # the pool has discarded the dead connection

@@ -8,7 +8,6 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-import httpx
 from fastapi import Depends, Request
 
 from gateway.memory.outbox import Outbox
@@ -16,6 +15,7 @@ from gateway.memory.service import MemoryService
 from gateway.metrics import GatewayMetrics
 from gateway.monitor import Monitor
 from gateway.settings import Settings
+from gateway.upstream.http import Timeouts, UpstreamHTTP
 from gateway.upstream.pool import UpstreamPool
 from gateway.upstream.router import ModelRouter
 from gateway.upstream.sync import RegistrySync
@@ -30,13 +30,13 @@ class Services:
     pool: UpstreamPool
     router: ModelRouter
     registrations: RegistrySync
-    llm_http: httpx.AsyncClient
+    llm_http: UpstreamHTTP
     memory: MemoryService
     outbox: Outbox
     embedder_monitor: Monitor
     store_monitor: Monitor
-    upstream_timeout: httpx.Timeout
-    stream_timeout: httpx.Timeout
+    upstream_timeout: Timeouts
+    stream_timeout: Timeouts
     background: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:

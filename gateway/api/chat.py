@@ -15,7 +15,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import httpx
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
@@ -28,6 +27,7 @@ from gateway.memory.prompt import format_memories, inject_memories, last_user_te
 from gateway.memory.records import Scope
 from gateway.memory.service import MemoryUnavailable
 from gateway.services import Services, ServicesDep
+from gateway.upstream.http import Timeouts
 from gateway.upstream.pool import NoUpstreamAvailable, OpenedReply, Target, UpstreamFailed
 from gateway.upstream.router import UnknownModel
 
@@ -169,7 +169,7 @@ async def _open(
     services: Services,
     targets: list[Target],
     encode: Callable[[Target], bytes],
-    timeouts: httpx.Timeout,
+    timeouts: Timeouts,
     headers_timeout_s: float,
     request_id: str | None,
 ) -> OpenedReply:

@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
 from fastapi.responses import Response
 
 from gateway.errors import APIError, error_body
 from gateway.memory.records import NewMemory, Scope
 from gateway.services import Services
+from gateway.upstream.http import TimedOut, TransportError
 from gateway.upstream.pool import OpenedReply
 from gateway.upstream.sse import StreamAccumulator, error_event, reply_text
 
@@ -98,10 +98,10 @@ class Relay:
         try:
             async with asyncio.timeout(self.services.settings.total_timeout_s):
                 content = await response.aread()
-        except (TimeoutError, httpx.TimeoutException):
+        except (TimeoutError, TimedOut):
             self._finish("timeout")
             raise APIError(504, "the LLM upstream timed out", code="upstream_timeout") from None
-        except httpx.HTTPError:  # transport failures, undecodable content-encoding, ...
+        except TransportError:  # cut-off bodies, undecodable content-encoding, ...
             self._finish("stream_error")
             raise APIError(502, "the LLM upstream failed", code="upstream_error") from None
         except asyncio.CancelledError:
@@ -157,14 +157,14 @@ class Relay:
                     "the LLM upstream closed the stream before finishing",
                     "upstream_stream_incomplete",
                 )
-        except httpx.ReadTimeout:
+        except TimedOut:
             outcome = "timeout"
             idle = self.services.settings.stream_idle_timeout_s
             failure = error_event(
                 f"the LLM upstream sent nothing for {idle:g}s", "upstream_stream_idle_timeout"
             )
-        except httpx.HTTPError as exc:
-            logger.warning("stream from %s broke: %s", self.name, type(exc).__name__)
+        except TransportError as exc:
+            logger.warning("stream from %s broke: %s", self.name, exc)
             failure = error_event("the LLM upstream failed mid-stream", "upstream_stream_error")
         except asyncio.CancelledError:
             outcome = "client_disconnect"

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-import httpx
-
-from gateway.keepalive import resend_if_dropped
 from gateway.monitor import Monitor, ProbeFailed
 from gateway.upstream.breaker import CircuitBreaker
+from gateway.upstream.http import (
+    ConnectFailed,
+    Reply,
+    Timeouts,
+    TransportError,
+    UpstreamHTTP,
+    timeouts_for,
+)
 from gateway.urls import service_root
+
+# A health check that waits longer than this has failed: a server too busy to
+# answer /health in 10 s should not be sent more work.
+PROBE_TIMEOUTS = timeouts_for(read_s=10.0, connect_s=2.0)
 
 
 class Upstream:
@@ -19,7 +29,7 @@ class Upstream:
         self,
         name: str,
         base_url: str,
-        http: httpx.AsyncClient,
+        http: UpstreamHTTP,
         *,
         api_key: str | None = None,
         group: str | None = None,
@@ -46,49 +56,46 @@ class Upstream:
     def healthy(self) -> bool:
         return self.monitor is None or self.monitor.healthy
 
-    async def send_chat(
-        self, body: bytes, *, request_id: str | None, timeouts: httpx.Timeout
-    ) -> httpx.Response:
+    async def send_chat(self, body: bytes, *, request_id: str | None, timeouts: Timeouts) -> Reply:
         """Send a chat request and return once the response headers are in.
 
         A connection that the server closed as it was reused is not the
         server failing: the request goes once more on a fresh connection.
         """
-        headers = dict(self._headers)
-        if request_id:
-            headers["X-Request-Id"] = request_id
-        request = self._http.build_request(
-            "POST", self._chat_url, content=body, headers=headers, timeout=timeouts
+        headers = {**self._headers, "X-Request-Id": request_id} if request_id else self._headers
+        return await self._http.request(
+            "POST", self._chat_url, body=body, headers=headers, timeouts=timeouts
         )
-        return await resend_if_dropped(lambda: self._http.send(request, stream=True))
 
     async def probe(self) -> None:
         """``/health`` (vLLM) when it exists, then ``/v1/models``, which also tells
         which models this replica serves."""
-        health = await self._get(self._health_url)
-        if health.status_code not in (200, 404, 405):  # 404/405: no /health here
+        health, _ = await self._get(self._health_url)
+        if health not in (200, 404, 405):  # 404/405: no /health here
             # vLLM answers 503 while the engine is still starting.
-            raise ProbeFailed(
-                f"/health answered {health.status_code}", starting=health.status_code == 503
-            )
-        listing = await self._get(self._models_url)
-        if listing.status_code != 200:
-            raise ProbeFailed(
-                f"/v1/models answered {listing.status_code}",
-                starting=listing.status_code == 503,
-            )
+            raise ProbeFailed(f"/health answered {health}", starting=health == 503)
+        status, listing = await self._get(self._models_url)
+        if status != 200:
+            raise ProbeFailed(f"/v1/models answered {status}", starting=status == 503)
         try:
-            data = listing.json().get("data", [])
+            data = json.loads(listing).get("data", [])
             models = [m for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
         except (ValueError, AttributeError):
             raise ProbeFailed("/v1/models did not answer an OpenAI model list") from None
         self.models, self.model_ids = models, frozenset(m["id"] for m in models)
         self.discovered = True
 
-    async def _get(self, url: str) -> httpx.Response:
+    async def _get(self, url: str) -> tuple[int, bytes]:
+        """The status and body of a GET."""
         try:
-            return await resend_if_dropped(lambda: self._http.get(url, headers=self._headers))
-        except httpx.ConnectError as exc:
+            reply = await self._http.request(
+                "GET", url, headers=self._headers, timeouts=PROBE_TIMEOUTS
+            )
+            try:
+                return reply.status_code, await reply.aread()
+            finally:
+                await reply.aclose()
+        except ConnectFailed as exc:
             raise ProbeFailed(f"connection refused: {exc}", starting=True) from exc
-        except httpx.TransportError as exc:
+        except TransportError as exc:
             raise ProbeFailed(f"{type(exc).__name__}: {exc}") from exc

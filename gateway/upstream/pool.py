@@ -20,7 +20,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -32,6 +31,7 @@ from tenacity import (
 from gateway.metrics import GatewayMetrics
 from gateway.monitor import HEALTHY, STARTING, Monitor
 from gateway.upstream.client import Upstream
+from gateway.upstream.http import ConnectFailed, Reply, TimedOut, Timeouts, TransportError
 from gateway.urls import redact_url
 
 RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
@@ -73,7 +73,7 @@ class Target:
 @dataclass
 class OpenedReply:
     target: Target
-    response: httpx.Response
+    response: Reply
     sent_at: float
 
     @property
@@ -84,7 +84,7 @@ class OpenedReply:
 MAX_RETRY_AFTER_HEADER_S = 3600.0
 
 
-def _retry_after(response: httpx.Response) -> float | None:
+def _retry_after(response: Reply) -> float | None:
     """Retry-After in seconds: finite and capped, whatever the upstream wrote."""
     try:
         value = float(response.headers.get("retry-after", ""))
@@ -219,7 +219,7 @@ class UpstreamPool:
         targets: Sequence[Target],
         encode: Callable[[Target], bytes],
         *,
-        timeouts: httpx.Timeout,
+        timeouts: Timeouts,
         headers_timeout_s: float,
         request_id: str | None,
     ) -> OpenedReply:
@@ -250,7 +250,7 @@ class UpstreamPool:
         self,
         targets: Sequence[Target],
         encode: Callable[[Target], bytes],
-        timeouts: httpx.Timeout,
+        timeouts: Timeouts,
         headers_timeout_s: float,
         request_id: str | None,
     ) -> OpenedReply:
@@ -258,7 +258,7 @@ class UpstreamPool:
         upstream = target.upstream
         sent_at = time.perf_counter()
         try:
-            # httpx bounds each read; this bounds the wait for the whole head of the answer.
+            # The client bounds each read; this bounds the wait for the whole head of the answer.
             async with asyncio.timeout(headers_timeout_s):
                 response = await upstream.send_chat(
                     encode(target), request_id=request_id, timeouts=timeouts
@@ -268,15 +268,15 @@ class UpstreamPool:
             raise _Retryable(
                 UpstreamFailed(504, f"LLM upstream {upstream.name} timed out")
             ) from None
-        except httpx.ConnectError as exc:
+        except ConnectFailed as exc:
             self._failed(upstream, "connect_error", f"connection refused: {exc}", starting=True)
             raise _Retryable(UpstreamFailed(503, f"LLM upstream {upstream.name} refused")) from exc
-        except httpx.TimeoutException as exc:
-            self._failed(upstream, "timeout", f"timed out: {type(exc).__name__}")
+        except TimedOut as exc:
+            self._failed(upstream, "timeout", f"timed out: {exc}")
             raise _Retryable(
                 UpstreamFailed(504, f"LLM upstream {upstream.name} timed out")
             ) from exc
-        except httpx.TransportError as exc:
+        except TransportError as exc:
             self._failed(upstream, "connect_error", f"{type(exc).__name__}: {exc}")
             raise _Retryable(UpstreamFailed(502, f"LLM upstream {upstream.name} failed")) from exc
 
@@ -284,7 +284,7 @@ class UpstreamPool:
             retry_after = _retry_after(response)
             try:
                 await response.aread()  # so the connection can be reused
-            except httpx.HTTPError:
+            except TransportError:
                 pass  # a broken error body changes nothing: this attempt failed
             finally:
                 await response.aclose()

@@ -24,9 +24,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-
 from gateway.upstream.client import Upstream
+from gateway.upstream.http import UpstreamHTTP
 from gateway.upstream.pool import Target, UpstreamPool, status_of
 
 PRIMARY, FALLBACK = "primary", "fallback"
@@ -60,7 +59,7 @@ class ModelRouter:
     # -- configuration -------------------------------------------------------
 
     def add_upstream(
-        self, name: str, urls: Sequence[str], http: httpx.AsyncClient, api_key: str | None
+        self, name: str, urls: Sequence[str], http: UpstreamHTTP, api_key: str | None
     ) -> None:
         if name in self.groups:
             raise ValueError(f"upstream {name!r} exists already")

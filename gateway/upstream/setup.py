@@ -6,10 +6,9 @@ Registered models are routed by :mod:`gateway.upstream.sync`, through
 
 from __future__ import annotations
 
-import httpx
-
 from gateway.settings import Settings
 from gateway.upstream.config import load_upstreams_file
+from gateway.upstream.http import UpstreamHTTP
 from gateway.upstream.pool import UpstreamPool
 from gateway.upstream.registry import Registration
 from gateway.upstream.router import FALLBACK, PRIMARY, AliasRoute, ModelRouter
@@ -21,7 +20,7 @@ def registered_group(alias: str) -> str:
     return f"registered:{alias}"
 
 
-def register(router: ModelRouter, http: httpx.AsyncClient, registration: Registration) -> None:
+def register(router: ModelRouter, http: UpstreamHTTP, registration: Registration) -> None:
     group = registered_group(registration.alias)
     router.add_upstream(group, [registration.upstream_url], http, registration.api_key)
     router.add_alias(AliasRoute(registration.alias, group, registration.model, source="registered"))
@@ -32,7 +31,7 @@ async def unregister(router: ModelRouter, alias: str) -> None:
     await router.remove_upstream(registered_group(alias))
 
 
-def build_router(settings: Settings, http: httpx.AsyncClient, pool: UpstreamPool) -> ModelRouter:
+def build_router(settings: Settings, http: UpstreamHTTP, pool: UpstreamPool) -> ModelRouter:
     router = ModelRouter(pool, fallback_model=settings.fallback_llm_model)
     router.add_upstream(PRIMARY, [settings.llm_url], http, settings.llm_api_key)
     if settings.fallback_llm_url:

@@ -15,8 +15,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import httpx
-
+from gateway.upstream.http import UpstreamHTTP
 from gateway.upstream.registry import ModelRegistry, Registration, RegistryUnavailable
 from gateway.upstream.router import ModelRouter
 from gateway.upstream.setup import register, unregister
@@ -41,7 +40,7 @@ def _configured(router: ModelRouter, alias: str) -> bool:
 
 async def apply(
     router: ModelRouter,
-    http: httpx.AsyncClient,
+    http: UpstreamHTTP,
     applied: dict[str, Registration],
     registration: Registration,
 ) -> str | None:
@@ -73,7 +72,7 @@ async def drop(router: ModelRouter, applied: dict[str, Registration], alias: str
 
 async def reconcile(
     router: ModelRouter,
-    http: httpx.AsyncClient,
+    http: UpstreamHTTP,
     applied: dict[str, Registration],
     registrations: Sequence[Registration],
 ) -> Changes:
@@ -107,7 +106,7 @@ class RegistrySync:
         self,
         registry: ModelRegistry,
         router: ModelRouter,
-        http: httpx.AsyncClient,
+        http: UpstreamHTTP,
         *,
         interval_s: float,
     ) -> None:

@@ -3,12 +3,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
 from gateway.metrics import GatewayMetrics
 from gateway.upstream.config import load_upstreams_file
+from gateway.upstream.http import UpstreamHTTP
 from gateway.upstream.pool import UpstreamPool
 from gateway.upstream.router import FALLBACK, PRIMARY, AliasRoute, ModelRouter, UnknownModel
 
@@ -16,7 +16,7 @@ from gateway.upstream.router import FALLBACK, PRIMARY, AliasRoute, ModelRouter, 
 @pytest.fixture
 async def router() -> AsyncIterator[ModelRouter]:
     pool = UpstreamPool(GatewayMetrics(CollectorRegistry()), attempts=1, health_interval_s=5)
-    async with httpx.AsyncClient() as http:
+    async with UpstreamHTTP() as http:
         router = ModelRouter(pool, fallback_model="cloud-model")
         router.add_upstream(PRIMARY, ["http://vllm:8000/v1"], http, None)
         router.add_upstream(FALLBACK, ["https://cloud/v1"], http, "k")

@@ -6,12 +6,12 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 from qdrant_client import AsyncQdrantClient
 
 from gateway.metrics import GatewayMetrics
+from gateway.upstream.http import UpstreamHTTP
 from gateway.upstream.pool import UpstreamPool
 from gateway.upstream.qdrant_registry import QdrantRegistry
 from gateway.upstream.registry import Registration, RegistryUnavailable, SqliteRegistry
@@ -24,12 +24,12 @@ OTHER = Registration("other", "http://y:8000/v1", "m")
 
 
 @pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as client:
+async def http() -> AsyncIterator[UpstreamHTTP]:
+    async with UpstreamHTTP() as client:
         yield client
 
 
-def new_router(http: httpx.AsyncClient) -> ModelRouter:
+def new_router(http: UpstreamHTTP) -> ModelRouter:
     pool = UpstreamPool(GatewayMetrics(CollectorRegistry()), attempts=1, health_interval_s=60)
     router = ModelRouter(pool)
     router.add_upstream(PRIMARY, ["http://vllm:8000/v1"], http, None)
@@ -39,7 +39,7 @@ def new_router(http: httpx.AsyncClient) -> ModelRouter:
 
 
 @pytest.fixture
-def router(http: httpx.AsyncClient) -> ModelRouter:
+def router(http: UpstreamHTTP) -> ModelRouter:
     return new_router(http)
 
 
@@ -52,7 +52,7 @@ def routed(router: ModelRouter) -> dict[str, tuple[str, str | None, str]]:
     }
 
 
-async def test_new_registrations_are_added(router: ModelRouter, http: httpx.AsyncClient) -> None:
+async def test_new_registrations_are_added(router: ModelRouter, http: UpstreamHTTP) -> None:
     applied: dict[str, Registration] = {}
     changes = await reconcile(router, http, applied, [VL, OTHER])
     assert sorted(changes.added) == ["other", "vl"] and not changes.removed
@@ -65,7 +65,7 @@ async def test_new_registrations_are_added(router: ModelRouter, http: httpx.Asyn
 
 
 async def test_aliases_gone_from_the_store_are_removed(
-    router: ModelRouter, http: httpx.AsyncClient
+    router: ModelRouter, http: UpstreamHTTP
 ) -> None:
     applied: dict[str, Registration] = {}
     await reconcile(router, http, applied, [VL, OTHER])
@@ -87,7 +87,7 @@ async def test_aliases_gone_from_the_store_are_removed(
     ],
 )
 async def test_a_changed_registration_is_registered_anew(
-    router: ModelRouter, http: httpx.AsyncClient, changed: Registration
+    router: ModelRouter, http: UpstreamHTTP, changed: Registration
 ) -> None:
     applied: dict[str, Registration] = {}
     await reconcile(router, http, applied, [VL])
@@ -100,9 +100,7 @@ async def test_a_changed_registration_is_registered_anew(
     assert applied["vl"] == changed
 
 
-async def test_a_new_time_alone_changes_nothing(
-    router: ModelRouter, http: httpx.AsyncClient
-) -> None:
+async def test_a_new_time_alone_changes_nothing(router: ModelRouter, http: UpstreamHTTP) -> None:
     applied: dict[str, Registration] = {}
     await reconcile(router, http, applied, [VL])
     replica = router.groups[registered_group("vl")][0]
@@ -112,7 +110,7 @@ async def test_a_new_time_alone_changes_nothing(
 
 
 async def test_configured_aliases_are_never_touched(
-    router: ModelRouter, http: httpx.AsyncClient
+    router: ModelRouter, http: UpstreamHTTP
 ) -> None:
     applied: dict[str, Registration] = {}
     configured = router.aliases["fast"]
@@ -160,7 +158,7 @@ class FlakyRegistry:
 
 
 async def test_a_store_that_cannot_be_read_leaves_routing_as_it_is(
-    router: ModelRouter, http: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+    router: ModelRouter, http: UpstreamHTTP, caplog: pytest.LogCaptureFixture
 ) -> None:
     store = FlakyRegistry()
     sync = RegistrySync(store, router, http, interval_s=0)
@@ -182,7 +180,7 @@ async def test_a_store_that_cannot_be_read_leaves_routing_as_it_is(
 
 
 async def test_own_changes_fail_cleanly_when_the_store_is_down(
-    router: ModelRouter, http: httpx.AsyncClient
+    router: ModelRouter, http: UpstreamHTTP
 ) -> None:
     store = FlakyRegistry()
     sync = RegistrySync(store, router, http, interval_s=0)
@@ -197,7 +195,7 @@ async def test_own_changes_fail_cleanly_when_the_store_is_down(
 
 
 async def test_own_changes_route_at_once_and_catch_up_with_the_store(
-    router: ModelRouter, http: httpx.AsyncClient
+    router: ModelRouter, http: UpstreamHTTP
 ) -> None:
     store = FlakyRegistry()
     store.rows["other"] = OTHER  # written by another gateway, not seen yet
@@ -222,7 +220,7 @@ async def eventually(condition: Callable[[], bool]) -> None:
     raise TimeoutError("condition not met within 5 s")
 
 
-async def test_the_loop_follows_the_store(router: ModelRouter, http: httpx.AsyncClient) -> None:
+async def test_the_loop_follows_the_store(router: ModelRouter, http: UpstreamHTTP) -> None:
     store = FlakyRegistry()
     sync = RegistrySync(store, router, http, interval_s=0.02)
     sync.start()
@@ -240,16 +238,14 @@ async def test_the_loop_follows_the_store(router: ModelRouter, http: httpx.Async
         await sync.stop()
 
 
-async def test_no_loop_when_the_interval_is_zero(
-    router: ModelRouter, http: httpx.AsyncClient
-) -> None:
+async def test_no_loop_when_the_interval_is_zero(router: ModelRouter, http: UpstreamHTTP) -> None:
     sync = RegistrySync(FlakyRegistry(), router, http, interval_s=0)
     sync.start()
     assert not [t for t in asyncio.all_tasks() if t.get_name() == "registry-sync"]
     await sync.stop()
 
 
-async def test_two_gateways_share_registrations_through_qdrant(http: httpx.AsyncClient) -> None:
+async def test_two_gateways_share_registrations_through_qdrant(http: UpstreamHTTP) -> None:
     client = AsyncQdrantClient(location=":memory:")
     one, two = new_router(http), new_router(http)
     sync_one = RegistrySync(QdrantRegistry(client, "c_models"), one, http, interval_s=0)
@@ -270,7 +266,7 @@ async def test_two_gateways_share_registrations_through_qdrant(http: httpx.Async
 
 
 async def test_two_gateways_share_registrations_through_one_sqlite_file(
-    tmp_path: Path, http: httpx.AsyncClient
+    tmp_path: Path, http: UpstreamHTTP
 ) -> None:
     stores = [SqliteRegistry(tmp_path / "models.sqlite3") for _ in range(2)]
     for store in stores:

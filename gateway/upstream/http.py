@@ -1,0 +1,172 @@
+"""The HTTP client for LLM upstreams: aiohttp behind a small surface of our own.
+
+Every chat request crosses this client, so its cost per request is the
+gateway's floor. httpx (the gateway's other clients, which carry a request
+now and then, use it) spends about four times aiohttp's CPU per request here,
+most of it in httpcore's pool and anyio's locks and cancel scopes; in the
+gateway's profile it was half of all CPU (bench/http_clients.py,
+bench/results/http_clients.md). So the LLM path uses aiohttp, and only this
+module sees it: callers get a ``Reply`` and this module's exceptions.
+
+Choices that differ from aiohttp's defaults, all to match what the gateway
+did with httpx:
+
+- no redirects followed, no cookies kept (an upstream's cookie must never
+  reach the next user's request);
+- proxies from the environment (``HTTP_PROXY``, ``HTTPS_PROXY``, ``NO_PROXY``)
+  honoured, looked up once per URL: aiohttp's own ``trust_env`` reads the
+  environment (and ``~/.netrc``) on every request, which tripled its CPU per
+  request;
+- idle connections dropped after ``KEEPALIVE_EXPIRY_S`` (gateway.keepalive),
+  and a request whose pooled connection the server had just closed sent once
+  more on a fresh one;
+- compressed bodies decoded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import urllib.parse
+import urllib.request
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import Self
+
+import aiohttp
+
+from gateway.keepalive import KEEPALIVE_EXPIRY_S, resend_if_dropped
+
+Timeouts = aiohttp.ClientTimeout
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def timeouts_for(read_s: float, connect_s: float) -> Timeouts:
+    """``read_s`` bounds each wait for bytes (the headers, every chunk after them);
+    ``connect_s`` the TCP connect."""
+    return aiohttp.ClientTimeout(total=None, sock_connect=connect_s, sock_read=read_s)
+
+
+class TransportError(Exception):
+    """The request or its answer failed below HTTP: no usable status or body."""
+
+
+class ConnectFailed(TransportError):
+    """Nothing accepted the connection (refused, or the name does not resolve)."""
+
+
+class TimedOut(TransportError):
+    """No connection, or no bytes, within the timeout."""
+
+
+class Disconnected(TransportError):
+    """The server closed the connection before answering."""
+
+
+@contextlib.contextmanager
+def _translated() -> Iterator[None]:
+    try:
+        yield
+    except aiohttp.ServerTimeoutError as exc:  # connect and read timeouts both
+        raise TimedOut(str(exc) or type(exc).__name__) from exc
+    except aiohttp.ClientConnectorError as exc:
+        raise ConnectFailed(str(exc)) from exc
+    except aiohttp.ServerDisconnectedError as exc:
+        raise Disconnected(str(exc) or "server disconnected") from exc
+    except aiohttp.ClientError as exc:  # malformed answers, cut-off bodies, bad encodings
+        raise TransportError(f"{type(exc).__name__}: {exc}") from exc
+
+
+class Reply:
+    """An answer whose status and headers are in; the body is read on demand."""
+
+    __slots__ = ("_response", "headers", "status_code")
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
+        self.status_code: int = response.status
+        self.headers: Mapping[str, str] = response.headers  # case-insensitive
+
+    async def aread(self) -> bytes:
+        with _translated():
+            return await self._response.read()
+
+    async def aiter_bytes(self) -> AsyncIterator[bytes]:
+        """The body as it arrives, decoded."""
+        with _translated():
+            async for chunk in self._response.content.iter_any():
+                yield chunk
+
+    async def aclose(self) -> None:
+        # Back to the pool when the body was read to its end, else closed.
+        self._response.release()
+
+
+def proxy_for(url: str) -> str | None:
+    """The proxy the environment names for ``url``, as urllib (and httpx) read it."""
+    parts = urllib.parse.urlsplit(url)
+    if not parts.hostname or urllib.request.proxy_bypass(parts.netloc.rpartition("@")[2]):
+        return None
+    return urllib.request.getproxies().get(parts.scheme)
+
+
+class UpstreamHTTP:
+    """A pool of connections to the LLM upstreams. Create it inside the event loop."""
+
+    def __init__(self, *, max_connections: int = 1000) -> None:
+        connector = aiohttp.TCPConnector(
+            limit=max_connections, keepalive_timeout=KEEPALIVE_EXPIRY_S
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            raise_for_status=False,
+        )
+        self._proxies: dict[str, str | None] = {}  # by URL: upstreams have a few each
+
+    async def aclose(self) -> None:
+        await self._session.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str],
+        timeouts: Timeouts,
+        body: bytes | None = None,
+    ) -> Reply:
+        """Send, and return once the status and headers are in."""
+        if method in IDEMPOTENT:  # aiohttp resends these itself when the connection drops
+            return await self._send(method, url, headers, timeouts, body)
+        return await resend_if_dropped(
+            lambda: self._send(method, url, headers, timeouts, body), Disconnected
+        )
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        timeouts: Timeouts,
+        body: bytes | None,
+    ) -> Reply:
+        try:
+            proxy = self._proxies[url]
+        except KeyError:
+            proxy = self._proxies[url] = proxy_for(url)
+        with _translated():
+            response = await self._session.request(
+                method,
+                url,
+                data=body,
+                headers=headers,
+                timeout=timeouts,
+                allow_redirects=False,
+                proxy=proxy,
+            )
+        return Reply(response)
