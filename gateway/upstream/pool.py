@@ -97,7 +97,7 @@ class _Wait:
     """Exponential backoff with jitter, or the upstream's Retry-After (capped)."""
 
     def __init__(self) -> None:
-        self._backoff = wait_exponential_jitter(initial=0.05, max=0.5, jitter=0.05)
+        self._backoff = wait_exponential_jitter(multiplier=0.05, max=0.5, jitter=0.05)
 
     def __call__(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
@@ -131,8 +131,11 @@ class UpstreamPool:
     ) -> None:
         self.upstreams: dict[str, Upstream] = {}
         self._metrics = metrics
-        self._attempts = attempts
         self._health_interval_s = health_interval_s
+        # The retry policy is stateless: built once, shared by every request's AsyncRetrying.
+        self._stop = stop_after_attempt(attempts)
+        self._wait = _Wait()
+        self._retry_on = retry_if_exception_type(_Retryable)
         self._running = False
 
     def add(self, upstream: Upstream) -> None:
@@ -229,10 +232,7 @@ class UpstreamPool:
         (already rotated for load balancing), then its fallbacks.
         """
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(self._attempts),
-            wait=_Wait(),
-            retry=retry_if_exception_type(_Retryable),
-            reraise=True,
+            stop=self._stop, wait=self._wait, retry=self._retry_on, reraise=True
         )
         try:
             async for attempt in retrying:
