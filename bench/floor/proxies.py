@@ -3,7 +3,9 @@
     python bench/floor/proxies.py KIND PORT UPSTREAM_URL
 
 KIND: ``httpcore`` (a bare ASGI app forwarding with httpcore's pool), ``httpx`` (the
-same with httpx), ``fastapi`` (one FastAPI route forwarding with httpx). Each reads
+same with httpx), ``aiohttp`` (the same with aiohttp, memgate's LLM client),
+``fastapi`` (one FastAPI route forwarding with httpx), ``fastapi-aiohttp`` (that
+route forwarding with aiohttp). Each reads
 the body, POSTs it to UPSTREAM_URL/v1/chat/completions, and answers with the
 upstream's body: no auth, validation, metrics, retries, logs or memory. Served by
 uvicorn with uvloop and httptools when installed, as memgate is. bench/floor.py
@@ -15,6 +17,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+import aiohttp
 import httpcore
 import httpx
 import uvicorn
@@ -50,6 +53,8 @@ def build(kind: str, upstream: str) -> Any:
             await send({"type": "http.response.body", "body": reply.content})
 
         return bare_httpcore
+    if kind in ("aiohttp", "fastapi-aiohttp"):
+        return build_aiohttp(kind, url)
     client = httpx.AsyncClient(limits=httpx.Limits(max_keepalive_connections=32))
     if kind == "httpx":
 
@@ -69,6 +74,37 @@ def build(kind: str, upstream: str) -> Any:
     async def chat(request: Request) -> Response:
         reply = await client.post(url, content=await request.body(), headers=dict(JSON))
         return Response(reply.content, status_code=reply.status_code, media_type="application/json")
+
+    return app
+
+
+def build_aiohttp(kind: str, url: str) -> Any:
+    session: aiohttp.ClientSession | None = None  # made on the first request, in the loop
+
+    async def post(body: bytes) -> tuple[int, bytes]:
+        nonlocal session
+        session = session or aiohttp.ClientSession()
+        async with session.post(
+            url, data=body, headers={"content-type": "application/json"}
+        ) as reply:
+            return reply.status, await reply.read()
+
+    if kind == "aiohttp":
+
+        async def bare_aiohttp(scope: Scope, receive: Any, send: Any) -> None:
+            if scope["type"] != "http":
+                return
+            status, content = await post(await read_body(receive))
+            await send({"type": "http.response.start", "status": status, "headers": JSON})
+            await send({"type": "http.response.body", "body": content})
+
+        return bare_aiohttp
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Response:
+        status, content = await post(await request.body())
+        return Response(content, status_code=status, media_type="application/json")
 
     return app
 
