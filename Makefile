@@ -51,6 +51,7 @@ fuzz: $(STAMP)
 
 # The benchmarks of bench/README.md (needs wrk and bench/.work venvs: see there).
 bench: $(STAMP)
+	$(BIN)/python bench/http_clients.py
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/memory_scale.py
 	$(BIN)/python bench/edge_optimize.py

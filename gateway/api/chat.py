@@ -56,6 +56,26 @@ def validate_chat(body: dict[str, Any]) -> ChatRequest:
         ) from None
 
 
+JSON_WHITESPACE = b" \t\n\r"
+USAGE_MEMBER = b'"stream_options":{"include_usage":true},'
+
+
+def ask_for_usage(raw: bytes) -> bytes | None:
+    """``raw``, a JSON object without ``stream_options``, with that member added
+    in front of its first: the client's bytes stay as they were, and a long
+    conversation is not re-encoded. None when ``raw`` is not UTF-8 text that
+    starts with ``{`` (json also reads UTF-16 and UTF-32, and a BOM); then the
+    caller re-encodes. The object has members (``model``, ``messages``), so
+    the comma is right.
+    """
+    if b"\x00" in raw[:4]:  # UTF-16 or UTF-32: every ASCII character has a zero byte
+        return None
+    start = len(raw) - len(raw.lstrip(JSON_WHITESPACE))
+    if raw[start : start + 1] != b"{":
+        return None
+    return raw[: start + 1] + USAGE_MEMBER + raw[start + 1 :]
+
+
 def plan_memory(
     chat: ChatRequest, messages: list[dict[str, Any]], principal: Principal, services: Services
 ) -> MemoryPlan:
@@ -130,7 +150,11 @@ async def chat_completions(
         wants_usage = isinstance(options, dict) and options.get("include_usage") is True
         if not wants_usage and (options is None or isinstance(options, dict)):
             body["stream_options"] = {**(options or {}), "include_usage": True}
-            modified = True
+            asked = None if modified or options is not None else ask_for_usage(raw)
+            if asked is None:
+                modified = True
+            else:
+                raw = asked
     request_id = getattr(request.state, "request_id", None)
     timeouts = services.stream_timeout if stream else services.upstream_timeout
     # A completion's headers come when it is done; a stream's, before the first token.

@@ -105,6 +105,19 @@ def test_models_lists_aliases_and_discovered_models(gateway: Service) -> None:
     assert listed["model-b"]["upstream"] == "team-b"
 
 
+def test_a_stream_asks_the_upstream_for_usage_the_client_did_not_ask_for(
+    gateway: Service, servers: dict[str, RunningServer]
+) -> None:
+    chunks = list(
+        client(gateway).chat.completions.create(model="model-a", messages=HELLO, stream=True)
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "echo: hello"
+    assert all(not c.usage for c in chunks)
+    sent = servers["a"].requests()[-1]["body"]
+    assert sent["stream_options"] == {"include_usage": True}
+    assert (sent["model"], sent["messages"], sent["stream"]) == ("model-a", HELLO, True)
+
+
 def test_usage_is_relayed_when_the_client_asks(
     gateway: Service, servers: dict[str, RunningServer]
 ) -> None:
