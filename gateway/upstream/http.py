@@ -15,8 +15,8 @@ did with httpx:
   reach the next user's request);
 - proxies from the environment (``HTTP_PROXY``, ``HTTPS_PROXY``, ``NO_PROXY``)
   honoured, looked up once per URL: aiohttp's own ``trust_env`` reads the
-  environment (and ``~/.netrc``) on every request, which tripled its CPU per
-  request;
+  environment, and ``~/.netrc`` on a worker thread, on every request, which
+  tripled its CPU per request;
 - idle connections dropped after ``KEEPALIVE_EXPIRY_S`` (gateway.keepalive),
   and a request whose pooled connection the server had just closed sent once
   more on a fresh one;
