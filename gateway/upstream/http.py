@@ -61,18 +61,35 @@ class Disconnected(TransportError):
     """The server closed the connection before answering."""
 
 
+def _translate(exc: aiohttp.ClientError) -> TransportError:
+    if isinstance(exc, aiohttp.ServerTimeoutError):  # connect and read timeouts both
+        return TimedOut(str(exc) or type(exc).__name__)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return ConnectFailed(str(exc))
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return Disconnected(str(exc) or "server disconnected")
+    # malformed answers, cut-off bodies, bad encodings
+    return TransportError(f"{type(exc).__name__}: {exc}")
+
+
 @contextlib.contextmanager
 def _translated() -> Iterator[None]:
     try:
         yield
-    except aiohttp.ServerTimeoutError as exc:  # connect and read timeouts both
-        raise TimedOut(str(exc) or type(exc).__name__) from exc
-    except aiohttp.ClientConnectorError as exc:
-        raise ConnectFailed(str(exc)) from exc
-    except aiohttp.ServerDisconnectedError as exc:
-        raise Disconnected(str(exc) or "server disconnected") from exc
-    except aiohttp.ClientError as exc:  # malformed answers, cut-off bodies, bad encodings
-        raise TransportError(f"{type(exc).__name__}: {exc}") from exc
+    except aiohttp.ClientError as exc:
+        raise _translate(exc) from exc
+
+
+def _received_unread(content: aiohttp.StreamReader) -> bytes:
+    """The bytes ``content`` holds that nobody has read yet.
+
+    aiohttp's readers raise a body's failure before they hand over what had
+    arrived ahead of it (``StreamReader.readany`` checks for the error first),
+    so the last tokens of an upstream that died mid-stream would be lost if
+    they came in together with its death. This reads them past the error,
+    through aiohttp's private buffer (aiohttp is pinned; a test covers it).
+    """
+    return content._read_nowait(-1) if content._buffer else b""
 
 
 class Reply:
@@ -90,10 +107,19 @@ class Reply:
             return await self._response.read()
 
     async def aiter_bytes(self) -> AsyncIterator[bytes]:
-        """The body as it arrives, decoded."""
-        with _translated():
-            async for chunk in self._response.content.iter_any():
-                yield chunk
+        """The body as it arrives, decoded; if it breaks off, all that arrived
+        before the break, then the error."""
+        content = self._response.content
+        while True:
+            try:
+                chunk = await content.readany()
+            except aiohttp.ClientError as exc:
+                if unread := _received_unread(content):
+                    yield unread
+                raise _translate(exc) from exc
+            if not chunk:
+                return
+            yield chunk
 
     async def aclose(self) -> None:
         # Back to the pool when the body was read to its end, else closed.

@@ -4,10 +4,12 @@ kept between requests, and aiohttp's failures as this module's own errors."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
+import aiohttp
 import pytest
 
 from gateway.upstream.http import (
@@ -147,3 +149,38 @@ async def test_a_body_cut_short_is_a_transport_error_not_a_timeout() -> None:
             await reply.aread()
         await reply.aclose()
         assert not isinstance(raised.value, TimedOut)
+
+
+async def test_what_arrived_before_a_stream_broke_off_comes_before_the_error() -> None:
+    """aiohttp's readers raise a broken body's error before the bytes already
+    received; a dying upstream's last events must still reach the client."""
+    events = b"data: one\n\ndata: two\n\ndata: three\n\n"
+    closed = asyncio.Event()
+
+    async def dies(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        await writer.drain()
+        await closed.wait()  # the client has its Reply: now the events and the end
+        writer.write(f"{len(events):x}\r\n".encode() + events + b"\r\n")
+        writer.close()  # mid-body: no last chunk
+
+    listener = await asyncio.start_server(dies, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    async with listener, UpstreamHTTP() as http:
+        reply = await http.request(
+            "POST", f"http://127.0.0.1:{port}/v1", body=b"{}", headers=JSON, timeouts=TIMEOUTS
+        )
+        closed.set()
+        content = reply._response.content
+        if content.exception() is None:  # wait until the events and the break are both in
+            with contextlib.suppress(aiohttp.ClientPayloadError):
+                async with asyncio.timeout(5):
+                    await content.wait_eof()  # raises the break when it comes
+        assert content.exception() is not None
+        received = b""
+        with pytest.raises(TransportError):
+            async for chunk in reply.aiter_bytes():
+                received += chunk
+        await reply.aclose()
+    assert received == events
