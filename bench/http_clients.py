@@ -12,6 +12,7 @@ over rounds that interleave the clients. Clients:
   httpx         httpx.AsyncClient, ``send(stream=True)``, as the gateway used it before
   httpcore      httpcore's pool alone (what httpx sits on; anyio below it)
   aiohttp       aiohttp.ClientSession
+  aiohttp-env   the same with ``trust_env=True`` (proxies and ~/.netrc looked up per request)
   memgate       gateway.upstream.http.UpstreamHTTP, aiohttp behind the gateway's own
                 surface: what the gateway ships
 
@@ -55,6 +56,7 @@ async def clients(url: str) -> tuple[dict[str, Send], Callable[[], Awaitable[Non
     hx = httpx.AsyncClient()
     core = httpcore.AsyncConnectionPool()
     aio = aiohttp.ClientSession()
+    aio_env = aiohttp.ClientSession(trust_env=True)
     ours = UpstreamHTTP()
     limits = timeouts_for(read_s=30.0, connect_s=5.0)
     core_headers = [(b"content-type", b"application/json"), (b"host", b"upstream")]
@@ -74,6 +76,10 @@ async def clients(url: str) -> tuple[dict[str, Send], Callable[[], Awaitable[Non
         async with aio.post(url, data=content, headers=HEADERS) as reply:
             return sum([len(c) async for c in reply.content.iter_any()])
 
+    async def via_aiohttp_env(content: bytes) -> int:
+        async with aio_env.post(url, data=content, headers=HEADERS) as reply:
+            return sum([len(c) async for c in reply.content.iter_any()])
+
     async def via_memgate(content: bytes) -> int:
         reply = await ours.request("POST", url, body=content, headers=HEADERS, timeouts=limits)
         n = sum([len(c) async for c in reply.aiter_bytes()])
@@ -84,10 +90,11 @@ async def clients(url: str) -> tuple[dict[str, Send], Callable[[], Awaitable[Non
         await hx.aclose()
         await core.aclose()
         await aio.close()
+        await aio_env.close()
         await ours.aclose()
 
     sends = {"httpx": via_httpx, "httpcore": via_httpcore, "aiohttp": via_aiohttp,
-             "memgate": via_memgate}  # fmt: skip
+             "aiohttp-env": via_aiohttp_env, "memgate": via_memgate}  # fmt: skip
     return sends, close
 
 
