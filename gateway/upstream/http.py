@@ -36,7 +36,9 @@ import aiohttp
 from gateway.keepalive import KEEPALIVE_EXPIRY_S, resend_if_dropped
 
 Timeouts = aiohttp.ClientTimeout
-IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
+# The methods aiohttp itself sends once more when a reused connection drops
+# (aiohttp.client.IDEMPOTENT_METHODS); the others, POST above all, are ours to resend.
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
 def timeouts_for(read_s: float, connect_s: float) -> Timeouts:
@@ -167,7 +169,7 @@ class UpstreamHTTP:
         body: bytes | None = None,
     ) -> Reply:
         """Send, and return once the status and headers are in."""
-        if method in IDEMPOTENT:  # aiohttp resends these itself when the connection drops
+        if method in IDEMPOTENT:
             return await self._send(method, url, headers, timeouts, body)
         return await resend_if_dropped(
             lambda: self._send(method, url, headers, timeouts, body), Disconnected
