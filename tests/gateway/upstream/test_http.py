@@ -184,3 +184,20 @@ async def test_what_arrived_before_a_stream_broke_off_comes_before_the_error() -
                 received += chunk
         await reply.aclose()
     assert received == events
+
+
+async def test_a_redirect_is_answered_not_followed() -> None:
+    seen: list[bytes] = []
+
+    async def redirects(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(b"HTTP/1.1 307 Temporary Redirect\r\nlocation: /elsewhere\r\n"
+                     b"content-length: 0\r\n\r\n")  # fmt: skip
+        await writer.drain()
+        writer.close()
+
+    listener = await asyncio.start_server(redirects, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    async with listener, UpstreamHTTP() as http:
+        status, body = await post(http, f"http://127.0.0.1:{port}/v1/chat/completions")
+    assert (status, body, len(seen)) == (307, b"", 1)
