@@ -154,7 +154,6 @@ async def _startup(settings: Settings, metrics: GatewayMetrics, stack: AsyncExit
         pool=pool,
         router=router,
         registrations=registrations,
-        llm_http=llm_http,
         memory=memory,
         outbox=outbox,
         embedder_monitor=embedder_monitor,

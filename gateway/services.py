@@ -15,7 +15,7 @@ from gateway.memory.service import MemoryService
 from gateway.metrics import GatewayMetrics
 from gateway.monitor import Monitor
 from gateway.settings import Settings
-from gateway.upstream.http import Timeouts, UpstreamHTTP
+from gateway.upstream.http import Timeouts
 from gateway.upstream.pool import UpstreamPool
 from gateway.upstream.router import ModelRouter
 from gateway.upstream.sync import RegistrySync
@@ -30,7 +30,6 @@ class Services:
     pool: UpstreamPool
     router: ModelRouter
     registrations: RegistrySync
-    llm_http: UpstreamHTTP
     memory: MemoryService
     outbox: Outbox
     embedder_monitor: Monitor
