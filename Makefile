@@ -4,8 +4,12 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# CPU build of torch, pinned; on this machine kind pip finds the wheel on disk.
+# CPU build of torch, pinned; on this machine kind pip finds the wheel on disk. The one
+# package installed by version rather than from the lock: its CPU and CUDA builds are
+# different files on different indexes (docs/deployment.md, "Dependencies").
 TORCH_SPEC ?= torch==2.13.0
+# Every other package, transitive ones included, pinned with its hashes (`make lock`).
+LOCK := requirements/all.txt
 STAMP := $(VENV)/.installed
 
 GATEWAY_HOST ?= 127.0.0.1
@@ -14,16 +18,23 @@ EMBEDDER_PORT ?= 8081
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: install run run-gateway run-embedder test test-fast fuzz bench lint fmt clean
+.PHONY: install lock run run-gateway run-embedder test test-fast fuzz bench lint fmt clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/pip install --quiet -e ".[embedder,dev]"
+	$(BIN)/pip install --quiet --no-deps "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet --require-hashes --no-deps -r $(LOCK)
+	$(BIN)/pip install --quiet --no-deps -e .
+	$(BIN)/pip check
 	touch $(STAMP)
+
+# Re-resolve requirements/*.txt after a change to pyproject.toml's dependencies
+# (`make lock ARGS=--upgrade`: also move transitive pins to their newest allowed versions).
+lock: $(STAMP)
+	$(BIN)/python tools/lock.py $(ARGS)
 
 # The embedded default: the embedder process, and the gateway with Qdrant Edge
 # in-process under GATEWAY_DATA_DIR; the LLM is whatever GATEWAY_LLM_URL points at.

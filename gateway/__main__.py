@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from gateway.app import create_app
 from gateway.logs import configure_logging
+from gateway.secret_strength import check_secrets
 from gateway.settings import Settings
 
 
@@ -17,6 +18,7 @@ def main() -> int:
     try:
         settings = Settings()
         settings.check_bind_address()
+        check_secrets(settings)
     except (ValidationError, ValueError) as exc:
         print(f"memgate: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from deploy_files import CLOUD, COMPOSE, REPO, environment, example_env, load_compose
+from deploy_files import CLOUD, COMPOSE, REPO, environment, load_compose, stack_env
 
 docker = pytest.importorskip("docker", reason="the docker SDK (a testcontainers dependency)")
 from testcontainers.core.container import DockerContainer  # noqa: E402
@@ -171,7 +171,7 @@ def build(client: Any, target: str) -> str:
 
 
 def test_qdrant_runs_as_compose_configures_it(engine: Any) -> None:
-    service = load_compose(COMPOSE, env=example_env())["services"]["qdrant"]
+    service = load_compose(COMPOSE, env=stack_env())["services"]["qdrant"]
     pull_or_skip(engine, service["image"])
     key = "test-qdrant-key"
     env = {**environment(service), "QDRANT__SERVICE__API_KEY": key}
@@ -302,7 +302,7 @@ def test_the_cloud_stack_comes_up_healthy(engine: Any, tmp_path: Path) -> None:
         ).returncode
     ):
         pytest.skip("the `docker compose` plugin is not installed")
-    model = load_compose(COMPOSE, CLOUD, env=example_env())
+    model = load_compose(COMPOSE, CLOUD, env=stack_env())
     for service in model["services"].values():
         if "build" not in service and "profiles" not in service:
             pull_or_skip(engine, service["image"])
@@ -310,7 +310,7 @@ def test_the_cloud_stack_comes_up_healthy(engine: Any, tmp_path: Path) -> None:
     gateway_port, grafana_port = free_port(), free_port()
     env_file = tmp_path / "stack.env"
     env = {
-        **example_env(),
+        **stack_env(),
         "MEMGATE_GATEWAY_PORT": str(gateway_port),
         "MEMGATE_GRAFANA_PORT": str(grafana_port),
         "CLOUD_LLM_URL": "http://127.0.0.1:9/v1",  # no LLM: the gateway must come up anyway

@@ -1,0 +1,13 @@
+#!/bin/sh
+# Trim a virtualenv for an image, in the stage that installed it (the final stage copies
+# the result, so nothing removed here costs a layer). Run as `sh docker/slim-venv.sh VENV`.
+#  - the packages' own test suites (numpy's alone is 17 MB), never imported at run time;
+#  - bytecode: the final stage compiles what the service imports, not every module;
+#  - debug symbols of extension modules (uvloop's 13 MB library is 1.6 MB stripped),
+#    with binutils' strip, which the stage installs for this and does not ship.
+set -eu
+venv=${1:-/opt/venv}
+for site in "$venv"/lib/python3*/site-packages; do
+  find "$site" -mindepth 2 -type d \( -name tests -o -name __pycache__ \) -prune -exec rm -rf {} +
+  find "$site" -type f -name '*.so*' -exec strip --strip-unneeded {} +
+done
