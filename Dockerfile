@@ -49,7 +49,8 @@ COPY --from=gateway-deps /opt/venv /opt/venv
 # The package runs from /app (PYTHONPATH): nothing to build, no build backend to fetch.
 COPY gateway ./gateway
 # Importing the server once with bytecode writing on compiles exactly what it imports.
-RUN PYTHONDONTWRITEBYTECODE= python -c "import gateway.__main__, uvicorn.loops.uvloop, uvicorn.protocols.http.httptools_impl" \
+# (It also proves the trimmed libraries load: numpy, grpc, qdrant_edge, uvloop, aiohttp.)
+RUN PYTHONDONTWRITEBYTECODE= python -c "import gateway.__main__, numpy, grpc, qdrant_client, qdrant_edge, aiohttp, yaml, uvicorn.loops.uvloop, uvicorn.protocols.http.httptools_impl" \
  && python -m compileall -q gateway \
  && install -d -o memgate -g memgate /data
 ENV GATEWAY_HOST=0.0.0.0 \

@@ -80,7 +80,7 @@ ENV EMBEDDER_HOST=0.0.0.0 \
     EMBEDDER_ONNX_CACHE_DIR=/opt/memgate/onnx
 # The build fails if torch made it in, or if serving would need a new export (which would
 # import torch): the encoder is loaded here exactly as the service loads it.
-RUN PYTHONDONTWRITEBYTECODE= python -c "import embedder.__main__, embedder.onnx_model, onnxruntime, tokenizers, uvicorn.loops.uvloop, uvicorn.protocols.http.httptools_impl" \
+RUN PYTHONDONTWRITEBYTECODE= python -c "import embedder.__main__, embedder.onnx_model, numpy, onnxruntime, tokenizers, uvicorn.loops.uvloop, uvicorn.protocols.http.httptools_impl" \
  && python -m compileall -q embedder \
  && python -c "import importlib.util as u, sys; heavy = [m for m in ('torch', 'transformers', 'sentence_transformers') if u.find_spec(m)]; sys.exit(f'torch in the CPU embedder image: {heavy}' if heavy else 0)" \
  && python -c "from embedder.model import load_encoder; from embedder.settings import EmbedderSettings; e = load_encoder(EmbedderSettings()); assert type(e).__name__ == 'OnnxEncoder' and e.dimension == 384, e"
