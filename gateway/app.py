@@ -25,7 +25,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CollectorRegistry
 
 from gateway.api import admin, chat, health, memories, models
-from gateway.auth import KeyRing
+from gateway.auth import KeyCheck, KeyRing
 from gateway.errors import install_error_handlers
 from gateway.keepalive import KEEPALIVE_EXPIRY_S
 from gateway.limits import RequestLimits
@@ -209,7 +209,10 @@ def create_app(
         RequestLimits,
         max_body_bytes=settings.max_body_bytes,
         max_concurrency=settings.max_concurrency,
+        body_timeout_s=settings.body_timeout_s,
     )
+    # Wraps the limits: the key is checked before a slot is taken or a body read.
+    app.add_middleware(KeyCheck, keyring=app.state.keyring)
     if settings.cors_origins:
         origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
         app.add_middleware(
