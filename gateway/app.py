@@ -203,7 +203,8 @@ def create_app(
     app.state.keyring = KeyRing(settings.api_keys, settings.admin_key, settings.api_keys_file)
     install_error_handlers(app)
     install_openapi(app, chat.chat_schema()[1])
-    for router in (chat.router, memories.router, models.router, admin.router, health.router):
+    routers = (chat.router, memories.router, models.router, admin.router, health.router)
+    for router in routers:
         app.include_router(router)
     app.add_middleware(
         RequestLimits,
@@ -212,7 +213,8 @@ def create_app(
         body_timeout_s=settings.body_timeout_s,
     )
     # Wraps the limits: the key is checked before a slot is taken or a body read.
-    app.add_middleware(KeyCheck, keyring=app.state.keyring)
+    routes = [route for router in routers for route in router.routes]
+    app.add_middleware(KeyCheck, keyring=app.state.keyring, routes=routes)
     if settings.cors_origins:
         origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
         app.add_middleware(

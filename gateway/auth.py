@@ -14,12 +14,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends, Request
 from starlette.requests import HTTPConnection
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.errors import APIError
@@ -195,9 +197,10 @@ class KeyCheck:
     (probes, metrics, the API docs) are open, as before.
     """
 
-    def __init__(self, app: ASGIApp, *, keyring: KeyRing) -> None:
+    def __init__(self, app: ASGIApp, *, keyring: KeyRing, routes: Sequence[BaseRoute] = ()) -> None:
         self.app = app
         self.keyring = keyring
+        self.routes = routes  # to name the route of a refused request in logs and metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and self.keyring.any_keys:
@@ -213,6 +216,7 @@ class KeyCheck:
                 try:
                     principal = check(self.keyring, bearer_token(HTTPConnection(scope)))
                 except APIError as refused:
+                    _name_route(scope, self.routes)
                     if _announces_body(scope):
                         # The body stays unread: close, rather than read it to reuse the connection.
                         refused.headers["Connection"] = "close"
@@ -220,6 +224,16 @@ class KeyCheck:
                     return
                 scope.setdefault("state", {})[PRINCIPAL_KEY] = principal
         await self.app(scope, receive, send)
+
+
+def _name_route(scope: Scope, routes: Sequence[BaseRoute]) -> None:
+    """Leave the matched route in the scope, as routing would have, so the access
+    log and the metrics count a refused request under its route."""
+    for route in routes:
+        match, _ = route.matches(scope)
+        if match == Match.FULL:
+            scope["route"] = route
+            return
 
 
 def _announces_body(scope: Scope) -> bool:
