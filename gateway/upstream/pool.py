@@ -44,7 +44,7 @@ from gateway.upstream.http import (
     Timeouts,
     TransportError,
 )
-from gateway.urls import redact_url
+from gateway.urls import redact_text, redact_url
 
 RETRYABLE_STATUS = frozenset({429, 502, 503})  # refusals: nothing was generated
 # Answered as the upstream's failure (504 to the client), never retried.
@@ -129,6 +129,14 @@ def status_of(upstreams: Sequence[Upstream]) -> str:
     return "unavailable"
 
 
+def redacted_state(monitor: Monitor) -> dict[str, Any]:
+    """A monitor's state as shown: its last error may quote a URL with a key in it."""
+    state = monitor.state.to_json()
+    if state.get("last_error"):
+        state["last_error"] = redact_text(state["last_error"])
+    return state
+
+
 class UpstreamPool:
     """Every LLM replica the gateway knows, each with its monitor and breaker.
 
@@ -209,7 +217,7 @@ class UpstreamPool:
         """Each replica's state, for /readyz and the admin API."""
         return {
             u.name: {
-                **(u.monitor.state.to_json() if u.monitor else {}),
+                **(redacted_state(u.monitor) if u.monitor else {}),
                 "upstream": u.group,
                 "url": redact_url(u.base_url),
                 "breaker": u.breaker.state,
