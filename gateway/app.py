@@ -121,7 +121,7 @@ async def _startup(settings: Settings, metrics: GatewayMetrics, stack: AsyncExit
 
     embedder = EmbedderClient(
         embedder_http, settings.embedder_url, settings.embedding_dim, metrics,
-        api_key=settings.embedder_api_key,
+        api_key=settings.embedder_api_key, base_timeout_s=settings.embedder_timeout_s,
     )  # fmt: skip
     pool = UpstreamPool(
         metrics, attempts=settings.retry_attempts, health_interval_s=settings.health_interval_s
