@@ -209,7 +209,7 @@ async def test_a_poisoned_entry_is_set_aside_and_other_tenants_flow(h: Harness) 
     assert [r.text for r in page] == ["bob's fine memory"]
     reasons = sorted(d.error.split(":")[0] for d in h.outbox.dead_entries())
     assert reasons == ["OverflowError", "TypeError", "UnicodeEncodeError"], reasons
-    assert h.metrics.outbox_dead._value.get() == 3  # noqa: SLF001
+    assert h.metrics.outbox_dead._value.get() == 3
     # A later write of the poisoned user is stored at once: nothing blocks it.
     outcome = await h.service.add(ALICE, memories("fine again"))
     assert not outcome.queued and await h.texts() == ["fine again"]
