@@ -37,8 +37,12 @@ async def readyz(request: Request, services: ServicesDep) -> JSONResponse:
     llm = services.pool.status()
     embedder = services.embedder_monitor.state
     store = services.store_monitor.state
+    disk_problem = services.disk.problem() if services.disk is not None else None
     ready = (
-        llm == "healthy" and services.embedder_monitor.healthy and services.store_monitor.healthy
+        llm == "healthy"
+        and services.embedder_monitor.healthy
+        and services.store_monitor.healthy
+        and disk_problem is None
     )
     checks: dict[str, Any]
     if is_admin_request(request):
@@ -57,6 +61,10 @@ async def readyz(request: Request, services: ServicesDep) -> JSONResponse:
             "embedder": {"status": embedder.status},
             "vector_store": {"status": store.status, "backend": services.memory.store.name},
         }
+    if services.disk is not None:
+        checks["data_dir"] = {"status": "low" if disk_problem else "ok"}
+        if "outbox" in checks:  # the detail: why (the path and the space it needs)
+            checks["data_dir"]["error"] = disk_problem
     body = {"status": "ready" if ready else "not_ready", "checks": checks}
     return JSONResponse(body, status_code=200 if ready else 503)
 
