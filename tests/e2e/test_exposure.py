@@ -55,7 +55,7 @@ def test_readyz_is_short_in_public_and_detailed_for_the_admin(
         assert body["status"] == "ready"
         checks = body["checks"]
         assert {name: check["status"] for name, check in checks.items()} == {
-            "llm": "healthy", "embedder": "healthy", "vector_store": "healthy",
+            "llm": "healthy", "embedder": "healthy", "vector_store": "healthy", "data_dir": "ok",
         }  # fmt: skip
         assert "upstreams" not in checks["llm"] and "last_error" not in checks["embedder"]
         assert str(llm.port) not in public.text and "Qwen" not in public.text

@@ -47,17 +47,29 @@ class SlowClient:
     def drip(self) -> None:
         """Send one more body byte, unless the gateway has answered or closed."""
         with self.lock:
-            if self.closed or self.answer:
+            if self.closed or self.answered():
                 return
             try:
                 self.sock.sendall(b" ")
             except OSError:
                 self.closed = True
 
+    def answered(self) -> bool:
+        """A whole answer is in: its head, and as many body bytes as it announced."""
+        head, sep, body = self.answer.partition(b"\r\n\r\n")
+        if not sep:
+            return False
+        for line in head.lower().split(b"\r\n"):
+            name, _, value = line.partition(b":")
+            if name == b"content-length":
+                return len(body) >= int(value)
+        return True
+
     def poll(self) -> bool:
-        """Whether the gateway has answered (reads what is there, without blocking long)."""
+        """Whether the gateway has answered or closed (reads what is there, without
+        blocking long)."""
         with self.lock:
-            if not self.answer and not self.closed:
+            if not self.answered() and not self.closed:
                 self.sock.settimeout(0.05)
                 try:
                     data = self.sock.recv(65536)
@@ -67,7 +79,7 @@ class SlowClient:
                     pass
                 except OSError:
                     self.closed = True
-            return bool(self.answer) or self.closed
+            return self.answered() or self.closed
 
     def status(self) -> int:
         return int(self.answer.split(b" ", 2)[1]) if self.answer else 0
