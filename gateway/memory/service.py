@@ -366,9 +366,15 @@ class MemoryService:
             )
             if not entries:
                 break
+            priority = BACKGROUND
+            if self._wanted and entries[0].scope in self._wanted:
+                # Someone waits for these (a recall, a write): they go alone and
+                # at the priority of a query, not behind the embedder's bulk work.
+                entries = [e for e in entries if e.scope in self._wanted]
+                priority = INTERACTIVE
             try:
                 batches = [(e.scope, e.memories) for e in entries]
-                results = await self.write_batches(batches, BACKGROUND)
+                results = await self.write_batches(batches, priority)
             except OUTAGES as exc:
                 self._report(exc)
                 await self._outbox.failed(entries[0].seq, str(exc))

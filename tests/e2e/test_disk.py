@@ -83,7 +83,7 @@ def test_a_full_disk_queues_or_refuses_writes_and_loses_nothing(
     gateway = start_gateway(data_dir, llm.url, embedder.url)
     url = f"{gateway.url}/memories"
     acknowledged: list[str] = []
-    statuses: Counter[int] = Counter()
+    statuses: Counter[int | str] = Counter()
 
     def write(text: str) -> int:
         response = httpx.post(url, json={"user_id": "dora", "text": text}, timeout=30)
@@ -123,6 +123,12 @@ def test_a_full_disk_queues_or_refuses_writes_and_loses_nothing(
         full = fill(small_fs, leave_mb=0)  # now nothing at all is left
         for i in range(5):
             write(f"on a full disk {i}")
+        full_chat = {**chat, "messages": [{"role": "user", "content": "full disk dora"}]}
+        turn = httpx.post(f"{gateway.url}/chat/completions", json=full_chat, timeout=30)
+        assert turn.status_code == 200, turn.text  # the reply is never lost to the disk
+        if turn.headers.get("x-memory-status") != "not_stored":
+            acknowledged += ["full disk dora", "echo: full disk dora"]
+        statuses[f"chat {turn.headers.get('x-memory-status', 'stored')}"] += 1
         assert gateway.proc.poll() is None, f"the gateway died: {gateway.proc.returncode}"
         full.unlink()
         low.unlink()

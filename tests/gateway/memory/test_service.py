@@ -40,6 +40,7 @@ class Embedder:
         self.reject: str | None = None
         self.floats_only = False  # an embedder that ignores encoding_format
         self.priorities: list[int] = []
+        self.seen: list[tuple[int, list[str]]] = []  # (priority, texts) of each call
 
     def handle(self, request: httpx.Request) -> httpx.Response:
         if not self.up:
@@ -48,6 +49,7 @@ class Embedder:
         body = json.loads(request.content)
         texts = body["input"]
         self.priorities.append(body.get("priority", 0))
+        self.seen.append((body.get("priority", 0), texts))
         if any(self.reject and self.reject in t for t in texts):
             return httpx.Response(400, json={"error": {"message": "input too long"}})
         as_base64 = body.get("encoding_format") == "base64" and not self.floats_only
@@ -248,6 +250,14 @@ async def test_recall_waits_for_the_users_own_queued_turn(h: Harness) -> None:
     finally:
         await h.service.stop_replayer()
     assert [r.text for r in hits] == ["I am allergic to peanuts"]
+    # Waited for, the user's write was embedded at a query's priority, on its own.
+    query = ["I am allergic to peanuts"]
+    [(priority, texts)] = [
+        (p, texts)
+        for p, texts in h.embedder.seen
+        if texts != query and any("peanuts" in t for t in texts)
+    ]
+    assert priority == 0 and not any("bob" in t for t in texts), (priority, texts)
 
 
 async def test_a_users_write_goes_after_their_queued_ones(h: Harness) -> None:
