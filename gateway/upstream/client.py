@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from gateway.monitor import Monitor, ProbeFailed
@@ -20,6 +21,9 @@ from gateway.urls import service_root
 # A health check that waits longer than this has failed: a server too busy to
 # answer /health in 10 s should not be sent more work.
 PROBE_TIMEOUTS = timeouts_for(read_s=10.0, connect_s=2.0)
+# How long "nothing listens" counts as "starting" for a server never seen up:
+# vLLM opens its port only once its model is loaded, which takes minutes.
+DEFAULT_START_GRACE_S = 300.0
 
 
 class Upstream:
@@ -34,6 +38,7 @@ class Upstream:
         api_key: str | None = None,
         group: str | None = None,
         breaker: CircuitBreaker | None = None,
+        start_grace_s: float = DEFAULT_START_GRACE_S,
     ) -> None:
         self.name = name
         self.group = group or name
@@ -43,6 +48,11 @@ class Upstream:
         self.models: list[dict[str, Any]] = []
         self.model_ids: frozenset[str] = frozenset()
         self.discovered = False
+        # Context windows learned from the server's own errors, by model name.
+        self.learned_windows: dict[str, int] = {}
+        self.start_grace_s = start_grace_s
+        self.seen_up = False
+        self.refused_since: float | None = None  # monotonic; None: not refusing
         self._http = http
         self._chat_url = f"{base_url}/chat/completions"
         self._models_url = f"{base_url}/models"
@@ -55,6 +65,23 @@ class Upstream:
     @property
     def healthy(self) -> bool:
         return self.monitor is None or self.monitor.healthy
+
+    def note_refused(self) -> bool:
+        """Nothing accepted a connection. True while that still counts as
+        starting: the server was never seen up and has refused for less than
+        ``start_grace_s``. After that, or once it had been up, it is unreachable."""
+        now = time.monotonic()
+        if self.refused_since is None:
+            self.refused_since = now
+        return not self.seen_up and now - self.refused_since < self.start_grace_s
+
+    def note_answered(self) -> None:
+        """The server answered over HTTP (whatever the status): something listens."""
+        self.refused_since = None
+
+    @property
+    def refusing(self) -> bool:
+        return self.refused_since is not None
 
     async def send_chat(self, body: bytes, *, request_id: str | None, timeouts: Timeouts) -> Reply:
         """Send a chat request and return once the response headers are in.
@@ -84,6 +111,7 @@ class Upstream:
             raise ProbeFailed("/v1/models did not answer an OpenAI model list") from None
         self.models, self.model_ids = models, frozenset(m["id"] for m in models)
         self.discovered = True
+        self.seen_up = True
 
     async def _get(self, url: str) -> tuple[int, bytes]:
         """The status and body of a GET."""
@@ -91,11 +119,13 @@ class Upstream:
             reply = await self._http.request(
                 "GET", url, headers=self._headers, timeouts=PROBE_TIMEOUTS
             )
+            self.note_answered()
             try:
                 return reply.status_code, await reply.aread()
             finally:
                 await reply.aclose()
         except ConnectFailed as exc:
-            raise ProbeFailed(f"connection refused: {exc}", starting=True) from exc
+            starting = self.note_refused()
+            raise ProbeFailed(f"connection refused: {exc}", starting=starting) from exc
         except TransportError as exc:
             raise ProbeFailed(f"{type(exc).__name__}: {exc}") from exc

@@ -269,7 +269,8 @@ class UpstreamPool:
                 UpstreamFailed(504, f"LLM upstream {upstream.name} timed out")
             ) from None
         except ConnectFailed as exc:
-            self._failed(upstream, "connect_error", f"connection refused: {exc}", starting=True)
+            starting = upstream.note_refused()
+            self._failed(upstream, "connect_error", f"connection refused: {exc}", starting=starting)
             raise _Retryable(UpstreamFailed(503, f"LLM upstream {upstream.name} refused")) from exc
         except TimedOut as exc:
             self._failed(upstream, "timeout", f"timed out: {exc}")
@@ -279,6 +280,7 @@ class UpstreamPool:
         except TransportError as exc:
             self._failed(upstream, "connect_error", f"{type(exc).__name__}: {exc}")
             raise _Retryable(UpstreamFailed(502, f"LLM upstream {upstream.name} failed")) from exc
+        upstream.note_answered()
 
         if response.status_code in RETRYABLE_STATUS:
             retry_after = _retry_after(response)
