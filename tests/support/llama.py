@@ -21,6 +21,9 @@ from tests.support.stack import ROOT, Service
 
 MODEL_ALIAS = "smollm2"
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# As `make run` and llm-cpu/Dockerfile serve it: concurrent requests wait their
+# turn instead of cutting the running completion off (the server's default).
+SERVE_OPTIONS = ("--interrupt_requests", "false")
 
 
 def model_path() -> Path | None:
@@ -60,7 +63,7 @@ def start_llama_server(
     command = [
         sys.executable, "-m", "llama_cpp.server", "--model", str(model),
         "--model_alias", MODEL_ALIAS, "--host", "127.0.0.1", "--port", str(port),
-        "--n_ctx", str(n_ctx),
+        "--n_ctx", str(n_ctx), *SERVE_OPTIONS,
     ]  # fmt: skip
     with log_path.open("ab") as log:
         proc = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=log)
