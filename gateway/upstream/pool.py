@@ -286,7 +286,8 @@ class UpstreamPool:
                     encode(target), request_id=request_id, timeouts=timeouts
                 )
         except ConnectFailed as exc:  # never sent: another attempt costs the upstream nothing
-            self._failed(upstream, "connect_error", f"connection refused: {exc}", starting=True)
+            starting = upstream.note_refused()
+            self._failed(upstream, "connect_error", f"connection refused: {exc}", starting=starting)
             raise _Retryable(UpstreamFailed(503, f"LLM upstream {upstream.name} refused")) from exc
         except ConnectTimedOut as exc:
             self._failed(upstream, "timeout", f"connect timed out: {exc}")
@@ -301,6 +302,7 @@ class UpstreamPool:
         except TransportError as exc:
             self._failed(upstream, "connect_error", f"{type(exc).__name__}: {exc}")
             raise UpstreamFailed(502, f"LLM upstream {upstream.name} failed") from exc
+        upstream.note_answered()
 
         if response.status_code in RETRYABLE_STATUS or response.status_code == GATEWAY_TIMEOUT:
             retry_after = _retry_after(response)
