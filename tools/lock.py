@@ -8,7 +8,8 @@ developers' machines), with the sha256 of every file PyPI has for each release:
   requirements/all.txt            everything: base + every extra (``make install``)
   requirements/gateway.txt        the base dependencies only (the gateway image)
   requirements/embedder.txt       the [embedder] extra (the embedder's export and GPU stages)
-                                  (gateway.in and embedder.in: those lists, written here)
+  requirements/llm.txt            the [llm] extra (llama.cpp's server: llm-cpu/Dockerfile)
+                                  (gateway.in, embedder.in, llm.in: those lists, written here)
   requirements/embedder-onnx.txt  requirements/embedder-onnx.in: serving through ONNX
                                   Runtime, no torch (the CPU embedder image's runtime)
 
@@ -106,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, requirements in (
         ("gateway", project["dependencies"]),
         ("embedder", project["optional-dependencies"]["embedder"]),
+        ("llm", project["optional-dependencies"]["llm"]),
     ):
         # A file of its own, committed: the lock's "via" comments name it.
         spec = OUT / f"{name}.in"

@@ -373,14 +373,15 @@ def test_interpolation_follows_compose_rules() -> None:
     assert ENV_EXAMPLE.exists()
 
 
-def test_the_cloud_stack_does_not_scrape_vllm(cloud_stack: dict[str, Any]) -> None:
+@pytest.mark.parametrize("override", ["compose.cloud.yaml", "compose.cpu.yaml"])
+def test_stacks_without_vllm_do_not_scrape_it(override: str) -> None:
     # Prometheus gets the same scrape config without the vllm job, so `up{job="vllm"}`
     # is not 0 forever where no vLLM runs.
-    mounts = {
-        m.split(":")[1]: m.split(":")[0] for m in services(cloud_stack)["prometheus"]["volumes"]
-    }
+    stack = load_compose(COMPOSE, REPO / override, env=stack_env())
+    assert services(stack)["vllm"]["profiles"] == ["local-llm"]
+    mounts = {m.split(":")[1]: m.split(":")[0] for m in services(stack)["prometheus"]["volumes"]}
     config = mounts["/etc/prometheus/prometheus.yml"]
-    assert config == "./monitoring/prometheus.cloud.yml"
+    assert config == "./monitoring/prometheus.without-vllm.yml"
     main = yaml.safe_load((REPO / "monitoring/prometheus.yml").read_text())
     cloud = yaml.safe_load((REPO / config).read_text())
     without_vllm = [job for job in main["scrape_configs"] if job["job_name"] != "vllm"]
