@@ -56,8 +56,11 @@ RUN pip install --no-deps --index-url "$TORCH_INDEX_URL" "$TORCH_SPEC" \
  && pip install --require-hashes --no-deps -r /tmp/embedder.txt \
  && pip check
 COPY embedder ./embedder
+# The export is written through a private temporary folder (mode 0700): made readable
+# (not writable) for the service's user.
 RUN EMBEDDER_BACKEND=onnx EMBEDDER_ONNX_CACHE_DIR=/opt/memgate/onnx \
-    python -c "from embedder.model import load_encoder; from embedder.settings import EmbedderSettings; print(type(load_encoder(EmbedderSettings())).__name__)"
+    python -c "from embedder.model import load_encoder; from embedder.settings import EmbedderSettings; print(type(load_encoder(EmbedderSettings())).__name__)" \
+ && chmod -R a+rX /opt/memgate
 
 # The serving virtualenv as it ships: no pip (the image installs nothing at run time),
 # trimmed (docker/slim-venv.sh). The weights' files are left as they are.
@@ -79,11 +82,11 @@ ENV EMBEDDER_HOST=0.0.0.0 \
     EMBEDDER_BACKEND=onnx \
     EMBEDDER_ONNX_CACHE_DIR=/opt/memgate/onnx
 # The build fails if torch made it in, or if serving would need a new export (which would
-# import torch): the encoder is loaded here exactly as the service loads it.
+# import torch): the encoder is loaded here exactly as the service loads it, as its user.
 RUN PYTHONDONTWRITEBYTECODE= python -c "import embedder.__main__, embedder.onnx_model, numpy, onnxruntime, tokenizers, uvicorn.loops.uvloop, uvicorn.protocols.http.httptools_impl" \
  && python -m compileall -q embedder \
  && python -c "import importlib.util as u, sys; heavy = [m for m in ('torch', 'transformers', 'sentence_transformers') if u.find_spec(m)]; sys.exit(f'torch in the CPU embedder image: {heavy}' if heavy else 0)" \
- && python -c "from embedder.model import load_encoder; from embedder.settings import EmbedderSettings; e = load_encoder(EmbedderSettings()); assert type(e).__name__ == 'OnnxEncoder' and e.dimension == 384, e"
+ && python -c "import os; os.setgid(10001); os.setuid(10001); from embedder.model import load_encoder; from embedder.settings import EmbedderSettings; e = load_encoder(EmbedderSettings()); assert type(e).__name__ == 'OnnxEncoder' and e.dimension == 384, e"
 USER memgate
 EXPOSE 8081
 # /health answers 503 until the model is loaded.
