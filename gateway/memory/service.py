@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from gateway.memory.embedder_client import (
     BACKGROUND,
     INTERACTIVE,
+    PART_TEXTS,
     EmbedderClient,
     EmbedderRejected,
     EmbedderUnavailable,
@@ -105,6 +106,13 @@ class AddOutcome:
     queued: bool
 
 
+def _write_priority(memories: Sequence[NewMemory]) -> int:
+    """A bulk write (more texts than one embedder request carries: two per
+    memory) goes at background priority, so chat queries overtake it at the
+    embedder; an ordinary write goes at a query's."""
+    return BACKGROUND if 2 * len(memories) > PART_TEXTS else INTERACTIVE
+
+
 class MemoryService:
     def __init__(
         self,
@@ -156,7 +164,7 @@ class MemoryService:
             await self.wait_stored(scope, self._read_your_writes_s)
         if self.available and not self._outbox.pending(scope):
             try:
-                results = await self.write_now(scope, unique)
+                results = await self.write_now(scope, unique, _write_priority(unique))
             except OUTAGES as exc:
                 self._report(exc)
             except EmbedderRejected:
