@@ -16,6 +16,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.monitor import Monitor
 from gateway.settings import Settings
 from gateway.upstream.http import Timeouts
+from gateway.upstream.owners import ResponseOwners
 from gateway.upstream.pool import UpstreamPool
 from gateway.upstream.router import ModelRouter
 from gateway.upstream.sync import RegistrySync
@@ -37,6 +38,8 @@ class Services:
     upstream_timeout: Timeouts
     stream_timeout: Timeouts
     background: set[asyncio.Task[Any]] = field(default_factory=set)
+    # Which tenant and replica made each Responses API response (gateway.api.responses).
+    response_owners: ResponseOwners = field(default_factory=ResponseOwners)
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
         """Run work after the response; shutdown waits for it (see the lifespan)."""

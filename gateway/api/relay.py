@@ -22,12 +22,12 @@ from typing import Any
 
 from fastapi.responses import Response
 
+from gateway.api.wire import CHAT_WIRE, Wire
 from gateway.errors import APIError, error_body
 from gateway.memory.records import NewMemory, Scope
 from gateway.services import Services
 from gateway.upstream.http import TimedOut, TransportError
 from gateway.upstream.pool import OpenedReply
-from gateway.upstream.sse import StreamAccumulator, error_event, reply_text
 
 logger = logging.getLogger("gateway.chat")
 
@@ -81,8 +81,10 @@ class Relay:
         client_model: str,
         *,
         drop_usage: bool = False,
+        wire: Wire = CHAT_WIRE,
     ) -> None:
         self.services = services
+        self.wire = wire
         sent_model = opened.target.model
         # The upstream knew the model by another name: give the client's back.
         self.rename_to = client_model if sent_model and sent_model != client_model else None
@@ -119,6 +121,11 @@ class Relay:
                 type=body["error"]["type"],
             )
         completion = _json_object(content)
+        if completion is None and not self.wire.json_only:
+            # Another kind of body (a transcription as text, say): relayed as it came.
+            self._finish("success")
+            kind = response.headers.get("content-type", "application/octet-stream")
+            return Response(content, 200, headers={**headers, "content-type": kind})
         if completion is None:
             self._finish("http_error")
             raise APIError(
@@ -126,14 +133,14 @@ class Relay:
             )
         self._finish("success")
         self._count_tokens(completion.get("usage"))
-        self._remember(reply_text(completion))
+        self._remember(self.wire.reply_text(completion))
         if self.rename_to is not None and "model" in completion:
             content = json.dumps({**completion, "model": self.rename_to}).encode()
         return Response(content, 200, headers=headers, media_type="application/json")
 
     async def stream(self) -> AsyncIterator[bytes]:
         response = self.opened.response
-        acc = StreamAccumulator(rename_to=self.rename_to, drop_usage=self.drop_usage)
+        acc = self.wire.accumulator(rename_to=self.rename_to, drop_usage=self.drop_usage)
         outcome = "stream_error"
         first = True
         cut_mid_line = False
@@ -153,19 +160,21 @@ class Relay:
             if acc.completed:
                 outcome = "success"
             else:
-                failure = error_event(
+                failure = self.wire.error_event(
                     "the LLM upstream closed the stream before finishing",
                     "upstream_stream_incomplete",
                 )
         except TimedOut:
             outcome = "timeout"
             idle = self.services.settings.stream_idle_timeout_s
-            failure = error_event(
+            failure = self.wire.error_event(
                 f"the LLM upstream sent nothing for {idle:g}s", "upstream_stream_idle_timeout"
             )
         except TransportError as exc:
             logger.warning("stream from %s broke: %s", self.name, exc)
-            failure = error_event("the LLM upstream failed mid-stream", "upstream_stream_error")
+            failure = self.wire.error_event(
+                "the LLM upstream failed mid-stream", "upstream_stream_error"
+            )
         except asyncio.CancelledError:
             outcome = "client_disconnect"
             raise
@@ -186,15 +195,16 @@ class Relay:
         self.services.pool.record_outcome(self.opened.upstream, outcome)
         metrics.model_requests.labels(self.model_label, self.name, outcome).inc()
         metrics.upstream_duration.labels(self.name).observe(upstream_s)
-        metrics.overhead.labels("/v1/chat/completions").observe(
+        metrics.overhead.labels(self.wire.route).observe(
             max(0.0, (now - self.started) - upstream_s)
         )
 
     def _count_tokens(self, usage: Any) -> None:
         if not isinstance(usage, dict):
             return
-        for kind in ("prompt", "completion"):
-            value = usage.get(f"{kind}_tokens")
+        # Chat and completions say prompt/completion; Responses and Messages, input/output.
+        for kind, other in (("prompt", "input"), ("completion", "output")):
+            value = usage.get(f"{kind}_tokens", usage.get(f"{other}_tokens"))
             if isinstance(value, int) and value >= 0:
                 self.services.metrics.upstream_tokens.labels(self.name, kind).inc(value)
 

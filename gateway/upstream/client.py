@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from gateway.monitor import Monitor, ProbeFailed
@@ -20,6 +21,27 @@ from gateway.urls import service_root
 # A health check that waits longer than this has failed: a server too busy to
 # answer /health in 10 s should not be sent more work.
 PROBE_TIMEOUTS = timeouts_for(read_s=10.0, connect_s=2.0)
+
+
+@dataclass(frozen=True)
+class Call:
+    """Which endpoint of the upstream a request goes to.
+
+    ``path`` is relative to the upstream's OpenAI base URL (``/chat/completions``
+    for ``http://host:8000/v1``); with ``root`` it is relative to the server's
+    root instead, for vLLM's endpoints outside ``/v1`` (``/tokenize``).
+    ``content_type`` is the body's, forwarded as the client sent it (a multipart
+    body needs its boundary); ``query`` the client's query string, if any.
+    """
+
+    path: str = "/chat/completions"
+    method: str = "POST"
+    content_type: str = "application/json"
+    query: str = ""
+    root: bool = False
+
+
+CHAT = Call()
 
 
 class Upstream:
@@ -44,12 +66,12 @@ class Upstream:
         self.model_ids: frozenset[str] = frozenset()
         self.discovered = False
         self._http = http
-        self._chat_url = f"{base_url}/chat/completions"
         self._models_url = f"{base_url}/models"
         self._headers = {"Content-Type": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
-        self._health_url = f"{service_root(base_url)}/health"
+        self._root = service_root(base_url)
+        self._health_url = f"{self._root}/health"
         self.monitor: Monitor | None = None
 
     @property
@@ -57,14 +79,27 @@ class Upstream:
         return self.monitor is None or self.monitor.healthy
 
     async def send_chat(self, body: bytes, *, request_id: str | None, timeouts: Timeouts) -> Reply:
-        """Send a chat request and return once the response headers are in.
+        """Send a chat request and return once the response headers are in."""
+        return await self.send(CHAT, body, request_id=request_id, timeouts=timeouts)
+
+    async def send(
+        self, call: Call, body: bytes | None, *, request_id: str | None, timeouts: Timeouts
+    ) -> Reply:
+        """Send ``body`` to ``call``'s endpoint; return once the response headers are in.
 
         A connection that the server closed as it was reused is not the
         server failing: the request goes once more on a fresh connection.
         """
-        headers = {**self._headers, "X-Request-Id": request_id} if request_id else self._headers
+        headers = self._headers
+        if call.content_type != headers["Content-Type"] or request_id:
+            headers = {**headers, "Content-Type": call.content_type}
+            if request_id:
+                headers["X-Request-Id"] = request_id
+        url = (self._root if call.root else self.base_url) + call.path
+        if call.query:
+            url += "?" + call.query
         return await self._http.request(
-            "POST", self._chat_url, body=body, headers=headers, timeouts=timeouts
+            call.method, url, body=body, headers=headers, timeouts=timeouts
         )
 
     async def probe(self) -> None:

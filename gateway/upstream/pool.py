@@ -30,7 +30,7 @@ from tenacity import (
 
 from gateway.metrics import GatewayMetrics
 from gateway.monitor import HEALTHY, STARTING, Monitor
-from gateway.upstream.client import Upstream
+from gateway.upstream.client import CHAT, Call, Upstream
 from gateway.upstream.http import ConnectFailed, Reply, TimedOut, Timeouts, TransportError
 from gateway.urls import redact_url
 
@@ -225,11 +225,13 @@ class UpstreamPool:
         timeouts: Timeouts,
         headers_timeout_s: float,
         request_id: str | None,
+        call: Call = CHAT,
     ) -> OpenedReply:
         """Send to the first eligible target, retrying before any byte is relayed.
 
         ``targets`` are in order of preference: the replicas serving the model
-        (already rotated for load balancing), then its fallbacks.
+        (already rotated for load balancing), then its fallbacks. ``call`` names
+        the endpoint (chat completions unless said otherwise).
         """
         retrying = AsyncRetrying(
             stop=self._stop, wait=self._wait, retry=self._retry_on, reraise=True
@@ -240,7 +242,7 @@ class UpstreamPool:
                     if attempt.retry_state.attempt_number > 1:
                         self._metrics.upstream_retries.labels(targets[0].upstream.name).inc()
                     return await self._attempt(
-                        targets, encode, timeouts, headers_timeout_s, request_id
+                        targets, encode, timeouts, headers_timeout_s, request_id, call
                     )
         except _Retryable as exc:
             raise exc.failure from None
@@ -253,6 +255,7 @@ class UpstreamPool:
         timeouts: Timeouts,
         headers_timeout_s: float,
         request_id: str | None,
+        call: Call,
     ) -> OpenedReply:
         target = self._pick(targets)
         upstream = target.upstream
@@ -260,8 +263,8 @@ class UpstreamPool:
         try:
             # The client bounds each read; this bounds the wait for the whole head of the answer.
             async with asyncio.timeout(headers_timeout_s):
-                response = await upstream.send_chat(
-                    encode(target), request_id=request_id, timeouts=timeouts
+                response = await upstream.send(
+                    call, encode(target), request_id=request_id, timeouts=timeouts
                 )
         except TimeoutError:
             self._failed(upstream, "timeout", "no response headers in time")
