@@ -24,7 +24,8 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CollectorRegistry
 
-from gateway.api import admin, chat, health, memories, models
+from gateway.api import admin, chat, health, memories, messages, models, passthrough, responses
+from gateway.api.schemas import ChatRequest
 from gateway.auth import KeyRing
 from gateway.errors import install_error_handlers
 from gateway.keepalive import KEEPALIVE_EXPIRY_S
@@ -202,8 +203,12 @@ def create_app(
     app.state.settings = settings
     app.state.keyring = KeyRing(settings.api_keys, settings.admin_key, settings.api_keys_file)
     install_error_handlers(app)
-    install_openapi(app, chat.chat_schema()[1])
+    bodies = (ChatRequest, responses.ResponsesRequest, messages.MessagesRequest)
+    install_openapi(app, {k: v for b in bodies for k, v in chat.body_schema(b)[1].items()})
     for router in (chat.router, memories.router, models.router, admin.router, health.router):
+        app.include_router(router)
+    # The other APIs of the LLM server; pass-through last: it takes any other /v1 path.
+    for router in (responses.router, messages.router, passthrough.router):
         app.include_router(router)
     app.add_middleware(
         RequestLimits,
