@@ -133,7 +133,8 @@ class Relay:
             )
         self._finish("success")
         self._count_tokens(completion.get("usage"))
-        self._remember(self.wire.reply_text(completion))
+        if (reply := self.wire.reply_text(completion)) is not None:
+            self._remember(reply)
         if self.rename_to is not None and "model" in completion:
             content = json.dumps({**completion, "model": self.rename_to}).encode()
         return Response(content, 200, headers=headers, media_type="application/json")

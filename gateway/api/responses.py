@@ -87,7 +87,7 @@ def _wire(services: Services, tenant: str, upstream: list[str]) -> Wire:
         if upstream:
             services.response_owners.record(response_id, tenant, upstream[0])
 
-    def reply_text(response: Json) -> str:
+    def reply_text(response: Json) -> str | None:
         if isinstance(response.get("id"), str):
             record(response["id"])
         return response_text(response)

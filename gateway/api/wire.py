@@ -28,7 +28,7 @@ class Wire:
 
     route: str
     accumulator: Accumulate
-    reply_text: Callable[[dict[str, Any]], str]
+    reply_text: Callable[[dict[str, Any]], str | None]  # None: not a finished turn
     error_event: Callable[[str, str], bytes]
     json_only: bool = True
 

@@ -39,8 +39,11 @@ def _texts(items: Any, kind: str) -> list[str]:
     return [t for t in found if isinstance(t, str)]
 
 
-def response_text(response: Json) -> str:
-    """The output text of a (non-streamed) Responses API response, or ''."""
+def response_text(response: Json) -> str | None:
+    """The output text of a (non-streamed) Responses API response; None while
+    it is not finished (a ``background`` response answers ``queued`` at once)."""
+    if response.get("status", "completed") not in ("completed", "incomplete"):
+        return None
     output = response.get("output")
     messages = output if isinstance(output, list) else []
     return "".join(

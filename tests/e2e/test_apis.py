@@ -44,6 +44,7 @@ def gateway(
         shared_llm.url,
         embedder.url,
         GATEWAY_API_KEYS=",".join(f"{t}:{k}" for t, k in KEYS.items()),
+        GATEWAY_STREAM_IDLE_TIMEOUT_S="2",  # a stalled stream ends soon
     )
     yield service
     service.terminate()
@@ -199,6 +200,37 @@ def test_a_memory_written_through_one_api_is_recalled_through_the_others_in_its_
     message(claude(gateway, B), user, QUESTION, stream=False)
     seen = upstream.requests()
     assert len(seen) == 3 and "Trondheim" not in json.dumps(seen)
+
+
+def test_a_stalled_stream_ends_in_each_apis_own_error_event_and_is_not_remembered(
+    gateway: Service, upstream: RunningServer, user: str
+) -> None:
+    upstream.set_behavior(mode="stall")  # the first event, then nothing
+    events = list(
+        oai(gateway).responses.create(model=MODEL, input=FACT, safety_identifier=user, stream=True)
+    )
+    assert events[0].type == "response.created"
+    assert events[-1].type == "error" and events[-1].code == "upstream_stream_idle_timeout"
+
+    with pytest.raises(anthropic.APIStatusError, match="sent nothing for 2s"):
+        list(claude(gateway).messages.create(
+            model=MODEL, max_tokens=8, messages=[{"role": "user", "content": FACT}],
+            metadata={"user_id": user}, stream=True,
+        ))  # fmt: skip
+    upstream.set_behavior()
+    assert message(claude(gateway), user, "now it works", stream=True) == "echo: now it works"
+    stored = wait_for_memories(gateway, user, 2, auth(A))
+    assert FACT not in stored  # the broken turns stored nothing
+
+
+def test_an_upstreams_client_error_reaches_the_client_as_such(
+    gateway: Service, upstream: RunningServer
+) -> None:
+    upstream.set_behavior(mode="fail", status=400, times=2)
+    with pytest.raises(openai.BadRequestError, match="injected failure"):
+        oai(gateway).responses.create(model=MODEL, input="x")
+    with pytest.raises(anthropic.BadRequestError, match="injected failure"):
+        message(claude(gateway), "someone", "x", stream=False)
 
 
 def test_usage_of_every_api_is_counted(gateway: Service, upstream: RunningServer) -> None:

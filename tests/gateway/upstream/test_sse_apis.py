@@ -108,3 +108,6 @@ def test_text_of_plain_replies() -> None:
     assert response_text({"output": [{"type": "reasoning", "content": []}]}) == ""
     assert message_text({"content": [{"type": "tool_use", "input": {}}]}) == ""
     assert response_text({"output": "nonsense"}) == message_text({"content": None}) == ""
+    # A background response answers at once, unfinished: no turn to remember yet.
+    assert response_text({"status": "queued", "output": []}) is None
+    assert response_text({"status": "incomplete", "output": []}) == ""
