@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry
 from gateway.api import admin, chat, health, memories, messages, models, passthrough, responses
 from gateway.api.schemas import ChatRequest
 from gateway.auth import KeyRing
+from gateway.datadir import MIB, DiskSpace
 from gateway.errors import install_error_handlers
 from gateway.keepalive import KEEPALIVE_EXPIRY_S
 from gateway.limits import RequestLimits
@@ -65,7 +66,8 @@ def build_store(settings: Settings) -> VectorStore:
             settings.qdrant_collection,
             settings.embedding_dim,
         )
-    return EdgeStore(settings.data_dir / "qdrant-edge", settings.embedding_dim)
+    space = DiskSpace(settings.data_dir, settings.disk_reserve_mb * MIB)
+    return EdgeStore(settings.data_dir / "qdrant-edge", settings.embedding_dim, space)
 
 
 def build_registry(settings: Settings) -> ModelRegistry:
@@ -122,7 +124,7 @@ async def _startup(settings: Settings, metrics: GatewayMetrics, stack: AsyncExit
 
     embedder = EmbedderClient(
         embedder_http, settings.embedder_url, settings.embedding_dim, metrics,
-        api_key=settings.embedder_api_key,
+        api_key=settings.embedder_api_key, base_timeout_s=settings.embedder_timeout_s,
     )  # fmt: skip
     pool = UpstreamPool(
         metrics, attempts=settings.retry_attempts, health_interval_s=settings.health_interval_s
@@ -161,6 +163,7 @@ async def _startup(settings: Settings, metrics: GatewayMetrics, stack: AsyncExit
         store_monitor=store_monitor,
         upstream_timeout=timeouts_for(settings.read_timeout_s, settings.connect_timeout_s),
         stream_timeout=timeouts_for(settings.stream_idle_timeout_s, settings.connect_timeout_s),
+        disk=DiskSpace(settings.data_dir, settings.disk_reserve_mb * MIB),
     )
     monitors = [embedder_monitor, store_monitor]
     await asyncio.wait(

@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     qdrant_api_key: str | None = None
     qdrant_collection: str = "memgate_memories"
     data_dir: Path = Path("./data")
+    # Free space the data dir must keep: start-up fails below it, and memory
+    # writes to the in-process store wait in the outbox below it (Qdrant Edge
+    # preallocates 32 MiB WAL segments; a full disk under them is a SIGBUS).
+    disk_reserve_mb: int = Field(default=64, ge=0)
     # Models registered at run time: this SQLite file (unset: models.sqlite3 in the
     # data dir; gateways on one host may share it), or, with a Qdrant server, the
     # collection ``<qdrant_collection>_models`` there. Every gateway re-reads its

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
@@ -56,8 +57,17 @@ async def forget_any_user(
 
 
 @router.get("/outbox")
-async def outbox(_: AdminDep, services: ServicesDep) -> dict[str, int]:
-    return {"depth": services.outbox.depth, "dead": services.outbox.dead_count()}
+async def outbox(
+    _: AdminDep, services: ServicesDep, limit: Annotated[int, Query(ge=0, le=1000)] = 100
+) -> dict[str, Any]:
+    """Writes waiting, and those set aside because they can never be stored
+    (``dead``: how many; ``dead_entries``: the latest, with their reasons)."""
+    entries = await asyncio.to_thread(services.outbox.dead_entries, limit)
+    return {
+        "depth": services.outbox.depth,
+        "dead": await asyncio.to_thread(services.outbox.dead_count),
+        "dead_entries": [entry.to_json() for entry in entries],
+    }
 
 
 @router.get("/upstreams")

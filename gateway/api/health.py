@@ -37,8 +37,14 @@ async def readyz(services: ServicesDep) -> JSONResponse:
         },
         "outbox": {"depth": services.outbox.depth},
     }
+    if services.disk is not None:
+        problem = services.disk.problem()
+        checks["data_dir"] = {"status": "low" if problem else "ok", "error": problem}
     ready = (
-        llm == "healthy" and services.embedder_monitor.healthy and services.store_monitor.healthy
+        llm == "healthy"
+        and services.embedder_monitor.healthy
+        and services.store_monitor.healthy
+        and checks.get("data_dir", {}).get("status") != "low"
     )
     body = {"status": "ready" if ready else "not_ready", "checks": checks}
     return JSONResponse(body, status_code=200 if ready else 503)

@@ -25,6 +25,9 @@ class StreamAccumulator:
       client had not; the usage-only event is not relayed.
     """
 
+    # How the stream's final event starts: the relay commits the turn before relaying it.
+    END_EVENT = b"data: [DONE]"
+
     def __init__(
         self,
         *,

@@ -87,6 +87,8 @@ class ResponsesStream(StreamAccumulator):
     ``response.created`` names it (so ``GET /v1/responses/{id}`` can find the
     upstream that holds it while the stream still runs)."""
 
+    END_EVENT = b"event: response.completed"  # or .incomplete: then the whole chunk waits
+
     def __init__(
         self,
         *,
@@ -107,7 +109,7 @@ class ResponsesStream(StreamAccumulator):
         elif kind == "response.output_text.delta" and isinstance(event.get("delta"), str):
             self._parts.append(event["delta"])
         elif kind in FINISHED_RESPONSE:
-            self.finished = True
+            self.finished = self.done = True  # done: the relay remembers before relaying it
             if isinstance(response.get("usage"), dict):
                 self.usage = response["usage"]
         elif kind == "response.failed":
@@ -127,6 +129,8 @@ class ResponsesStream(StreamAccumulator):
 class MessagesStream(StreamAccumulator):
     """An Anthropic Messages stream."""
 
+    END_EVENT = b"event: message_stop"
+
     def __init__(self, *, rename_to: str | None = None, drop_usage: bool = False) -> None:
         super().__init__(rename_to=rename_to)  # usage rides on events the client needs
         self.stopped = False
@@ -142,7 +146,7 @@ class MessagesStream(StreamAccumulator):
         elif kind == "message_delta":
             self._add_usage(event.get("usage"))
         elif kind == "message_stop":
-            self.stopped = True
+            self.stopped = self.done = True  # done: the relay remembers before relaying it
         elif kind == "error":
             self.error = _dict(event.get("error")) or {"message": "error event"}
         return True
