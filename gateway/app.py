@@ -26,7 +26,7 @@ from prometheus_client import CollectorRegistry
 
 from gateway.api import admin, chat, health, memories, messages, models, passthrough, responses
 from gateway.api.schemas import ChatRequest
-from gateway.auth import KeyRing
+from gateway.auth import KeyCheck, KeyRing
 from gateway.datadir import MIB, DiskSpace
 from gateway.errors import install_error_handlers
 from gateway.keepalive import KEEPALIVE_EXPIRY_S
@@ -208,23 +208,29 @@ def create_app(
     install_error_handlers(app)
     bodies = (ChatRequest, responses.ResponsesRequest, messages.MessagesRequest)
     install_openapi(app, {k: v for b in bodies for k, v in chat.body_schema(b)[1].items()})
-    for router in (chat.router, memories.router, models.router, admin.router, health.router):
-        app.include_router(router)
-    # The other APIs of the LLM server; pass-through last: it takes any other /v1 path.
-    for router in (responses.router, messages.router, passthrough.router):
+    # Pass-through last: it takes any /v1 path no other router has.
+    routers = (
+        chat.router, responses.router, messages.router, memories.router, models.router,
+        admin.router, health.router, passthrough.router,
+    )  # fmt: skip
+    for router in routers:
         app.include_router(router)
     app.add_middleware(
         RequestLimits,
         max_body_bytes=settings.max_body_bytes,
         max_concurrency=settings.max_concurrency,
+        body_timeout_s=settings.body_timeout_s,
     )
+    # Wraps the limits: the key is checked before a slot is taken or a body read.
+    routes = [route for router in routers for route in router.routes]
+    app.add_middleware(KeyCheck, keyring=app.state.keyring, routes=routes)
     if settings.cors_origins:
         origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
         app.add_middleware(
             CORSMiddleware,
             allow_origins=origins,
             allow_methods=["GET", "POST", "DELETE"],
-            allow_headers=["Authorization", "Content-Type", "X-Request-Id"],
+            allow_headers=["Authorization", "X-Api-Key", "Content-Type", "X-Request-Id"],
             expose_headers=["X-Request-Id", "X-Memory-Hits", "X-Memory-Status"],
         )
     # Added last, so it runs first: every answer, 413 and 429 included, is counted.

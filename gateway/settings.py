@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     # A stream that sends nothing for this long is ended with an error event.
     stream_idle_timeout_s: float = Field(default=60.0, gt=0)
     retry_attempts: int = Field(default=3, ge=1, le=10)
+    # An LLM never seen up that refuses connections counts as starting (503
+    # llm_starting) this long, then as unreachable (503 llm_unreachable).
+    llm_start_grace_s: float = Field(default=300.0, ge=0)
     health_interval_s: float = Field(default=5.0, gt=0)
 
     # Embedding service and vector store.
@@ -69,6 +72,8 @@ class Settings(BaseSettings):
 
     # Limits: what a single request may cost.
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    # A request body must have fully arrived this long after the request began (else 408).
+    body_timeout_s: float = Field(default=30.0, gt=0)
     max_concurrency: int = Field(default=512, ge=1)
     max_metadata_bytes: int = Field(default=8192, ge=64)
     cors_origins: str | None = None  # comma-separated; unset = no CORS headers at all

@@ -25,11 +25,15 @@ from gateway.api.schemas import ChatRequest
 from gateway.api.wire import CHAT_WIRE, Wire
 from gateway.auth import Principal, PrincipalDep
 from gateway.errors import APIError, unavailable
-from gateway.memory.prompt import format_memories, inject_memories, last_user_text
+from gateway.memory.budget import fitting_memories
+from gateway.memory.embedder_client import EmbedderRejected
+from gateway.memory.prompt import format_memories, inject_memories, last_user_text, recall_query
 from gateway.memory.service import MemoryUnavailable
 from gateway.services import Services, ServicesDep
+from gateway.upstream.availability import why_unavailable
 from gateway.upstream.client import CHAT, Call
-from gateway.upstream.http import Timeouts
+from gateway.upstream.context import context_overflow, window_for
+from gateway.upstream.http import Timeouts, TransportError
 from gateway.upstream.pool import NoUpstreamAvailable, OpenedReply, Target, UpstreamFailed
 from gateway.upstream.router import UnknownModel
 
@@ -92,7 +96,7 @@ def plan_memory(
     ``body`` is the request itself (already validated as ``chat``).
     """
     query = last_user_text(body["messages"])
-    return plan_turn(body, chat.memory, query, principal, services)
+    return plan_turn(body, chat.memory, query, principal, services, param="messages")
 
 
 def chat_schema() -> tuple[dict[str, Any], dict[str, Any]]:
@@ -129,9 +133,14 @@ async def chat_completions(
     headers: dict[str, str] = {}
     modified = body.pop("memory", None) is not None
 
-    if (block := await recall_block(services, plan, headers)) is not None:
-        body["messages"] = inject_memories(body["messages"], block)
+    own_messages = body["messages"]
+    block = await recall_block(services, plan, headers, targets, chat.model, body)
+    if block is not None:
+        body["messages"] = inject_memories(own_messages, block)
         modified = True
+
+    def without_memories() -> None:
+        body["messages"] = own_messages
 
     stream = bool(chat.stream)
     wants_usage = True
@@ -151,6 +160,7 @@ async def chat_completions(
     return await relay_turn(
         request, services, targets, encode, plan, started, chat.model, headers,
         stream=stream, drop_usage=not wants_usage,
+        without_memories=without_memories if block is not None else None,
     )  # fmt: skip
 
 
@@ -183,9 +193,12 @@ async def relay_turn(
     drop_usage: bool = False,
     wire: Wire = CHAT_WIRE,
     call: Call = CHAT,
+    without_memories: Callable[[], None] | None = None,
 ) -> Response:
     """Send the request upstream and relay the answer (a stream when the client
-    asked for one or the upstream sends one); remembering follows the relay."""
+    asked for one or the upstream sends one); remembering follows the relay.
+    ``without_memories`` takes the memories out of the body again, for a
+    resend when they, not the client's request, overflowed the context."""
     request_id = getattr(request.state, "request_id", None)
     timeouts = services.stream_timeout if stream else services.upstream_timeout
     # A completion's headers come when it is done; a stream's, before the first token.
@@ -196,6 +209,14 @@ async def relay_turn(
         opened = await _open(
             services, targets, encode, timeouts, headers_timeout_s, request_id, call
         )
+        if without_memories is not None and await _overflowed(services, opened, model):
+            # The memories, not the client's request, overflowed the context
+            # (the estimate undershot, or the window was unknown): once more without them.
+            without_memories()
+            headers["x-memory-hits"] = "0"
+            opened = await _open(
+                services, targets, encode, timeouts, headers_timeout_s, request_id, call
+            )
         relay = Relay(services, opened, plan, started, model, drop_usage=drop_usage, wire=wire)
         reply = opened.response
         # A pass-through endpoint streams when its upstream does; the others as asked.
@@ -210,6 +231,27 @@ async def relay_turn(
     # Starlette notices a vanished client only while streaming a body; until the
     # upstream has answered, this watch cancels the upstream call when they go.
     return await _unless_disconnected(request, forward())
+
+
+async def _overflowed(services: Services, opened: OpenedReply, client_model: str) -> bool:
+    """Whether the upstream refused the request as too long for its context; the
+    window its error names is remembered for the next requests. The answer is
+    read here; a relay reads it again from aiohttp's buffer when it is kept."""
+    if opened.response.status_code not in (400, 413, 422):
+        return False
+    try:
+        content = await opened.response.aread()
+    except TransportError:
+        return False  # the relay reports the broken answer
+    overflow, window = context_overflow(opened.response.status_code, content)
+    if not overflow:
+        return False
+    await opened.response.aclose()
+    services.pool.record_outcome(opened.upstream, "http_error")
+    if window is not None:
+        opened.upstream.learned_windows[opened.target.model or client_model] = window
+    logger.info("memories overflowed the context of %s; sent again without", opened.upstream.name)
+    return True
 
 
 def resolve_model(services: Services, model: str) -> list[Target]:
@@ -244,13 +286,10 @@ async def _open(
             call=call,
         )
     except NoUpstreamAvailable as exc:
-        state = "starting" if exc.starting else "unavailable"
-        message = (
-            "the LLM is starting (loading its model); retry shortly"
-            if exc.starting
-            else "no LLM upstream is available"
-        )
-        raise unavailable(f"{message} [{exc}]", code=f"llm_{state}", retry_after_s=2) from None
+        verdict = why_unavailable([target.upstream for target in targets])
+        raise unavailable(
+            f"{verdict.message} [{exc}]", code=verdict.code, retry_after_s=2
+        ) from None
     except UpstreamFailed as exc:
         retry = {"Retry-After": str(max(1, int(exc.retry_after or 1)))}
         status = exc.status if exc.status in (429, 502, 503, 504) else 502
@@ -281,12 +320,24 @@ async def _unless_disconnected(request: Request, work: Awaitable[Response]) -> R
     return task.result()
 
 
-async def recall_block(services: Services, plan: MemoryPlan, headers: dict[str, str]) -> str | None:
+async def recall_block(
+    services: Services,
+    plan: MemoryPlan,
+    headers: dict[str, str],
+    targets: list[Target],
+    model: str,
+    conversation: dict[str, Any],
+) -> str | None:
     """The memory block to put into the request, or None (memory off, nothing
-    recalled); sets ``x-memory-hits`` (and ``x-memory-status`` when degraded)."""
+    recalled); sets ``x-memory-hits`` (and ``x-memory-status`` when degraded).
+    Only the memories that fit the model's context window beside
+    ``conversation`` (a chat-shaped view of the request) are kept."""
     if plan.scope is None:
         return None
     hits = await _recall(services, plan, headers)
+    window = window_for(targets, model, services.router.context_windows)
+    if hits and window is not None:
+        hits = fitting_memories(hits, conversation, window)
     headers["x-memory-hits"] = str(len(hits))
     return format_memories(hits) if hits else None
 
@@ -296,9 +347,13 @@ async def _recall(services: Services, plan: MemoryPlan, headers: dict[str, str])
         return []
     try:
         return await services.memory.recall(
-            plan.scope, plan.query, plan.top_k, services.settings.memory_min_score
+            plan.scope, recall_query(plan.query), plan.top_k, services.settings.memory_min_score
         )
-    except MemoryUnavailable as exc:
+    except (MemoryUnavailable, EmbedderRejected) as exc:
+        # A refused query is not the client's fault (it is valid text, cut to a size
+        # any embedder should take): answered without memory, like an embedder outage.
+        if isinstance(exc, EmbedderRejected):
+            logger.warning("the embedder refused a recall query: %s", exc)
         if services.settings.memory_required:
             raise unavailable(
                 f"memory is required but unavailable: {exc}",

@@ -25,7 +25,7 @@ from gateway.api.relay import MemoryPlan
 from gateway.api.schemas import MemoryOptions
 from gateway.auth import Principal
 from gateway.errors import APIError
-from gateway.memory.records import Scope
+from gateway.memory.records import Scope, check_text
 from gateway.services import Services
 
 MAX_USER_ID = 256
@@ -63,11 +63,17 @@ def plan_turn(
     query: str,
     principal: Principal,
     services: Services,
+    *,
+    param: str,
 ) -> MemoryPlan:
-    """What memory does for one conversation turn whose latest user text is ``query``."""
+    """What memory does for one conversation turn whose latest user text is
+    ``query``, found in the body's field ``param``."""
     user_id = memory_user(body, options)
     if not user_id or (options is not None and not options.enabled):
         return MemoryPlan()
+    # The query is embedded and stored: it must be text (no lone surrogate).
+    if problem := check_text(query, "the last user message"):
+        raise APIError(400, problem, code="invalid_text", param=param)
     top_k = options.top_k if options and options.top_k is not None else None
     return MemoryPlan(
         scope=Scope(principal.tenant, user_id),

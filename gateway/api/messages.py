@@ -58,7 +58,15 @@ def add_to_system(body: Json, block: str) -> None:
         body["system"] = f"{system}\n\n{block}" if system else block
 
 
-MESSAGES = TurnAPI(MessagesRequest, Call("/messages"), latest_user_text, add_to_system)
+def as_chat(body: Json) -> Json:
+    """The request as a chat request, for the context budget: ``system`` first."""
+    system = [{"role": "system", "content": body["system"]}] if body.get("system") else []
+    return {**body, "messages": [*system, *body["messages"]]}
+
+
+MESSAGES = TurnAPI(
+    MessagesRequest, Call("/messages"), "messages", latest_user_text, add_to_system, as_chat
+)
 MESSAGES_WIRE = Wire(ROUTE, MessagesStream, message_text, message_error_event)
 
 

@@ -77,7 +77,20 @@ def add_memories(body: Json, block: str) -> None:
         body["instructions"] = block
 
 
-RESPONSES = TurnAPI(ResponsesRequest, Call("/responses"), latest_input, add_memories)
+def as_chat(body: Json) -> Json:
+    """The conversation vLLM builds from a Responses request, for the context budget."""
+    given = body.get("input")
+    items = [{"role": "user", "content": given}] if isinstance(given, str) else given or []
+    system = (
+        [{"role": "system", "content": body["instructions"]}] if body.get("instructions") else []
+    )
+    chat = {"messages": [*system, *items], "tools": body.get("tools")}
+    return {**chat, "max_tokens": body.get("max_output_tokens")}
+
+
+RESPONSES = TurnAPI(
+    ResponsesRequest, Call("/responses"), "input", latest_input, add_memories, as_chat
+)
 
 
 def _wire(services: Services, tenant: str, upstream: list[str]) -> Wire:

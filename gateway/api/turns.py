@@ -49,13 +49,17 @@ class TurnRequest(BaseModel):
 
 @dataclass(frozen=True)
 class TurnAPI:
-    """One conversational API: its body's schema, its upstream endpoint, where
-    the latest user text is, and how recalled memories go into a body."""
+    """One conversational API: its body's schema, its upstream endpoint, the
+    field holding the conversation, where the latest user text is, how recalled
+    memories go into a body, and the body seen as a chat request (what the
+    context budget of gateway.memory.budget measures)."""
 
     schema: type[TurnRequest]
     call: Call
+    param: str
     query: Callable[[Json], str]
     inject: Callable[[Json, str], None]
+    as_chat: Callable[[Json], Json]
 
 
 async def serve_turn(
@@ -77,18 +81,26 @@ async def serve_turn(
     targets = resolve_model(services, turn.model)
     if narrow is not None:
         targets = narrow(turn, targets)
-    plan = plan_turn(body, turn.memory, api.query(body), principal, services)
+    plan = plan_turn(body, turn.memory, api.query(body), principal, services, param=api.param)
     headers: dict[str, str] = {}
     modified = body.pop("memory", None) is not None
-    if (block := await recall_block(services, plan, headers)) is not None:
+    own = dict(body)  # the fields the memories may replace, as the client sent them
+    block = await recall_block(services, plan, headers, targets, turn.model, api.as_chat(body))
+    if block is not None:
         api.inject(body, block)
         modified = True
+
+    def without_memories() -> None:
+        body.clear()
+        body.update(own)
+
     encode = encoder(raw, body, modified, turn.model)
     if on_send is not None:
         encode = _noting(encode, on_send)
     return await relay_turn(
         request, services, targets, encode, plan, started, turn.model, headers,
         stream=bool(turn.stream), wire=wire, call=api.call,
+        without_memories=without_memories if block is not None else None,
     )  # fmt: skip
 
 
