@@ -111,3 +111,20 @@ def test_text_of_plain_replies() -> None:
     # A background response answers at once, unfinished: no turn to remember yet.
     assert response_text({"status": "queued", "output": []}) is None
     assert response_text({"status": "incomplete", "output": []}) == ""
+
+
+@pytest.mark.parametrize(
+    ("reader", "answer"),
+    [(ResponsesStream, responses_answer), (MessagesStream, messages_answer)],
+)
+def test_the_final_event_is_found_where_the_relay_commits_the_turn(
+    reader: type[StreamAccumulator], answer: Any
+) -> None:
+    """The relay puts the turn in the outbox before relaying the bytes from END_EVENT on."""
+    events = answer(BASE, REPLY, USAGE, True, {})
+    final = next(e for e in events if e.startswith(reader.END_EVENT))
+    acc = reader(rename_to=None, drop_usage=False)
+    acc.feed(b"".join(events[: events.index(final)]))
+    assert not acc.done  # nothing final yet
+    acc.feed(final)
+    assert acc.done and acc.completed
