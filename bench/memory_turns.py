@@ -132,7 +132,7 @@ def chat_bodies(path: Path, n: int, users: int, memory: bool, seed: int) -> Path
     with path.open("w") as f:
         for i in range(n):
             content = (
-                f"Turn {i}: {sentence(rng, 14)}; what do you think about "
+                f"Turn {seed}-{i}: {sentence(rng, 14)}; what do you think about "
                 f"{rng.choice(TOPICS)} and {rng.choice(TOPICS)}?"
             )
             body: dict[str, Any] = {
@@ -173,13 +173,20 @@ def wait_outbox_empty(gateway: str, timeout: float) -> float:
     return time.monotonic() - t0
 
 
+def written(gateway: str) -> float:
+    """Memories written so far: stored, or found stored already (the same text again)."""
+    return metric(gateway, "memgate_memory_writes", 'outcome="stored"') + metric(
+        gateway, "memgate_memory_writes", 'outcome="duplicate"'
+    )
+
+
 def wait_stored(stack: Stack, stored: float, timeout: float) -> float:
-    """Seconds until the outbox is empty and ``stored`` memories were stored in all
+    """Seconds until the outbox is empty and ``stored`` memories were written in all
     (a turn's memories are queued just after its answer, so an empty outbox alone
     can come a moment early); gives up after ``timeout`` and returns the time spent."""
     t0 = time.monotonic()
     wait_outbox_empty(stack.url, timeout)
-    while metric(stack.url, "memgate_memory_writes", 'outcome="stored"') < stored:
+    while written(stack.url) < stored:
         if time.monotonic() - t0 > timeout:
             break
         time.sleep(0.05)
@@ -214,7 +221,7 @@ class Stack:
             "embedder_cpu_s": self.embedder.cpu_seconds(),
             "gateway_cpu_s": self.gateway.cpu_seconds(),
             "texts": metric(self.embedder.base_url, "embedder_inputs"),
-            "stored": metric(self.url, "memgate_memory_writes", 'outcome="stored"'),
+            "stored": written(self.url),
             "degraded": metric(self.url, "memgate_memory_recalls", "degraded"),
         }
 
