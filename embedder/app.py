@@ -13,7 +13,7 @@ import asyncio
 import base64
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any, Literal
@@ -140,9 +140,9 @@ def create_app(
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/v1/embeddings")
-    async def embeddings(request: EmbeddingRequest) -> JSONResponse:
+    async def embeddings(request: EmbeddingRequest, raw: Request) -> JSONResponse:
         started = time.perf_counter()
-        response = await _embed(request)
+        response = await _unless_client_left(raw, _embed(request))
         metrics.requests.labels(str(response.status_code)).inc()
         metrics.request_duration.observe(time.perf_counter() - started)
         return response
@@ -188,6 +188,31 @@ def create_app(
         )
 
     return app
+
+
+async def _client_left(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _unless_client_left(request: Request, work: Awaitable[JSONResponse]) -> JSONResponse:
+    """``work``'s answer; if the client goes first (it timed out, it was killed),
+    ``work`` is cancelled, and with it the request's texts not encoded yet (the
+    batcher drops them), so abandoned requests stop costing inference."""
+    task = asyncio.ensure_future(work)
+    watch = asyncio.ensure_future(_client_left(request))
+    try:
+        await asyncio.wait((task, watch), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+        if not task.done():
+            task.cancel()
+    if not task.done():
+        await asyncio.wait((task,))
+    if task.cancelled():
+        # Nobody reads this; 499 ("client closed request") keeps the metrics honest.
+        return _error(499, "the client closed the request", "client_closed_request")
+    return task.result()
 
 
 def _check_inputs(texts: list[str], settings: EmbedderSettings) -> str | None:

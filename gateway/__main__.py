@@ -9,6 +9,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from gateway.app import create_app
+from gateway.datadir import MIB, DataDirProblem, check_data_dir
 from gateway.logs import configure_logging
 from gateway.settings import Settings
 
@@ -21,6 +22,13 @@ def main() -> int:
         print(f"memgate: configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
+    try:
+        # Before anything opens a file there: one clear line instead of a
+        # sqlite3 traceback (unwritable) or a SIGBUS (full disk).
+        check_data_dir(settings.data_dir, settings.disk_reserve_mb * MIB)
+    except DataDirProblem as exc:
+        print(f"memgate: {exc}", file=sys.stderr)
+        return 3
     try:
         app = create_app(settings)
     except ValueError as exc:

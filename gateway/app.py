@@ -25,7 +25,8 @@ from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CollectorRegistry
 
 from gateway.api import admin, chat, health, memories, models
-from gateway.auth import KeyRing
+from gateway.auth import KeyCheck, KeyRing
+from gateway.datadir import MIB, DiskSpace
 from gateway.errors import install_error_handlers
 from gateway.keepalive import KEEPALIVE_EXPIRY_S
 from gateway.limits import RequestLimits
@@ -64,7 +65,8 @@ def build_store(settings: Settings) -> VectorStore:
             settings.qdrant_collection,
             settings.embedding_dim,
         )
-    return EdgeStore(settings.data_dir / "qdrant-edge", settings.embedding_dim)
+    space = DiskSpace(settings.data_dir, settings.disk_reserve_mb * MIB)
+    return EdgeStore(settings.data_dir / "qdrant-edge", settings.embedding_dim, space)
 
 
 def build_registry(settings: Settings) -> ModelRegistry:
@@ -121,7 +123,7 @@ async def _startup(settings: Settings, metrics: GatewayMetrics, stack: AsyncExit
 
     embedder = EmbedderClient(
         embedder_http, settings.embedder_url, settings.embedding_dim, metrics,
-        api_key=settings.embedder_api_key,
+        api_key=settings.embedder_api_key, base_timeout_s=settings.embedder_timeout_s,
     )  # fmt: skip
     pool = UpstreamPool(
         metrics, attempts=settings.retry_attempts, health_interval_s=settings.health_interval_s
@@ -160,6 +162,7 @@ async def _startup(settings: Settings, metrics: GatewayMetrics, stack: AsyncExit
         store_monitor=store_monitor,
         upstream_timeout=timeouts_for(settings.read_timeout_s, settings.connect_timeout_s),
         stream_timeout=timeouts_for(settings.stream_idle_timeout_s, settings.connect_timeout_s),
+        disk=DiskSpace(settings.data_dir, settings.disk_reserve_mb * MIB),
     )
     monitors = [embedder_monitor, store_monitor]
     await asyncio.wait(
@@ -203,13 +206,18 @@ def create_app(
     app.state.keyring = KeyRing(settings.api_keys, settings.admin_key, settings.api_keys_file)
     install_error_handlers(app)
     install_openapi(app, chat.chat_schema()[1])
-    for router in (chat.router, memories.router, models.router, admin.router, health.router):
+    routers = (chat.router, memories.router, models.router, admin.router, health.router)
+    for router in routers:
         app.include_router(router)
     app.add_middleware(
         RequestLimits,
         max_body_bytes=settings.max_body_bytes,
         max_concurrency=settings.max_concurrency,
+        body_timeout_s=settings.body_timeout_s,
     )
+    # Wraps the limits: the key is checked before a slot is taken or a body read.
+    routes = [route for router in routers for route in router.routes]
+    app.add_middleware(KeyCheck, keyring=app.state.keyring, routes=routes)
     if settings.cors_origins:
         origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
         app.add_middleware(

@@ -26,7 +26,7 @@ UPSTREAM_OUTCOMES = (
 TOKEN_KINDS = ("prompt", "completion")
 RECALL_OUTCOMES = ("hit", "miss", "degraded")
 WRITE_SOURCES = ("api", "chat")
-WRITE_OUTCOMES = ("stored", "duplicate", "queued")
+WRITE_OUTCOMES = ("stored", "duplicate", "queued", "failed")
 REPLAY_OUTCOMES = ("success", "retry", "dead")
 # embedder_client also reports ``http_<status>`` for 429 and 5xx answers (bounded by HTTP).
 EMBEDDER_ERROR_KINDS = ("unreachable", "rejected", "bad_response")
@@ -117,6 +117,16 @@ class GatewayMetrics:
             f"{p}_outbox_replays", "Outbox replay attempts, by outcome.",
             ["outcome"], registry=registry,
         )  # fmt: skip
+        self.outbox_dead = Gauge(
+            f"{p}_outbox_dead",
+            "Outbox entries set aside because they can never be stored (GET /admin/outbox).",
+            registry=registry,
+        )
+        self.read_your_writes_timeouts = Counter(
+            f"{p}_read_your_writes_timeouts",
+            "Recalls or writes that stopped waiting for the user's queued writes.",
+            registry=registry,
+        )
 
         self.embedder_duration = Histogram(
             f"{p}_embedder_client_request_duration_seconds", "Calls to the embedding service.",

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
+from gateway.datadir import DiskSpace
 from gateway.memory.outbox import Outbox
 from gateway.memory.service import MemoryService
 from gateway.metrics import GatewayMetrics
@@ -36,6 +37,7 @@ class Services:
     store_monitor: Monitor
     upstream_timeout: Timeouts
     stream_timeout: Timeouts
+    disk: DiskSpace | None = None  # the data dir's free space (outbox, Edge store)
     background: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:

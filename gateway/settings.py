@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     # A stream that sends nothing for this long is ended with an error event.
     stream_idle_timeout_s: float = Field(default=60.0, gt=0)
     retry_attempts: int = Field(default=3, ge=1, le=10)
+    # An LLM never seen up that refuses connections counts as starting (503
+    # llm_starting) this long, then as unreachable (503 llm_unreachable).
+    llm_start_grace_s: float = Field(default=300.0, ge=0)
     health_interval_s: float = Field(default=5.0, gt=0)
 
     # Embedding service and vector store.
@@ -43,6 +46,10 @@ class Settings(BaseSettings):
     qdrant_api_key: str | None = None
     qdrant_collection: str = "memgate_memories"
     data_dir: Path = Path("./data")
+    # Free space the data dir must keep: start-up fails below it, and memory
+    # writes to the in-process store wait in the outbox below it (Qdrant Edge
+    # preallocates 32 MiB WAL segments; a full disk under them is a SIGBUS).
+    disk_reserve_mb: int = Field(default=64, ge=0)
     # Models registered at run time: this SQLite file (unset: models.sqlite3 in the
     # data dir; gateways on one host may share it), or, with a Qdrant server, the
     # collection ``<qdrant_collection>_models`` there. Every gateway re-reads its
@@ -65,6 +72,8 @@ class Settings(BaseSettings):
 
     # Limits: what a single request may cost.
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    # A request body must have fully arrived this long after the request began (else 408).
+    body_timeout_s: float = Field(default=30.0, gt=0)
     max_concurrency: int = Field(default=512, ge=1)
     max_metadata_bytes: int = Field(default=8192, ge=64)
     cors_origins: str | None = None  # comma-separated; unset = no CORS headers at all

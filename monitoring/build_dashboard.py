@@ -376,15 +376,29 @@ ROWS: tuple[Row, ...] = (
         "Outbox",
         (
             Panel(
-                "Outbox depth",
-                (Query("sum(memgate_outbox_depth)", "waiting writes"),),
-                width=12,
+                "Outbox depth, and writes set aside (dead)",
+                (
+                    Query("sum(memgate_outbox_depth)", "waiting writes"),
+                    Query("sum(memgate_outbox_dead)", "dead (GET /admin/outbox)"),
+                ),
+                width=8,
             ),
             Panel(
                 "Outbox replays/s by outcome",
                 (Query(rate("memgate_outbox_replays_total", "outcome"), "{{outcome}}"),),
                 unit="ops",
-                width=12,
+                width=8,
+            ),
+            Panel(
+                "Read-your-writes waits given up/s",
+                (
+                    Query(
+                        rate("memgate_read_your_writes_timeouts_total"),
+                        "gave up waiting for the user's queued writes",
+                    ),
+                ),
+                unit="ops",
+                width=8,
             ),
         ),
     ),

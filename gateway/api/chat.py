@@ -23,11 +23,15 @@ from gateway.api.relay import MemoryPlan, Relay
 from gateway.api.schemas import ChatRequest
 from gateway.auth import Principal, PrincipalDep
 from gateway.errors import APIError, unavailable
-from gateway.memory.prompt import format_memories, inject_memories, last_user_text
-from gateway.memory.records import Scope
+from gateway.memory.budget import fitting_memories
+from gateway.memory.embedder_client import EmbedderRejected
+from gateway.memory.prompt import format_memories, inject_memories, last_user_text, recall_query
+from gateway.memory.records import Scope, check_text
 from gateway.memory.service import MemoryUnavailable
 from gateway.services import Services, ServicesDep
-from gateway.upstream.http import Timeouts
+from gateway.upstream.availability import why_unavailable
+from gateway.upstream.context import context_overflow, window_for
+from gateway.upstream.http import Timeouts, TransportError
 from gateway.upstream.pool import NoUpstreamAvailable, OpenedReply, Target, UpstreamFailed
 from gateway.upstream.router import UnknownModel
 
@@ -88,12 +92,16 @@ def plan_memory(
     if not user_id or (options is not None and not options.enabled):
         return MemoryPlan()
     top_k = options.top_k if options and options.top_k is not None else None
+    query = last_user_text(messages)
+    # The query is embedded and stored: it must be text (no lone surrogate).
+    if problem := check_text(query, "the last user message"):
+        raise APIError(400, problem, code="invalid_text", param="messages")
     return MemoryPlan(
         scope=Scope(principal.tenant, user_id),
         top_k=services.settings.memory_top_k if top_k is None else top_k,
         store=options.store if options else True,
         session_id=options.session_id if options else None,
-        query=last_user_text(messages),
+        query=query,
     )
 
 
@@ -129,11 +137,15 @@ async def chat_completions(
     headers: dict[str, str] = {}
     modified = body.pop("memory", None) is not None
 
+    own_messages = body["messages"]
     if plan.scope is not None:
         hits = await _recall(services, plan, headers)
+        window = window_for(targets, chat.model, services.router.context_windows)
+        if hits and window is not None:
+            hits = fitting_memories(hits, body, window)
         headers["x-memory-hits"] = str(len(hits))
         if hits:
-            body["messages"] = inject_memories(body["messages"], format_memories(hits))
+            body["messages"] = inject_memories(own_messages, format_memories(hits))
             modified = True
 
     def encode(target: Target) -> bytes:
@@ -163,6 +175,12 @@ async def chat_completions(
 
     async def forward() -> Response:
         opened = await _open(services, targets, encode, timeouts, headers_timeout_s, request_id)
+        if body["messages"] is not own_messages and await _overflowed(services, opened, chat.model):
+            # The memories, not the client's request, overflowed the context
+            # (the estimate undershot, or the window was unknown): once more without them.
+            body["messages"] = own_messages
+            headers["x-memory-hits"] = "0"
+            opened = await _open(services, targets, encode, timeouts, headers_timeout_s, request_id)
         relay = Relay(services, opened, plan, started, chat.model, drop_usage=not wants_usage)
         if not stream or opened.response.status_code != 200:
             return await relay.complete(headers)  # a completion, or an error answer
@@ -174,6 +192,27 @@ async def chat_completions(
     # Starlette notices a vanished client only while streaming a body; until the
     # upstream has answered, this watch cancels the upstream call when they go.
     return await _unless_disconnected(request, forward())
+
+
+async def _overflowed(services: Services, opened: OpenedReply, client_model: str) -> bool:
+    """Whether the upstream refused the request as too long for its context; the
+    window its error names is remembered for the next requests. The answer is
+    read here; a relay reads it again from aiohttp's buffer when it is kept."""
+    if opened.response.status_code not in (400, 413, 422):
+        return False
+    try:
+        content = await opened.response.aread()
+    except TransportError:
+        return False  # the relay reports the broken answer
+    overflow, window = context_overflow(opened.response.status_code, content)
+    if not overflow:
+        return False
+    await opened.response.aclose()
+    services.pool.record_outcome(opened.upstream, "http_error")
+    if window is not None:
+        opened.upstream.learned_windows[opened.target.model or client_model] = window
+    logger.info("memories overflowed the context of %s; sent again without", opened.upstream.name)
+    return True
 
 
 def _route(services: Services, model: str) -> list[Target]:
@@ -206,13 +245,10 @@ async def _open(
             request_id=request_id,
         )
     except NoUpstreamAvailable as exc:
-        state = "starting" if exc.starting else "unavailable"
-        message = (
-            "the LLM is starting (loading its model); retry shortly"
-            if exc.starting
-            else "no LLM upstream is available"
-        )
-        raise unavailable(f"{message} [{exc}]", code=f"llm_{state}", retry_after_s=2) from None
+        verdict = why_unavailable([target.upstream for target in targets])
+        raise unavailable(
+            f"{verdict.message} [{exc}]", code=verdict.code, retry_after_s=2
+        ) from None
     except UpstreamFailed as exc:
         retry = {"Retry-After": str(max(1, int(exc.retry_after or 1)))}
         status = exc.status if exc.status in (429, 502, 503, 504) else 502
@@ -248,9 +284,13 @@ async def _recall(services: Services, plan: MemoryPlan, headers: dict[str, str])
         return []
     try:
         return await services.memory.recall(
-            plan.scope, plan.query, plan.top_k, services.settings.memory_min_score
+            plan.scope, recall_query(plan.query), plan.top_k, services.settings.memory_min_score
         )
-    except MemoryUnavailable as exc:
+    except (MemoryUnavailable, EmbedderRejected) as exc:
+        # A refused query is not the client's fault (it is valid text, cut to a size
+        # any embedder should take): answered without memory, like an embedder outage.
+        if isinstance(exc, EmbedderRejected):
+            logger.warning("the embedder refused a recall query: %s", exc)
         if services.settings.memory_required:
             raise unavailable(
                 f"memory is required but unavailable: {exc}",

@@ -21,7 +21,7 @@ from gateway.memory.records import (
     parse_filters,
     parse_timestamp,
 )
-from gateway.memory.service import MemoryUnavailable
+from gateway.memory.service import MemoryRejected, MemoryUnavailable, OutboxFull
 from gateway.memory.store import StoreUnavailable
 from gateway.services import Services, ServicesDep
 
@@ -47,8 +47,9 @@ def _memory_id(value: str) -> str:
     responses={
         202: {
             "description": "Accepted into the durable outbox (the embedder or the store is "
-            "down, or older writes are queued); stored when they are back"
-        }
+            "down); stored when they are back"
+        },
+        507: {"description": "The data dir's disk is full: the write was not accepted"},
     },
 )
 async def add_memories(
@@ -58,9 +59,11 @@ async def add_memories(
 ) -> JSONResponse:
     """One memory per message (one embedder call for all), or one for ``text``.
 
-    201 when stored; 202 when accepted into the durable outbox because a
-    dependency is down (the ids are final either way). Repeating a text the
-    user already has is event ``NONE`` with the existing id.
+    201 when stored (and searchable); 202 when accepted into the durable
+    outbox because a dependency is down (the ids are final either way). A
+    write waits briefly for the same user's queued writes, never for other
+    users'. Repeating a text the user already has is event ``NONE`` with the
+    existing id. 400 for what could never be stored; 507 when the disk is full.
     """
     if (request.messages is None) == (request.text is None):
         raise APIError(400, "give exactly one of 'messages' or 'text'", code="invalid_request")
@@ -68,7 +71,10 @@ async def add_memories(
         created = parse_timestamp(request.timestamp, datetime.now(UTC))
     except ValueError:
         raise APIError(
-            400, "timestamp must be ISO 8601", code="invalid_timestamp", param="timestamp"
+            400,
+            "timestamp must be an ISO 8601 time between the years 1 and 9999 in UTC",
+            code="invalid_timestamp",
+            param="timestamp",
         ) from None
     metadata = request.metadata or {}
     problem = check_metadata(metadata, services.settings.max_metadata_bytes)
@@ -87,6 +93,12 @@ async def add_memories(
         outcome = await services.memory.add(scope, memories)
     except EmbedderRejected as exc:
         raise APIError(400, f"the embedder rejected the text: {exc}", code="invalid_text") from None
+    except MemoryRejected as exc:
+        raise APIError(400, f"this memory cannot be stored: {exc}", code="unstorable") from None
+    except OutboxFull as exc:
+        raise APIError(
+            507, f"{exc}; free space under the data dir", code="insufficient_storage"
+        ) from None
     body: dict[str, Any] = {
         "results": [{"id": r.id, "memory": r.memory, "event": r.event} for r in outcome.results]
     }

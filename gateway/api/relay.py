@@ -5,8 +5,16 @@ read: a chat completion, an SSE stream that ends in ``[DONE]`` or in an
 error event, or an error in OpenAI's envelope. An upstream's own client
 errors (400, 404, 413, 422) keep their status; anything else that is not a
 200 is a 502, since it is the gateway's dependency that failed, not the
-client's request. A reply that completed is then remembered (through the
-outbox) and its token usage counted.
+client's request. A reply that completed is remembered and its token usage
+counted.
+
+Remembering writes the turn to the durable outbox *before* the client can
+have the reply's end: a completion is returned only after the outbox write
+committed, and a stream's ``[DONE]`` (or, without one, its last bytes) is
+held back until then. A gateway killed the instant the client read the
+last byte therefore still has the turn. The write is a local SQLite commit
+(milliseconds); embedding and storing it happen afterwards, in the
+background (gateway.memory.service).
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -24,6 +33,7 @@ from fastapi.responses import Response
 
 from gateway.errors import APIError, error_body
 from gateway.memory.records import NewMemory, Scope
+from gateway.memory.service import OutboxFull
 from gateway.services import Services
 from gateway.upstream.http import TimedOut, TransportError
 from gateway.upstream.pool import OpenedReply
@@ -33,6 +43,8 @@ logger = logging.getLogger("gateway.chat")
 
 # Memories from chat are clipped: a pasted document is not a memory.
 MAX_CHAT_MEMORY_CHARS = 4000
+DONE_EVENT = b"data: [DONE]"
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 # The upstream's verdicts on the request itself, which the client should see as such.
 RELAYED_CLIENT_ERRORS = frozenset({400, 404, 413, 422})
 
@@ -126,7 +138,8 @@ class Relay:
             )
         self._finish("success")
         self._count_tokens(completion.get("usage"))
-        self._remember(reply_text(completion))
+        if not await self._remember(reply_text(completion)):
+            headers = {**headers, "x-memory-status": "not_stored"}
         if self.rename_to is not None and "model" in completion:
             content = json.dumps({**completion, "model": self.rename_to}).encode()
         return Response(content, 200, headers=headers, media_type="application/json")
@@ -138,6 +151,7 @@ class Relay:
         first = True
         cut_mid_line = False
         failure: bytes | None = None
+        remembered = False
         try:
             async for chunk in response.aiter_bytes():  # decoded, if the upstream compressed
                 if first:
@@ -145,7 +159,16 @@ class Relay:
                     self.services.metrics.upstream_ttft.labels(self.name).observe(
                         time.perf_counter() - self.opened.sent_at
                     )
-                if relayed := acc.feed(chunk):
+                relayed = acc.feed(chunk)
+                if acc.done and not remembered and acc.completed:
+                    # The turn goes into the outbox before the client sees [DONE].
+                    cut = _done_at(relayed)
+                    if cut:
+                        yield relayed[:cut]
+                    remembered = True
+                    await self._remember(acc.text)
+                    relayed = relayed[cut:]
+                if relayed:
                     yield relayed
             cut_mid_line = acc.mid_line
             if tail := acc.flush():
@@ -177,7 +200,8 @@ class Relay:
             yield (b"\n\n" + failure) if cut_mid_line or acc.mid_line else failure
         if outcome == "success":
             self._count_tokens(acc.usage)
-            self._remember(acc.text)
+            if not remembered:  # finished without [DONE]: before the stream's last bytes
+                await self._remember(acc.text)
 
     def _finish(self, outcome: str) -> None:
         now = time.perf_counter()
@@ -198,16 +222,36 @@ class Relay:
             if isinstance(value, int) and value >= 0:
                 self.services.metrics.upstream_tokens.labels(self.name, kind).inc(value)
 
-    def _remember(self, reply: str) -> None:
+    async def _remember(self, reply: str) -> bool:
+        """Put the turn in the durable outbox; False if it could not be (disk full).
+
+        Shielded: a client that leaves while the commit runs does not undo it.
+        """
         plan = self.plan
         if plan.scope is None or not plan.store or not plan.query:
-            return
+            return True
         now = datetime.now(UTC)
         memories = [
-            NewMemory(text[:MAX_CHAT_MEMORY_CHARS], now, {}, plan.session_id, role, "chat")
+            NewMemory(_clean(text[:MAX_CHAT_MEMORY_CHARS]), now, {}, plan.session_id, role, "chat")
             for role, text in (("user", plan.query), ("assistant", reply.strip()))
             if text
         ]
-        self.services.spawn(
-            self.services.memory.enqueue(plan.scope, memories), name="remember-chat"
-        )
+        try:
+            await asyncio.shield(self.services.memory.enqueue(plan.scope, memories))
+        except OutboxFull as exc:
+            logger.error("chat turn not remembered: %s", exc)
+            return False
+        return True
+
+
+def _done_at(relayed: bytes) -> int:
+    """Where the ``[DONE]`` event starts in ``relayed`` (0 when it began in an
+    earlier chunk, or is not in these bytes)."""
+    at = relayed.rfind(DONE_EVENT)
+    return max(at, 0)
+
+
+def _clean(text: str) -> str:
+    """The text as valid Unicode: a lone surrogate (which JSON allows and
+    UTF-8 cannot carry) becomes U+FFFD, so the memory can be stored."""
+    return LONE_SURROGATE.sub("\ufffd", text)

@@ -27,6 +27,7 @@ from typing import IO, Any, TypeVar
 
 import qdrant_edge as qe
 
+from gateway.datadir import DiskSpace
 from gateway.memory.records import (
     Condition,
     MemoryRecord,
@@ -84,9 +85,13 @@ def _filter(conditions: Sequence[Condition]) -> qe.Filter:
 class EdgeStore:
     name = "qdrant-edge"
 
-    def __init__(self, path: Path, dimension: int) -> None:
+    def __init__(self, path: Path, dimension: int, space: DiskSpace | None = None) -> None:
         self._path = path
         self._dimension = dimension
+        # Below its reserve, writes are refused (they wait in the outbox) and
+        # the probe fails with the reason, rather than the engine filling the
+        # disk under its memory-mapped WAL (a SIGBUS: gateway.datadir).
+        self._space = space
         self._shard: qe.EdgeShard | None = None
         self._lock_file: IO[str] | None = None
 
@@ -162,10 +167,17 @@ class EdgeStore:
             logger.error("qdrant edge failed: %s", exc)
             raise StoreUnavailable(f"the memory store failed: {exc}") from exc
 
+    def _check_space(self) -> None:
+        problem = self._space.problem() if self._space is not None else None
+        if problem is not None:
+            raise StoreUnavailable(problem)
+
     async def ping(self) -> None:
+        self._check_space()
         await self._run(lambda shard: shard.info())
 
     async def upsert(self, scope: Scope, points: Sequence[StoredPoint]) -> None:
+        self._check_space()
         batch = [
             qe.Point(
                 p.id,
@@ -248,6 +260,7 @@ class EdgeStore:
     async def delete(self, scope: Scope, memory_id: str) -> bool:
         if not await self.existing_ids(scope, [memory_id]):
             return False
+        self._check_space()
         await self._run(lambda shard: shard.update(qe.UpdateOperation.delete_points([memory_id])))
         return True
 
@@ -260,6 +273,7 @@ class EdgeStore:
 
     async def delete_scope(self, scope: Scope) -> int:
         selector = _filter(scope_conditions(scope))
+        self._check_space()
 
         def forget(shard: qe.EdgeShard) -> int:
             count = shard.count(qe.CountRequest(filter=selector))

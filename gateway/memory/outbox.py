@@ -1,13 +1,20 @@
 """The durable outbox: memory writes that could not be completed yet.
 
 SQLite in WAL mode under the data dir, ``synchronous=FULL`` so a write the
-gateway answered for survives the process being killed. Entries replay in
-order (oldest first); the head blocks the rest, so a user's memories land in
-the order they were accepted. Because point ids derive from scope and text,
-replaying an entry that was already half-applied never duplicates anything.
+gateway answered for survives the process being killed. Entries replay
+oldest first, and a user's entries strictly in the order they were accepted;
+order only matters within one user, so one user's entries never wait on
+another's (``head`` can put a user someone is waiting for first). Because
+point ids derive from scope and text, replaying an entry that was already
+half-applied never duplicates anything.
 
-An entry the embedder rejects outright (a 4xx, which retrying cannot fix) is
-moved to the ``dead`` table with its error, never dropped silently.
+An entry that can never be stored (the embedder rejects it, the store cannot
+represent it, ...) is moved to the ``dead`` table with its reason, never
+dropped silently and never left blocking the rest.
+
+The outbox keeps, in memory, which entries of which user are waiting, so the
+memory service can tell whether a user has writes not stored yet (for
+read-your-writes) without touching the disk.
 """
 
 from __future__ import annotations
@@ -17,7 +24,8 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -44,7 +52,10 @@ CREATE TABLE IF NOT EXISTS dead (
     failed_at REAL NOT NULL,
     error TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS outbox_by_user ON outbox (tenant, user_id, seq);
 """
+# How many rows ``head`` reads ahead to fill a batch up to its size budget.
+_HEAD_SCAN = 256
 
 
 @dataclass(frozen=True)
@@ -53,6 +64,31 @@ class OutboxEntry:
     scope: Scope
     memories: list[NewMemory]
     attempts: int
+
+    @property
+    def chars(self) -> int:
+        return sum(len(m.text) for m in self.memories)
+
+
+@dataclass(frozen=True)
+class DeadEntry:
+    seq: int
+    scope: Scope
+    memories: int
+    enqueued_at: float
+    failed_at: float
+    error: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "tenant": self.scope.tenant,
+            "user_id": self.scope.user_id,
+            "memories": self.memories,
+            "enqueued_at": self.enqueued_at,
+            "failed_at": self.failed_at,
+            "error": self.error,
+        }
 
 
 def encode_memories(memories: Sequence[NewMemory]) -> str:
@@ -91,11 +127,13 @@ class Outbox:
         self._path = path
         self._conn: sqlite3.Connection | None = None
         # One connection shared by worker threads; sqlite3 objects are not thread-safe.
-        # The lock also guards _depth, which changes in the thread that changed the
-        # table: never as ``self._depth -= await ...``, which reads the depth before
-        # the await and so loses the writes that land meanwhile.
+        # The lock also guards the in-memory view of what waits, which changes in the
+        # thread that changed the table, in the same critical section: never as
+        # ``depth -= await ...``, which would lose the writes that land meanwhile.
         self._lock = threading.Lock()
-        self._depth = 0
+        # Waiting entries: seq -> scope, and how many each scope has (both under _lock).
+        self._pending: dict[int, Scope] = {}
+        self._per_scope: Counter[Scope] = Counter()
 
     def open(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)
@@ -104,7 +142,20 @@ class Outbox:
         conn.execute("PRAGMA synchronous=FULL")
         conn.executescript(_SCHEMA)
         self._conn = conn
-        self._depth = int(self._execute("SELECT COUNT(*) FROM outbox")[0][0])
+        for seq, tenant, user_id in self._execute("SELECT seq, tenant, user_id FROM outbox"):
+            self._track(int(seq), Scope(tenant, user_id))
+
+    def _track(self, seq: int, scope: Scope) -> None:
+        self._pending[seq] = scope
+        self._per_scope[scope] += 1
+
+    def _untrack(self, seqs: Iterable[int]) -> None:
+        for seq in seqs:
+            scope = self._pending.pop(seq, None)
+            if scope is not None:
+                self._per_scope[scope] -= 1
+                if self._per_scope[scope] <= 0:
+                    del self._per_scope[scope]
 
     def close(self) -> None:
         with self._lock:
@@ -127,34 +178,59 @@ class Outbox:
                 "INSERT INTO outbox (tenant, user_id, memories, enqueued_at) VALUES (?, ?, ?, ?)",
                 (scope.tenant, scope.user_id, encode_memories(memories), time.time()),
             )
-            self._depth += 1
-            return int(cursor.lastrowid or 0)
+            seq = int(cursor.lastrowid or 0)
+            self._track(seq, scope)
+            return seq
 
     async def put(self, scope: Scope, memories: Sequence[NewMemory]) -> int:
         return await asyncio.to_thread(self.put_sync, scope, memories)
 
-    def head_sync(self, limit: int = 1) -> list[OutboxEntry]:
-        rows = self._execute(
+    def head_sync(
+        self, limit: int = 1, max_chars: int | None = None, first: Sequence[Scope] = ()
+    ) -> list[OutboxEntry]:
+        """Up to ``limit`` entries, oldest first, the entries of the users in
+        ``first`` before the others (each user's in order). With ``max_chars``,
+        entries stop once their texts total that many characters (at least one
+        entry comes back, however large)."""
+        rows: list[Any] = []
+        for scope in first:
+            rows += self._execute(
+                "SELECT seq, tenant, user_id, memories, attempts FROM outbox "
+                "WHERE tenant = ? AND user_id = ? ORDER BY seq LIMIT ?",
+                (scope.tenant, scope.user_id, limit),
+            )
+        rows += self._execute(
             "SELECT seq, tenant, user_id, memories, attempts FROM outbox ORDER BY seq LIMIT ?",
-            (limit,),
+            (min(limit, _HEAD_SCAN),),
         )
-        return [
-            OutboxEntry(seq, Scope(tenant, user_id), decode_memories(memories), attempts)
-            for seq, tenant, user_id, memories, attempts in rows
-        ]
+        entries: list[OutboxEntry] = []
+        seen: set[int] = set()
+        total = 0
+        for seq, tenant, user_id, memories, attempts in rows:
+            if seq in seen:
+                continue
+            entry = OutboxEntry(seq, Scope(tenant, user_id), decode_memories(memories), attempts)
+            if entries and (
+                len(entries) >= limit or (max_chars is not None and total + entry.chars > max_chars)
+            ):
+                break
+            seen.add(seq)
+            entries.append(entry)
+            total += entry.chars
+        return entries
 
-    async def head(self, limit: int = 1) -> list[OutboxEntry]:
-        """The oldest ``limit`` entries, oldest first."""
-        return await asyncio.to_thread(self.head_sync, limit)
+    async def head(
+        self, limit: int = 1, max_chars: int | None = None, first: Sequence[Scope] = ()
+    ) -> list[OutboxEntry]:
+        """The oldest ``limit`` entries, oldest first (see ``head_sync``)."""
+        return await asyncio.to_thread(self.head_sync, limit, max_chars, first)
 
     async def done(self, seqs: Sequence[int]) -> None:
         def delete() -> None:
             with self._lock:
                 assert self._conn is not None
-                cursor = self._conn.executemany(
-                    "DELETE FROM outbox WHERE seq = ?", [(seq,) for seq in seqs]
-                )
-                self._depth -= cursor.rowcount
+                self._conn.executemany("DELETE FROM outbox WHERE seq = ?", [(seq,) for seq in seqs])
+                self._untrack(seqs)
 
         await asyncio.to_thread(delete)
 
@@ -176,9 +252,9 @@ class Outbox:
                     "FROM outbox WHERE seq = ?",
                     (time.time(), error, seq),
                 )
-                deleted = self._conn.execute("DELETE FROM outbox WHERE seq = ?", (seq,)).rowcount
+                self._conn.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
                 self._conn.execute("COMMIT")
-                self._depth -= deleted
+                self._untrack([seq])
 
         await asyncio.to_thread(move)
 
@@ -192,7 +268,7 @@ class Outbox:
                     "DELETE FROM outbox WHERE tenant = ? AND user_id = ?",
                     (scope.tenant, scope.user_id),
                 )
-                self._depth -= cursor.rowcount
+                self._untrack([seq for seq, s in self._pending.items() if s == scope])
                 return int(cursor.rowcount)
 
         return await asyncio.to_thread(delete)
@@ -200,7 +276,30 @@ class Outbox:
     @property
     def depth(self) -> int:
         """Entries waiting; kept in memory so probes and metrics never touch the disk."""
-        return self._depth
+        return len(self._pending)
+
+    def pending(self, scope: Scope) -> int:
+        """How many entries of this user are waiting (in memory, no disk)."""
+        return self._per_scope.get(scope, 0)
+
+    def pending_seqs(self, scope: Scope) -> set[int]:
+        with self._lock:
+            return {seq for seq, s in self._pending.items() if s == scope}
+
+    def is_pending(self, seq: int) -> bool:
+        return seq in self._pending
 
     def dead_count(self) -> int:
         return int(self._execute("SELECT COUNT(*) FROM dead")[0][0])
+
+    def dead_entries(self, limit: int = 100) -> list[DeadEntry]:
+        """The most recently set-aside entries first, with their reasons."""
+        rows = self._execute(
+            "SELECT seq, tenant, user_id, memories, enqueued_at, failed_at, error FROM dead "
+            "ORDER BY failed_at DESC, seq DESC LIMIT ?",
+            (limit,),
+        )
+        return [
+            DeadEntry(seq, Scope(tenant, user_id), len(json.loads(raw)), enq, failed, error)
+            for seq, tenant, user_id, raw, enq, failed, error in rows
+        ]

@@ -2,10 +2,22 @@
 
 Writes take one of two paths. The memory API writes at once (one embedder
 call for the whole batch, then one upsert) and answers 201; when the embedder
-or the store is down, or older writes are still queued, the batch goes to the
-durable outbox instead and the API answers 202. Memories from chat always go
-through the outbox: it is written before the background store starts, so a
-gateway killed right after answering still has them.
+or the store is down, the batch goes to the durable outbox instead and the
+API answers 202. Memories from chat always go through the outbox: the relay
+awaits the outbox write before the client can have the reply's end, so a
+gateway killed right after answering still has them, and the replayer
+stores them at once in the background.
+
+Read-your-writes, within one gateway: the outbox knows which entries of each
+user wait. A recall for a user with waiting entries asks the replayer to
+store that user's entries first and waits for them (at most
+``read_your_writes_s``); an API write for such a user waits the same way, so
+it lands after them, in order. Other users' backlogs never hold a user up.
+
+What can never be stored (the store cannot represent it, the embedder
+rejects it) is refused up front where it can be known (``check_storable``)
+and otherwise set aside in the outbox's ``dead`` table by the replayer with
+its reason. Only outages (embedder or store unavailable) are retried.
 """
 
 from __future__ import annotations
@@ -13,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,6 +58,7 @@ from gateway.memory.records import (
     memory_id,
 )
 from gateway.memory.sparse import Bm25Encoder
+from gateway.memory.storable import unstorable_reason
 from gateway.memory.store import (
     PointVectors,
     QueryVectors,
@@ -58,11 +72,27 @@ from gateway.monitor import Monitor, next_backoff
 logger = logging.getLogger("gateway.memory")
 
 ADD, NONE = "ADD", "NONE"
-REPLAY_BATCH = 16  # outbox entries per embedder call when replaying
+# A replay batch: up to this many outbox entries, and entries whose texts
+# total at most this many characters (one entry of any size always goes). The
+# embedder client splits a large call further and gives each part a timeout
+# that grows with it (gateway.memory.embedder_client).
+REPLAY_MAX_ENTRIES = 64
+REPLAY_MAX_CHARS = 32_000
+# How long a recall (or an API write) waits for the user's own queued writes.
+READ_YOUR_WRITES_S = 2.0
+OUTAGES = (EmbedderUnavailable, StoreUnavailable)
 
 
 class MemoryUnavailable(Exception):
     """Memory cannot be read right now: the embedder or the vector store is down."""
+
+
+class MemoryRejected(Exception):
+    """This memory can never be stored as given (a client error, not an outage)."""
+
+
+class OutboxFull(Exception):
+    """The outbox cannot take the write: its disk is full or failing."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +117,8 @@ class MemoryService:
         metrics: GatewayMetrics,
         embedder_monitor: Monitor,
         store_monitor: Monitor,
+        *,
+        read_your_writes_s: float = READ_YOUR_WRITES_S,
     ) -> None:
         self.store = store
         self._embedder = embedder
@@ -99,6 +131,11 @@ class MemoryService:
         self._vector_cache = VectorCache()
         self._replay_wake = asyncio.Event()
         self._replayer: asyncio.Task[None] | None = None
+        self._read_your_writes_s = read_your_writes_s
+        self._dead = 0  # entries set aside (counted from the table at start)
+        # Users someone waits for (a recall, an API write): replayed first.
+        self._wanted: dict[Scope, int] = {}
+        self._progress = asyncio.Condition()
 
     @property
     def available(self) -> bool:
@@ -107,14 +144,30 @@ class MemoryService:
     # -- writes --------------------------------------------------------------
 
     async def add(self, scope: Scope, memories: Sequence[NewMemory]) -> AddOutcome:
-        """Write now if possible, else queue durably. Raises EmbedderRejected on bad input."""
+        """Write now if possible, else queue durably.
+
+        Raises MemoryRejected (or EmbedderRejected) for what can never be
+        stored, OutboxFull when it had to queue and could not.
+        """
         unique = dedupe_texts(memories)
+        for memory in unique:
+            reason = unstorable_reason(scope, memory)
+            if reason is not None:
+                raise MemoryRejected(reason)
         source = unique[0].source if unique else "api"
-        if self.available and self._outbox.depth == 0:
+        if self.available and self._outbox.pending(scope):
+            # Older writes of this user wait: they go first (order matters within a user).
+            await self.wait_stored(scope, self._read_your_writes_s)
+        if self.available and not self._outbox.pending(scope):
             try:
                 results = await self.write_now(scope, unique)
-            except (EmbedderUnavailable, StoreUnavailable) as exc:
+            except OUTAGES as exc:
                 self._report(exc)
+            except EmbedderRejected:
+                raise
+            except Exception as exc:  # the store cannot take it: a client error
+                logger.warning("memory write for %s refused: %r", scope.tenant, exc)
+                raise MemoryRejected(f"{type(exc).__name__}: {exc}") from exc
             else:
                 for result in results:
                     outcome = "stored" if result.event == ADD else "duplicate"
@@ -125,9 +178,14 @@ class MemoryService:
         return AddOutcome(results, queued=True)
 
     async def enqueue(self, scope: Scope, memories: Sequence[NewMemory]) -> None:
+        """Put the memories in the durable outbox (committed when this returns)."""
         if not memories:
             return
-        await self._outbox.put(scope, memories)
+        try:
+            await self._outbox.put(scope, memories)
+        except sqlite3.Error as exc:  # SQLITE_FULL, an I/O error, a read-only file
+            self._metrics.memory_writes.labels(memories[0].source, "failed").inc(len(memories))
+            raise OutboxFull(f"the outbox cannot take the write: {exc}") from exc
         self._metrics.memory_writes.labels(memories[0].source, "queued").inc(len(memories))
         self._metrics.outbox_depth.set(self._outbox.depth)
         self._replay_wake.set()
@@ -217,7 +275,7 @@ class MemoryService:
     async def forget(self, scope: Scope) -> int:
         """Delete a user's memories, queued ones included, so replay cannot revive them."""
         purged = await self._outbox.purge(scope)
-        self._metrics.outbox_depth.set(self._outbox.depth)
+        await self._progressed()
         self._recent.forget(scope.tenant, scope.user_id)
         self._vector_cache.clear()
         return purged + await self.store.delete_scope(scope)
@@ -248,6 +306,9 @@ class MemoryService:
         if not self.available:
             self._metrics.recalls.labels("degraded").inc()
             raise MemoryUnavailable("memory dependencies are down")
+        if self._outbox.pending(scope):
+            # The user's last turns may not be stored yet: read them first.
+            await self.wait_stored(scope, self._read_your_writes_s)
         started = time.perf_counter()
         try:
             records = await self.search(scope, query, limit, (), min_score)
@@ -267,7 +328,9 @@ class MemoryService:
     # -- outbox replay -------------------------------------------------------
 
     def start_replayer(self) -> None:
+        self._dead = self._outbox.dead_count()
         self._metrics.outbox_depth.set(self._outbox.depth)
+        self._metrics.outbox_dead.set(self._dead)
         self._replayer = asyncio.create_task(self._replay_forever(), name="outbox-replay")
 
     async def stop_replayer(self) -> None:
@@ -278,57 +341,112 @@ class MemoryService:
     def wake_replayer(self) -> None:
         self._replay_wake.set()
 
+    async def wait_stored(self, scope: Scope, timeout_s: float) -> bool:
+        """Wait until the user's entries queued now are stored (or set aside);
+        False if some still wait after ``timeout_s``. The replayer takes this
+        user's entries before older ones of other users meanwhile."""
+        seqs = self._outbox.pending_seqs(scope)
+        if not seqs:
+            return True
+        self._wanted[scope] = self._wanted.get(scope, 0) + 1
+        self._replay_wake.set()
+
+        def stored() -> bool:
+            return not any(self._outbox.is_pending(seq) for seq in seqs)
+
+        try:
+            async with self._progress:
+                await asyncio.wait_for(self._progress.wait_for(stored), timeout_s)
+        except TimeoutError:
+            self._metrics.read_your_writes_timeouts.inc()
+            return False
+        finally:
+            self._wanted[scope] -= 1
+            if self._wanted[scope] <= 0:
+                del self._wanted[scope]
+        return True
+
+    async def _progressed(self) -> None:
+        self._metrics.outbox_depth.set(self._outbox.depth)
+        self._metrics.outbox_dead.set(self._dead)
+        async with self._progress:
+            self._progress.notify_all()
+
     async def drain(self) -> int:
         """Replay queued entries until empty or blocked; return how many were applied.
 
-        Up to REPLAY_BATCH entries at a time share one embedder call, so a backlog
-        drains at the embedder's batch speed, not one round trip per entry. The
-        call goes at background priority: queries of chat turns overtake it.
+        A batch is bounded by its entries' text size (REPLAY_MAX_CHARS), and
+        shares one embedder call (split into parts by the client), so a
+        backlog drains at the embedder's batch speed. The call goes at
+        background priority: queries of chat turns overtake it. Only an
+        outage stops the drain; an entry that fails for any other reason is
+        set aside (``dead``) with that reason and the rest go on.
         """
         applied = 0
         while self.available:
-            entries = await self._outbox.head(REPLAY_BATCH)
+            entries = await self._outbox.head(
+                REPLAY_MAX_ENTRIES, REPLAY_MAX_CHARS, first=list(self._wanted)
+            )
             if not entries:
                 break
+            priority = BACKGROUND
+            if self._wanted and entries[0].scope in self._wanted:
+                # Someone waits for these (a recall, a write): they go alone and
+                # at the priority of a query, not behind the embedder's bulk work.
+                entries = [e for e in entries if e.scope in self._wanted]
+                priority = INTERACTIVE
             try:
                 batches = [(e.scope, e.memories) for e in entries]
-                results = await self.write_batches(batches, BACKGROUND)
-            except (EmbedderUnavailable, StoreUnavailable) as exc:
+                results = await self.write_batches(batches, priority)
+            except OUTAGES as exc:
                 self._report(exc)
                 await self._outbox.failed(entries[0].seq, str(exc))
                 self._metrics.outbox_replays.labels("retry").inc()
                 break
-            except EmbedderRejected as exc:
+            except Exception as exc:  # anything but an outage is about the entries
                 if len(entries) > 1:
                     applied += await self._drain_one_by_one(entries)
+                    if not self.available:
+                        break
                     continue
-                logger.error("outbox entry %d rejected by the embedder: %s", entries[0].seq, exc)
-                await self._outbox.bury(entries[0].seq, str(exc))
-                self._metrics.outbox_replays.labels("dead").inc()
+                await self._set_aside(entries[0], exc)
             else:
                 await self._outbox.done([e.seq for e in entries])
                 for entry, written in zip(entries, results, strict=True):
                     self._count_replayed(entry.memories, written)
                 applied += len(entries)
             finally:
-                self._metrics.outbox_depth.set(self._outbox.depth)
+                await self._progressed()
         return applied
 
     async def _drain_one_by_one(self, entries: Sequence[OutboxEntry]) -> int:
-        """A batch was rejected: find the entry that is, and apply the others."""
+        """A batch failed, not for an outage: find the entries at fault, apply the others."""
         applied = 0
         for entry in entries:
             try:
                 written = await self.write_now(entry.scope, entry.memories, BACKGROUND)
-            except EmbedderRejected as exc:
-                logger.error("outbox entry %d rejected by the embedder: %s", entry.seq, exc)
-                await self._outbox.bury(entry.seq, str(exc))
-                self._metrics.outbox_replays.labels("dead").inc()
+            except OUTAGES as exc:
+                self._report(exc)
+                await self._outbox.failed(entry.seq, str(exc))
+                self._metrics.outbox_replays.labels("retry").inc()
+                return applied
+            except Exception as exc:  # not an outage: this entry is at fault
+                await self._set_aside(entry, exc)
                 continue
             await self._outbox.done([entry.seq])
             self._count_replayed(entry.memories, written)
             applied += 1
         return applied
+
+    async def _set_aside(self, entry: OutboxEntry, exc: Exception) -> None:
+        reason = str(exc) if isinstance(exc, EmbedderRejected) else f"{type(exc).__name__}: {exc}"
+        logger.error(
+            "outbox entry %d (tenant %s) can never be stored, set aside: %s",
+            entry.seq, entry.scope.tenant, reason,
+        )  # fmt: skip
+        await self._outbox.bury(entry.seq, reason[:2000])
+        self._dead += 1
+        self._metrics.outbox_replays.labels("dead").inc()
 
     def _count_replayed(self, memories: Sequence[NewMemory], written: list[WriteResult]) -> None:
         self._metrics.outbox_replays.labels("success").inc()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+import weakref
 from typing import Any
 
 from gateway.monitor import Monitor, ProbeFailed
@@ -20,6 +22,9 @@ from gateway.urls import service_root
 # A health check that waits longer than this has failed: a server too busy to
 # answer /health in 10 s should not be sent more work.
 PROBE_TIMEOUTS = timeouts_for(read_s=10.0, connect_s=2.0)
+# How long "nothing listens" counts as "starting" for a server never seen up:
+# vLLM opens its port only once its model is loaded, which takes minutes.
+DEFAULT_START_GRACE_S = 300.0
 
 
 class Upstream:
@@ -34,6 +39,7 @@ class Upstream:
         api_key: str | None = None,
         group: str | None = None,
         breaker: CircuitBreaker | None = None,
+        start_grace_s: float = DEFAULT_START_GRACE_S,
     ) -> None:
         self.name = name
         self.group = group or name
@@ -43,6 +49,16 @@ class Upstream:
         self.models: list[dict[str, Any]] = []
         self.model_ids: frozenset[str] = frozenset()
         self.discovered = False
+        # Context windows learned from the server's own errors, by model name.
+        self.learned_windows: dict[str, int] = {}
+        self.start_grace_s = start_grace_s
+        self.seen_up = False
+        self.refused_since: float | None = None  # monotonic; None: not refusing
+        # Requests sent and not answered yet (a completion's headers come when it
+        # is done), and answers still being read (weak: one dropped unread must
+        # not count forever).
+        self._sending = 0
+        self._replies: weakref.WeakSet[Reply] = weakref.WeakSet()
         self._http = http
         self._chat_url = f"{base_url}/chat/completions"
         self._models_url = f"{base_url}/models"
@@ -56,6 +72,23 @@ class Upstream:
     def healthy(self) -> bool:
         return self.monitor is None or self.monitor.healthy
 
+    def note_refused(self) -> bool:
+        """Nothing accepted a connection. True while that still counts as
+        starting: the server was never seen up and has refused for less than
+        ``start_grace_s``. After that, or once it had been up, it is unreachable."""
+        now = time.monotonic()
+        if self.refused_since is None:
+            self.refused_since = now
+        return not self.seen_up and now - self.refused_since < self.start_grace_s
+
+    def note_answered(self) -> None:
+        """The server answered over HTTP (whatever the status): something listens."""
+        self.refused_since = None
+
+    @property
+    def refusing(self) -> bool:
+        return self.refused_since is not None
+
     async def send_chat(self, body: bytes, *, request_id: str | None, timeouts: Timeouts) -> Reply:
         """Send a chat request and return once the response headers are in.
 
@@ -63,17 +96,37 @@ class Upstream:
         server failing: the request goes once more on a fresh connection.
         """
         headers = {**self._headers, "X-Request-Id": request_id} if request_id else self._headers
-        return await self._http.request(
-            "POST", self._chat_url, body=body, headers=headers, timeouts=timeouts
-        )
+        self._sending += 1
+        try:
+            reply = await self._http.request(
+                "POST", self._chat_url, body=body, headers=headers, timeouts=timeouts
+            )
+        finally:
+            self._sending -= 1
+        self._replies.add(reply)
+        return reply
+
+    @property
+    def busy(self) -> bool:
+        """Whether this server is working on one of our requests now."""
+        return self._sending > 0 or any(not reply.closed for reply in list(self._replies))
 
     async def probe(self) -> None:
         """``/health`` (vLLM) when it exists, then ``/v1/models``, which also tells
-        which models this replica serves."""
+        which models this replica serves.
+
+        A server without ``/health`` that is answering one of our requests is
+        not asked for ``/v1/models`` meanwhile: llama.cpp's Python server
+        serves that only between completions (it takes the model's lock), and
+        by default cuts the running completion off to do it. The answer in
+        flight is the sign of life; the list is refreshed at the next probe.
+        """
         health, _ = await self._get(self._health_url)
         if health not in (200, 404, 405):  # 404/405: no /health here
             # vLLM answers 503 while the engine is still starting.
             raise ProbeFailed(f"/health answered {health}", starting=health == 503)
+        if health != 200 and self.discovered and self.busy:
+            return
         status, listing = await self._get(self._models_url)
         if status != 200:
             raise ProbeFailed(f"/v1/models answered {status}", starting=status == 503)
@@ -84,6 +137,7 @@ class Upstream:
             raise ProbeFailed("/v1/models did not answer an OpenAI model list") from None
         self.models, self.model_ids = models, frozenset(m["id"] for m in models)
         self.discovered = True
+        self.seen_up = True
 
     async def _get(self, url: str) -> tuple[int, bytes]:
         """The status and body of a GET."""
@@ -91,11 +145,13 @@ class Upstream:
             reply = await self._http.request(
                 "GET", url, headers=self._headers, timeouts=PROBE_TIMEOUTS
             )
+            self.note_answered()
             try:
                 return reply.status_code, await reply.aread()
             finally:
                 await reply.aclose()
         except ConnectFailed as exc:
-            raise ProbeFailed(f"connection refused: {exc}", starting=True) from exc
+            starting = self.note_refused()
+            raise ProbeFailed(f"connection refused: {exc}", starting=starting) from exc
         except TransportError as exc:
             raise ProbeFailed(f"{type(exc).__name__}: {exc}") from exc

@@ -13,6 +13,9 @@ upstreams:
   - name: cloud
     urls: ["https://api.openai.com/v1"]
     api_key_env: OPENAI_API_KEY
+context_windows:                     # optional: tokens per model, by the name clients send,
+  smollm2: 2048                      # for servers that do not report it (vLLM's
+                                     # max_model_len in /v1/models is read by itself)
 ```
 
 ``GATEWAY_LLM_URL`` stays the upstream named ``primary`` (with the
@@ -58,6 +61,16 @@ class UpstreamsFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     upstreams: list[UpstreamEntry] = Field(default_factory=list)
+    context_windows: dict[str, int] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _windows(self) -> UpstreamsFile:
+        for model, tokens in self.context_windows.items():
+            if not model or len(model) > 256:
+                raise ValueError("context_windows: model names are 1-256 characters")
+            if not 16 <= tokens <= 100_000_000:
+                raise ValueError(f"context_windows.{model}: {tokens} is not a context size")
+        return self
 
     @model_validator(mode="after")
     def _consistent(self) -> UpstreamsFile:

@@ -63,8 +63,14 @@ class Disconnected(TransportError):
     """The server closed the connection before answering."""
 
 
+class ConnectTimedOut(TimedOut):
+    """No connection within the connect timeout: the request was never sent."""
+
+
 def _translate(exc: aiohttp.ClientError) -> TransportError:
-    if isinstance(exc, aiohttp.ServerTimeoutError):  # connect and read timeouts both
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return ConnectTimedOut(str(exc) or type(exc).__name__)
+    if isinstance(exc, aiohttp.ServerTimeoutError):  # a read timeout: the request was sent
         return TimedOut(str(exc) or type(exc).__name__)
     if isinstance(exc, aiohttp.ClientConnectorError):
         return ConnectFailed(str(exc))
@@ -97,7 +103,7 @@ def _received_unread(content: aiohttp.StreamReader) -> bytes:
 class Reply:
     """An answer whose status and headers are in; the body is read on demand."""
 
-    __slots__ = ("_response", "headers", "status_code")
+    __slots__ = ("__weakref__", "_response", "headers", "status_code")
 
     def __init__(self, response: aiohttp.ClientResponse) -> None:
         self._response = response
@@ -122,6 +128,10 @@ class Reply:
             if not chunk:
                 return
             yield chunk
+
+    @property
+    def closed(self) -> bool:
+        return bool(self._response.closed)
 
     async def aclose(self) -> None:
         # Back to the pool when the body was read to its end, else closed.

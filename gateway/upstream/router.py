@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.upstream.client import Upstream
+from gateway.upstream.client import DEFAULT_START_GRACE_S, Upstream
 from gateway.upstream.http import UpstreamHTTP
 from gateway.upstream.pool import Target, UpstreamPool, status_of
 
@@ -49,8 +49,18 @@ class UnknownModel(Exception):
 
 
 class ModelRouter:
-    def __init__(self, pool: UpstreamPool, *, fallback_model: str | None = None) -> None:
+    def __init__(
+        self,
+        pool: UpstreamPool,
+        *,
+        fallback_model: str | None = None,
+        start_grace_s: float = DEFAULT_START_GRACE_S,
+        context_windows: dict[str, int] | None = None,
+    ) -> None:
         self.pool = pool
+        self.start_grace_s = start_grace_s
+        # Per-model context windows from GATEWAY_CONFIG, by the name clients send.
+        self.context_windows = dict(context_windows or {})
         self.groups: dict[str, list[Upstream]] = {}
         self.aliases: dict[str, AliasRoute] = {}
         self._fallback_model = fallback_model
@@ -70,6 +80,7 @@ class ModelRouter:
                 http,
                 api_key=api_key,
                 group=name,
+                start_grace_s=self.start_grace_s,
             )
             for i, url in enumerate(urls)
         ]

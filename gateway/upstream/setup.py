@@ -32,14 +32,20 @@ async def unregister(router: ModelRouter, alias: str) -> None:
 
 
 def build_router(settings: Settings, http: UpstreamHTTP, pool: UpstreamPool) -> ModelRouter:
-    router = ModelRouter(pool, fallback_model=settings.fallback_llm_model)
+    config = load_upstreams_file(settings.config) if settings.config is not None else None
+    router = ModelRouter(
+        pool,
+        fallback_model=settings.fallback_llm_model,
+        start_grace_s=settings.llm_start_grace_s,
+        context_windows=config.context_windows if config is not None else None,
+    )
     router.add_upstream(PRIMARY, [settings.llm_url], http, settings.llm_api_key)
     if settings.fallback_llm_url:
         router.add_upstream(
             FALLBACK, [settings.fallback_llm_url], http, settings.fallback_llm_api_key
         )
-    if settings.config is not None:
-        upstreams = load_upstreams_file(settings.config).upstreams
+    if config is not None:
+        upstreams = config.upstreams
         for upstream in upstreams:
             router.add_upstream(upstream.name, upstream.urls, http, upstream.key())
         for upstream in upstreams:

@@ -70,6 +70,32 @@ def test_upstream_absent_at_start_then_appearing(
         assert readyz(gateway)["status"] == "ready"
 
 
+def test_an_llm_nobody_answers_for_is_unreachable_not_starting(
+    gateway_factory: GatewayFactory, embedder: Service
+) -> None:
+    port = free_port()
+    gateway = gateway_factory(
+        f"http://127.0.0.1:{port}/v1",
+        embedder.url,
+        wait_ready=False,
+        GATEWAY_LLM_START_GRACE_S="0.5",
+    )
+
+    def unreachable() -> bool:
+        refused = chat(gateway)
+        assert refused.status_code == 503 and refused.headers["retry-after"].isdigit()
+        return bool(refused.json()["error"]["code"] == "llm_unreachable")
+
+    wait_until(unreachable, 10, interval=0.1, what="llm_unreachable past the grace period")
+    message = chat(gateway).json()["error"]["message"]
+    assert "connections refused ('primary' for" in message and "GATEWAY_LLM_URL" in message
+    assert f"127.0.0.1:{port}" not in message  # no URL goes to clients
+    assert llm_status(gateway) == "unavailable"  # /readyz: not "starting"
+
+    with start_llm_server(port=port):  # and it is picked up when it appears after all
+        wait_until(lambda: chat(gateway).status_code == 200, 5, interval=0.05)
+
+
 def test_upstream_killed_and_restarted_under_steady_load(
     gateway_factory: GatewayFactory, embedder: Service
 ) -> None:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 
-HEAVY = ("torch", "transformers", "sentence_transformers", "vllm")
+import pytest
+
+# llama_cpp: the local LLM (`make run`, the real-LLM tests) runs in a process of its own.
+HEAVY = ("torch", "transformers", "sentence_transformers", "vllm", "llama_cpp")
 
 
 def _loaded_after(statement: str) -> list[str]:
@@ -27,6 +31,14 @@ def test_building_the_app_pulls_in_no_inference_library() -> None:
 def test_the_check_itself_can_fail() -> None:
     # Guards against a check that passes whatever is imported.
     assert "transformers" in _loaded_after("import transformers")
+
+
+def test_the_check_sees_llama_cpp() -> None:
+    # The local LLM's server is installed beside the gateway (the `llm` extra),
+    # so only the check stands between the gateway and an accidental import.
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("llama-cpp-python is not installed (`make install` installs it)")
+    assert "llama_cpp" in _loaded_after("import llama_cpp")
 
 
 def test_importing_the_embedder_package_is_light() -> None:

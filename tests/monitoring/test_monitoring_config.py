@@ -66,6 +66,8 @@ CONTRACT_FAMILIES = frozenset(
         "memgate_memory_writes_total",
         "memgate_outbox_depth",
         "memgate_outbox_replays_total",
+        "memgate_outbox_dead",
+        "memgate_read_your_writes_timeouts_total",
         "memgate_embedder_client_request_duration_seconds",
         "memgate_embedder_client_errors_total",
         "memgate_gateway_overhead_seconds",

@@ -65,3 +65,13 @@ async def test_a_server_that_never_answers_is_still_unavailable() -> None:
         with pytest.raises(ProbeFailed):
             await client.probe()
         assert server.connections == 4  # each call sent twice, no more
+
+
+def test_large_calls_are_cut_into_bounded_parts() -> None:
+    from gateway.memory.embedder_client import PART_CHARS, PART_TEXTS, parts
+
+    texts = [str(i) * 4000 for i in range(10)] * 26  # 260 texts of 4,000 characters
+    cut = parts(texts)
+    assert [t for part in cut for t in part] == texts  # in order, nothing lost
+    assert all(len(p) <= PART_TEXTS and sum(map(len, p)) <= PART_CHARS for p in cut)
+    assert parts(["x" * 100_000]) == [["x" * 100_000]]  # one text of any size still goes

@@ -95,3 +95,42 @@ async def test_the_depth_stays_exact_while_writes_and_replays_overlap(tmp_path: 
     rows = sqlite3.connect(tmp_path / "o.sqlite3").execute("SELECT COUNT(*) FROM outbox")
     assert outbox.depth == rows.fetchone()[0]
     outbox.close()
+
+
+async def test_pending_is_counted_per_user_and_survives_reopen(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.sqlite3")
+    box.open()
+    a1 = await box.put(ALICE, [memory("a1")])
+    await box.put(BOB, [memory("b1")])
+    await box.put(ALICE, [memory("a2")])
+    assert (box.pending(ALICE), box.pending(BOB), box.depth) == (2, 1, 3)
+    await box.done([a1])
+    assert box.pending(ALICE) == 1 and not box.is_pending(a1)
+    box.close()
+    again = Outbox(tmp_path / "o.sqlite3")
+    again.open()
+    assert (again.pending(ALICE), again.pending(BOB), again.depth) == (1, 1, 2)
+    assert await again.purge(ALICE) == 1
+    assert (again.pending(ALICE), again.depth) == (0, 1)
+
+
+async def test_head_is_bounded_by_text_size_and_puts_wanted_users_first(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.sqlite3")
+    box.open()
+    for i in range(3):
+        await box.put(BOB, [memory("b" * 1000 + str(i))])
+    await box.put(ALICE, [memory("a" * 10)])
+    assert len(await box.head(10, max_chars=2500)) == 2  # 1001 + 1001, not the third
+    assert len(await box.head(10, max_chars=10)) == 1  # one entry, however large
+    first = await box.head(2, first=[ALICE])
+    assert [e.scope for e in first] == [ALICE, BOB]  # Alice's before Bob's older ones
+
+
+async def test_dead_entries_say_why(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.sqlite3")
+    box.open()
+    seq = await box.put(ALICE, [memory("x"), memory("y")])
+    await box.bury(seq, "ValueError: NaN")
+    [dead] = box.dead_entries()
+    assert dead.to_json()["error"] == "ValueError: NaN" and dead.memories == 2
+    assert dead.scope == ALICE and box.depth == 0 and box.pending(ALICE) == 0

@@ -41,6 +41,7 @@ class Embedder:
         self.floats_only = False  # an embedder that ignores encoding_format
         self.priorities: list[int] = []
         self.inputs: list[str] = []  # every text embedded, in order
+        self.seen: list[tuple[int, list[str]]] = []  # (priority, texts) of each call
 
     def handle(self, request: httpx.Request) -> httpx.Response:
         if not self.up:
@@ -50,6 +51,7 @@ class Embedder:
         texts = body["input"]
         self.inputs += texts
         self.priorities.append(body.get("priority", 0))
+        self.seen.append((body.get("priority", 0), texts))
         if any(self.reject and self.reject in t for t in texts):
             return httpx.Response(400, json={"error": {"message": "input too long"}})
         as_base64 = body.get("encoding_format") == "base64" and not self.floats_only
@@ -215,3 +217,88 @@ async def test_replay_asks_the_embedder_for_background_priority(h: Harness) -> N
     assert await h.service.drain() == 1
     # Chat turns' queries go first; the replay of queued writes waits its turn.
     assert h.embedder.priorities == [0, 0, 1]
+
+
+BOB = Scope("other-tenant", "bob")
+
+
+async def test_a_poisoned_entry_is_set_aside_and_other_tenants_flow(h: Harness) -> None:
+    # Entries the store can never take got into the outbox (before this gateway
+    # refused them at the door): a NaN the payload cannot carry, a timestamp
+    # with no UTC equivalent, a lone surrogate.
+    from datetime import timedelta, timezone
+
+    far_east = timezone(timedelta(hours=14))
+    h.embedder.up = False
+    await h.service.enqueue(ALICE, [NewMemory("nan", WHEN, {"n": float("nan")})])
+    await h.service.enqueue(ALICE, [NewMemory("old", datetime(1, 1, 1, tzinfo=far_east))])
+    await h.service.enqueue(ALICE, [NewMemory("poison \ud800 pill", WHEN)])
+    await h.service.enqueue(BOB, memories("bob's fine memory"))
+    h.embedder.up = True
+    h.embedder_monitor.report_success()
+    assert await h.service.drain() == 1
+    assert h.outbox.depth == 0 and h.outbox.dead_count() == 3
+    page, _ = await h.store.list(BOB, 10, None)
+    assert [r.text for r in page] == ["bob's fine memory"]
+    reasons = sorted(d.error.split(":")[0] for d in h.outbox.dead_entries())
+    assert reasons == ["OverflowError", "TypeError", "UnicodeEncodeError"], reasons
+    assert h.metrics.outbox_dead._value.get() == 3
+    # A later write of the poisoned user is stored at once: nothing blocks it.
+    outcome = await h.service.add(ALICE, memories("fine again"))
+    assert not outcome.queued and await h.texts() == ["fine again"]
+
+
+async def test_unstorable_input_is_refused_before_it_is_queued(h: Harness) -> None:
+    from gateway.memory.service import MemoryRejected
+
+    h.embedder.up = False  # it would otherwise be queued
+    with pytest.raises(MemoryRejected, match="lone surrogate"):
+        await h.service.add(ALICE, memories("poison \ud800 pill"))
+    with pytest.raises(MemoryRejected, match="nan"):
+        await h.service.add(ALICE, [NewMemory("t", WHEN, {"n": float("nan")})])
+    assert h.outbox.depth == 0
+
+
+async def test_another_users_queued_write_does_not_queue_mine(h: Harness) -> None:
+    h.embedder.up = False
+    assert (await h.service.add(BOB, memories("bob queued"))).queued
+    h.embedder.up = True
+    h.embedder_monitor.report_success()
+    outcome = await h.service.add(ALICE, memories("alice now"))  # no replayer runs here
+    assert not outcome.queued and await h.texts() == ["alice now"]
+    assert h.outbox.pending(BOB) == 1
+
+
+async def test_recall_waits_for_the_users_own_queued_turn(h: Harness) -> None:
+    h.embedder.up = False
+    await h.service.enqueue(BOB, memories(*(f"bob backlog {i}" for i in range(5))))
+    h.embedder.up = True
+    h.embedder_monitor.report_success()
+    await h.service.enqueue(ALICE, memories("I am allergic to peanuts"))
+    h.service.start_replayer()
+    try:
+        hits = await h.service.recall(ALICE, "what am I allergic to?", 5, -1.0)
+    finally:
+        await h.service.stop_replayer()
+    assert [r.text for r in hits] == ["I am allergic to peanuts"]
+    # Waited for, the user's write was embedded at a query's priority, on its own.
+    query = ["what am I allergic to?"]
+    [(priority, texts)] = [
+        (p, texts)
+        for p, texts in h.embedder.seen
+        if texts != query and any("peanuts" in t for t in texts)
+    ]
+    assert priority == 0 and not any("bob" in t for t in texts), (priority, texts)
+
+
+async def test_a_users_write_goes_after_their_queued_ones(h: Harness) -> None:
+    h.embedder.up = False
+    await h.service.enqueue(ALICE, memories("first"))
+    h.embedder.up = True
+    h.embedder_monitor.report_success()
+    h.service.start_replayer()
+    try:
+        outcome = await h.service.add(ALICE, memories("second"))
+    finally:
+        await h.service.stop_replayer()
+    assert not outcome.queued and await h.texts() == ["first", "second"]

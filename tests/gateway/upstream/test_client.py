@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -61,3 +63,55 @@ async def test_a_server_that_never_answers_fails_the_send_and_the_probe(
         with pytest.raises(ProbeFailed, match="Disconnected"):
             await upstream.probe()
         assert server.connections == 4  # each sent twice, no more
+
+
+class NoHealthServer(UpstreamHTTP):
+    """A server without /health (like llama.cpp's Python server) whose completion
+    takes until ``done`` is set; records every URL asked for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[str] = []
+        self.done = asyncio.Event()
+
+    async def request(self, method: str, url: str, **_: Any) -> Any:
+        self.asked.append(url.rsplit("/", 1)[-1])
+        if url.endswith("/health"):
+            return FakeReply(404, b"{}")
+        if url.endswith("/models"):
+            return FakeReply(200, b'{"data": [{"id": "smollm2"}]}')
+        await self.done.wait()  # the completion's headers come when it is done
+        return FakeReply(200, b"{}")
+
+
+class FakeReply:
+    def __init__(self, status: int, body: bytes) -> None:
+        self.status_code, self._body, self.closed = status, body, False
+
+    async def aread(self) -> bytes:
+        return self._body
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+async def test_a_server_without_health_is_not_asked_for_its_models_while_it_answers_us() -> None:
+    server = NoHealthServer()
+    upstream = Upstream("local", "http://127.0.0.1:1/v1", server)
+    await upstream.probe()
+    assert server.asked == ["health", "models"] and not upstream.busy
+
+    sending = asyncio.create_task(upstream.send_chat(b"{}", request_id=None, timeouts=TIMEOUTS))
+    await asyncio.sleep(0)
+    assert upstream.busy
+    await upstream.probe()  # /v1/models would wait for the completion, or cut it off
+    assert server.asked[2:] == ["completions", "health"]
+
+    server.done.set()
+    reply = await sending
+    assert upstream.busy  # its body is still being relayed
+    await reply.aclose()
+    assert not upstream.busy
+    await upstream.probe()
+    assert server.asked[-2:] == ["health", "models"]
+    await server.aclose()

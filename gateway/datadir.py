@@ -1,0 +1,116 @@
+"""The data dir: can the gateway write there, and is there room?
+
+Two failures used to look like something else. A directory the process
+cannot write (a bind mount owned by another user, a Kubernetes volume
+without ``fsGroup``) surfaced as ``sqlite3.OperationalError: unable to open
+database file``. A full disk killed the process with SIGBUS, no log line:
+Qdrant Edge writes its WAL through memory-mapped, preallocated segments
+(32 MiB each), and a page of one that the file system cannot back kills the
+process when touched.
+
+So, before anything opens a file there, ``check_data_dir`` makes sure the
+directory exists, is writable by this process and has ``reserve_bytes``
+free, and otherwise raises ``DataDirProblem`` with one line naming the
+path, the uid and what to do. While running, ``DiskSpace`` is what the
+Edge store asks before each write: below the reserve, it refuses the write
+(the memory waits in the outbox, a small SQLite file that fails cleanly
+when the disk is full) and reports why in ``/readyz``, instead of letting
+the engine run the disk dry under its mmaps.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+MIB = 1 << 20
+
+
+class DataDirProblem(Exception):
+    """The data dir cannot be used; the message is one line for the operator."""
+
+
+def _who() -> str:
+    return f"uid {os.getuid()} (gid {os.getgid()})"
+
+
+def unwritable_message(path: Path, exc: OSError) -> str:
+    """What to tell the operator when ``path`` cannot be written."""
+    reason = exc.strerror or str(exc)
+    if exc.errno == errno.EROFS:
+        return (
+            f"the data dir {path} is on a read-only file system ({reason}); the gateway "
+            f"runs as {_who()} and must write there: mount it read-write, or set "
+            "GATEWAY_DATA_DIR to a writable directory"
+        )
+    if exc.errno == errno.ENOSPC:
+        return (
+            f"the data dir {path} has no space left ({reason}): free space there or "
+            "give the gateway a larger volume"
+        )
+    return (
+        f"the data dir {path} is not writable by the gateway, which runs as {_who()} "
+        f"({reason}): make it writable by that user (e.g. chown -R {os.getuid()}:"
+        f"{os.getgid()} {path} on the host; in Kubernetes set the pod's "
+        f"securityContext.fsGroup to {os.getgid()}), or set GATEWAY_DATA_DIR to a "
+        "directory it can write (see docs/deployment.md, 'The data directory')"
+    )
+
+
+def free_bytes(path: Path) -> int:
+    stats = os.statvfs(path)
+    return stats.f_bavail * stats.f_frsize
+
+
+def check_data_dir(path: Path, reserve_bytes: int) -> None:
+    """Create ``path`` if needed; raise DataDirProblem unless this process can
+    write there and ``reserve_bytes`` are free."""
+    path = path.absolute()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{uuid.uuid4().hex}"
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, b"memgate")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            probe.unlink(missing_ok=True)
+    except OSError as exc:
+        raise DataDirProblem(unwritable_message(path, exc)) from exc
+    for existing in path.iterdir():  # files left by an earlier run (maybe as another user)
+        if existing.is_file() and not os.access(existing, os.R_OK | os.W_OK):
+            denied = OSError(errno.EACCES, f"cannot write {existing.name}")
+            raise DataDirProblem(unwritable_message(path, denied))
+    free = free_bytes(path)
+    if free < reserve_bytes:
+        raise DataDirProblem(
+            f"only {free / MIB:.1f} MiB free under the data dir {path}; the gateway needs "
+            f"at least {reserve_bytes / MIB:.0f} MiB there to run safely "
+            "(GATEWAY_DISK_RESERVE_MB): free space or give it a larger volume"
+        )
+
+
+@dataclass(frozen=True)
+class DiskSpace:
+    """Free space under ``path``, against the reserve writes must leave."""
+
+    path: Path
+    reserve_bytes: int
+
+    def problem(self) -> str | None:
+        """Why writes must stop now, or None. One statvfs call: microseconds."""
+        try:
+            free = free_bytes(self.path)
+        except OSError as exc:
+            return f"cannot read the free space of {self.path}: {exc}"
+        if free >= self.reserve_bytes:
+            return None
+        return (
+            f"disk full: {free / MIB:.1f} MiB free under {self.path}, writes need "
+            f"{self.reserve_bytes / MIB:.0f} MiB (GATEWAY_DISK_RESERVE_MB); "
+            "memory writes wait in the outbox until space is freed"
+        )

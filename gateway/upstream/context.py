@@ -1,0 +1,97 @@
+"""A model's context window: where the gateway learns it, and how it reads an overflow.
+
+In order of precedence, for the model name a target is sent:
+
+1. ``context_windows`` in ``GATEWAY_CONFIG``, by the name the client sends or
+   the name the upstream is sent (the operator's word wins);
+2. what the server's own context-overflow error said (learned at run time:
+   the server's real limit, whatever it lists);
+3. the model's entry in the server's ``/v1/models``: vLLM lists
+   ``max_model_len``; OpenRouter-style and LiteLLM-style lists use
+   ``context_length`` / ``max_input_tokens``.
+
+llama.cpp's Python server (``python -m llama_cpp.server``, the local default)
+reports its ``n_ctx`` nowhere: its ``/v1/models`` lists only ids, and it has no
+``/props``. Its overflow error does name it ("This model's maximum context
+length is N tokens"), as vLLM's and OpenAI's do, so the gateway learns it from
+the first overflow; ``make run`` also writes it into a ``GATEWAY_CONFIG`` so
+memories are budgeted from the first request.
+
+When no target's window is known, memories are not budgeted (and the chat
+endpoint's retry without memories is the only guard).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from gateway.upstream.client import Upstream
+from gateway.upstream.pool import Target
+
+LISTED_WINDOW_KEYS = ("max_model_len", "context_length", "context_window", "max_input_tokens")
+# vLLM and llama.cpp's Python server ("This model's maximum context length is
+# 512 tokens. However, you requested ..."), OpenAI ("maximum context length is
+# 8192 tokens"), vLLM's prompt check ("... longer than the maximum model length of 512").
+_WINDOW_IN_MESSAGE = re.compile(
+    r"maximum context length is (\d+)|maximum model length of (\d+)", re.IGNORECASE
+)
+_OVERFLOW_CODES = frozenset({"context_length_exceeded", "string_above_max_length"})
+
+
+def listed_window(upstream: Upstream, model: str) -> int | None:
+    for entry in upstream.models:
+        if entry.get("id") != model:
+            continue
+        for key in LISTED_WINDOW_KEYS:
+            value = entry.get(key)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+    return None
+
+
+def window_for(
+    targets: Sequence[Target], client_model: str, configured: dict[str, int]
+) -> int | None:
+    """The smallest known window among the targets (a fallback may be smaller)."""
+    if client_model in configured:
+        return configured[client_model]
+    windows = []
+    for target in targets:
+        name = target.model or client_model
+        window = (
+            configured.get(name)
+            or target.upstream.learned_windows.get(name)
+            or listed_window(target.upstream, name)
+        )
+        if window:
+            windows.append(window)
+    return min(windows) if windows else None
+
+
+def _error_of(content: bytes) -> dict[str, Any] | None:
+    try:
+        body = json.loads(content)
+    except (ValueError, RecursionError):
+        return None
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict):
+        return error
+    # vLLM's older shape: {"object": "error", "message": ..., "code": 400}
+    return body if isinstance(body, dict) and isinstance(body.get("message"), str) else None
+
+
+def context_overflow(status: int, content: bytes) -> tuple[bool, int | None]:
+    """Whether an upstream's answer is a context overflow, and the window it names."""
+    if status not in (400, 413, 422):
+        return False, None
+    error = _error_of(content)
+    if error is None:
+        return False, None
+    message = error.get("message") if isinstance(error.get("message"), str) else ""
+    match = _WINDOW_IN_MESSAGE.search(str(message))
+    window = int(match.group(1) or match.group(2)) if match else None
+    overflow = error.get("code") in _OVERFLOW_CODES or match is not None
+    return overflow, window

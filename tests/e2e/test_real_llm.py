@@ -1,0 +1,288 @@
+"""The gateway against a real LLM server: llama.cpp's OpenAI-compatible server
+with SmolLM2-135M-Instruct (tests/support/llama.py), the one ``make run`` starts.
+
+The stand-in LLM (tests/fakes) stays for the faults only it can inject; these
+tests check what only a real server shows: its chat template, its token
+counts, its own context-overflow error, and a real restart. The server runs
+with a small context (N_CTX) so that overflowing it is cheap. Requests are
+few, short (max_tokens <= 16) and greedy (temperature 0): the machine's two
+cores are shared.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.memory.prompt import MEMORY_PREAMBLE
+from tests.support.llama import MODEL_ALIAS, start_llama_server
+from tests.support.stack import Service, start_gateway, wait_until
+
+pytestmark = pytest.mark.e2e
+
+N_CTX = 512
+SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
+FACTS = ["My dog is a beagle called Pepper.", "I live in Lisbon and I am allergic to peanuts."]
+# Long memories about one topic, about 90 tokens each: all of them overflow N_CTX.
+DAY = "on day {d} of my trip to {city} I walked the old town,"
+TRIPS = [
+    f"Trip {i}: " + " ".join(DAY.format(d=d, city=city) for d in range(6))
+    for i, city in enumerate(["Porto", "Kyoto", "Quito", "Oslo", "Hanoi", "Lima"])
+]
+TRIP_QUESTION = "Remind me, where did I travel and what did I do on those trips? " * 6
+
+
+class Llama:
+    """The real server, which one test kills and starts again on the same port."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.server = start_llama_server(log_dir, n_ctx=N_CTX)
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def restart(self) -> None:
+        self.server = start_llama_server(self.log_dir, port=self.server.port, n_ctx=N_CTX)
+
+    def tokens(self, text: str) -> int:
+        reply = httpx.post(
+            f"{self.server.base_url}/extras/tokenize",
+            json={"input": text, "model": MODEL_ALIAS},
+            timeout=30,
+        )
+        reply.raise_for_status()
+        return len(reply.json()["tokens"])
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Llama]:
+    holder = Llama(tmp_path_factory.mktemp("llama"))
+    yield holder
+    holder.server.terminate()
+
+
+def _gateway(tmp: Path, llama: Llama, embedder: Service, config: str | None) -> Service:
+    extra: dict[str, str] = {}
+    if config is not None:
+        (tmp / "gateway.yaml").write_text(config)
+        extra["GATEWAY_CONFIG"] = str(tmp / "gateway.yaml")
+    return start_gateway(tmp / "data", llama.url, embedder.url, **extra)
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    tmp_path_factory: pytest.TempPathFactory, llama: Llama, embedder: Service
+) -> Iterator[Service]:
+    """Told the model's context size in GATEWAY_CONFIG, as `make run` does."""
+    config = f"context_windows:\n  {MODEL_ALIAS}: {N_CTX}\n"
+    service = _gateway(tmp_path_factory.mktemp("gw-real"), llama, embedder, config)
+    yield service
+    service.terminate()
+
+
+def sdk(base_url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=120)
+
+
+def ask(messages: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    return {"model": MODEL_ALIAS, "messages": messages, "temperature": 0, "seed": 7, **extra}
+
+
+def user_id() -> str:
+    return f"user-{uuid.uuid4().hex[:8]}"
+
+
+def remember(gateway: Service, user: str, texts: list[str]) -> None:
+    body = {"user_id": user, "messages": [{"role": "user", "content": t} for t in texts]}
+    stored = httpx.post(f"{gateway.url}/memories", json=body, timeout=60)
+    assert stored.status_code == 201, stored.text  # stored and searchable now
+
+
+def token_counter(gateway: Service, kind: str) -> float:
+    text = httpx.get(f"{gateway.base_url}/metrics").text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "memgate_upstream_tokens_total" and sample.labels == {
+                "upstream": "primary",
+                "kind": kind,
+            }:
+                return float(sample.value)
+    return 0.0
+
+
+def test_recalled_memories_go_through_the_models_chat_template(
+    gateway: Service, llama: Llama
+) -> None:
+    user = user_id()
+    remember(gateway, user, FACTS)
+    question = [SYSTEM, {"role": "user", "content": "What is my dog called?"}]
+    client = sdk(gateway.url)
+
+    # store=False: these turns are not remembered, so each call recalls the same two.
+    keep = {"memory": {"store": False}}
+    recalled = client.chat.completions.with_raw_response.create(
+        **ask(question, max_tokens=8), user=user, extra_body=keep
+    )
+    without = client.chat.completions.create(
+        **ask(question, max_tokens=8), user=user, extra_body={"memory": {"enabled": False}}
+    )
+    assert recalled.headers["x-memory-hits"] == "2"
+    with_memory = recalled.parse()
+    assert with_memory.usage is not None and without.usage is not None
+    # The model was given the memory block inside the client's system message:
+    # the prompt grew by about the block's own tokens, as the template counts them.
+    block_tokens = llama.tokens(MEMORY_PREAMBLE + "\n".join(FACTS))
+    grown = with_memory.usage.prompt_tokens - without.usage.prompt_tokens
+    assert block_tokens <= grown <= block_tokens + 60, (grown, block_tokens)
+
+    # Without a system message of its own, the memory block becomes the first
+    # message, and the template (which puts a default one first otherwise) takes it.
+    only_user = client.chat.completions.with_raw_response.create(
+        **ask([question[1]], max_tokens=4), user=user, extra_body=keep
+    )
+    assert only_user.headers["x-memory-hits"] == "2"
+    assert only_user.parse().choices[0].finish_reason in ("stop", "length")
+
+
+def test_plain_and_streamed_replies_are_relayed_unchanged_and_their_usage_counted(
+    gateway: Service, llama: Llama
+) -> None:
+    messages = [SYSTEM, {"role": "user", "content": "Name a colour."}]
+    direct, through = sdk(llama.url), sdk(gateway.url)
+
+    # Greedy decoding repeats itself only along the same path: llama.cpp reuses the
+    # cached prefix of the previous prompt, and a fresh prompt is evaluated in one
+    # batch, which can round differently. So the reference is the second direct
+    # call, which (like the relayed one after it) finds its prompt cached.
+    direct.chat.completions.create(**ask(messages, max_tokens=12))
+    expected = direct.chat.completions.create(**ask(messages, max_tokens=12))
+    prompt_before = token_counter(gateway, "prompt")
+    completion_before = token_counter(gateway, "completion")
+    relayed = through.chat.completions.create(**ask(messages, max_tokens=12))
+    assert relayed.choices[0].message.content == expected.choices[0].message.content
+    assert relayed.choices[0].message.content  # a real answer, not an empty one
+    assert relayed.usage == expected.usage and relayed.usage is not None
+    assert token_counter(gateway, "prompt") - prompt_before == relayed.usage.prompt_tokens
+    assert (
+        token_counter(gateway, "completion") - completion_before == relayed.usage.completion_tokens
+    )
+
+    # Streamed: the same text, event by event. The gateway asks the server for
+    # usage (stream_options.include_usage) and counts what it reports; the client,
+    # which did not ask, gets no usage event. llama-cpp-python 0.3.36 ignores
+    # stream_options and reports no usage in streams: then nothing is counted
+    # (the gateway never invents a count); a server that reports it is counted.
+    stream_options = {"include_usage": True}
+    direct_chunks = list(
+        direct.chat.completions.create(
+            **ask(messages, max_tokens=12), stream=True, stream_options=stream_options
+        )
+    )
+    reported = [c.usage for c in direct_chunks if c.usage is not None]
+    prompt_before = token_counter(gateway, "prompt")
+    chunks = list(through.chat.completions.create(**ask(messages, max_tokens=12), stream=True))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    direct_text = "".join(c.choices[0].delta.content or "" for c in direct_chunks if c.choices)
+    assert text == direct_text and text
+    assert len(chunks) == len([c for c in direct_chunks if c.choices])
+    assert all(c.usage is None for c in chunks)
+    counted = token_counter(gateway, "prompt") - prompt_before
+    assert counted == (reported[-1].prompt_tokens if reported else 0)
+
+
+def test_the_servers_context_overflow_reaches_the_client_as_an_openai_error(
+    gateway: Service,
+) -> None:
+    too_long = [{"role": "user", "content": "Count the words: " + "apple " * N_CTX}]
+    with pytest.raises(openai.BadRequestError) as raised:
+        sdk(gateway.url).chat.completions.create(**ask(too_long, max_tokens=4))
+    assert raised.value.status_code == 400
+    error = raised.value.body
+    assert isinstance(error, dict)
+    assert error["code"] == "context_length_exceeded"
+    assert f"maximum context length is {N_CTX} tokens" in error["message"]
+
+
+def trips_request(user: str) -> dict[str, Any]:
+    messages = [SYSTEM, {"role": "user", "content": TRIP_QUESTION}]
+    memory = {"top_k": len(TRIPS), "store": False}
+    return {**ask(messages, max_tokens=16), "user": user, "memory": memory}
+
+
+def test_memories_are_cut_to_what_fits_in_the_context(gateway: Service, llama: Llama) -> None:
+    user = user_id()
+    remember(gateway, user, TRIPS)
+    body = trips_request(user)
+    # The request fits on its own; with every trip it would not.
+    alone = llama.tokens(TRIP_QUESTION)
+    assert alone + 16 < N_CTX / 2
+    assert alone + sum(llama.tokens(t) for t in TRIPS) > N_CTX
+
+    reply = httpx.post(f"{gateway.url}/chat/completions", json=body, timeout=120)
+    assert reply.status_code == 200, reply.text
+    hits = int(reply.headers["x-memory-hits"])
+    assert 0 < hits < len(TRIPS)
+    assert reply.json()["usage"]["prompt_tokens"] + 16 <= N_CTX
+
+
+def test_without_a_known_window_an_overflow_is_sent_again_without_memories_and_learned(
+    tmp_path: Path, llama: Llama, embedder: Service
+) -> None:
+    gateway = _gateway(tmp_path, llama, embedder, config=None)  # llama.cpp reports no n_ctx
+    try:
+        user = user_id()
+        remember(gateway, user, TRIPS)
+        first = httpx.post(f"{gateway.url}/chat/completions", json=trips_request(user), timeout=120)
+        assert first.status_code == 200, first.text
+        assert first.headers["x-memory-hits"] == "0"  # every trip overflowed: none went
+        # The server's error named its window: from now on memories are cut to it.
+        second = httpx.post(
+            f"{gateway.url}/chat/completions", json=trips_request(user), timeout=120
+        )
+        assert second.status_code == 200, second.text
+        assert 0 < int(second.headers["x-memory-hits"]) < len(TRIPS)
+    finally:
+        gateway.terminate()
+
+
+def test_the_server_killed_and_restarted_without_restarting_the_gateway(
+    gateway: Service, llama: Llama
+) -> None:
+    """Last in this module: it restarts the shared server."""
+    body = ask([{"role": "user", "content": "Hi"}], max_tokens=1)
+
+    def chat() -> httpx.Response:
+        return httpx.post(f"{gateway.url}/chat/completions", json=body, timeout=60)
+
+    assert chat().status_code == 200
+    llama.server.kill()
+    down = chat()
+    assert down.status_code == 503 and down.headers["retry-after"].isdigit()
+    assert down.json()["error"]["code"] == "llm_unreachable"  # it was up: nobody answers now
+
+    llama.restart()  # returns once the server lists its model again
+    serving = time.monotonic()
+    answers: list[tuple[float, int]] = []  # (sent, seconds after serving; status)
+
+    def answered() -> bool:
+        sent = time.monotonic() - serving
+        reply = chat()
+        answers.append((round(sent, 2), reply.status_code))
+        if reply.status_code != 200:
+            assert reply.status_code == 503 and reply.headers["retry-after"].isdigit()
+        return reply.status_code == 200
+
+    wait_until(answered, 30, interval=0.05, what="a chat answered after the restart")
+    # The first request that succeeded was sent within 2 s of the server serving
+    # (how long the model then takes to answer it is the CPU's business).
+    assert answers[-1][0] < 2.0, answers

@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from gateway.memory.budget import (
+    answer_room,
+    estimate_prompt,
+    estimate_text,
+    fitting_memories,
+)
+from gateway.memory.prompt import format_memories, inject_memories
+from gateway.memory.records import MemoryRecord
+
+WHEN = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def record(text: str) -> MemoryRecord:
+    return MemoryRecord(text[:8], text, "alice", WHEN, {})
+
+
+def chat(text: str, **extra: Any) -> dict[str, Any]:
+    return {"model": "m", "messages": [{"role": "user", "content": text}], **extra}
+
+
+def test_the_estimate_errs_on_the_safe_side_for_english() -> None:
+    # BPE tokenizers spend about one token per four characters of English.
+    text = "Alice adopted a beagle named Pepper and lives in Lisbon. " * 20
+    assert estimate_text(text) >= len(text) / 4 * 1.25
+    assert estimate_text("") == 0
+    assert estimate_text("é") == 1  # bytes, not characters
+
+
+def test_the_answer_keeps_its_room() -> None:
+    assert answer_room(chat("hi", max_tokens=100), 2048) == 100
+    assert answer_room(chat("hi", max_completion_tokens=64, max_tokens=9), 2048) == 64
+    assert answer_room(chat("hi"), 2048) == 512  # none named: a quarter of the window
+    assert answer_room(chat("hi", max_tokens=True), 2048) == 512
+
+
+def test_everything_fits_in_a_large_window() -> None:
+    records = [record(f"fact number {i} about alice") for i in range(5)]
+    assert fitting_memories(records, chat("what do you know?"), 32768) == records
+
+
+def test_only_what_fits_goes_in_and_the_whole_stays_inside_the_window() -> None:
+    records = [record(f"{i}: " + "a long detail about the trip " * 10) for i in range(10)]
+    body = chat("Where did I go? " * 20, max_tokens=64)
+    window = 1024
+    chosen = fitting_memories(records, body, window)
+    assert 0 < len(chosen) < len(records)
+    assert chosen == records[: len(chosen)]  # rank order kept
+    injected = {**body, "messages": inject_memories(body["messages"], format_memories(chosen))}
+    assert estimate_prompt(injected) + 64 <= window
+    # One more would not have fitted.
+    more = records[: len(chosen) + 1]
+    bigger = {**body, "messages": inject_memories(body["messages"], format_memories(more))}
+    assert estimate_prompt(bigger) + 64 > window
+
+
+def test_a_long_memory_is_skipped_for_shorter_ones_after_it() -> None:
+    records = [record("short one"), record("x" * 3000), record("short two")]
+    chosen = fitting_memories(records, chat("hi", max_tokens=32), 512)
+    assert [r.text for r in chosen] == ["short one", "short two"]
+
+
+def test_nothing_goes_in_when_the_request_alone_fills_the_window() -> None:
+    records = [record("a fact")]
+    assert fitting_memories(records, chat("word " * 3000), 2048) == []
+    assert fitting_memories([], chat("hi"), 2048) == []
+
+
+def test_tools_and_images_count() -> None:
+    plain = estimate_prompt(chat("hi"))
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"x": "y" * 300}}}]
+    assert estimate_prompt(chat("hi", tools=tools)) > plain + 100
+    parts = [{"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {"url": "u"}}]
+    image = {"role": "user", "content": parts}
+    assert estimate_prompt({"messages": [image]}) >= plain + 500
