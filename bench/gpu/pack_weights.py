@@ -1,7 +1,7 @@
 """Carry all-MiniLM-L6-v2 to the GPU machine in a third of its size, checked against fp32.
 
     .venv/bin/python bench/gpu/pack_weights.py pack OUT_DIR      # here: int8 rows + fp16
-    python3 bench/gpu/pack_weights.py unpack OUT_DIR MODEL_DIR   # there: an fp16 model folder
+    python3 bench/gpu/pack_weights.py unpack OUT_DIR MODEL_DIR [float32]   # there: fp16 (fp32)
     .venv/bin/python bench/gpu/pack_weights.py check OUT_DIR     # here: vectors vs fp32
 
 The device machine takes at most 64 MiB per call, wheels included, and the
@@ -60,7 +60,9 @@ def pack(out: Path) -> None:
     print(json.dumps({"packed_mib": round(size / 2**20, 1), "tensors": len(tensors)}))
 
 
-def unpack(packed: Path, model_dir: Path) -> None:
+def unpack(packed: Path, model_dir: Path, dtype: str = "float16") -> None:
+    """An fp16 model folder (for the GPU), or fp32 with ``dtype="float32"`` (for
+    the CPU backends, whose ONNX export expects fp32 weights)."""
     import torch
     from safetensors.torch import save_file
 
@@ -70,9 +72,9 @@ def unpack(packed: Path, model_dir: Path) -> None:
         kind, name = key.split(":", 1)
         if kind == "q":
             w = data[key].astype(np.float32) * data[f"s:{name}"].astype(np.float32)
-            tensors[name] = torch.from_numpy(w).to(torch.float16)
+            tensors[name] = torch.from_numpy(w).to(getattr(torch, dtype))
         elif kind == "h":
-            tensors[name] = torch.from_numpy(data[key])
+            tensors[name] = torch.from_numpy(data[key]).to(getattr(torch, dtype))
     shutil.copytree(packed / "files", model_dir, dirs_exist_ok=True)
     save_file(tensors, str(model_dir / "model.safetensors"))
 
@@ -108,7 +110,7 @@ if __name__ == "__main__":
     if verb == "pack":
         pack(Path(rest[0]))
     elif verb == "unpack":
-        unpack(Path(rest[0]), Path(rest[1]))
+        unpack(Path(rest[0]), Path(rest[1]), *rest[2:])
     elif verb == "check":
         check(Path(rest[0]))
     else:
