@@ -19,18 +19,17 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
 
+from gateway.api.memory_fit import MemoryFit
 from gateway.api.relay import MemoryPlan, Relay
 from gateway.api.schemas import ChatRequest
 from gateway.auth import Principal, PrincipalDep
 from gateway.errors import APIError, unavailable
-from gateway.memory.budget import fitting_memories
-from gateway.memory.prompt import format_memories, inject_memories, last_user_text
+from gateway.memory.prompt import last_user_text
 from gateway.memory.records import Scope
 from gateway.memory.service import MemoryUnavailable
 from gateway.services import Services, ServicesDep
 from gateway.upstream.availability import why_unavailable
-from gateway.upstream.context import context_overflow, window_for
-from gateway.upstream.http import Timeouts, TransportError
+from gateway.upstream.http import Timeouts
 from gateway.upstream.pool import NoUpstreamAvailable, OpenedReply, Target, UpstreamFailed
 from gateway.upstream.router import UnknownModel
 
@@ -132,16 +131,11 @@ async def chat_completions(
     headers: dict[str, str] = {}
     modified = body.pop("memory", None) is not None
 
-    own_messages = body["messages"]
+    fit = MemoryFit(body, targets, chat.model, services.router.context_windows)
     if plan.scope is not None:
-        hits = await _recall(services, plan, headers)
-        window = window_for(targets, chat.model, services.router.context_windows)
-        if hits and window is not None:
-            hits = fitting_memories(hits, body, window)
-        headers["x-memory-hits"] = str(len(hits))
-        if hits:
-            body["messages"] = inject_memories(own_messages, format_memories(hits))
-            modified = True
+        injected = fit.inject(await _recall(services, plan, headers))
+        headers["x-memory-hits"] = str(injected)
+        modified = modified or injected > 0
 
     def encode(target: Target) -> bytes:
         if target.model is not None and target.model != chat.model:
@@ -170,11 +164,9 @@ async def chat_completions(
 
     async def forward() -> Response:
         opened = await _open(services, targets, encode, timeouts, headers_timeout_s, request_id)
-        if body["messages"] is not own_messages and await _overflowed(services, opened, chat.model):
-            # The memories, not the client's request, overflowed the context
-            # (the estimate undershot, or the window was unknown): once more without them.
-            body["messages"] = own_messages
-            headers["x-memory-hits"] = "0"
+        # The memories, not the client's request, overflowed the context: fewer, then none.
+        while (injected := await fit.refit_after(opened, services.pool)) is not None:
+            headers["x-memory-hits"] = str(injected)
             opened = await _open(services, targets, encode, timeouts, headers_timeout_s, request_id)
         relay = Relay(services, opened, plan, started, chat.model, drop_usage=not wants_usage)
         if not stream or opened.response.status_code != 200:
@@ -187,27 +179,6 @@ async def chat_completions(
     # Starlette notices a vanished client only while streaming a body; until the
     # upstream has answered, this watch cancels the upstream call when they go.
     return await _unless_disconnected(request, forward())
-
-
-async def _overflowed(services: Services, opened: OpenedReply, client_model: str) -> bool:
-    """Whether the upstream refused the request as too long for its context; the
-    window its error names is remembered for the next requests. The answer is
-    read here; a relay reads it again from aiohttp's buffer when it is kept."""
-    if opened.response.status_code not in (400, 413, 422):
-        return False
-    try:
-        content = await opened.response.aread()
-    except TransportError:
-        return False  # the relay reports the broken answer
-    overflow, window = context_overflow(opened.response.status_code, content)
-    if not overflow:
-        return False
-    await opened.response.aclose()
-    services.pool.record_outcome(opened.upstream, "http_error")
-    if window is not None:
-        opened.upstream.learned_windows[opened.target.model or client_model] = window
-    logger.info("memories overflowed the context of %s; sent again without", opened.upstream.name)
-    return True
 
 
 def _route(services: Services, model: str) -> list[Target]:
