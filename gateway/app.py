@@ -25,7 +25,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CollectorRegistry
 
 from gateway.api import admin, chat, health, memories, models
-from gateway.auth import KeyRing
+from gateway.auth import KeyCheck, KeyRing
 from gateway.datadir import MIB, DiskSpace
 from gateway.errors import install_error_handlers
 from gateway.keepalive import KEEPALIVE_EXPIRY_S
@@ -206,13 +206,18 @@ def create_app(
     app.state.keyring = KeyRing(settings.api_keys, settings.admin_key, settings.api_keys_file)
     install_error_handlers(app)
     install_openapi(app, chat.chat_schema()[1])
-    for router in (chat.router, memories.router, models.router, admin.router, health.router):
+    routers = (chat.router, memories.router, models.router, admin.router, health.router)
+    for router in routers:
         app.include_router(router)
     app.add_middleware(
         RequestLimits,
         max_body_bytes=settings.max_body_bytes,
         max_concurrency=settings.max_concurrency,
+        body_timeout_s=settings.body_timeout_s,
     )
+    # Wraps the limits: the key is checked before a slot is taken or a body read.
+    routes = [route for router in routers for route in router.routes]
+    app.add_middleware(KeyCheck, keyring=app.state.keyring, routes=routes)
     if settings.cors_origins:
         origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
         app.add_middleware(

@@ -14,15 +14,20 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends, Request
+from starlette.requests import HTTPConnection
+from starlette.routing import BaseRoute, Match
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.errors import APIError
 
 DEFAULT_TENANT = "default"
+PRINCIPAL_KEY = "memgate.principal"  # where KeyCheck leaves its decision in scope["state"]
 _HEX_DIGEST = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
@@ -83,6 +88,10 @@ class KeyRing:
     def admin_enabled(self) -> bool:
         return self._admin is not None
 
+    @property
+    def any_keys(self) -> bool:
+        return self.tenants_enabled or self.admin_enabled
+
     def tenant_of(self, key: str) -> str | None:
         digest = _digest(key)
         tenant = None
@@ -95,14 +104,13 @@ class KeyRing:
         return self._admin is not None and hmac.compare_digest(self._admin, _digest(key))
 
 
-def bearer_token(request: Request) -> str | None:
+def bearer_token(request: HTTPConnection) -> str | None:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     return token.strip() or None if scheme.lower() == "bearer" else None
 
 
-def _require_token(request: Request) -> str:
-    token = bearer_token(request)
+def _require_token(token: str | None) -> str:
     if token is None:
         raise APIError(
             401,
@@ -119,12 +127,12 @@ def _invalid_key() -> APIError:
     )
 
 
-async def authenticate(request: Request) -> Principal:
-    """Dependency for ``/v1/*``: a tenant's key; none needed when no keys are configured."""
-    ring: KeyRing = request.app.state.keyring
+def tenant_principal(ring: KeyRing, token: str | None) -> Principal:
+    """Who a ``/v1/*`` request is: a tenant's key; none needed when no keys are configured.
+    Raises APIError (401, or 403 for the admin key)."""
     if not ring.tenants_enabled:
         return Principal(DEFAULT_TENANT)  # loopback-only mode: one tenant
-    token = _require_token(request)
+    token = _require_token(token)
     tenant = ring.tenant_of(token)
     if tenant is not None:
         return Principal(tenant)
@@ -133,20 +141,106 @@ async def authenticate(request: Request) -> Principal:
     raise _invalid_key()
 
 
-async def authenticate_admin(request: Request) -> Principal:
-    """Dependency for ``/admin/*``: the admin key when one is set; open only when no
-    keys at all are configured (loopback-only mode)."""
-    ring: KeyRing = request.app.state.keyring
+def admin_principal(ring: KeyRing, token: str | None) -> Principal:
+    """Who an ``/admin/*`` request is: the admin key when one is set; open only when no
+    keys at all are configured (loopback-only mode). Raises APIError (401 or 403)."""
     if not ring.admin_enabled:
         if not ring.tenants_enabled:
             return Principal(DEFAULT_TENANT, admin=True)
         raise APIError(403, "admin endpoints are off: set GATEWAY_ADMIN_KEY", code="admin_off")
-    token = _require_token(request)
+    token = _require_token(token)
     if ring.is_admin(token):
         return Principal(DEFAULT_TENANT, admin=True)
     if ring.tenant_of(token) is not None:
         raise APIError(403, "this endpoint needs the admin key", code="admin_only")
     raise _invalid_key()
+
+
+def is_admin_request(request: Request) -> bool:
+    """Whether ``request`` carries what ``/admin/*`` would accept (for endpoints that
+    show more to the operator, like ``/readyz``)."""
+    try:
+        return admin_principal(request.app.state.keyring, bearer_token(request)).admin
+    except APIError:
+        return False
+
+
+def _checked(request: Request) -> Principal | None:
+    principal = request.scope.get("state", {}).get(PRINCIPAL_KEY)
+    return principal if isinstance(principal, Principal) else None
+
+
+async def authenticate(request: Request) -> Principal:
+    """Dependency for ``/v1/*``. The KeyCheck middleware has normally decided already."""
+    principal = _checked(request)
+    if principal is not None and not principal.admin:
+        return principal
+    return tenant_principal(request.app.state.keyring, bearer_token(request))
+
+
+async def authenticate_admin(request: Request) -> Principal:
+    """Dependency for ``/admin/*``. The KeyCheck middleware has normally decided already."""
+    principal = _checked(request)
+    if principal is not None and principal.admin:
+        return principal
+    return admin_principal(request.app.state.keyring, bearer_token(request))
+
+
+class KeyCheck:
+    """Checks the key from the headers alone, before anything reads the body or
+    takes a concurrency slot (it wraps ``RequestLimits``): a client without a valid
+    key is answered at once, however large a body it announces or however slowly
+    it sends it, so it can never hold a slot a tenant needs. The decision is left
+    in the request's state for the endpoint's dependency.
+
+    ``/v1/*`` needs a tenant's key and ``/admin/*`` the admin key; other paths
+    (probes, metrics, the API docs) are open, as before.
+    """
+
+    def __init__(self, app: ASGIApp, *, keyring: KeyRing, routes: Sequence[BaseRoute] = ()) -> None:
+        self.app = app
+        self.keyring = keyring
+        self.routes = routes  # to name the route of a refused request in logs and metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.keyring.any_keys:
+            path: str = scope["path"]
+            check = (
+                tenant_principal
+                if path.startswith("/v1/") or path == "/v1"
+                else admin_principal
+                if path.startswith("/admin/") or path == "/admin"
+                else None
+            )
+            if check is not None:
+                try:
+                    principal = check(self.keyring, bearer_token(HTTPConnection(scope)))
+                except APIError as refused:
+                    _name_route(scope, self.routes)
+                    if _announces_body(scope):
+                        # The body stays unread: close, rather than read it to reuse the connection.
+                        refused.headers["Connection"] = "close"
+                    await refused.response()(scope, receive, send)
+                    return
+                scope.setdefault("state", {})[PRINCIPAL_KEY] = principal
+        await self.app(scope, receive, send)
+
+
+def _name_route(scope: Scope, routes: Sequence[BaseRoute]) -> None:
+    """Leave the matched route in the scope, as routing would have, so the access
+    log and the metrics count a refused request under its route."""
+    for route in routes:
+        match, _ = route.matches(scope)
+        if match == Match.FULL:
+            scope["route"] = route
+            return
+
+
+def _announces_body(scope: Scope) -> bool:
+    for name, value in scope.get("headers", ()):
+        if name == b"transfer-encoding" or (name == b"content-length" and value != b"0"):
+            return True
+    return False
 
 
 PrincipalDep = Annotated[Principal, Depends(authenticate)]

@@ -25,6 +25,7 @@ _TYPE_BY_STATUS = {
     403: "permission_error",
     404: "not_found_error",
     405: "invalid_request_error",
+    408: "invalid_request_error",
     409: "conflict_error",
     413: "invalid_request_error",
     415: "invalid_request_error",
@@ -36,7 +37,12 @@ _TYPE_BY_STATUS = {
 }
 
 
-_CODE_BY_STATUS = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+_CODE_BY_STATUS = {
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "request_timeout",
+    413: "request_too_large",
+}
 
 
 class APIError(Exception):

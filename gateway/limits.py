@@ -1,13 +1,19 @@
-"""What one request may cost: body size and the number served at once.
+"""What one request may cost: body size, time to send it, and the number served at once.
 
-Plain ASGI middleware, ahead of routing. A body over the limit is refused
-with 413 (from ``Content-Length`` before reading, or while reading a chunked
-body); when ``max_concurrency`` requests are already being served, the next
-one gets 429 with ``Retry-After`` instead of queueing without bound. Probes
-and metrics are exempt, so an overloaded gateway still reports its state.
+Plain ASGI middleware, ahead of routing (and behind ``gateway.auth.KeyCheck``,
+so a request without a valid key never gets this far). A body over the limit
+is refused with 413 (from ``Content-Length`` before reading, or while reading
+a chunked body); a body that has not fully arrived ``body_timeout_s`` after
+the request began is refused with 408 and its connection closed, so a client
+sending a byte a second holds its slot for that long at most; when
+``max_concurrency`` requests are already being served, the next one gets 429
+with ``Retry-After`` instead of queueing without bound. Probes and metrics
+are exempt, so an overloaded gateway still reports its state.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -25,6 +31,17 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, f"request body exceeds {limit} bytes")
 
 
+class BodyTimedOut(HTTPException):
+    """Raised from ``receive`` when the body is late (an HTTPException, as above)."""
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(
+            408,
+            f"the request body did not arrive within {timeout_s:g} s",
+            headers={"Connection": "close"},  # the rest of it is not worth waiting for
+        )
+
+
 def _content_length(scope: Scope) -> int | None:
     for name, value in scope.get("headers", ()):
         if name == b"content-length":
@@ -36,10 +53,18 @@ def _content_length(scope: Scope) -> int | None:
 
 
 class RequestLimits:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, max_concurrency: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        max_concurrency: int,
+        body_timeout_s: float = 30.0,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.max_concurrency = max_concurrency
+        self.body_timeout_s = body_timeout_s
         self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -63,14 +88,25 @@ class RequestLimits:
             await busy.response()(scope, receive, send)
             return
         received = 0
+        body_done = False
+        deadline = asyncio.get_running_loop().time() + self.body_timeout_s
 
         async def counted_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done
+            if body_done:  # later receives wait for a disconnect: no deadline on those
+                return await receive()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                raise BodyTimedOut(self.body_timeout_s) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:
                     raise BodyTooLarge(self.max_body_bytes)
+                body_done = not message.get("more_body", False)
+            else:
+                body_done = True
             return message
 
         self.in_flight += 1

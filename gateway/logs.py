@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gateway.observability import request_id_var
+from gateway.urls import redact_text
 
 # Record attributes written out when present (set with ``logger.info(..., extra={...})``).
 FIELDS = ("method", "route", "status", "duration_ms")
@@ -26,7 +27,8 @@ class JsonFormatter(logging.Formatter):
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            # Error messages quote URLs, and a URL may carry a key (``?api-key=``).
+            "msg": redact_text(record.getMessage()),
         }
         request_id = request_id_var.get()
         if request_id:
@@ -36,7 +38,7 @@ class JsonFormatter(logging.Formatter):
             if name in attributes:
                 entry[name] = attributes[name]
         if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
+            entry["exc"] = redact_text(self.formatException(record.exc_info))
         return _ENCODER.encode(entry)
 
 

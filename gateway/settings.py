@@ -72,6 +72,8 @@ class Settings(BaseSettings):
 
     # Limits: what a single request may cost.
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    # A request body must have fully arrived this long after the request began (else 408).
+    body_timeout_s: float = Field(default=30.0, gt=0)
     max_concurrency: int = Field(default=512, ge=1)
     max_metadata_bytes: int = Field(default=8192, ge=64)
     cors_origins: str | None = None  # comma-separated; unset = no CORS headers at all

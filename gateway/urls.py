@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlsplit, urlunsplit
+
+# A URL inside free text (an error message, a log line): scheme://, up to a space or quote.
+_URL_IN_TEXT = re.compile(r"""[A-Za-z][A-Za-z0-9+.-]*://[^\s'"<>`]+""")
 
 
 def service_root(base_url: str) -> str:
@@ -11,9 +15,35 @@ def service_root(base_url: str) -> str:
     return base_url[: -len("/v1")] if base_url.endswith("/v1") else base_url
 
 
+def _redact_query(query: str) -> str:
+    """Each parameter's value replaced (``api-key=SECRET`` -> ``api-key=***``); the
+    names stay, so an operator still sees which parameters a URL carries."""
+    return "&".join(
+        f"{name}=***" if sep else name
+        for name, sep, _ in (part.partition("=") for part in query.split("&"))
+    )
+
+
 def redact_url(url: str) -> str:
-    """The URL without credentials (``user:password@``) for anything shown or logged."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
+    """The URL without credentials, for anything shown or logged: no ``user:password@``,
+    no query-string values (``?api-key=SECRET``), no fragment."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # not a URL urllib can split (a bad IPv6 literal): show none of it
+        return "***"
+    if "@" not in parts.netloc and not parts.query and not parts.fragment:
         return url
-    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rpartition("@")[2]
+    fragment = "***" if parts.fragment else ""
+    return urlunsplit(
+        parts._replace(netloc=netloc, query=_redact_query(parts.query), fragment=fragment)
+    )
+
+
+def redact_text(text: str) -> str:
+    """``text`` with every URL in it redacted (error messages quote URLs)."""
+    if "://" not in text:  # the common case, and every access log line: no regex
+        return text
+    return _URL_IN_TEXT.sub(lambda match: redact_url(match.group()), text)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Request
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 
 from gateway.auth import AdminDep
@@ -75,12 +75,20 @@ async def upstreams(_: AdminDep, services: ServicesDep) -> dict[str, Any]:
     return {"status": services.pool.status(), "upstreams": services.pool.describe()}
 
 
+# What a model name looks like (``Qwen/Qwen2.5-7B-Instruct``, ``llama3:8b``,
+# ``qwen-vl-2b``): no spaces, quotes or control characters, so an alias can be
+# written in a URL path, a log line and a shell command as it is.
+ALIAS_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$"
+MAX_ALIAS_CHARS = 128
+
+
 class RegisterModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    alias: str = Field(min_length=1, max_length=256)
+    alias: str = Field(min_length=1, max_length=MAX_ALIAS_CHARS, pattern=ALIAS_PATTERN)
     upstream_url: AnyHttpUrl
-    model: str = Field(min_length=1, max_length=256)
+    # The upstream's own name for the model: anything printable.
+    model: str = Field(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f-\x9f]+$")
     api_key: str | None = Field(default=None, min_length=1, max_length=4096)
 
 
@@ -137,8 +145,30 @@ async def registered_models(_: AdminDep, services: ServicesDep) -> dict[str, Any
 
 
 @router.delete("/models/{alias:path}")
-async def delete_model(alias: str, _: AdminDep, services: ServicesDep) -> dict[str, Any]:
+async def delete_model(
+    alias: str, request: Request, _: AdminDep, services: ServicesDep
+) -> dict[str, Any]:
     """Unregister an alias, here and in the store every gateway reads."""
+    if not request.scope["path"].endswith(f"/models/{alias}"):
+        # The path held a line break that route matching dropped ("a%0A" reads as
+        # "a"): never delete another alias than the one named.
+        raise APIError(
+            400, "this alias cannot be named in a path: use DELETE /admin/models?alias=",
+            code="invalid_alias", param="alias",
+        )  # fmt: skip
+    return await _unregister(services, alias)
+
+
+@router.delete("/models")
+async def delete_model_by_query(
+    _: AdminDep, services: ServicesDep, alias: Annotated[str, Query(min_length=1)]
+) -> dict[str, Any]:
+    """The same, for an alias no URL path can carry (a newline in it: registered
+    before aliases were validated). Percent-encode it: ``?alias=bad%0Aname``."""
+    return await _unregister(services, alias)
+
+
+async def _unregister(services: Services, alias: str) -> dict[str, Any]:
     route = services.router.aliases.get(alias)
     if route is not None and route.source != "registered":
         raise APIError(409, f"alias {alias!r} is set in GATEWAY_CONFIG", code="alias_configured")

@@ -24,8 +24,9 @@ from gateway.api.relay import MemoryPlan, Relay
 from gateway.api.schemas import ChatRequest
 from gateway.auth import Principal, PrincipalDep
 from gateway.errors import APIError, unavailable
-from gateway.memory.prompt import last_user_text
-from gateway.memory.records import Scope
+from gateway.memory.embedder_client import EmbedderRejected
+from gateway.memory.prompt import last_user_text, recall_query
+from gateway.memory.records import Scope, check_text
 from gateway.memory.service import MemoryUnavailable
 from gateway.services import Services, ServicesDep
 from gateway.upstream.availability import why_unavailable
@@ -90,12 +91,16 @@ def plan_memory(
     if not user_id or (options is not None and not options.enabled):
         return MemoryPlan()
     top_k = options.top_k if options and options.top_k is not None else None
+    query = last_user_text(messages)
+    # The query is embedded and stored: it must be text (no lone surrogate).
+    if problem := check_text(query, "the last user message"):
+        raise APIError(400, problem, code="invalid_text", param="messages")
     return MemoryPlan(
         scope=Scope(principal.tenant, user_id),
         top_k=services.settings.memory_top_k if top_k is None else top_k,
         store=options.store if options else True,
         session_id=options.session_id if options else None,
-        query=last_user_text(messages),
+        query=query,
     )
 
 
@@ -250,9 +255,13 @@ async def _recall(services: Services, plan: MemoryPlan, headers: dict[str, str])
         return []
     try:
         return await services.memory.recall(
-            plan.scope, plan.query, plan.top_k, services.settings.memory_min_score
+            plan.scope, recall_query(plan.query), plan.top_k, services.settings.memory_min_score
         )
-    except MemoryUnavailable as exc:
+    except (MemoryUnavailable, EmbedderRejected) as exc:
+        # A refused query is not the client's fault (it is valid text, cut to a size
+        # any embedder should take): answered without memory, like an embedder outage.
+        if isinstance(exc, EmbedderRejected):
+            logger.warning("the embedder refused a recall query: %s", exc)
         if services.settings.memory_required:
             raise unavailable(
                 f"memory is required but unavailable: {exc}",

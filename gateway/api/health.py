@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from gateway.auth import is_admin_request
 from gateway.services import ServicesDep
+from gateway.upstream.pool import redacted_state
 
 router = APIRouter(include_in_schema=False)
 
@@ -24,28 +26,45 @@ async def livez() -> dict[str, str]:
 
 
 @router.get("/readyz")
-async def readyz(services: ServicesDep) -> JSONResponse:
-    """200 when the store and the embedder are usable and one LLM upstream is healthy."""
-    upstreams = services.pool.describe()
+async def readyz(request: Request, services: ServicesDep) -> JSONResponse:
+    """200 when the store and the embedder are usable and one LLM upstream is healthy.
+
+    Open to anyone (probes send no key), so it says only each dependency's
+    status. The detail (each upstream's URL, models, breaker and last error,
+    the outbox depth) is for the operator: sent with the admin key, or when no
+    keys are configured at all (then ``/admin`` is open too).
+    """
     llm = services.pool.status()
-    checks: dict[str, Any] = {
-        "llm": {"status": llm, "upstreams": upstreams},
-        "embedder": services.embedder_monitor.state.to_json(),
-        "vector_store": {
-            **services.store_monitor.state.to_json(),
-            "backend": services.memory.store.name,
-        },
-        "outbox": {"depth": services.outbox.depth},
-    }
-    if services.disk is not None:
-        problem = services.disk.problem()
-        checks["data_dir"] = {"status": "low" if problem else "ok", "error": problem}
+    embedder = services.embedder_monitor.state
+    store = services.store_monitor.state
+    disk_problem = services.disk.problem() if services.disk is not None else None
     ready = (
         llm == "healthy"
         and services.embedder_monitor.healthy
         and services.store_monitor.healthy
-        and checks.get("data_dir", {}).get("status") != "low"
+        and disk_problem is None
     )
+    checks: dict[str, Any]
+    if is_admin_request(request):
+        checks = {
+            "llm": {"status": llm, "upstreams": services.pool.describe()},
+            "embedder": redacted_state(services.embedder_monitor),
+            "vector_store": {
+                **redacted_state(services.store_monitor),
+                "backend": services.memory.store.name,
+            },
+            "outbox": {"depth": services.outbox.depth},
+        }
+    else:
+        checks = {
+            "llm": {"status": llm},
+            "embedder": {"status": embedder.status},
+            "vector_store": {"status": store.status, "backend": services.memory.store.name},
+        }
+    if services.disk is not None:
+        checks["data_dir"] = {"status": "low" if disk_problem else "ok"}
+        if "outbox" in checks:  # the detail: why (the path and the space it needs)
+            checks["data_dir"]["error"] = disk_problem
     body = {"status": "ready" if ready else "not_ready", "checks": checks}
     return JSONResponse(body, status_code=200 if ready else 503)
 

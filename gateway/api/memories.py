@@ -71,7 +71,10 @@ async def add_memories(
         created = parse_timestamp(request.timestamp, datetime.now(UTC))
     except ValueError:
         raise APIError(
-            400, "timestamp must be ISO 8601", code="invalid_timestamp", param="timestamp"
+            400,
+            "timestamp must be an ISO 8601 time between the years 1 and 9999 in UTC",
+            code="invalid_timestamp",
+            param="timestamp",
         ) from None
     metadata = request.metadata or {}
     problem = check_metadata(metadata, services.settings.max_metadata_bytes)

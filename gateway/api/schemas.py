@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from gateway.memory.records import lone_surrogate
+
+
+def _unicode(value: str) -> str:
+    """JSON lets a client send a lone surrogate (``"\\ud800"``), which is not
+    Unicode text and cannot be stored: refused here, with the rest of the body."""
+    at = lone_surrogate(value)
+    if at is not None:
+        raise ValueError(f"holds a lone surrogate at index {at} (not valid Unicode)")
+    return value
+
+
+# A string the gateway stores or searches with: valid Unicode.
+Text = Annotated[str, AfterValidator(_unicode)]
 UserId = Field(min_length=1, max_length=256)
 
 
@@ -14,8 +28,8 @@ class MemoryOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    user_id: str | None = Field(default=None, min_length=1, max_length=256)
-    session_id: str | None = Field(default=None, min_length=1, max_length=256)
+    user_id: Text | None = Field(default=None, min_length=1, max_length=256)
+    session_id: Text | None = Field(default=None, min_length=1, max_length=256)
     top_k: int | None = Field(default=None, ge=0, le=50)
     enabled: bool = True
     store: bool = True
@@ -36,7 +50,7 @@ class ChatRequest(BaseModel):
     model: str = Field(min_length=1, max_length=256)
     messages: list[ChatMessage] = Field(min_length=1, max_length=2048)
     stream: bool | None = False
-    user: str | None = Field(default=None, max_length=256)
+    user: Text | None = Field(default=None, max_length=256)
     memory: MemoryOptions | None = None
 
 
@@ -44,25 +58,25 @@ class MessageIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     role: Literal["system", "developer", "user", "assistant", "tool"] = "user"
-    content: str = Field(min_length=1, max_length=16_000)
+    content: Text = Field(min_length=1, max_length=16_000)
 
 
 class AddMemoriesRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    user_id: str = UserId
+    user_id: Text = UserId
     messages: list[MessageIn] | None = Field(default=None, min_length=1, max_length=256)
-    text: str | None = Field(default=None, min_length=1, max_length=16_000)
+    text: Text | None = Field(default=None, min_length=1, max_length=16_000)
     metadata: dict[str, Any] | None = None
-    session_id: str | None = Field(default=None, min_length=1, max_length=256)
+    session_id: Text | None = Field(default=None, min_length=1, max_length=256)
     timestamp: str | None = Field(default=None, max_length=64)
 
 
 class SearchMemoriesRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    user_id: str = UserId
-    query: str = Field(min_length=1, max_length=16_000)
+    user_id: Text = UserId
+    query: Text = Field(min_length=1, max_length=16_000)
     top_k: int = Field(default=10, ge=1, le=100)
     filters: dict[str, Any] | None = None
     min_score: float | None = Field(default=None, ge=-1.0, le=1.0)

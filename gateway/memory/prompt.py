@@ -1,7 +1,8 @@
 """Putting recalled memories into a conversation: pure functions, no I/O.
 
 Memories are user-provided data, so they go in quoted (one JSON string per
-line inside a delimited block, newlines and quotes escaped) with an
+line inside a delimited block: quotes, every kind of line break and "</"
+escaped, so a memory can neither start a line nor close the block) with an
 instruction to treat them as notes, never as instructions.
 
 Where they go: the conversation keeps exactly one system message at its front.
@@ -47,13 +48,43 @@ def last_user_text(messages: Sequence[dict[str, Any]]) -> str:
     return ""
 
 
+# Recall embeds the latest user message; one longer than this (the search API's
+# own limit on a query) is recalled by its head and its tail, where a long paste
+# usually has its subject and the question about it, instead of being refused.
+MAX_RECALL_QUERY_CHARS = 16_000
+RECALL_QUERY_PART_CHARS = MAX_RECALL_QUERY_CHARS // 2
+
+
+def recall_query(text: str) -> str:
+    """What recall embeds for ``text``: all of it, or its first and last 8,000 characters."""
+    if len(text) <= MAX_RECALL_QUERY_CHARS:
+        return text
+    return f"{text[:RECALL_QUERY_PART_CHARS]}\n{text[-RECALL_QUERY_PART_CHARS:]}"
+
+
+# json.dumps escapes quotes, backslashes and the C0 controls (\n, \r, \v, \f and
+# \x1c-\x1e among them); these are the other characters str.splitlines() (and
+# many tokenizers) take for a line break.
+_LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
+def quote_memory(text: str) -> str:
+    """``text`` as one JSON string on one line that cannot end the memories block."""
+    quoted = json.dumps(text, ensure_ascii=False)
+    if "/" in quoted:
+        # "</" becomes "<\/" (JSON's own escape: the string decodes unchanged), so no
+        # memory can close the block; other slashes stay, so URLs read normally.
+        quoted = quoted.replace("</", "<\\/")
+    return quoted.translate(_LINE_BREAKS)
+
+
 def format_memories(records: Sequence[MemoryRecord]) -> str:
     lines = []
     for record in records:
         label = record.created_at.date().isoformat()
         if record.role:
             label += f", {record.role}"
-        lines.append(f"- [{label}] {json.dumps(record.text, ensure_ascii=False)}")
+        lines.append(f"- [{label}] {quote_memory(record.text)}")
     return f"{MEMORY_PREAMBLE}\n<memories>\n" + "\n".join(lines) + "\n</memories>"
 
 

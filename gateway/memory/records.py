@@ -10,6 +10,7 @@ queued write can never duplicate it.
 from __future__ import annotations
 
 import json
+import math
 import re
 import uuid
 from collections.abc import Mapping, Sequence
@@ -136,53 +137,131 @@ def session_conditions(scope: Scope, session_id: str | None) -> list[Condition]:
     return [*scope_conditions(scope), Condition("session_key", (session_id or "",))]
 
 
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1  # Qdrant stores integers as 64-bit
+MAX_FILTER_VALUES = 100
+
+
+def lone_surrogate(text: str) -> int | None:
+    """Where ``text`` holds a lone surrogate (JSON's ``"\\ud800"`` decodes to one),
+    or None. Such a string is not Unicode text: it cannot be encoded as UTF-8, so
+    the embedder, the store and the outbox would all fail on it later."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.start
+    return None
+
+
+def check_text(text: str, where: str) -> str | None:
+    """Why ``text`` is refused, or None."""
+    at = lone_surrogate(text)
+    if at is None:
+        return None
+    return f"{where} holds a lone surrogate at index {at} (not valid Unicode)"
+
+
+def _check_scalar(value: Any, where: str) -> str | None:
+    if isinstance(value, str):
+        return check_text(value, where)
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        if not INT64_MIN <= value <= INT64_MAX:
+            return f"{where}: integers must fit in 64 bits"
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{where}: NaN and Infinity are not allowed"
+    return f"{where}: unsupported value of type {type(value).__name__}"
+
+
+def _filter_values(key: str, raw: Any) -> tuple[FilterValue, ...]:
+    where = f"filters.{key}"
+    if not isinstance(raw, list):
+        if not isinstance(raw, str | int | bool):
+            raise ValueError(f"{where}: expected a string, integer, boolean or a list")
+        values: list[Any] = [raw]
+    else:
+        values = raw
+        if not 1 <= len(values) <= MAX_FILTER_VALUES:
+            raise ValueError(f"{where}: a list needs 1 to {MAX_FILTER_VALUES} values")
+        # Qdrant matches a list of keywords or a list of integers, never a mix.
+        if not (
+            all(isinstance(v, str) for v in values)
+            or all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+        ):
+            raise ValueError(f"{where}: a list must be all strings or all integers")
+    for value in values:
+        if problem := _check_scalar(value, where):
+            raise ValueError(problem)
+    return tuple(values)
+
+
 def parse_filters(filters: Mapping[str, Any] | None) -> list[Condition]:
     """Client filters: ``{key: value | [values]}`` on metadata, or ``session_id``/``role``.
 
     Keys are restricted to simple names and nested under ``metadata.``, so a
-    filter can never reach the scope fields (``tenant``, ``user_id``).
-    Raises ``ValueError`` with a message fit for the client.
+    filter can never reach the scope fields (``tenant``, ``user_id``). A value
+    is a string, a 64-bit integer or a boolean; a list is all strings or all
+    integers (what Qdrant can match). Raises ``ValueError`` with a message fit
+    for the client.
     """
     conditions: list[Condition] = []
     for key, raw in (filters or {}).items():
         if not _FILTER_KEY.match(key):
             raise ValueError(f"filters: key {key!r} must match {_FILTER_KEY.pattern}")
-        values = raw if isinstance(raw, list) else [raw]
-        if not values or not all(isinstance(v, str | int | bool) for v in values):
-            raise ValueError(f"filters.{key}: expected a string, integer, boolean or a list")
         path = key if key in ("session_id", "role") else f"metadata.{key}"
-        conditions.append(Condition(path, tuple(values)))
+        conditions.append(Condition(path, _filter_values(key, raw)))
     return conditions
 
 
 MAX_METADATA_DEPTH = 5
 
 
-def _depth(value: Any) -> int:
-    if isinstance(value, dict):
-        return 1 + max((_depth(v) for v in value.values()), default=0)
-    if isinstance(value, list):
-        return 1 + max((_depth(v) for v in value), default=0)
-    return 0
+def _check_tree(metadata: Mapping[str, Any]) -> str | None:
+    """Depth, and every key and value, without recursion: a client can nest a
+    thousand levels, which a recursive walk (or json.dumps) dies on."""
+    pending: list[tuple[Any, int, str]] = [(metadata, 1, "metadata")]
+    while pending:
+        value, depth, where = pending.pop()
+        if isinstance(value, dict | list):
+            if depth > MAX_METADATA_DEPTH:
+                return f"metadata nests deeper than {MAX_METADATA_DEPTH} levels"
+            if isinstance(value, dict):
+                for key, item in value.items():
+                    if problem := _check_scalar(key, f"{where} key"):
+                        return problem
+                    pending.append((item, depth + 1, f"{where}.{key}"))
+            else:
+                pending.extend((item, depth + 1, f"{where}[{i}]") for i, item in enumerate(value))
+        elif problem := _check_scalar(value, where):
+            return problem
+    return None
 
 
 def check_metadata(metadata: Mapping[str, Any], max_bytes: int) -> str | None:
     """Why ``metadata`` is refused, or None. It comes back verbatim on every search,
-    so its size and nesting are bounded."""
+    so its size and nesting are bounded; and it must be storable as it is: no
+    NaN or Infinity, integers of 64 bits, valid Unicode."""
+    if problem := _check_tree(metadata):
+        return problem
     size = len(json.dumps(metadata, ensure_ascii=False).encode())
     if size > max_bytes:
         return f"metadata is {size} bytes as JSON; at most {max_bytes} are allowed"
-    if _depth(metadata) > MAX_METADATA_DEPTH:
-        return f"metadata nests deeper than {MAX_METADATA_DEPTH} levels"
     return None
 
 
 def parse_timestamp(value: str | datetime | None, now: datetime) -> datetime:
-    """ISO 8601; a time without a zone is taken as UTC."""
+    """ISO 8601; a time without a zone is taken as UTC. Raises ValueError for a
+    time that has no UTC equivalent (``0001-01-01T00:00:00+14:00`` is before year 1)."""
     if value is None:
         return now
     parsed = value if isinstance(value, datetime) else datetime.fromisoformat(value)
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+    parsed = parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+    try:
+        parsed.astimezone(UTC).timestamp()  # what the store keeps: must exist
+    except (OverflowError, ValueError, OSError):
+        raise ValueError("timestamp is out of range") from None
+    return parsed
 
 
 def dedupe_texts(memories: Sequence[NewMemory]) -> list[NewMemory]:

@@ -63,8 +63,14 @@ class Disconnected(TransportError):
     """The server closed the connection before answering."""
 
 
+class ConnectTimedOut(TimedOut):
+    """No connection within the connect timeout: the request was never sent."""
+
+
 def _translate(exc: aiohttp.ClientError) -> TransportError:
-    if isinstance(exc, aiohttp.ServerTimeoutError):  # connect and read timeouts both
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return ConnectTimedOut(str(exc) or type(exc).__name__)
+    if isinstance(exc, aiohttp.ServerTimeoutError):  # a read timeout: the request was sent
         return TimedOut(str(exc) or type(exc).__name__)
     if isinstance(exc, aiohttp.ClientConnectorError):
         return ConnectFailed(str(exc))

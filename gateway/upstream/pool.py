@@ -5,10 +5,15 @@ eligible when its health monitor says healthy and its breaker lets a request
 through. When none is, the pool fails at once (the router answers 503 with
 ``Retry-After``) instead of making the client wait on a dead server.
 
-Retries (tenacity) cover connection errors, timeouts before the response
-began, and 429/502/503/504, honouring ``Retry-After`` up to a cap. They
-happen only here, before any byte has been relayed to the client: once a
-stream has started it is never retried.
+Retries (tenacity) happen only where the upstream cannot have generated
+anything: the connection was refused or not made in time (the request was
+never sent), or the upstream answered 429, 502 or 503 at once (it refused the
+work; ``Retry-After`` is honoured up to a cap). A request that was sent and
+then met silence (a read timeout, no headers in time), a connection closed
+before the answer, or a 504 (a proxy in front timed out while the model may
+still be generating) is answered to the client at once: retrying those
+would repeat whole generations, multiplying the GPU work under exactly the
+load that caused the timeout. Once a stream has started it is never retried.
 """
 
 from __future__ import annotations
@@ -31,10 +36,19 @@ from tenacity import (
 from gateway.metrics import GatewayMetrics
 from gateway.monitor import HEALTHY, STARTING, Monitor
 from gateway.upstream.client import Upstream
-from gateway.upstream.http import ConnectFailed, Reply, TimedOut, Timeouts, TransportError
-from gateway.urls import redact_url
+from gateway.upstream.http import (
+    ConnectFailed,
+    ConnectTimedOut,
+    Reply,
+    TimedOut,
+    Timeouts,
+    TransportError,
+)
+from gateway.urls import redact_text, redact_url
 
-RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
+RETRYABLE_STATUS = frozenset({429, 502, 503})  # refusals: nothing was generated
+# Answered as the upstream's failure (504 to the client), never retried.
+GATEWAY_TIMEOUT = 504
 MAX_RETRY_AFTER_S = 2.0
 
 
@@ -113,6 +127,14 @@ def status_of(upstreams: Sequence[Upstream]) -> str:
     if any(u.monitor is not None and u.monitor.state.status == STARTING for u in upstreams):
         return STARTING
     return "unavailable"
+
+
+def redacted_state(monitor: Monitor) -> dict[str, Any]:
+    """A monitor's state as shown: its last error may quote a URL with a key in it."""
+    state = monitor.state.to_json()
+    if state.get("last_error"):
+        state["last_error"] = redact_text(state["last_error"])
+    return state
 
 
 class UpstreamPool:
@@ -195,7 +217,7 @@ class UpstreamPool:
         """Each replica's state, for /readyz and the admin API."""
         return {
             u.name: {
-                **(u.monitor.state.to_json() if u.monitor else {}),
+                **(redacted_state(u.monitor) if u.monitor else {}),
                 "upstream": u.group,
                 "url": redact_url(u.base_url),
                 "breaker": u.breaker.state,
@@ -263,26 +285,26 @@ class UpstreamPool:
                 response = await upstream.send_chat(
                     encode(target), request_id=request_id, timeouts=timeouts
                 )
-        except TimeoutError:
-            self._failed(upstream, "timeout", "no response headers in time")
-            raise _Retryable(
-                UpstreamFailed(504, f"LLM upstream {upstream.name} timed out")
-            ) from None
-        except ConnectFailed as exc:
+        except ConnectFailed as exc:  # never sent: another attempt costs the upstream nothing
             starting = upstream.note_refused()
             self._failed(upstream, "connect_error", f"connection refused: {exc}", starting=starting)
             raise _Retryable(UpstreamFailed(503, f"LLM upstream {upstream.name} refused")) from exc
-        except TimedOut as exc:
-            self._failed(upstream, "timeout", f"timed out: {exc}")
+        except ConnectTimedOut as exc:
+            self._failed(upstream, "timeout", f"connect timed out: {exc}")
             raise _Retryable(
-                UpstreamFailed(504, f"LLM upstream {upstream.name} timed out")
+                UpstreamFailed(504, f"LLM upstream {upstream.name} did not accept a connection")
             ) from exc
+        # Sent, then silence or a broken answer: it may be generating. Not retried.
+        except (TimeoutError, TimedOut) as exc:
+            error = str(exc) or "no response headers in time"
+            self._failed(upstream, "timeout", f"timed out: {error}")
+            raise UpstreamFailed(504, f"LLM upstream {upstream.name} timed out") from None
         except TransportError as exc:
             self._failed(upstream, "connect_error", f"{type(exc).__name__}: {exc}")
-            raise _Retryable(UpstreamFailed(502, f"LLM upstream {upstream.name} failed")) from exc
+            raise UpstreamFailed(502, f"LLM upstream {upstream.name} failed") from exc
         upstream.note_answered()
 
-        if response.status_code in RETRYABLE_STATUS:
+        if response.status_code in RETRYABLE_STATUS or response.status_code == GATEWAY_TIMEOUT:
             retry_after = _retry_after(response)
             try:
                 await response.aread()  # so the connection can be reused
@@ -295,7 +317,10 @@ class UpstreamPool:
                 upstream.breaker.record_failure()
                 self._metrics.set_breaker_state(upstream.name, upstream.breaker.state)
             message = f"LLM upstream {upstream.name} answered {response.status_code}"
-            raise _Retryable(UpstreamFailed(response.status_code, message, retry_after))
+            failure = UpstreamFailed(response.status_code, message, retry_after)
+            if response.status_code == GATEWAY_TIMEOUT:
+                raise failure
+            raise _Retryable(failure)
 
         if target.upstream.group != targets[0].upstream.group:
             self._metrics.upstream_fallbacks.labels(upstream.name).inc()

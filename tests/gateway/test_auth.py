@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.auth import KeyRing, parse_api_keys
+from gateway.auth import PRINCIPAL_KEY, KeyCheck, KeyRing, Principal, parse_api_keys
 from gateway.settings import Settings, is_loopback
 
 
@@ -70,3 +70,50 @@ def test_settings_read_the_contract_env_names(monkeypatch: pytest.MonkeyPatch) -
     assert settings.qdrant_url == "http://qdrant:6333"
     assert str(settings.data_dir) == "/var/lib/memgate"
     assert Settings.model_config["env_prefix"] == "GATEWAY_"
+
+
+def _http_scope(path: str, headers: list[tuple[bytes, bytes]]) -> dict[str, object]:
+    return {"type": "http", "method": "POST", "path": path, "headers": headers}
+
+
+@pytest.mark.parametrize(
+    ("path", "key", "status"),
+    [("/v1/memories/search", b"bogus", 401), ("/v1/chat/completions", None, 401),
+     ("/admin/models", b"k-acme", 403), ("/v1/memories", b"k-admin", 403)],
+)  # fmt: skip
+async def test_key_check_refuses_before_the_body_or_the_app(
+    path: str, key: bytes | None, status: int
+) -> None:
+    """A refused request is answered from its headers: the body is never read and
+    the wrapped app (the limits, and their slots) never runs."""
+    ring = KeyRing("acme:k-acme", admin_key="k-admin")
+
+    async def app(*_: object) -> None:
+        raise AssertionError("the app must not run")
+
+    async def receive() -> dict[str, object]:
+        raise AssertionError("the body must not be read")
+
+    sent: list[dict[str, object]] = []
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    headers = [(b"content-length", b"100000")]
+    if key is not None:
+        headers.append((b"authorization", b"Bearer " + key))
+    await KeyCheck(app, keyring=ring)(_http_scope(path, headers), receive, send)  # type: ignore[arg-type]
+    assert sent[0]["status"] == status
+    assert (b"connection", b"close") in sent[0]["headers"]  # type: ignore[operator]
+
+
+async def test_key_check_passes_the_principal_on() -> None:
+    ring = KeyRing("acme:k-acme", admin_key="k-admin")
+    seen: list[object] = []
+
+    async def app(scope: dict[str, object], *_: object) -> None:
+        seen.append(scope["state"][PRINCIPAL_KEY])  # type: ignore[index]
+
+    scope = _http_scope("/v1/models", [(b"authorization", b"Bearer k-acme")])
+    await KeyCheck(app, keyring=ring)(scope, None, None)  # type: ignore[arg-type]
+    assert seen == [Principal("acme")]

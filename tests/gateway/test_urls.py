@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from gateway.urls import redact_url, service_root
+from gateway.urls import redact_text, redact_url, service_root
 
 
 def test_service_root_drops_the_api_prefix_only() -> None:
@@ -13,3 +13,19 @@ def test_credentials_never_survive_redaction() -> None:
     assert redact_url("http://user:s3cret@host:8000/v1") == "http://***@host:8000/v1"
     assert redact_url("http://a@b:c@host/v1") == "http://***@host/v1"
     assert redact_url("http://host:8000/v1") == "http://host:8000/v1"
+
+
+def test_query_string_values_never_survive_redaction() -> None:
+    assert redact_url("http://h/v1?api-key=SECRET") == "http://h/v1?api-key=***"
+    assert (
+        redact_url("https://u:p@h/v1?a=1&flag&key=S#frag")
+        == "https://***@h/v1?a=***&flag&key=***#***"
+    )
+    assert redact_url("http://[::1/v1") == "***"  # unsplittable: nothing of it shown
+
+
+def test_urls_inside_text_are_redacted() -> None:
+    text = "Cannot connect to url='http://h:8000/v1?api-key=SECRET/health' [refused]"
+    assert redact_text(text) == "Cannot connect to url='http://h:8000/v1?api-key=***' [refused]"
+    assert redact_text("no url here") == "no url here"
+    assert "SECRET" not in redact_text("GET https://user:SECRET@host/x failed")

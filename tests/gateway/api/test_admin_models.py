@@ -140,3 +140,37 @@ def test_with_a_qdrant_server_registrations_live_in_its_models_collection(
         assert isinstance(registry, QdrantRegistry) and registry.collection == "team_models"
         assert [r.alias for r in asyncio.run(registry.all())] == ["vl"]
     assert not (settings.data_dir / "models.sqlite3").exists()
+
+
+@pytest.mark.parametrize(
+    "alias",
+    ["bad\nalias", "tab\there", "with space", "-leading-dash", "quote'd", "a" * 129, "nul\x00"],
+)
+def test_aliases_are_validated_at_registration(client: TestClient, alias: str) -> None:
+    refused = client.post("/admin/models", json={**BODY, "alias": alias})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "alias"
+    assert aliases(client) == set()
+
+
+def test_model_names_have_no_control_characters(client: TestClient) -> None:
+    refused = client.post("/admin/models", json={**BODY, "model": "qwen\nINJECTED"})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "model"
+    for alias in ("Qwen/Qwen2.5-7B-Instruct", "llama3:8b", "qwen-vl-2b", "a.b_c+d@e"):
+        assert client.post("/admin/models", json={**BODY, "alias": alias}).status_code == 201
+
+
+def test_a_bad_alias_stored_before_validation_can_still_be_deleted(
+    client: TestClient, settings: Settings
+) -> None:
+    assert settings.registry_path is not None
+    register_elsewhere(settings.registry_path, "bad\nalias")
+    register_elsewhere(settings.registry_path, "bad")
+    assert client.post("/admin/models", json=BODY).status_code == 201  # syncs the store
+    assert aliases(client) == {"vl", "bad\nalias", "bad"}
+    # A path cannot carry the newline; it is never taken for another alias either.
+    assert client.delete("/admin/models/bad%0A").status_code == 400
+    assert client.delete("/admin/models/bad%0Aalias").status_code in (400, 404, 405)
+    deleted = client.delete("/admin/models", params={"alias": "bad\nalias"})
+    assert deleted.json() == {"alias": "bad\nalias", "deleted": True}
+    assert aliases(client) == {"vl", "bad"}
+    assert client.delete("/admin/models", params={"alias": "bad\nalias"}).status_code == 404

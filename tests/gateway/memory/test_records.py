@@ -8,6 +8,7 @@ from gateway.memory.records import (
     Condition,
     NewMemory,
     Scope,
+    check_metadata,
     dedupe_texts,
     from_payload,
     memory_id,
@@ -74,3 +75,59 @@ def test_filters_map_to_metadata_and_cannot_reach_scope_fields() -> None:
 def test_dedupe_keeps_first_occurrence() -> None:
     items = [NewMemory("a", NOW), NewMemory("b", NOW), NewMemory("a", NOW, {"later": 1})]
     assert [(m.text, dict(m.metadata)) for m in dedupe_texts(items)] == [("a", {}), ("b", {})]
+
+
+@pytest.mark.parametrize(
+    ("filters", "fragment"),
+    [({"k": ["user", 1, True]}, "all strings or all integers"),
+     ({"k": [True, False]}, "all strings or all integers"),
+     ({"k": 1 << 63}, "64 bits"), ({"k": [-(1 << 63) - 1]}, "64 bits"),
+     ({"k": []}, "1 to 100"), ({"k": list(range(101))}, "1 to 100"),
+     ({"k": "a\ud800"}, "lone surrogate"), ({"k": 1.5}, "expected a string"),
+     ({"k": {"nested": 1}}, "expected a string")],
+)  # fmt: skip
+def test_filters_qdrant_cannot_match_are_refused(filters: dict[str, object], fragment: str) -> None:
+    with pytest.raises(ValueError, match=fragment):
+        parse_filters(filters)
+
+
+def test_filters_keep_what_qdrant_can_match() -> None:
+    assert parse_filters({"k": [(1 << 63) - 1, -(1 << 63)]}) == [
+        Condition("metadata.k", ((1 << 63) - 1, -(1 << 63)))
+    ]
+    assert parse_filters({"k": True}) == [Condition("metadata.k", (True,))]
+
+
+def _nested(depth: int) -> dict[str, object]:
+    value: dict[str, object] = {"leaf": 1}
+    for _ in range(depth - 1):
+        value = {"d": value}
+    return value
+
+
+@pytest.mark.parametrize(
+    ("metadata", "fragment"),
+    [(_nested(6), "deeper than 5"), (_nested(450), "deeper than 5"),
+     (_nested(5000), "deeper than 5"), ({"a": [[[[[1]]]]]}, "deeper than 5"),
+     ({"n": float("nan")}, "NaN"), ({"n": [float("-inf")]}, "NaN"),
+     ({"n": 1 << 64}, "64 bits"), ({"s": "\udc00"}, "lone surrogate"),
+     ({"\ud800": 1}, "lone surrogate"), ({"blob": "z" * 300}, "at most 256")],
+)  # fmt: skip
+def test_metadata_that_cannot_be_stored_is_refused(
+    metadata: dict[str, object], fragment: str
+) -> None:
+    problem = check_metadata(metadata, 256)
+    assert problem is not None and fragment in problem
+
+
+def test_metadata_within_the_limits_passes() -> None:
+    assert check_metadata(_nested(5), 256) is None
+    assert (
+        check_metadata({"n": (1 << 63) - 1, "f": 1.5, "b": True, "z": None, "s": "é"}, 256) is None
+    )
+
+
+@pytest.mark.parametrize("value", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"])
+def test_timestamps_with_no_utc_equivalent_are_refused(value: str) -> None:
+    with pytest.raises(ValueError, match="out of range"):
+        parse_timestamp(value, NOW)
