@@ -14,11 +14,11 @@ memories (three sends at most): memories never cost the client its answer.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from gateway.memory.budget import estimate_prompt, fitting_memories
-from gateway.memory.prompt import format_memories, inject_memories
+from gateway.memory.budget import estimate_prompt, estimate_text, fitting_memories
+from gateway.memory.prompt import format_memories
 from gateway.memory.records import MemoryRecord
 from gateway.upstream.context import (
     MAX_TOKEN_RATIO,
@@ -34,24 +34,29 @@ logger = logging.getLogger("gateway.chat")
 
 
 class MemoryFit:
+    """The memories of one request. ``conversation`` is the request seen as a chat
+    request, without memories (what the budget measures); ``put`` puts a memory
+    block into the request, or takes the memories out again (None)."""
+
     def __init__(
         self,
-        body: dict[str, Any],
         targets: Sequence[Target],
         client_model: str,
         configured: dict[str, int],
+        conversation: dict[str, Any],
+        put: Callable[[str | None], None],
     ) -> None:
-        self.body = body
-        self.own_messages = body["messages"]
         self.targets = targets
         self.client_model = client_model
         self.configured = configured
+        self.conversation = conversation
+        self._put_block = put
         self.recalled: list[MemoryRecord] = []
         self.injected: list[MemoryRecord] = []
         self.refits = 0
 
     def inject(self, recalled: Sequence[MemoryRecord]) -> int:
-        """Put what fits of ``recalled`` into the body; returns how many went in."""
+        """Put what fits of ``recalled`` into the request; returns how many went in."""
         self.recalled = list(recalled)
         return self._put(self._fitting(self.recalled))
 
@@ -60,16 +65,11 @@ class MemoryFit:
         if not records or window is None:
             return records
         ratio = ratio_for(self.targets, self.client_model)
-        own = {**self.body, "messages": self.own_messages}
-        return fitting_memories(records, own, window, ratio)
+        return fitting_memories(records, self.conversation, window, ratio)
 
     def _put(self, records: list[MemoryRecord]) -> int:
         self.injected = records
-        self.body["messages"] = (
-            inject_memories(self.own_messages, format_memories(records))
-            if records
-            else self.own_messages
-        )
+        self._put_block(format_memories(records) if records else None)
         return len(records)
 
     async def refit_after(self, opened: OpenedReply, pool: UpstreamPool) -> int | None:
@@ -101,8 +101,11 @@ class MemoryFit:
         if overflow.window is not None:
             upstream.learned_windows[name] = overflow.window
         if overflow.prompt_tokens is not None:
-            estimated = estimate_prompt(self.body)
-            ratio = min(MAX_TOKEN_RATIO, overflow.prompt_tokens / max(1, estimated))
+            # What was sent: the conversation and the memory block (as the budget counts it).
+            sent = estimate_prompt(self.conversation) + estimate_text(
+                format_memories(self.injected)
+            )
+            ratio = min(MAX_TOKEN_RATIO, overflow.prompt_tokens / max(1, sent))
             if ratio > upstream.token_ratios.get(name, 1.0):
                 upstream.token_ratios[name] = ratio
 

@@ -185,6 +185,13 @@ def test_sigkill_mid_writes_loses_and_duplicates_nothing_acknowledged(
 # -- embedder SIGKILL, and large writes ----------------------------------------
 
 
+# Embedding hundreds of long texts on a shared 2-core machine takes minutes
+# (0.3 s per text at a load of 10; a few hundredths quiet): more than the
+# suite's default limit per test.
+HEAVY = pytest.mark.timeout(600)
+
+
+@HEAVY
 def test_embedder_sigkill_then_large_turns_queued_all_drain(
     llm: RunningServer, tmp_path: Path
 ) -> None:
@@ -223,6 +230,7 @@ def test_embedder_sigkill_then_large_turns_queued_all_drain(
         own.terminate()
 
 
+@HEAVY
 def test_a_write_of_256_messages_of_4000_characters_is_stored(
     llm: RunningServer, embedder: Service, tmp_path: Path
 ) -> None:

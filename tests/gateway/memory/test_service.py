@@ -271,3 +271,10 @@ async def test_a_users_write_goes_after_their_queued_ones(h: Harness) -> None:
     finally:
         await h.service.stop_replayer()
     assert not outcome.queued and await h.texts() == ["first", "second"]
+
+
+async def test_a_bulk_write_lets_queries_go_first(h: Harness) -> None:
+    await h.service.add(ALICE, memories("one", "two"))
+    await h.service.add(ALICE, memories(*(f"bulk {i}" for i in range(40))))
+    # Two small texts per memory: the small write at a query's priority, the bulk one behind.
+    assert [p for p, _ in h.embedder.seen] == [0, 1, 1, 1]
