@@ -40,8 +40,11 @@ from gateway.memory.embedder_client import (
 from gateway.memory.indexing import (
     WINDOW,
     IndexTexts,
+    Recent,
     RecentTexts,
     SessionKey,
+    VectorCache,
+    compose,
     index_texts,
     session_key,
 )
@@ -126,6 +129,7 @@ class MemoryService:
         self._store_monitor = store_monitor
         self._sparse = Bm25Encoder()
         self._recent = RecentTexts()
+        self._vector_cache = VectorCache()
         self._read_your_writes_s = read_your_writes_s
         self._replayer = Replayer(
             outbox, metrics,
@@ -202,8 +206,8 @@ class MemoryService:
         (gateway.memory.indexing); writes to one session are expected in order,
         as the outbox replays them.
         """
-        windows: dict[SessionKey, list[str]] = {}
-        plans: list[tuple[Scope, list[tuple[str, NewMemory, IndexTexts]]]] = []
+        windows: dict[SessionKey, list[Recent]] = {}
+        plans: list[tuple[Scope, list[tuple[str, NewMemory, IndexTexts, list[Recent]]]]] = []
         results: list[list[WriteResult]] = []
         for scope, memories in batches:
             ids = [memory_id(scope, m.text) for m in memories]
@@ -215,13 +219,14 @@ class MemoryService:
                 key = session_key(scope, memory.session_id)
                 if key not in windows:
                     cached = self._recent.get(key)
-                    windows[key] = (
-                        cached
-                        if cached is not None
-                        else await self.store.recent(scope, memory.session_id, WINDOW)
-                    )
-                fresh.append((point_id, memory, index_texts(memory, windows[key])))
-                windows[key] = [*windows[key], memory.text][-WINDOW:]
+                    if cached is None:
+                        texts = await self.store.recent(scope, memory.session_id, WINDOW)
+                        cached = [(text, None) for text in texts]
+                    windows[key] = cached
+                previous = windows[key]
+                it = index_texts(memory, [text for text, _ in previous])
+                fresh.append((point_id, memory, it, previous))
+                windows[key] = [*previous, (memory.text, None)][-WINDOW:]
             plans.append((scope, fresh))
             results.append(
                 [
@@ -229,33 +234,50 @@ class MemoryService:
                     for i, m in zip(ids, memories, strict=True)
                 ]
             )
-        texts = [t for _, fresh in plans for _, _, it in fresh for t in (it.text, it.context_dense)]
+        texts = [it.dense for _, fresh in plans for _, _, it, _ in fresh]
+        texts += [t for _, fresh in plans for *_, prev in fresh for t, v in prev if v is None]
         if not texts:
             return results
-        dense = iter(await self._embedder.embed(texts, priority=priority))
+        vectors = await self._embed_once(texts, priority)
         written_at = time.time_ns()
         for scope, fresh in plans:
             points = []
-            for point_id, memory, it in fresh:
-                vectors = PointVectors(
-                    next(dense),
-                    next(dense),
-                    self._sparse.document(it.text),
-                    self._sparse.document(it.context_sparse),
+            for point_id, memory, it, previous in fresh:
+                window = [(t, v if v is not None else vectors[t]) for t, v in previous]
+                own = vectors[it.dense]
+                vectors_ = PointVectors(
+                    own,
+                    compose([*window, (it.dense, own)]),
+                    self._sparse.document(it.sparse_text),
+                    self._sparse.document(it.sparse_context),
                 )
-                points.append(StoredPoint(point_id, vectors, memory, written_at))
+                points.append(StoredPoint(point_id, vectors_, memory, written_at))
                 written_at += 1
             if points:
                 await self.store.upsert(scope, points)
-        for key, window in windows.items():
-            self._recent.put(key, window)
+        for key, recent in windows.items():
+            self._recent.put(key, [(t, v if v is not None else vectors[t]) for t, v in recent])
         return results
+
+    async def _embed_once(self, texts: Sequence[str], priority: int) -> dict[str, list[float]]:
+        """Vectors of ``texts``: each distinct text embedded once, none that a
+        recent query embedded already (``VectorCache``)."""
+        vectors: dict[str, list[float]] = {}
+        for text in texts:
+            if text not in vectors and (cached := self._vector_cache.get(text)) is not None:
+                vectors[text] = cached
+        missing = list(dict.fromkeys(t for t in texts if t not in vectors))
+        if missing:
+            embedded = await self._embedder.embed(missing, priority=priority)
+            vectors.update(zip(missing, embedded, strict=True))
+        return vectors
 
     async def forget(self, scope: Scope) -> int:
         """Delete a user's memories, queued ones included, so replay cannot revive them."""
         purged = await self._outbox.purge(scope)
         await self._replayer.progressed()
         self._recent.forget(scope.tenant, scope.user_id)
+        self._vector_cache.clear()
         return purged + await self.store.delete_scope(scope)
 
     # -- reads ---------------------------------------------------------------
@@ -270,6 +292,7 @@ class MemoryService:
     ) -> list[MemoryRecord]:
         try:
             [vector] = await self._embedder.embed([query])
+            self._vector_cache.put(query, vector)  # a chat turn stores this text next
             vectors = QueryVectors(vector, self._sparse.query(query))
             return await self.store.search(scope, vectors, limit, conditions, min_score)
         except (EmbedderUnavailable, StoreUnavailable) as exc:
