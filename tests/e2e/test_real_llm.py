@@ -334,8 +334,9 @@ def test_the_server_killed_and_restarted_without_restarting_the_gateway(
     assert chat().status_code == 200
     llama.server.kill()
     down = chat()
-    assert down.status_code == 503 and down.headers["retry-after"].isdigit()
-    assert down.json()["error"]["code"] == "llm_unreachable"  # it was up: nobody answers now
+    assert down.status_code == 503 and down.headers["retry-after"].isdigit(), down.text
+    # It was up: nobody answers now.
+    assert down.json()["error"]["code"] == "llm_unreachable", down.text
 
     llama.restart()  # returns once the server lists its model again
     serving = time.monotonic()
