@@ -389,6 +389,7 @@ async def _amain(args: argparse.Namespace, url: str) -> dict[str, Any]:
     result["writes_queued"] = sum(r.queued for r in run.runs)
     result["memories_missing"] = missing
     result["gateway_url"] = url
+    result["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     return result
 
 
@@ -426,6 +427,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # a SIGTERM (e.g. from `timeout`) still stops the processes this script started
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    loadavg_start = [round(x, 2) for x in os.getloadavg()]
     stack = None
     url = args.gateway_url
     try:
@@ -438,7 +440,16 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if stack is not None:
             stack.stop()
+    result["loadavg_start"] = loadavg_start
+    result["command"] = "python bench/locomo_recall.py " + " ".join(
+        sys.argv[1:] if argv is None else argv
+    )
+    rev = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=_ROOT, capture_output=True, text=True
+    )
+    result["git"] = rev.stdout.strip()
     print(markdown(result))
+    print(f"load average at start {loadavg_start}, at end {result['loadavg_end']}")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n")
     return 0

@@ -349,7 +349,10 @@ def user_points(
         it = index_texts(memory, window)
         window = [*window, text][-WINDOW:]
         vectors = PointVectors(
-            next(dense), next(dense), bm25.document(it.text), bm25.document(it.context_sparse)
+            next(dense),
+            next(dense),
+            bm25.document(it.sparse_text),
+            bm25.document(it.sparse_context),
         )
         points.append(StoredPoint(memory_id(scope, text), vectors, memory, written_at + k))
     return points

@@ -4,7 +4,7 @@
         [--no-memory] [--out bench/results/soak.json]
 
 Starts the embedder alone on CPU 1 (with memory on it is the bottleneck: each
-turn embeds one query and four index texts), and the stand-in upstream, the
+turn embeds its query and its reply), and the stand-in upstream, the
 gateway (defaults, Qdrant Edge under bench/.work) and bench/loadgen.py (open
 loop, at --rate for --minutes) on CPU 0. Every request names a user (20 users, each
 seeded with 5 memories) and carries a unique message, so every turn recalls

@@ -80,7 +80,11 @@ def load_encoder(settings: EmbedderSettings) -> Encoder:
         from embedder.onnx_model import load_onnx
 
         return load_onnx(
-            settings.model, settings.onnx_cache_dir, settings.batch_size, settings.threads
+            settings.model,
+            settings.onnx_cache_dir,
+            settings.batch_size,
+            settings.threads,
+            settings.onnx_weights,
         )
     if settings.threads:
         import torch

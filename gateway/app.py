@@ -24,7 +24,8 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CollectorRegistry
 
-from gateway.api import admin, chat, health, memories, models
+from gateway.api import admin, chat, health, memories, messages, models, passthrough, responses
+from gateway.api.schemas import ChatRequest
 from gateway.auth import KeyCheck, KeyRing
 from gateway.datadir import MIB, DiskSpace
 from gateway.errors import install_error_handlers
@@ -205,8 +206,13 @@ def create_app(
     app.state.settings = settings
     app.state.keyring = KeyRing(settings.api_keys, settings.admin_key, settings.api_keys_file)
     install_error_handlers(app)
-    install_openapi(app, chat.chat_schema()[1])
-    routers = (chat.router, memories.router, models.router, admin.router, health.router)
+    bodies = (ChatRequest, responses.ResponsesRequest, messages.MessagesRequest)
+    install_openapi(app, {k: v for b in bodies for k, v in chat.body_schema(b)[1].items()})
+    # Pass-through last: it takes any /v1 path no other router has.
+    routers = (
+        chat.router, responses.router, messages.router, memories.router, models.router,
+        admin.router, health.router, passthrough.router,
+    )  # fmt: skip
     for router in routers:
         app.include_router(router)
     app.add_middleware(
@@ -224,7 +230,7 @@ def create_app(
             CORSMiddleware,
             allow_origins=origins,
             allow_methods=["GET", "POST", "DELETE"],
-            allow_headers=["Authorization", "Content-Type", "X-Request-Id"],
+            allow_headers=["Authorization", "X-Api-Key", "Content-Type", "X-Request-Id"],
             expose_headers=["X-Request-Id", "X-Memory-Hits", "X-Memory-Status"],
         )
     # Added last, so it runs first: every answer, 413 and 429 included, is counted.

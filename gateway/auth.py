@@ -105,9 +105,13 @@ class KeyRing:
 
 
 def bearer_token(request: HTTPConnection) -> str | None:
+    """The key from ``Authorization: Bearer``, else from ``x-api-key`` (how
+    Anthropic's SDKs send it, so they work with their usual ``api_key``)."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
-    return token.strip() or None if scheme.lower() == "bearer" else None
+    if scheme.lower() == "bearer":
+        return token.strip() or None
+    return request.headers.get("x-api-key", "").strip() or None
 
 
 def _require_token(token: str | None) -> str:

@@ -17,6 +17,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.monitor import Monitor
 from gateway.settings import Settings
 from gateway.upstream.http import Timeouts
+from gateway.upstream.owners import ResponseOwners
 from gateway.upstream.pool import UpstreamPool
 from gateway.upstream.router import ModelRouter
 from gateway.upstream.sync import RegistrySync
@@ -39,6 +40,8 @@ class Services:
     stream_timeout: Timeouts
     disk: DiskSpace | None = None  # the data dir's free space (outbox, Edge store)
     background: set[asyncio.Task[Any]] = field(default_factory=set)
+    # Which tenant and replica made each Responses API response (gateway.api.responses).
+    response_owners: ResponseOwners = field(default_factory=ResponseOwners)
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
         """Run work after the response; shutdown waits for it (see the lifespan)."""

@@ -13,23 +13,25 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
+from gateway.api.identity import plan_turn
 from gateway.api.relay import MemoryPlan, Relay
 from gateway.api.schemas import ChatRequest
+from gateway.api.wire import CHAT_WIRE, Wire
 from gateway.auth import Principal, PrincipalDep
 from gateway.errors import APIError, unavailable
 from gateway.memory.budget import fitting_memories
 from gateway.memory.embedder_client import EmbedderRejected
 from gateway.memory.prompt import format_memories, inject_memories, last_user_text, recall_query
-from gateway.memory.records import Scope, check_text
 from gateway.memory.service import MemoryUnavailable
 from gateway.services import Services, ServicesDep
 from gateway.upstream.availability import why_unavailable
+from gateway.upstream.client import CHAT, Call
 from gateway.upstream.context import context_overflow, window_for
 from gateway.upstream.http import Timeouts, TransportError
 from gateway.upstream.pool import NoUpstreamAvailable, OpenedReply, Target, UpstreamFailed
@@ -37,6 +39,7 @@ from gateway.upstream.router import UnknownModel
 
 logger = logging.getLogger("gateway.chat")
 router = APIRouter()
+Body = TypeVar("Body", bound=BaseModel)
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
@@ -50,8 +53,13 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
 
 
 def validate_chat(body: dict[str, Any]) -> ChatRequest:
+    return validated(ChatRequest, body)
+
+
+def validated(schema: type[Body], body: dict[str, Any]) -> Body:
+    """``body`` read as ``schema``, or a 400 naming the first wrong field."""
     try:
-        return ChatRequest.model_validate(body)
+        return schema.model_validate(body)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
@@ -81,48 +89,36 @@ def ask_for_usage(raw: bytes) -> bytes | None:
 
 
 def plan_memory(
-    chat: ChatRequest, messages: list[dict[str, Any]], principal: Principal, services: Services
+    chat: ChatRequest, body: dict[str, Any], principal: Principal, services: Services
 ) -> MemoryPlan:
-    """Memory is on when the request names a user (``memory.user_id`` or ``user``).
+    """Memory is on when the request names a user (see gateway.api.identity).
 
-    ``messages`` is the body's own list (already validated as ``chat.messages``).
+    ``body`` is the request itself (already validated as ``chat``).
     """
-    options = chat.memory
-    user_id = (options.user_id if options else None) or chat.user
-    if not user_id or (options is not None and not options.enabled):
-        return MemoryPlan()
-    top_k = options.top_k if options and options.top_k is not None else None
-    query = last_user_text(messages)
-    # The query is embedded and stored: it must be text (no lone surrogate).
-    if problem := check_text(query, "the last user message"):
-        raise APIError(400, problem, code="invalid_text", param="messages")
-    return MemoryPlan(
-        scope=Scope(principal.tenant, user_id),
-        top_k=services.settings.memory_top_k if top_k is None else top_k,
-        store=options.store if options else True,
-        session_id=options.session_id if options else None,
-        query=query,
-    )
+    query = last_user_text(body["messages"])
+    return plan_turn(body, chat.memory, query, principal, services, param="messages")
 
 
 def chat_schema() -> tuple[dict[str, Any], dict[str, Any]]:
     """The chat body's JSON schema, and the definitions it refers to, which
     ``create_app`` adds to the document's components (where the refs point)."""
-    schema = ChatRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-    return schema, schema.pop("$defs", {})
+    return body_schema(ChatRequest)
 
 
-# The endpoint reads its body itself (to forward it byte for byte), so the
-# schema is declared rather than derived from a parameter.
-@router.post(
-    "/v1/chat/completions",
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": chat_schema()[0]}},
-        }
-    },
-)
+def body_schema(schema: type[BaseModel]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A body's JSON schema, and the definitions it refers to."""
+    document = schema.model_json_schema(ref_template="#/components/schemas/{model}")
+    return document, document.pop("$defs", {})
+
+
+def declared_body(schema: type[BaseModel]) -> dict[str, Any]:
+    """The OpenAPI request body of an endpoint that reads its body itself (to
+    forward it byte for byte), so it is declared rather than derived."""
+    content = {"application/json": {"schema": body_schema(schema)[0]}}
+    return {"requestBody": {"required": True, "content": content}}
+
+
+@router.post("/v1/chat/completions", openapi_extra=declared_body(ChatRequest))
 async def chat_completions(
     request: Request,
     principal: PrincipalDep,
@@ -132,26 +128,19 @@ async def chat_completions(
     raw = await request.body()
     body = parse_json_object(raw)
     chat = validate_chat(body)
-    targets = _route(services, chat.model)
-    plan = plan_memory(chat, body["messages"], principal, services)
+    targets = resolve_model(services, chat.model)
+    plan = plan_memory(chat, body, principal, services)
     headers: dict[str, str] = {}
     modified = body.pop("memory", None) is not None
 
     own_messages = body["messages"]
-    if plan.scope is not None:
-        hits = await _recall(services, plan, headers)
-        window = window_for(targets, chat.model, services.router.context_windows)
-        if hits and window is not None:
-            hits = fitting_memories(hits, body, window)
-        headers["x-memory-hits"] = str(len(hits))
-        if hits:
-            body["messages"] = inject_memories(own_messages, format_memories(hits))
-            modified = True
+    block = await recall_block(services, plan, headers, targets, chat.model, body)
+    if block is not None:
+        body["messages"] = inject_memories(own_messages, block)
+        modified = True
 
-    def encode(target: Target) -> bytes:
-        if target.model is not None and target.model != chat.model:
-            return json.dumps({**body, "model": target.model}).encode()
-        return json.dumps(body).encode() if modified else raw
+    def without_memories() -> None:
+        body["messages"] = own_messages
 
     stream = bool(chat.stream)
     wants_usage = True
@@ -167,6 +156,49 @@ async def chat_completions(
                 modified = True
             else:
                 raw = asked
+    encode = encoder(raw, body, modified, chat.model)
+    return await relay_turn(
+        request, services, targets, encode, plan, started, chat.model, headers,
+        stream=stream, drop_usage=not wants_usage,
+        without_memories=without_memories if block is not None else None,
+    )  # fmt: skip
+
+
+def encoder(
+    raw: bytes, body: dict[str, Any], modified: bool, model: str
+) -> Callable[[Target], bytes]:
+    """The bytes to send to each target: the client's own when nothing changed
+    (no re-encoding), ``body`` when the gateway changed it, and the target's
+    model name where it knows the model by another."""
+
+    def encode(target: Target) -> bytes:
+        if target.model is not None and target.model != model:
+            return json.dumps({**body, "model": target.model}).encode()
+        return json.dumps(body).encode() if modified else raw
+
+    return encode
+
+
+async def relay_turn(
+    request: Request,
+    services: Services,
+    targets: list[Target],
+    encode: Callable[[Target], bytes],
+    plan: MemoryPlan,
+    started: float,
+    model: str,
+    headers: dict[str, str],
+    *,
+    stream: bool,
+    drop_usage: bool = False,
+    wire: Wire = CHAT_WIRE,
+    call: Call = CHAT,
+    without_memories: Callable[[], None] | None = None,
+) -> Response:
+    """Send the request upstream and relay the answer (a stream when the client
+    asked for one or the upstream sends one); remembering follows the relay.
+    ``without_memories`` takes the memories out of the body again, for a
+    resend when they, not the client's request, overflowed the context."""
     request_id = getattr(request.state, "request_id", None)
     timeouts = services.stream_timeout if stream else services.upstream_timeout
     # A completion's headers come when it is done; a stream's, before the first token.
@@ -174,15 +206,22 @@ async def chat_completions(
     headers_timeout_s = settings.stream_idle_timeout_s if stream else settings.total_timeout_s
 
     async def forward() -> Response:
-        opened = await _open(services, targets, encode, timeouts, headers_timeout_s, request_id)
-        if body["messages"] is not own_messages and await _overflowed(services, opened, chat.model):
+        opened = await _open(
+            services, targets, encode, timeouts, headers_timeout_s, request_id, call
+        )
+        if without_memories is not None and await _overflowed(services, opened, model):
             # The memories, not the client's request, overflowed the context
             # (the estimate undershot, or the window was unknown): once more without them.
-            body["messages"] = own_messages
+            without_memories()
             headers["x-memory-hits"] = "0"
-            opened = await _open(services, targets, encode, timeouts, headers_timeout_s, request_id)
-        relay = Relay(services, opened, plan, started, chat.model, drop_usage=not wants_usage)
-        if not stream or opened.response.status_code != 200:
+            opened = await _open(
+                services, targets, encode, timeouts, headers_timeout_s, request_id, call
+            )
+        relay = Relay(services, opened, plan, started, model, drop_usage=drop_usage, wire=wire)
+        reply = opened.response
+        # A pass-through endpoint streams when its upstream does; the others as asked.
+        sse = reply.headers.get("content-type", "").startswith("text/event-stream")
+        if reply.status_code != 200 or not (stream or (sse and not wire.json_only)):
             return await relay.complete(headers)  # a completion, or an error answer
         return StreamingResponse(
             relay.stream(), media_type="text/event-stream",
@@ -215,7 +254,7 @@ async def _overflowed(services: Services, opened: OpenedReply, client_model: str
     return True
 
 
-def _route(services: Services, model: str) -> list[Target]:
+def resolve_model(services: Services, model: str) -> list[Target]:
     try:
         return services.router.resolve(model)
     except UnknownModel as exc:
@@ -235,6 +274,7 @@ async def _open(
     timeouts: Timeouts,
     headers_timeout_s: float,
     request_id: str | None,
+    call: Call = CHAT,
 ) -> OpenedReply:
     try:
         return await services.pool.open_chat(
@@ -243,6 +283,7 @@ async def _open(
             timeouts=timeouts,
             headers_timeout_s=headers_timeout_s,
             request_id=request_id,
+            call=call,
         )
     except NoUpstreamAvailable as exc:
         verdict = why_unavailable([target.upstream for target in targets])
@@ -277,6 +318,28 @@ async def _unless_disconnected(request: Request, work: Awaitable[Response]) -> R
         # Nobody will read this; 499 ("client closed request") keeps the metrics honest.
         return Response(status_code=499)
     return task.result()
+
+
+async def recall_block(
+    services: Services,
+    plan: MemoryPlan,
+    headers: dict[str, str],
+    targets: list[Target],
+    model: str,
+    conversation: dict[str, Any],
+) -> str | None:
+    """The memory block to put into the request, or None (memory off, nothing
+    recalled); sets ``x-memory-hits`` (and ``x-memory-status`` when degraded).
+    Only the memories that fit the model's context window beside
+    ``conversation`` (a chat-shaped view of the request) are kept."""
+    if plan.scope is None:
+        return None
+    hits = await _recall(services, plan, headers)
+    window = window_for(targets, model, services.router.context_windows)
+    if hits and window is not None:
+        hits = fitting_memories(hits, conversation, window)
+    headers["x-memory-hits"] = str(len(hits))
+    return format_memories(hits) if hits else None
 
 
 async def _recall(services: Services, plan: MemoryPlan, headers: dict[str, str]) -> list[Any]:

@@ -31,19 +31,18 @@ from typing import Any
 
 from fastapi.responses import Response
 
+from gateway.api.wire import CHAT_WIRE, Wire
 from gateway.errors import APIError, error_body
 from gateway.memory.records import NewMemory, Scope
 from gateway.memory.service import OutboxFull
 from gateway.services import Services
 from gateway.upstream.http import TimedOut, TransportError
 from gateway.upstream.pool import OpenedReply
-from gateway.upstream.sse import StreamAccumulator, error_event, reply_text
 
 logger = logging.getLogger("gateway.chat")
 
 # Memories from chat are clipped: a pasted document is not a memory.
 MAX_CHAT_MEMORY_CHARS = 4000
-DONE_EVENT = b"data: [DONE]"
 LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 # The upstream's verdicts on the request itself, which the client should see as such.
 RELAYED_CLIENT_ERRORS = frozenset({400, 404, 413, 422})
@@ -93,8 +92,10 @@ class Relay:
         client_model: str,
         *,
         drop_usage: bool = False,
+        wire: Wire = CHAT_WIRE,
     ) -> None:
         self.services = services
+        self.wire = wire
         sent_model = opened.target.model
         # The upstream knew the model by another name: give the client's back.
         self.rename_to = client_model if sent_model and sent_model != client_model else None
@@ -131,6 +132,11 @@ class Relay:
                 type=body["error"]["type"],
             )
         completion = _json_object(content)
+        if completion is None and not self.wire.json_only:
+            # Another kind of body (a transcription as text, say): relayed as it came.
+            self._finish("success")
+            kind = response.headers.get("content-type", "application/octet-stream")
+            return Response(content, 200, headers={**headers, "content-type": kind})
         if completion is None:
             self._finish("http_error")
             raise APIError(
@@ -138,7 +144,8 @@ class Relay:
             )
         self._finish("success")
         self._count_tokens(completion.get("usage"))
-        if not await self._remember(reply_text(completion)):
+        reply = self.wire.reply_text(completion)  # None: not a finished turn
+        if reply is not None and not await self._remember(reply):
             headers = {**headers, "x-memory-status": "not_stored"}
         if self.rename_to is not None and "model" in completion:
             content = json.dumps({**completion, "model": self.rename_to}).encode()
@@ -146,7 +153,7 @@ class Relay:
 
     async def stream(self) -> AsyncIterator[bytes]:
         response = self.opened.response
-        acc = StreamAccumulator(rename_to=self.rename_to, drop_usage=self.drop_usage)
+        acc = self.wire.accumulator(rename_to=self.rename_to, drop_usage=self.drop_usage)
         outcome = "stream_error"
         first = True
         cut_mid_line = False
@@ -161,8 +168,9 @@ class Relay:
                     )
                 relayed = acc.feed(chunk)
                 if acc.done and not remembered and acc.completed:
-                    # The turn goes into the outbox before the client sees [DONE].
-                    cut = _done_at(relayed)
+                    # The turn goes into the outbox before the client sees [DONE]
+                    # (or, in streams without one, the chunk with the final event).
+                    cut = _done_at(relayed, acc.END_EVENT)
                     if cut:
                         yield relayed[:cut]
                     remembered = True
@@ -176,19 +184,21 @@ class Relay:
             if acc.completed:
                 outcome = "success"
             else:
-                failure = error_event(
+                failure = self.wire.error_event(
                     "the LLM upstream closed the stream before finishing",
                     "upstream_stream_incomplete",
                 )
         except TimedOut:
             outcome = "timeout"
             idle = self.services.settings.stream_idle_timeout_s
-            failure = error_event(
+            failure = self.wire.error_event(
                 f"the LLM upstream sent nothing for {idle:g}s", "upstream_stream_idle_timeout"
             )
         except TransportError as exc:
             logger.warning("stream from %s broke: %s", self.name, exc)
-            failure = error_event("the LLM upstream failed mid-stream", "upstream_stream_error")
+            failure = self.wire.error_event(
+                "the LLM upstream failed mid-stream", "upstream_stream_error"
+            )
         except asyncio.CancelledError:
             outcome = "client_disconnect"
             raise
@@ -210,15 +220,16 @@ class Relay:
         self.services.pool.record_outcome(self.opened.upstream, outcome)
         metrics.model_requests.labels(self.model_label, self.name, outcome).inc()
         metrics.upstream_duration.labels(self.name).observe(upstream_s)
-        metrics.overhead.labels("/v1/chat/completions").observe(
+        metrics.overhead.labels(self.wire.route).observe(
             max(0.0, (now - self.started) - upstream_s)
         )
 
     def _count_tokens(self, usage: Any) -> None:
         if not isinstance(usage, dict):
             return
-        for kind in ("prompt", "completion"):
-            value = usage.get(f"{kind}_tokens")
+        # Chat and completions say prompt/completion; Responses and Messages, input/output.
+        for kind, other in (("prompt", "input"), ("completion", "output")):
+            value = usage.get(f"{kind}_tokens", usage.get(f"{other}_tokens"))
             if isinstance(value, int) and value >= 0:
                 self.services.metrics.upstream_tokens.labels(self.name, kind).inc(value)
 
@@ -244,10 +255,10 @@ class Relay:
         return True
 
 
-def _done_at(relayed: bytes) -> int:
-    """Where the ``[DONE]`` event starts in ``relayed`` (0 when it began in an
-    earlier chunk, or is not in these bytes)."""
-    at = relayed.rfind(DONE_EVENT)
+def _done_at(relayed: bytes, end_event: bytes) -> int:
+    """Where the stream's final event (``[DONE]`` in chat) starts in ``relayed``
+    (0 when it began in an earlier chunk, or is not in these bytes)."""
+    at = relayed.rfind(end_event)
     return max(at, 0)
 
 

@@ -27,6 +27,10 @@ MEMORY_PREAMBLE = (
 )
 
 
+# Text parts: "text" in Chat Completions and Anthropic messages, "input_text" in Responses input.
+TEXT_PARTS = frozenset({"text", "input_text"})
+
+
 def content_text(content: Any) -> str:
     """The text of a message's content: a string, or the text parts of a list."""
     if isinstance(content, str):
@@ -35,7 +39,7 @@ def content_text(content: Any) -> str:
         parts = [
             part.get("text", "")
             for part in content
-            if isinstance(part, dict) and part.get("type") == "text"
+            if isinstance(part, dict) and part.get("type") in TEXT_PARTS
         ]
         return "\n".join(p for p in parts if isinstance(p, str))
     return ""
@@ -88,14 +92,17 @@ def format_memories(records: Sequence[MemoryRecord]) -> str:
     return f"{MEMORY_PREAMBLE}\n<memories>\n" + "\n".join(lines) + "\n</memories>"
 
 
-def inject_memories(messages: Sequence[dict[str, Any]], block: str) -> list[dict[str, Any]]:
-    """A new message list carrying ``block`` in its leading system message."""
+def inject_memories(
+    messages: Sequence[dict[str, Any]], block: str, part_type: str = "text"
+) -> list[dict[str, Any]]:
+    """A new message list carrying ``block`` in its leading system message.
+    ``part_type``: the type of a text part in this API (Responses: ``input_text``)."""
     result = list(messages)
     first = result[0] if result else None
     if first is not None and first.get("role") in ("system", "developer"):
         content = first.get("content")
         if isinstance(content, list):
-            merged: Any = [*content, {"type": "text", "text": block}]
+            merged: Any = [*content, {"type": part_type, "text": block}]
         else:
             text = content_text(content)
             merged = f"{text}\n\n{block}" if text else block

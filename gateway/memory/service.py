@@ -15,15 +15,14 @@ store that user's entries first and waits for them (at most
 it lands after them, in order. Other users' backlogs never hold a user up.
 
 What can never be stored (the store cannot represent it, the embedder
-rejects it) is refused up front where it can be known (``check_storable``)
-and otherwise set aside in the outbox's ``dead`` table by the replayer with
-its reason. Only outages (embedder or store unavailable) are retried.
+rejects it) is refused up front where it can be known (gateway.memory.storable)
+and otherwise set aside in the outbox's ``dead`` table by the replayer
+(gateway.memory.replay) with its reason. Only outages (embedder or store
+unavailable) are retried.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import sqlite3
 import time
@@ -33,6 +32,7 @@ from dataclasses import dataclass
 from gateway.memory.embedder_client import (
     BACKGROUND,
     INTERACTIVE,
+    PART_TEXTS,
     EmbedderClient,
     EmbedderRejected,
     EmbedderUnavailable,
@@ -40,12 +40,15 @@ from gateway.memory.embedder_client import (
 from gateway.memory.indexing import (
     WINDOW,
     IndexTexts,
+    Recent,
     RecentTexts,
     SessionKey,
+    VectorCache,
+    compose,
     index_texts,
     session_key,
 )
-from gateway.memory.outbox import Outbox, OutboxEntry
+from gateway.memory.outbox import Outbox
 from gateway.memory.records import (
     Condition,
     MemoryRecord,
@@ -54,6 +57,7 @@ from gateway.memory.records import (
     dedupe_texts,
     memory_id,
 )
+from gateway.memory.replay import OUTAGES, Replayer
 from gateway.memory.sparse import Bm25Encoder
 from gateway.memory.storable import unstorable_reason
 from gateway.memory.store import (
@@ -64,20 +68,13 @@ from gateway.memory.store import (
     VectorStore,
 )
 from gateway.metrics import GatewayMetrics
-from gateway.monitor import Monitor, next_backoff
+from gateway.monitor import Monitor
 
 logger = logging.getLogger("gateway.memory")
 
 ADD, NONE = "ADD", "NONE"
-# A replay batch: up to this many outbox entries, and entries whose texts
-# total at most this many characters (one entry of any size always goes). The
-# embedder client splits a large call further and gives each part a timeout
-# that grows with it (gateway.memory.embedder_client).
-REPLAY_MAX_ENTRIES = 64
-REPLAY_MAX_CHARS = 32_000
 # How long a recall (or an API write) waits for the user's own queued writes.
 READ_YOUR_WRITES_S = 2.0
-OUTAGES = (EmbedderUnavailable, StoreUnavailable)
 
 
 class MemoryUnavailable(Exception):
@@ -105,6 +102,13 @@ class AddOutcome:
     queued: bool
 
 
+def _write_priority(memories: Sequence[NewMemory]) -> int:
+    """A bulk write (more texts than one embedder request carries: two per
+    memory) goes at background priority, so chat queries overtake it at the
+    embedder; an ordinary write goes at a query's."""
+    return BACKGROUND if 2 * len(memories) > PART_TEXTS else INTERACTIVE
+
+
 class MemoryService:
     def __init__(
         self,
@@ -125,13 +129,13 @@ class MemoryService:
         self._store_monitor = store_monitor
         self._sparse = Bm25Encoder()
         self._recent = RecentTexts()
-        self._replay_wake = asyncio.Event()
-        self._replayer: asyncio.Task[None] | None = None
+        self._vector_cache = VectorCache()
         self._read_your_writes_s = read_your_writes_s
-        self._dead = 0  # entries set aside (counted from the table at start)
-        # Users someone waits for (a recall, an API write): replayed first.
-        self._wanted: dict[Scope, int] = {}
-        self._progress = asyncio.Condition()
+        self._replayer = Replayer(
+            outbox, metrics,
+            write=self.write_batches, available=lambda: self.available,
+            report=self._report, count=self._count_written,
+        )  # fmt: skip
 
     @property
     def available(self) -> bool:
@@ -156,7 +160,7 @@ class MemoryService:
             await self.wait_stored(scope, self._read_your_writes_s)
         if self.available and not self._outbox.pending(scope):
             try:
-                results = await self.write_now(scope, unique)
+                results = await self.write_now(scope, unique, _write_priority(unique))
             except OUTAGES as exc:
                 self._report(exc)
             except EmbedderRejected:
@@ -184,7 +188,7 @@ class MemoryService:
             raise OutboxFull(f"the outbox cannot take the write: {exc}") from exc
         self._metrics.memory_writes.labels(memories[0].source, "queued").inc(len(memories))
         self._metrics.outbox_depth.set(self._outbox.depth)
-        self._replay_wake.set()
+        self._replayer.wake()
 
     async def write_now(
         self, scope: Scope, memories: Sequence[NewMemory], priority: int = INTERACTIVE
@@ -202,8 +206,8 @@ class MemoryService:
         (gateway.memory.indexing); writes to one session are expected in order,
         as the outbox replays them.
         """
-        windows: dict[SessionKey, list[str]] = {}
-        plans: list[tuple[Scope, list[tuple[str, NewMemory, IndexTexts]]]] = []
+        windows: dict[SessionKey, list[Recent]] = {}
+        plans: list[tuple[Scope, list[tuple[str, NewMemory, IndexTexts, list[Recent]]]]] = []
         results: list[list[WriteResult]] = []
         for scope, memories in batches:
             ids = [memory_id(scope, m.text) for m in memories]
@@ -215,13 +219,14 @@ class MemoryService:
                 key = session_key(scope, memory.session_id)
                 if key not in windows:
                     cached = self._recent.get(key)
-                    windows[key] = (
-                        cached
-                        if cached is not None
-                        else await self.store.recent(scope, memory.session_id, WINDOW)
-                    )
-                fresh.append((point_id, memory, index_texts(memory, windows[key])))
-                windows[key] = [*windows[key], memory.text][-WINDOW:]
+                    if cached is None:
+                        texts = await self.store.recent(scope, memory.session_id, WINDOW)
+                        cached = [(text, None) for text in texts]
+                    windows[key] = cached
+                previous = windows[key]
+                it = index_texts(memory, [text for text, _ in previous])
+                fresh.append((point_id, memory, it, previous))
+                windows[key] = [*previous, (memory.text, None)][-WINDOW:]
             plans.append((scope, fresh))
             results.append(
                 [
@@ -229,33 +234,50 @@ class MemoryService:
                     for i, m in zip(ids, memories, strict=True)
                 ]
             )
-        texts = [t for _, fresh in plans for _, _, it in fresh for t in (it.text, it.context_dense)]
+        texts = [it.dense for _, fresh in plans for _, _, it, _ in fresh]
+        texts += [t for _, fresh in plans for *_, prev in fresh for t, v in prev if v is None]
         if not texts:
             return results
-        dense = iter(await self._embedder.embed(texts, priority=priority))
+        vectors = await self._embed_once(texts, priority)
         written_at = time.time_ns()
         for scope, fresh in plans:
             points = []
-            for point_id, memory, it in fresh:
-                vectors = PointVectors(
-                    next(dense),
-                    next(dense),
-                    self._sparse.document(it.text),
-                    self._sparse.document(it.context_sparse),
+            for point_id, memory, it, previous in fresh:
+                window = [(t, v if v is not None else vectors[t]) for t, v in previous]
+                own = vectors[it.dense]
+                vectors_ = PointVectors(
+                    own,
+                    compose([*window, (it.dense, own)]),
+                    self._sparse.document(it.sparse_text),
+                    self._sparse.document(it.sparse_context),
                 )
-                points.append(StoredPoint(point_id, vectors, memory, written_at))
+                points.append(StoredPoint(point_id, vectors_, memory, written_at))
                 written_at += 1
             if points:
                 await self.store.upsert(scope, points)
-        for key, window in windows.items():
-            self._recent.put(key, window)
+        for key, recent in windows.items():
+            self._recent.put(key, [(t, v if v is not None else vectors[t]) for t, v in recent])
         return results
+
+    async def _embed_once(self, texts: Sequence[str], priority: int) -> dict[str, list[float]]:
+        """Vectors of ``texts``: each distinct text embedded once, none that a
+        recent query embedded already (``VectorCache``)."""
+        vectors: dict[str, list[float]] = {}
+        for text in texts:
+            if text not in vectors and (cached := self._vector_cache.get(text)) is not None:
+                vectors[text] = cached
+        missing = list(dict.fromkeys(t for t in texts if t not in vectors))
+        if missing:
+            embedded = await self._embedder.embed(missing, priority=priority)
+            vectors.update(zip(missing, embedded, strict=True))
+        return vectors
 
     async def forget(self, scope: Scope) -> int:
         """Delete a user's memories, queued ones included, so replay cannot revive them."""
         purged = await self._outbox.purge(scope)
-        await self._progressed()
+        await self._replayer.progressed()
         self._recent.forget(scope.tenant, scope.user_id)
+        self._vector_cache.clear()
         return purged + await self.store.delete_scope(scope)
 
     # -- reads ---------------------------------------------------------------
@@ -270,6 +292,7 @@ class MemoryService:
     ) -> list[MemoryRecord]:
         try:
             [vector] = await self._embedder.embed([query])
+            self._vector_cache.put(query, vector)  # a chat turn stores this text next
             vectors = QueryVectors(vector, self._sparse.query(query))
             return await self.store.search(scope, vectors, limit, conditions, min_score)
         except (EmbedderUnavailable, StoreUnavailable) as exc:
@@ -302,147 +325,26 @@ class MemoryService:
         monitor = monitor or self._store_monitor
         monitor.report_failure(str(exc))
 
-    # -- outbox replay -------------------------------------------------------
+    # -- outbox replay (gateway.memory.replay) -------------------------------
 
     def start_replayer(self) -> None:
-        self._dead = self._outbox.dead_count()
-        self._metrics.outbox_depth.set(self._outbox.depth)
-        self._metrics.outbox_dead.set(self._dead)
-        self._replayer = asyncio.create_task(self._replay_forever(), name="outbox-replay")
+        self._replayer.start()
 
     async def stop_replayer(self) -> None:
-        if self._replayer is not None:
-            self._replayer.cancel()
-            await asyncio.gather(self._replayer, return_exceptions=True)
+        await self._replayer.stop()
 
     def wake_replayer(self) -> None:
-        self._replay_wake.set()
-
-    async def wait_stored(self, scope: Scope, timeout_s: float) -> bool:
-        """Wait until the user's entries queued now are stored (or set aside);
-        False if some still wait after ``timeout_s``. The replayer takes this
-        user's entries before older ones of other users meanwhile."""
-        seqs = self._outbox.pending_seqs(scope)
-        if not seqs:
-            return True
-        self._wanted[scope] = self._wanted.get(scope, 0) + 1
-        self._replay_wake.set()
-
-        def stored() -> bool:
-            return not any(self._outbox.is_pending(seq) for seq in seqs)
-
-        try:
-            async with self._progress:
-                await asyncio.wait_for(self._progress.wait_for(stored), timeout_s)
-        except TimeoutError:
-            self._metrics.read_your_writes_timeouts.inc()
-            return False
-        finally:
-            self._wanted[scope] -= 1
-            if self._wanted[scope] <= 0:
-                del self._wanted[scope]
-        return True
-
-    async def _progressed(self) -> None:
-        self._metrics.outbox_depth.set(self._outbox.depth)
-        self._metrics.outbox_dead.set(self._dead)
-        async with self._progress:
-            self._progress.notify_all()
+        self._replayer.wake()
 
     async def drain(self) -> int:
-        """Replay queued entries until empty or blocked; return how many were applied.
+        """Replay queued entries until empty or blocked; return how many were applied."""
+        return await self._replayer.drain()
 
-        A batch is bounded by its entries' text size (REPLAY_MAX_CHARS), and
-        shares one embedder call (split into parts by the client), so a
-        backlog drains at the embedder's batch speed. The call goes at
-        background priority: queries of chat turns overtake it. Only an
-        outage stops the drain; an entry that fails for any other reason is
-        set aside (``dead``) with that reason and the rest go on.
-        """
-        applied = 0
-        while self.available:
-            entries = await self._outbox.head(
-                REPLAY_MAX_ENTRIES, REPLAY_MAX_CHARS, first=list(self._wanted)
-            )
-            if not entries:
-                break
-            priority = BACKGROUND
-            if self._wanted and entries[0].scope in self._wanted:
-                # Someone waits for these (a recall, a write): they go alone and
-                # at the priority of a query, not behind the embedder's bulk work.
-                entries = [e for e in entries if e.scope in self._wanted]
-                priority = INTERACTIVE
-            try:
-                batches = [(e.scope, e.memories) for e in entries]
-                results = await self.write_batches(batches, priority)
-            except OUTAGES as exc:
-                self._report(exc)
-                await self._outbox.failed(entries[0].seq, str(exc))
-                self._metrics.outbox_replays.labels("retry").inc()
-                break
-            except Exception as exc:  # anything but an outage is about the entries
-                if len(entries) > 1:
-                    applied += await self._drain_one_by_one(entries)
-                    if not self.available:
-                        break
-                    continue
-                await self._set_aside(entries[0], exc)
-            else:
-                await self._outbox.done([e.seq for e in entries])
-                for entry, written in zip(entries, results, strict=True):
-                    self._count_replayed(entry.memories, written)
-                applied += len(entries)
-            finally:
-                await self._progressed()
-        return applied
+    async def wait_stored(self, scope: Scope, timeout_s: float) -> bool:
+        """Wait (at most ``timeout_s``) until the user's queued writes are stored."""
+        return await self._replayer.wait_stored(scope, timeout_s)
 
-    async def _drain_one_by_one(self, entries: Sequence[OutboxEntry]) -> int:
-        """A batch failed, not for an outage: find the entries at fault, apply the others."""
-        applied = 0
-        for entry in entries:
-            try:
-                written = await self.write_now(entry.scope, entry.memories, BACKGROUND)
-            except OUTAGES as exc:
-                self._report(exc)
-                await self._outbox.failed(entry.seq, str(exc))
-                self._metrics.outbox_replays.labels("retry").inc()
-                return applied
-            except Exception as exc:  # not an outage: this entry is at fault
-                await self._set_aside(entry, exc)
-                continue
-            await self._outbox.done([entry.seq])
-            self._count_replayed(entry.memories, written)
-            applied += 1
-        return applied
-
-    async def _set_aside(self, entry: OutboxEntry, exc: Exception) -> None:
-        reason = str(exc) if isinstance(exc, EmbedderRejected) else f"{type(exc).__name__}: {exc}"
-        logger.error(
-            "outbox entry %d (tenant %s) can never be stored, set aside: %s",
-            entry.seq, entry.scope.tenant, reason,
-        )  # fmt: skip
-        await self._outbox.bury(entry.seq, reason[:2000])
-        self._dead += 1
-        self._metrics.outbox_replays.labels("dead").inc()
-
-    def _count_replayed(self, memories: Sequence[NewMemory], written: list[WriteResult]) -> None:
-        self._metrics.outbox_replays.labels("success").inc()
+    def _count_written(self, memories: Sequence[NewMemory], written: list[WriteResult]) -> None:
         for result, memory in zip(written, memories, strict=True):
             outcome = "stored" if result.event == ADD else "duplicate"
             self._metrics.memory_writes.labels(memory.source, outcome).inc()
-
-    async def _replay_forever(self) -> None:
-        delay = 0.0
-        while True:
-            self._replay_wake.clear()
-            try:
-                await self.drain()
-            except Exception:  # keep replaying whatever goes wrong once
-                logger.exception("outbox replay failed")
-            if self._outbox.depth == 0:
-                delay = 0.0
-                await self._replay_wake.wait()
-                continue
-            delay = next_backoff(delay, base_s=0.1, cap_s=5.0)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._replay_wake.wait(), delay)

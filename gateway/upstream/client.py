@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 import weakref
+from dataclasses import dataclass
 from typing import Any
 
 from gateway.monitor import Monitor, ProbeFailed
@@ -25,6 +26,27 @@ PROBE_TIMEOUTS = timeouts_for(read_s=10.0, connect_s=2.0)
 # How long "nothing listens" counts as "starting" for a server never seen up:
 # vLLM opens its port only once its model is loaded, which takes minutes.
 DEFAULT_START_GRACE_S = 300.0
+
+
+@dataclass(frozen=True)
+class Call:
+    """Which endpoint of the upstream a request goes to.
+
+    ``path`` is relative to the upstream's OpenAI base URL (``/chat/completions``
+    for ``http://host:8000/v1``); with ``root`` it is relative to the server's
+    root instead, for vLLM's endpoints outside ``/v1`` (``/tokenize``).
+    ``content_type`` is the body's, forwarded as the client sent it (a multipart
+    body needs its boundary); ``query`` the client's query string, if any.
+    """
+
+    path: str = "/chat/completions"
+    method: str = "POST"
+    content_type: str = "application/json"
+    query: str = ""
+    root: bool = False
+
+
+CHAT = Call()
 
 
 class Upstream:
@@ -60,12 +82,12 @@ class Upstream:
         self._sending = 0
         self._replies: weakref.WeakSet[Reply] = weakref.WeakSet()
         self._http = http
-        self._chat_url = f"{base_url}/chat/completions"
         self._models_url = f"{base_url}/models"
         self._headers = {"Content-Type": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
-        self._health_url = f"{service_root(base_url)}/health"
+        self._root = service_root(base_url)
+        self._health_url = f"{self._root}/health"
         self.monitor: Monitor | None = None
 
     @property
@@ -90,16 +112,29 @@ class Upstream:
         return self.refused_since is not None
 
     async def send_chat(self, body: bytes, *, request_id: str | None, timeouts: Timeouts) -> Reply:
-        """Send a chat request and return once the response headers are in.
+        """Send a chat request and return once the response headers are in."""
+        return await self.send(CHAT, body, request_id=request_id, timeouts=timeouts)
+
+    async def send(
+        self, call: Call, body: bytes | None, *, request_id: str | None, timeouts: Timeouts
+    ) -> Reply:
+        """Send ``body`` to ``call``'s endpoint; return once the response headers are in.
 
         A connection that the server closed as it was reused is not the
         server failing: the request goes once more on a fresh connection.
         """
-        headers = {**self._headers, "X-Request-Id": request_id} if request_id else self._headers
+        headers = self._headers
+        if call.content_type != headers["Content-Type"] or request_id:
+            headers = {**headers, "Content-Type": call.content_type}
+            if request_id:
+                headers["X-Request-Id"] = request_id
+        url = (self._root if call.root else self.base_url) + call.path
+        if call.query:
+            url += "?" + call.query
         self._sending += 1
         try:
             reply = await self._http.request(
-                "POST", self._chat_url, body=body, headers=headers, timeouts=timeouts
+                call.method, url, body=body, headers=headers, timeouts=timeouts
             )
         finally:
             self._sending -= 1

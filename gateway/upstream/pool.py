@@ -35,7 +35,7 @@ from tenacity import (
 
 from gateway.metrics import GatewayMetrics
 from gateway.monitor import HEALTHY, STARTING, Monitor
-from gateway.upstream.client import Upstream
+from gateway.upstream.client import CHAT, Call, Upstream
 from gateway.upstream.http import (
     ConnectFailed,
     ConnectTimedOut,
@@ -247,11 +247,13 @@ class UpstreamPool:
         timeouts: Timeouts,
         headers_timeout_s: float,
         request_id: str | None,
+        call: Call = CHAT,
     ) -> OpenedReply:
         """Send to the first eligible target, retrying before any byte is relayed.
 
         ``targets`` are in order of preference: the replicas serving the model
-        (already rotated for load balancing), then its fallbacks.
+        (already rotated for load balancing), then its fallbacks. ``call`` names
+        the endpoint (chat completions unless said otherwise).
         """
         retrying = AsyncRetrying(
             stop=self._stop, wait=self._wait, retry=self._retry_on, reraise=True
@@ -262,7 +264,7 @@ class UpstreamPool:
                     if attempt.retry_state.attempt_number > 1:
                         self._metrics.upstream_retries.labels(targets[0].upstream.name).inc()
                     return await self._attempt(
-                        targets, encode, timeouts, headers_timeout_s, request_id
+                        targets, encode, timeouts, headers_timeout_s, request_id, call
                     )
         except _Retryable as exc:
             raise exc.failure from None
@@ -275,6 +277,7 @@ class UpstreamPool:
         timeouts: Timeouts,
         headers_timeout_s: float,
         request_id: str | None,
+        call: Call,
     ) -> OpenedReply:
         target = self._pick(targets)
         upstream = target.upstream
@@ -282,8 +285,8 @@ class UpstreamPool:
         try:
             # The client bounds each read; this bounds the wait for the whole head of the answer.
             async with asyncio.timeout(headers_timeout_s):
-                response = await upstream.send_chat(
-                    encode(target), request_id=request_id, timeouts=timeouts
+                response = await upstream.send(
+                    call, encode(target), request_id=request_id, timeouts=timeouts
                 )
         except ConnectFailed as exc:  # never sent: another attempt costs the upstream nothing
             starting = upstream.note_refused()

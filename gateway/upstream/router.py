@@ -136,6 +136,13 @@ class ModelRouter:
             raise UnknownModel(model, sorted(self.model_names()))
         return [target for group in serving for target in self._with_fallback(group, None)]
 
+    def default_targets(self) -> list[Target]:
+        """Where a request that names no model goes (``/tokenize``, a response
+        by id): the primary, then its fallback; without a primary, the first
+        upstream configured."""
+        group = PRIMARY if PRIMARY in self.groups else next(iter(self.groups), None)
+        return [] if group is None else self._with_fallback(group, None)
+
     def metric_label(self, model: str) -> str:
         """``model`` if it is a name the gateway knows (bounded), else ``other``."""
         if model in self.aliases:

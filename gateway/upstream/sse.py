@@ -25,6 +25,9 @@ class StreamAccumulator:
       client had not; the usage-only event is not relayed.
     """
 
+    # How the stream's final event starts: the relay commits the turn before relaying it.
+    END_EVENT = b"data: [DONE]"
+
     def __init__(
         self,
         *,
@@ -94,12 +97,21 @@ class StreamAccumulator:
             return line
         if not isinstance(event, dict):
             return line
+        if not self.observe(event):
+            return None
+        if self._rename_to is not None and self.rename(event, self._rename_to):
+            return b"data: " + json.dumps(event).encode()  # ASCII: survives lone surrogates
+        return line
+
+    def observe(self, event: dict[str, Any]) -> bool:
+        """Learn from one event; False: do not relay it. Other APIs' streams
+        (gateway.upstream.sse_apis) read their own events here."""
         if isinstance(event.get("error"), dict):
             self.error = event["error"]
         if isinstance(event.get("usage"), dict):
             self.usage = event["usage"]
             if self._drop_usage and not event.get("choices"):
-                return None
+                return False
         choices = event.get("choices")
         for choice in choices if isinstance(choices, list) else ():
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
@@ -110,10 +122,14 @@ class StreamAccumulator:
                 self._parts.append(content)
             if choice.get("finish_reason"):
                 self.finish_reason = str(choice["finish_reason"])
-        if self._rename_to is not None and "model" in event:
-            event["model"] = self._rename_to
-            return b"data: " + json.dumps(event).encode()  # ASCII: survives lone surrogates
-        return line
+        return True
+
+    def rename(self, event: dict[str, Any], model: str) -> bool:
+        """Give ``event`` the client's model name; False when it names none."""
+        if "model" not in event:
+            return False
+        event["model"] = model
+        return True
 
     @property
     def completed(self) -> bool:

@@ -52,9 +52,15 @@ def fill(fs: Path, leave_mb: float) -> Path:
     """A file that takes all but ``leave_mb`` of the file system."""
     filler = fs / f"filler-{uuid.uuid4().hex[:6]}"
     size = free_bytes(fs) - int(leave_mb * MIB)
-    if size > 0:
-        with filler.open("wb") as handle:
-            os.posix_fallocate(handle.fileno(), 0, size)
+    with filler.open("wb") as handle:
+        while size > 0:
+            try:
+                os.posix_fallocate(handle.fileno(), 0, size)
+                break
+            except OSError as exc:  # the gateway wrote meanwhile: a little less
+                if exc.errno != errno.ENOSPC:
+                    raise
+                size -= MIB
     return filler
 
 

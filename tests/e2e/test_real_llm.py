@@ -255,6 +255,34 @@ def test_without_a_known_window_an_overflow_is_sent_again_without_memories_and_l
         gateway.terminate()
 
 
+def test_completions_pass_through_to_the_real_server_unchanged(
+    gateway: Service, llama: Llama
+) -> None:
+    """The completions API (which llama.cpp serves) through the gateway and straight
+    to the server give the same greedy text; usage is counted from plain and streams."""
+    asked: dict[str, Any] = {
+        "model": MODEL_ALIAS, "prompt": "The capital of France is", "max_tokens": 6,
+        "temperature": 0, "seed": 7,
+    }  # fmt: skip
+    direct = sdk(llama.url).completions.create(**asked)
+    before = token_counter(gateway, "prompt")
+    via = sdk(gateway.url).completions.create(**asked)
+    assert via.choices[0].text == direct.choices[0].text and via.choices[0].text
+    streamed = sdk(gateway.url).completions.create(**asked, stream=True)
+    assert "".join(c.choices[0].text for c in streamed if c.choices) == via.choices[0].text
+    assert via.usage is not None
+    assert token_counter(gateway, "prompt") - before >= via.usage.prompt_tokens
+
+
+def test_apis_the_real_server_lacks_answer_its_own_404(gateway: Service, llama: Llama) -> None:
+    """llama.cpp's server has no Responses or Messages API: its 404 reaches the client."""
+    with pytest.raises(openai.NotFoundError):
+        sdk(gateway.url).responses.create(model=MODEL_ALIAS, input="Hi", safety_identifier="u")
+    hello = {"model": MODEL_ALIAS, "max_tokens": 4, "messages": [{"role": "user", "content": "Hi"}]}
+    messages = httpx.post(f"{gateway.url}/messages", json=hello, timeout=60)
+    assert messages.status_code == 404 and messages.json()["error"]["message"]
+
+
 def test_the_server_killed_and_restarted_without_restarting_the_gateway(
     gateway: Service, llama: Llama
 ) -> None:

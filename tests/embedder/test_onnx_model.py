@@ -109,3 +109,24 @@ def test_onnx_needs_a_local_model_folder(tmp_path: Path) -> None:
 )
 def test_auto_backend(env: dict[str, str], expected: str) -> None:
     assert choose_backend(EmbedderSettings(**env)) == expected  # type: ignore[arg-type]
+
+
+def test_int8_weights_stay_close_to_fp32_and_are_quantised_once(
+    cache_dir: Path, onnx_encoder: Encoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    int8 = load_onnx(DEFAULT_MODEL, cache_dir, batch_size=16, weights="int8")
+    sample = texts()
+    ours, fp32 = int8.encode(sample), onnx_encoder.encode(sample)
+    cosine = (ours.vectors * fp32.vectors).sum(axis=1)
+    assert cosine.min() > 0.97, cosine.min()  # measured 0.986 on 512 memory-like texts
+    assert ours.token_counts == fp32.token_counts
+    # activations are scaled per batch, so a text's vector moves a little with its
+    # batch-mates; a lone text and the same text in a batch stay close
+    alone = np.stack([int8.encode([t]).vectors[0] for t in sample[:8]])
+    assert ((alone * ours.vectors[:8]).sum(axis=1)).min() > 0.99
+
+    def no_quantize(folder: Path) -> None:
+        raise AssertionError("quantised again although the int8 file is cached")
+
+    monkeypatch.setattr(onnx_model, "quantize", no_quantize)
+    load_onnx(DEFAULT_MODEL, cache_dir, batch_size=16, weights="int8")

@@ -7,9 +7,17 @@ model), then prints "READY <port>" (--port 0 picks a free port). Endpoints:
 
     GET  /health, /v1/models        200, or the status behavior.health_status says
     POST /v1/chat/completions       replies "echo: <last user text>", as JSON or an SSE stream
-    GET|DELETE /_control/requests   the chat requests received, {"body", "headers"}, in order
+    POST /v1/completions, /v1/responses, /v1/messages
+                                    the same echo on the Completions, Responses and Anthropic
+                                    Messages APIs, shaped as vLLM answers them (llm_protocols)
+    GET  /v1/responses/{id}, POST /v1/responses/{id}/cancel
+                                    a response made here (404 for any other id)
+    POST /v1/embeddings, /v1/messages/count_tokens, /tokenize, /v1/audio/transcriptions
+                                    small deterministic answers (transcriptions: multipart in,
+                                    JSON or, with response_format=text, text/plain out)
+    GET|DELETE /_control/requests   the requests received, {"path", "body", "headers"}, in order
     GET|POST   /_control/behavior   fault injection; the posted object replaces the current one
-    GET  /_control/stats            {"chat_requests": N, "disconnects": M}
+    GET  /_control/stats            {"chat_requests": N, "disconnects": M} (N: generations, any API)
     POST /_control/reset            behavior, recorded requests and stats back to the start
 
 Behavior fields, all optional. mode: normal | fail (answer `status`, default 503, with an OpenAI
@@ -43,13 +51,26 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
-Json = dict[str, Any]
+try:
+    from tests.fakes import llm_protocols as api
+except ImportError:  # run as a script (bench/): the folder itself is on the path
+    import llm_protocols as api  # type: ignore[import-not-found, no-redef]
+
+Json = api.Json
+dumps = api.dumps
 Pending = Coroutine[Any, Any, None]
 MODES = {"normal", "fail", "stall", "die_mid_stream", "die", "slow"}
 NUMBERS = {"status", "retry_after", "delay_s", "chunks_before_death", "times", "health_status"}
 FIELDS = NUMBERS | {"mode", "reply"}
 PHRASES = {s.value: s.phrase for s in HTTPStatus}
-WORD_BOUNDARY = re.compile(r"(?<=\s)(?=\S)")  # "a b c" -> "a ", "b ", "c"
+# The generating endpoints: the conversation a request amounts to, and the answer's shape.
+GENERATORS = {
+    "/v1/chat/completions": (api.chat_turn, api.chat_answer),
+    "/v1/completions": (api.completions_turn, api.completions_answer),
+    "/v1/responses": (api.responses_turn, api.responses_answer),
+    "/v1/messages": (api.messages_turn, api.messages_answer),
+}
+RESPONSE_BY_ID = re.compile(r"^/v1/responses/([^/]+)(/cancel)?$")
 
 
 class HttpError(Exception):
@@ -67,13 +88,11 @@ class Request:
     close: bool  # answer, then close the connection
 
 
-def dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()
-
-
-def error_body(status: int, message: str) -> Json:
+def error_body(status: int, message: str, path: str = "") -> Json:
     kind = "invalid_request_error" if status < 500 else "server_error"
     kind = "rate_limit_error" if status == 429 else kind
+    if path.startswith("/v1/messages"):  # vLLM answers Anthropic's envelope there
+        return {"type": "error", "error": {"type": kind, "message": message}}
     return {"error": {"message": message, "type": kind, "code": status}}
 
 
@@ -95,16 +114,6 @@ def frame(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
-def text_of(content: Any) -> str:
-    """The text of a message's content: a string, or a list of {"type": "text"} parts."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = [p for p in content if isinstance(p, dict) and p.get("type") == "text"]
-        return " ".join(str(p.get("text", "")) for p in parts)
-    return ""
-
-
 def parse_behavior(raw: Any) -> Json:
     if not isinstance(raw, dict):
         raise HttpError(400, "behavior must be a JSON object")
@@ -117,19 +126,6 @@ def parse_behavior(raw: Any) -> Json:
     return raw
 
 
-def stream_events(base: Json, reply: str, usage: Json | None) -> list[Json]:
-    def chunk(delta: Json, finish: str | None = None) -> Json:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-        return {**base, "object": "chat.completion.chunk", "choices": [choice]}
-
-    events = [chunk({"role": "assistant"})]
-    events += [chunk({"content": piece}) for piece in WORD_BOUNDARY.split(reply) if piece]
-    events.append(chunk({}, "stop"))
-    if usage is not None:
-        events.append({**chunk({}), "choices": [], "usage": usage})
-    return events
-
-
 class FakeLLM:
     """The server's state and request handling; one per process."""
 
@@ -140,6 +136,7 @@ class FakeLLM:
     def reset(self) -> None:
         self.behavior: Json = {}
         self.requests: list[Json] = []
+        self.responses: dict[str, Json] = {}  # made by /v1/responses, for GET and cancel
         self.chat_requests = self.disconnects = self.ids = 0
 
     def take_behavior(self) -> Json:
@@ -156,9 +153,20 @@ class FakeLLM:
         """Answer `req` on `conn` now, or return a coroutine that will (slow and stall modes)."""
         health = int(self.behavior.get("health_status", 200))
         unready = error_body(health, "not ready")
+        by_id = RESPONSE_BY_ID.match(req.path)
         match req.method, req.path:
-            case "POST", "/v1/chat/completions":
-                return self.chat(conn, req)
+            case "POST", path if path in GENERATORS:
+                return self.generate(conn, req)
+            case ("GET", _) | ("POST", _) if by_id and (req.method == "POST") == bool(by_id[2]):
+                self.stored_response(conn, by_id[1], cancel=bool(by_id[2]))
+            case "POST", "/v1/embeddings":
+                conn.send(200, api.embeddings(self.record(req), self.model))
+            case "POST", "/v1/messages/count_tokens":
+                conn.send(200, api.count_tokens(self.record(req)))
+            case "POST", "/tokenize":
+                conn.send(200, api.tokenize(self.record(req)))
+            case "POST", "/v1/audio/transcriptions":
+                self.transcribe(conn, req)
             case "GET", "/health":
                 conn.send(health, {} if health == 200 else unready)
             case "GET", "/v1/models":
@@ -184,11 +192,23 @@ class FakeLLM:
                 raise HttpError(404, f"no route for {req.method} {req.path}")
         return None
 
-    def chat(self, conn: Conn, req: Request) -> Pending | None:
+    def record(self, req: Request, body: Any = None) -> Json:
+        """The request's JSON body (or ``body``), noted in the request log."""
+        if body is None:
+            body = json.loads(req.body)
+            if not isinstance(body, dict):
+                raise HttpError(400, "the body must be a JSON object")
+        self.requests.append({"path": req.path, "body": body, "headers": req.headers})
+        return body
+
+    def generate(self, conn: Conn, req: Request) -> Pending | None:
+        turn_of, answer = GENERATORS[req.path]
         body = json.loads(req.body)
-        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
-            raise HttpError(400, "'messages' must be a list")
-        self.requests.append({"body": body, "headers": req.headers})
+        try:
+            turn = turn_of(body) if isinstance(body, dict) else turn_of({})
+        except api.BadRequest as e:
+            raise HttpError(400, str(e)) from None
+        self.record(req, body)
         self.chat_requests += 1
         b = self.take_behavior()
         mode, stream = b.get("mode", "normal"), body.get("stream") is True
@@ -197,32 +217,27 @@ class FakeLLM:
         if mode == "fail":
             status = int(b.get("status", 503))
             extra = [("retry-after", str(b["retry_after"]))] if "retry_after" in b else []
-            conn.send(status, error_body(status, "fake-llm: injected failure"), extra)
+            conn.send(status, error_body(status, "fake-llm: injected failure", req.path), extra)
             return None
 
-        messages = [m for m in body["messages"] if isinstance(m, dict)]
-        users = [text_of(m.get("content")) for m in messages if m.get("role") == "user"]
+        users = [api.text_of(m.get("content")) for m in turn if m.get("role") == "user"]
         reply = str(b["reply"]) if "reply" in b else "echo: " + (users[-1] if users else "")
-        prompt = sum(len(text_of(m.get("content")).split()) for m in messages)
-        completion = len(reply.split())
+        prompt, completion = api.words(turn), len(reply.split())
         usage = dict(prompt_tokens=prompt, completion_tokens=completion)
         usage["total_tokens"] = prompt + completion
         self.ids += 1
         base = {"id": f"chatcmpl-fake{self.ids}", "created": int(time.time())}
         base["model"] = str(body.get("model", self.model))
-        if stream:  # parts: the head with the first event, the other events, [DONE] with the end
-            options = body.get("stream_options")
-            with_usage = isinstance(options, dict) and options.get("include_usage") is True
-            events = [dumps(e) for e in stream_events(base, reply, usage if with_usage else None)]
-            parts = [frame(b"data: %s\n\n" % e) for e in [*events, b"[DONE]"]]
+        if req.path == "/v1/responses":
+            made = api.responses_answer(base, reply, usage, False, body)
+            self.responses[made["id"]] = made
+        if stream:  # parts: the head with the first event, the other events, the end
+            parts = [frame(e) for e in answer(base, reply, usage, True, body)]
             sse = head(200, "text/event-stream", None, [("cache-control", "no-cache")])
             parts[0] = sse + parts[0]
             parts[-1] += b"0\r\n\r\n"
         else:
-            message = {"role": "assistant", "content": reply}
-            choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}
-            answer = {**base, "object": "chat.completion", "choices": [choice], "usage": usage}
-            parts = [json_response(200, answer)]
+            parts = [json_response(200, answer(base, reply, usage, False, body))]
 
         if mode == "die_mid_stream":
             conn.transport.write(b"".join(parts[: int(b.get("chunks_before_death", 2))]))
@@ -233,6 +248,32 @@ class FakeLLM:
             return slow(conn, parts, float(b.get("delay_s", 0.0)))
         conn.transport.write(b"".join(parts))
         return None
+
+    def stored_response(self, conn: Conn, response_id: str, *, cancel: bool) -> None:
+        self.requests.append({"path": conn_path(response_id, cancel), "body": None})
+        if response_id not in self.responses:
+            raise HttpError(404, f"Response with id '{response_id}' not found.")
+        if cancel:
+            self.responses[response_id] = {**self.responses[response_id], "status": "cancelled"}
+        conn.send(200, self.responses[response_id])
+
+    def transcribe(self, conn: Conn, req: Request) -> None:
+        try:
+            form = api.form_fields(req.body, req.headers.get("content-type", ""))
+        except api.BadRequest as e:
+            raise HttpError(400, str(e)) from None
+        fields = {k: v.decode("latin-1") for k, v in form.items() if k != "file"}
+        self.record(req, {**fields, "file_bytes": len(form.get("file", b""))})
+        text = f"transcript of {len(form.get('file', b''))} bytes"
+        if fields.get("response_format") == "text":
+            data = text.encode()
+            conn.transport.write(head(200, "text/plain; charset=utf-8", len(data), []) + data)
+        else:
+            conn.send(200, {"text": text})
+
+
+def conn_path(response_id: str, cancel: bool) -> str:
+    return f"/v1/responses/{response_id}" + ("/cancel" if cancel else "")
 
 
 async def stall(conn: Conn, first: bytes) -> None:
@@ -286,7 +327,7 @@ class Conn(asyncio.Protocol):
             try:
                 pending = self.app.handle(self, req)
             except HttpError as e:
-                self.send(e.status, error_body(e.status, str(e)))
+                self.send(e.status, error_body(e.status, str(e), req.path))
                 pending = None
             except ValueError as e:  # bad JSON
                 self.send(400, error_body(400, f"bad request body: {e}"))

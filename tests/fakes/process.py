@@ -101,6 +101,9 @@ class RunningServer:
         result: list[dict[str, Any]] = self.control("GET", "requests")["requests"]
         return result
 
+    def clear_requests(self) -> None:
+        self.control("DELETE", "requests")
+
     def stats(self) -> dict[str, int]:
         result: dict[str, int] = self.control("GET", "stats")
         return result

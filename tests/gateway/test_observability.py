@@ -280,7 +280,9 @@ def test_concrete_ids_and_paths_become_templates_in_metrics(
     assert client.delete(f"/v1/memories/{ids[0]}").status_code == 404
     assert client.get("/v1/memories/not-a-uuid").status_code == 400
     assert client.get("/does/not/exist").status_code == 404
-    assert client.get("/v1/nothing-here/either").status_code == 404
+    assert client.get("/v2/nothing-here/either").status_code == 404
+    # Other /v1 paths go to the LLM (none here: 503), under one template.
+    assert client.get("/v1/nothing-here/either").status_code == 503
     assert client.get("/livez").status_code == 200
     assert client.post("/livez").status_code == 405
 
@@ -290,12 +292,14 @@ def test_concrete_ids_and_paths_become_templates_in_metrics(
     assert http_requests(registry, template, "DELETE", 404) == 1
     assert observed(registry, template, "GET") == 4
     assert http_requests(registry, "unmatched", "GET", 404) == 2
+    assert http_requests(registry, "/v1/{path}", "GET", 503) == 1
     assert http_requests(registry, "/livez", "GET", 200) == 1
     assert http_requests(registry, "/livez", "POST", 405) == 1
 
     exposition = client.get("/metrics").text
     assert not any(memory_id in exposition for memory_id in ids)
     assert "not-a-uuid" not in exposition and "/does/not/exist" not in exposition
+    assert "nothing-here" not in exposition
     assert http_requests(registry, "/metrics", "GET", 200) == 1  # counted once it finished
 
 

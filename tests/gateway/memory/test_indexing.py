@@ -1,8 +1,16 @@
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta, timezone
 
-from gateway.memory.indexing import RecentTexts, date_label, index_texts, session_key
+from gateway.memory.indexing import (
+    RecentTexts,
+    VectorCache,
+    compose,
+    date_label,
+    index_texts,
+    session_key,
+)
 from gateway.memory.records import NewMemory, Scope
 
 WHEN = datetime(2023, 5, 8, 13, 56, tzinfo=UTC)
@@ -17,14 +25,33 @@ def test_date_label_is_in_utc() -> None:
 def test_index_texts_carry_the_date_and_the_two_previous_turns() -> None:
     memory = NewMemory("Caroline: yes, last week!", WHEN)
     texts = index_texts(memory, ["Mel: hi", "Mel: did you go to the group?", "Caroline: hey"][-3:])
-    assert texts.text == "On 8 May 2023, Caroline: yes, last week!"
+    assert texts.dense == "Caroline: yes, last week!"  # the text as sent: a query's text
+    assert texts.sparse_text == "On 8 May 2023, Caroline: yes, last week!"
     assert (
-        texts.context_sparse
+        texts.sparse_context
         == "Mel: did you go to the group? Caroline: hey Caroline: yes, last week!"
     )
-    assert texts.context_dense == f"On 8 May 2023, {texts.context_sparse}"
     first = index_texts(memory, [])
-    assert first.context_sparse == "Caroline: yes, last week!"
+    assert first.sparse_context == "Caroline: yes, last week!"
+
+
+def test_compose_weighs_each_text_by_its_words_and_is_a_unit_vector() -> None:
+    one_word, three_words = ("hi", [1.0, 0.0]), ("a b c", [0.0, 1.0])
+    v = compose([one_word, three_words])
+    assert math.isclose(math.hypot(*v), 1.0)
+    assert math.isclose(v[1] / v[0], 3.0)  # three words pull three times as hard
+    assert compose([three_words]) == [0.0, 1.0]
+
+
+def test_vector_cache_is_a_bounded_lru_of_float32_vectors() -> None:
+    cache = VectorCache(max_texts=2)
+    cache.put("a", [0.5, 0.25])
+    cache.put("b", [1.0, 0.0])
+    assert cache.get("a") == [0.5, 0.25]  # a is now the most recently used
+    cache.put("c", [0.0, 1.0])
+    assert cache.get("b") is None and cache.get("a") is not None
+    cache.clear()
+    assert cache.get("a") is None
 
 
 def test_sessions_are_per_user_and_session_less_memories_share_one() -> None:
@@ -35,10 +62,10 @@ def test_sessions_are_per_user_and_session_less_memories_share_one() -> None:
 
 def test_recent_texts_keep_the_window_and_stay_bounded() -> None:
     cache = RecentTexts(max_sessions=2)
-    cache.put(("t", "a", "s"), ["1", "2", "3"])
-    assert cache.get(("t", "a", "s")) == ["2", "3"]
-    cache.put(("t", "b", "s"), ["x"])
-    cache.put(("t", "c", "s"), ["y"])
+    cache.put(("t", "a", "s"), [("1", None), ("2", [1.0]), ("3", None)])
+    assert cache.get(("t", "a", "s")) == [("2", [1.0]), ("3", None)]
+    cache.put(("t", "b", "s"), [("x", None)])
+    cache.put(("t", "c", "s"), [("y", None)])
     assert cache.get(("t", "a", "s")) is None  # least recently used went first
     cache.forget("t", "b")
-    assert cache.get(("t", "b", "s")) is None and cache.get(("t", "c", "s")) == ["y"]
+    assert cache.get(("t", "b", "s")) is None and cache.get(("t", "c", "s")) == [("y", None)]

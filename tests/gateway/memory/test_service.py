@@ -40,6 +40,7 @@ class Embedder:
         self.reject: str | None = None
         self.floats_only = False  # an embedder that ignores encoding_format
         self.priorities: list[int] = []
+        self.inputs: list[str] = []  # every text embedded, in order
         self.seen: list[tuple[int, list[str]]] = []  # (priority, texts) of each call
 
     def handle(self, request: httpx.Request) -> httpx.Response:
@@ -48,6 +49,7 @@ class Embedder:
         self.calls += 1
         body = json.loads(request.content)
         texts = body["input"]
+        self.inputs += texts
         self.priorities.append(body.get("priority", 0))
         self.seen.append((body.get("priority", 0), texts))
         if any(self.reject and self.reject in t for t in texts):
@@ -107,6 +109,35 @@ async def test_a_batch_is_embedded_in_one_call_and_deduplicated(h: Harness) -> N
     assert [r.event for r in again.results] == ["NONE", "ADD"]
     assert h.embedder.calls == 2  # only "c" was embedded
     assert await h.texts() == ["a", "b", "c"]
+
+
+async def test_each_text_is_embedded_once_and_windows_need_no_encoder_pass(h: Harness) -> None:
+    # A chat turn: the query is embedded for recall, then the user's message
+    # and the reply are stored. The message's vector is the query's, and the
+    # session windows are composed from the memories' own vectors.
+    turn = [
+        NewMemory("did you go to the group?", WHEN, session_id="s"),
+        NewMemory("yes, last week!", WHEN, session_id="s"),
+    ]
+    await h.service.search(ALICE, "did you go to the group?", 5)
+    await h.service.add(ALICE, turn)
+    assert h.embedder.inputs == ["did you go to the group?", "yes, last week!"]
+    await h.service.add(ALICE, [NewMemory("how was it?", WHEN, session_id="s")])
+    assert h.embedder.inputs[2:] == ["how was it?"]
+
+
+async def test_after_a_restart_the_window_texts_from_the_store_are_embedded_once(
+    h: Harness,
+) -> None:
+    await h.service.add(ALICE, [NewMemory(t, WHEN, session_id="s") for t in ("one", "two")])
+    fresh = MemoryService(h.store, h.client, h.outbox, h.metrics,
+                          h.embedder_monitor, h.store_monitor)  # fmt: skip
+    h.embedder.inputs.clear()
+    await fresh.add(ALICE, [NewMemory("three", WHEN, session_id="s")])
+    assert sorted(h.embedder.inputs) == ["one", "three", "two"]
+    h.embedder.inputs.clear()
+    await fresh.add(ALICE, [NewMemory("four", WHEN, session_id="s")])
+    assert h.embedder.inputs == ["four"]
 
 
 async def test_store_down_queues_then_replays_exactly_once(h: Harness, tmp_path: Path) -> None:
@@ -246,12 +277,12 @@ async def test_recall_waits_for_the_users_own_queued_turn(h: Harness) -> None:
     await h.service.enqueue(ALICE, memories("I am allergic to peanuts"))
     h.service.start_replayer()
     try:
-        hits = await h.service.recall(ALICE, "I am allergic to peanuts", 5, -1.0)
+        hits = await h.service.recall(ALICE, "what am I allergic to?", 5, -1.0)
     finally:
         await h.service.stop_replayer()
     assert [r.text for r in hits] == ["I am allergic to peanuts"]
     # Waited for, the user's write was embedded at a query's priority, on its own.
-    query = ["I am allergic to peanuts"]
+    query = ["what am I allergic to?"]
     [(priority, texts)] = [
         (p, texts)
         for p, texts in h.embedder.seen
@@ -271,3 +302,11 @@ async def test_a_users_write_goes_after_their_queued_ones(h: Harness) -> None:
     finally:
         await h.service.stop_replayer()
     assert not outcome.queued and await h.texts() == ["first", "second"]
+
+
+async def test_a_bulk_write_lets_queries_go_first(h: Harness) -> None:
+    await h.service.add(ALICE, memories("one", "two"))
+    await h.service.add(ALICE, memories(*(f"bulk {i}" for i in range(40))))
+    # One text per memory: the small write at a query's priority, the bulk one
+    # behind, in parts (32 + 8 texts).
+    assert [p for p, _ in h.embedder.seen] == [0, 1, 1]

@@ -9,7 +9,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from gateway.metrics import GatewayMetrics
-from gateway.upstream.client import Upstream
+from gateway.upstream.client import Call, Upstream
 from gateway.upstream.http import (
     ConnectFailed,
     ConnectTimedOut,
@@ -29,7 +29,9 @@ class Failing(Upstream):
     failure: BaseException | None = None
     sends = 0
 
-    async def send_chat(self, body: bytes, *, request_id: str | None, timeouts: Timeouts) -> Reply:
+    async def send(
+        self, call: Call, body: bytes | None, *, request_id: str | None, timeouts: Timeouts
+    ) -> Reply:
         self.sends += 1
         if self.failure is None:  # silence: the request was sent, no headers come
             await asyncio.sleep(3600)

@@ -1,0 +1,144 @@
+"""The embedder on a GPU: texts/s of the encoder alone and of the service (issue 18).
+
+    python3 bench/gpu/embedder_gpu.py MODEL_DIR [--seconds 10] [--out results.json]
+
+Direct: sentence-transformers on CUDA (the embedder's torch backend, the model
+as ``load_sentence_transformer`` loads it) encodes 8,192 memory-like texts in
+batches of 64 (the service's GPU default), 256 and 1,024, after a warm-up,
+synchronised, best of 3. Service: ``python -m embedder`` with
+``EMBEDDER_DEVICE=cuda`` and closed-loop clients (httpx, one text per request
+or 32, base64 vectors as the gateway asks) for ``--seconds``; texts/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "bench" / "gpu"))
+
+from pack_weights import texts  # noqa: E402
+
+
+def direct(model_dir: str) -> dict[str, Any]:
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(model_dir, device="cuda")
+    sample = texts(8192)
+    dtype = str(next(model.parameters()).dtype)
+    out: dict[str, Any] = {"dtype": dtype, "gpu": torch.cuda.get_device_name(0)}
+    out["torch"] = torch.__version__
+    model.encode(sample[:2048], batch_size=256, show_progress_bar=False)
+    for batch in (64, 256, 1024):
+        best = 0.0
+        for _ in range(3):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            model.encode(sample, batch_size=batch, show_progress_bar=False)
+            torch.cuda.synchronize()
+            best = max(best, len(sample) / (time.perf_counter() - t0))
+        out[f"batch_{batch}_texts_per_s"] = round(best)
+    t0 = time.perf_counter()
+    for t in sample[:200]:
+        model.encode([t], show_progress_bar=False)
+    out["one_at_a_time_ms"] = round((time.perf_counter() - t0) / 200 * 1000, 2)
+    return out
+
+
+async def clients(url: str, n: int, per_request: int, seconds: float) -> float:
+    import httpx
+
+    sample = texts(4096)
+    done = 0
+    stop = time.perf_counter() + seconds
+
+    async def one(i: int, client: httpx.AsyncClient) -> None:
+        nonlocal done
+        k = i
+        while time.perf_counter() < stop:
+            batch = [sample[(k + j) % len(sample)] for j in range(per_request)]
+            r = await client.post(url, json={"input": batch, "encoding_format": "base64"})
+            r.raise_for_status()
+            done += per_request
+            k += n * per_request
+
+    limits = __import__("httpx").Limits(max_connections=n + 4)
+    async with __import__("httpx").AsyncClient(timeout=60, limits=limits) as client:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one(i, client) for i in range(n)))
+        return done / (time.perf_counter() - t0)
+
+
+def service(model_dir: str, seconds: float, switch_s: float | None = None) -> dict[str, Any]:
+    """The service; with ``switch_s``, the interpreter's GIL switch interval set to it
+    (Python's default is 5 ms: the event loop answering many clients can hold the
+    GIL that long while the inference thread waits to launch its next kernel)."""
+    import httpx
+
+    port = 18081
+    env = {**os.environ, "EMBEDDER_PORT": str(port), "EMBEDDER_DEVICE": "cuda",
+           "EMBEDDER_MODEL": model_dir, "HF_HUB_OFFLINE": "1"}  # fmt: skip
+    log = open("/tmp/embedder-gpu.log", "wb")  # noqa: SIM115
+    argv = [sys.executable, "-m", "embedder"]
+    if switch_s is not None:
+        argv = [sys.executable, "-c", f"import sys, runpy; sys.setswitchinterval({switch_s}); "
+                "runpy.run_module('embedder', run_name='__main__')"]  # fmt: skip
+    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(Path("/tmp/embedder-gpu.log").read_text()[-3000:])
+            time.sleep(0.5)
+        url = f"http://127.0.0.1:{port}/v1/embeddings"
+        asyncio.run(clients(url, 8, 1, 2))  # warm-up
+        out: dict[str, Any] = {}
+        for n, per in ((1, 1), (32, 1), (128, 1), (4, 32), (16, 32)):
+            out[f"{n}_clients_x_{per}_texts"] = round(asyncio.run(clients(url, n, per, seconds)))
+        return out
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("model_dir")
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--out", type=Path)
+    args = p.parse_args()
+    result = {
+        "command": "python3 bench/gpu/embedder_gpu.py " + " ".join(sys.argv[1:]),
+        "machine": {
+            "nproc": os.cpu_count(),
+            "python": platform.python_version(),
+            "loadavg": os.getloadavg(),
+        },
+        "direct": direct(args.model_dir),
+        "service": service(args.model_dir, args.seconds),
+        "service_switch_0.2ms": service(args.model_dir, args.seconds, 0.0002),
+    }
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""Every other endpoint of the LLM server, passed through.
+
+vLLM serves more than chat: ``/v1/completions``, ``/v1/embeddings``, the
+audio transcription and translation APIs (multipart), ``/tokenize``,
+``/detokenize``, score, rerank, pooling, classify,
+``/v1/messages/count_tokens``, and more with each release. They reach the
+upstream that serves the request's ``model`` (read from a JSON body or a
+multipart form field), or the primary when a request names none, with
+everything a chat request gets: the tenant's key, the body and concurrency
+limits, health-aware routing with fallback, the pool's retry policy (never
+once the upstream may have started work), metrics and the error envelope.
+
+The body goes as the client sent it, bytes and content type alike; only an
+alias that the upstream knows by another name changes the ``model`` value
+(in place, in a form too). The answer comes back as the upstream sent it:
+JSON, text, or an SSE stream relayed as it arrives. An upstream without the
+endpoint answers its own 404, which the client gets as a 404.
+
+Routes: vLLM's known paths each have their own (so metrics name them), and
+any other ``/v1/…`` path goes upstream too, except the gateway's own paths
+(a wrong method on them is the gateway's 405, never forwarded).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from starlette.routing import Match
+
+from gateway.api.chat import encoder, parse_json_object, relay_turn, resolve_model
+from gateway.api.relay import MemoryPlan
+from gateway.api.wire import Wire
+from gateway.auth import PrincipalDep
+from gateway.errors import APIError
+from gateway.services import Services, ServicesDep
+from gateway.upstream.client import Call
+from gateway.upstream.pool import Target
+from gateway.upstream.sse import StreamAccumulator, error_event
+
+router = APIRouter()
+
+PASS_WIRE = Wire("/v1/{path}", StreamAccumulator, lambda _: None, error_event, json_only=False)
+# vLLM's endpoints under its OpenAI base URL, and beside it (at the server's root).
+V1_PATHS = (
+    "/v1/completions", "/v1/embeddings", "/v1/audio/transcriptions",
+    "/v1/audio/translations", "/v1/score", "/v1/rerank", "/v1/classify",
+    "/v1/messages/count_tokens",
+)  # fmt: skip
+ROOT_PATHS = (
+    "/tokenize", "/detokenize", "/pooling", "/classify", "/score", "/rerank",
+    "/v2/rerank", "/invocations",
+)  # fmt: skip
+MAX_MODEL = 256
+_FORM_NAME = r'(?:^|[;\s])name="{}"'
+
+
+def form_field(raw: bytes, content_type: str, name: str) -> tuple[int, int] | None:
+    """Where the value of the multipart form field ``name`` lies in ``raw``,
+    or None: found in place, so the body need not be parsed or rebuilt."""
+    found = re.search(r'boundary="?([^";]+)"?', content_type)
+    if found is None:
+        return None
+    delimiter = b"--" + found.group(1).encode("latin-1")
+    wanted = re.compile(_FORM_NAME.format(re.escape(name)).encode(), re.IGNORECASE)
+    pos = raw.find(delimiter)
+    while pos >= 0:
+        head_end = raw.find(b"\r\n\r\n", pos)
+        end = raw.find(b"\r\n" + delimiter, head_end)
+        if head_end < 0 or end < 0:
+            return None
+        if wanted.search(raw[pos + len(delimiter) : head_end]):
+            return head_end + 4, end
+        pos = end + 2
+    return None
+
+
+def _model_name(value: Any) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_MODEL:
+        raise APIError(
+            400,
+            f"model: must be a string of 1 to {MAX_MODEL} characters",
+            code="invalid_request",
+            param="model",
+        )
+    return value
+
+
+Encode = Callable[[Target], bytes]
+
+
+def read_request(raw: bytes, content_type: str) -> tuple[str | None, bool, Encode]:
+    """The model a body names (None: none), whether it asks for a stream, and
+    the bytes to send each target (the client's own, unless an alias is renamed)."""
+    if content_type.startswith("multipart/form-data"):
+        span = form_field(raw, content_type, "model")
+        if span is None:
+            return None, False, lambda _: raw
+        start, end = span
+        model = _model_name(raw[start:end].decode("utf-8", "replace"))
+        stream = form_field(raw, content_type, "stream")
+        streams = stream is not None and raw[stream[0] : stream[1]].strip() == b"true"
+
+        def renamed(target: Target) -> bytes:
+            if target.model is None or target.model == model:
+                return raw
+            return raw[:start] + target.model.encode() + raw[end:]
+
+        return model, streams, renamed
+    if raw and (not content_type or "json" in content_type):
+        body = parse_json_object(raw)
+        if "model" in body:
+            model = _model_name(body["model"])
+            return model, body.get("stream") is True, encoder(raw, body, False, model)
+        return None, body.get("stream") is True, lambda _: raw
+    return None, False, lambda _: raw
+
+
+async def pass_through(request: Request, services: Services, wire: Wire, *, root: bool) -> Response:
+    started = time.perf_counter()
+    raw = await request.body()
+    content_type = request.headers.get("content-type", "")
+    model, stream, encode = read_request(raw, content_type)
+    targets = resolve_model(services, model) if model else services.router.default_targets()
+    path = request.url.path if root else request.url.path.removeprefix("/v1")
+    call = Call(path, request.method, content_type or "application/json", request.url.query, root)
+    return await relay_turn(
+        request, services, targets, encode, MemoryPlan(), started, model or "", {},
+        stream=stream, wire=wire, call=call,
+    )  # fmt: skip
+
+
+Handler = Callable[[Request, PrincipalDep, ServicesDep], Awaitable[Response]]
+
+
+def _handler(label: str, *, root: bool) -> Handler:
+    wire = replace(PASS_WIRE, route=label)
+
+    async def forward(request: Request, _: PrincipalDep, services: ServicesDep) -> Response:
+        return await pass_through(request, services, wire, root=root)
+
+    return forward
+
+
+for _path in (*V1_PATHS, *ROOT_PATHS):
+    router.add_api_route(
+        _path, _handler(_path, root=_path in ROOT_PATHS), methods=["POST"],
+        include_in_schema=False,
+    )  # fmt: skip
+
+_forward_any = _handler(PASS_WIRE.route, root=False)
+
+
+@router.api_route(
+    "/v1/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False
+)
+async def any_other(request: Request, principal: PrincipalDep, services: ServicesDep) -> Response:
+    # A gateway path asked with a method it does not serve matches its own
+    # routes in part only; it stays the gateway's (405), never forwarded.
+    for route in request.app.router.routes:
+        if route.matches(request.scope)[0] is Match.PARTIAL:
+            raise APIError(405, "method not allowed", code="method_not_allowed")
+    return await _forward_any(request, principal, services)

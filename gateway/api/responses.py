@@ -1,0 +1,172 @@
+"""``/v1/responses``: OpenAI's Responses API, with memory.
+
+Recall: for the turn's latest user input (``input`` as a string, or the
+last user item's text), like chat. Where the memories go, so that every
+model accepts them: vLLM turns ``instructions`` into the conversation's
+leading system message, so the memory block is appended to the request's
+``instructions`` (or becomes them). Only when ``instructions`` is absent and
+the input itself starts with a system or developer item does the block join
+that item instead, since ``instructions`` would then add a second system
+message, which several chat templates reject. ``instructions`` also suits
+chained turns: a response continued through ``previous_response_id`` does
+not carry the earlier turn's instructions, so memories are not repeated in
+the history.
+
+Relay: plain and streamed replies go back unchanged; the turn (the input's
+latest user text and the output text) is remembered once the response has
+completed, and its usage counted.
+
+``GET /v1/responses/{id}``, ``DELETE`` and ``POST /v1/responses/{id}/cancel``
+(and ``…/input_items``) go to the replica that made the response, for the
+tenant that made it only (gateway.upstream.owners); so does a request that
+continues a response (``previous_response_id``).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+import urllib.parse
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from pydantic import Field
+
+from gateway.api.chat import declared_body, relay_turn
+from gateway.api.passthrough import PASS_WIRE
+from gateway.api.relay import MemoryPlan
+from gateway.api.turns import Json, TurnAPI, TurnRequest, serve_turn
+from gateway.api.wire import Wire
+from gateway.auth import Principal, PrincipalDep
+from gateway.errors import APIError
+from gateway.memory.prompt import inject_memories, last_user_text
+from gateway.services import Services, ServicesDep
+from gateway.upstream.client import Call
+from gateway.upstream.pool import Target
+from gateway.upstream.sse_apis import ResponsesStream, response_error_event, response_text
+
+router = APIRouter()
+ROUTE = "/v1/responses"
+
+
+class ResponsesRequest(TurnRequest):
+    input: str | list[dict[str, Any]] | None = None
+    instructions: str | None = None
+    previous_response_id: str | None = Field(default=None, max_length=256)
+
+
+def latest_input(body: Json) -> str:
+    """The latest user text of a Responses request's ``input``."""
+    given = body.get("input")
+    if isinstance(given, str):
+        return given.strip()
+    return last_user_text(given) if isinstance(given, list) else ""
+
+
+def add_memories(body: Json, block: str) -> None:
+    """Put the memory block where the conversation's one system message forms."""
+    instructions = body.get("instructions")
+    given = body.get("input")
+    if isinstance(instructions, str) and instructions:
+        body["instructions"] = f"{instructions}\n\n{block}"
+    elif isinstance(given, list) and given and given[0].get("role") in ("system", "developer"):
+        body["input"] = inject_memories(given, block, part_type="input_text")
+    else:
+        body["instructions"] = block
+
+
+def as_chat(body: Json) -> Json:
+    """The conversation vLLM builds from a Responses request, for the context budget."""
+    given = body.get("input")
+    items = [{"role": "user", "content": given}] if isinstance(given, str) else given or []
+    system = (
+        [{"role": "system", "content": body["instructions"]}] if body.get("instructions") else []
+    )
+    chat = {"messages": [*system, *items], "tools": body.get("tools")}
+    return {**chat, "max_tokens": body.get("max_output_tokens")}
+
+
+RESPONSES = TurnAPI(
+    ResponsesRequest, Call("/responses"), "input", latest_input, add_memories, as_chat
+)
+
+
+def _wire(services: Services, tenant: str, upstream: list[str]) -> Wire:
+    """The Responses wire for one request: it notes the new response's owner."""
+
+    def record(response_id: str) -> None:
+        if upstream:
+            services.response_owners.record(response_id, tenant, upstream[0])
+
+    def reply_text(response: Json) -> str | None:
+        if isinstance(response.get("id"), str):
+            record(response["id"])
+        return response_text(response)
+
+    stream = functools.partial(ResponsesStream, on_id=record)
+    return Wire(ROUTE, stream, reply_text, response_error_event)
+
+
+def _owned(services: Services, principal: Principal, response_id: str) -> Target:
+    """The replica holding ``response_id`` for this tenant, or 404."""
+    name = services.response_owners.upstream_for(response_id, principal.tenant)
+    upstream = services.pool.upstreams.get(name) if name is not None else None
+    if upstream is None:
+        raise APIError(
+            404,
+            f"no response {response_id!r} here (unknown to this gateway, or made "
+            "before it restarted)",
+            code="response_not_found",
+        )
+    return Target(upstream)
+
+
+@router.post(ROUTE, openapi_extra=declared_body(ResponsesRequest))
+async def create_response(
+    request: Request, principal: PrincipalDep, services: ServicesDep
+) -> Response:
+    sent_to: list[str] = []  # the replica the request went to (the last, after retries)
+
+    def narrow(turn: ResponsesRequest, targets: list[Target]) -> list[Target]:
+        if turn.previous_response_id is not None:
+            return [_owned(services, principal, turn.previous_response_id)]
+        return targets
+
+    def on_send(target: Target) -> None:
+        sent_to[:] = [target.upstream.name]
+
+    wire = _wire(services, principal.tenant, sent_to)
+    return await serve_turn(request, principal, services, RESPONSES, wire, narrow, on_send)
+
+
+async def _to_owner(
+    request: Request, principal: Principal, services: Services, response_id: str, action: str
+) -> Response:
+    target = _owned(services, principal, response_id)
+    path = f"/responses/{urllib.parse.quote(response_id, safe='')}{action}"
+    call = Call(path, request.method, query=request.url.query)
+    raw = await request.body()
+    stream = request.query_params.get("stream") == "true"
+    return await relay_turn(
+        request, services, [target], lambda _: raw, MemoryPlan(), time.perf_counter(), "",
+        {}, stream=stream, wire=PASS_WIRE, call=call,
+    )  # fmt: skip
+
+
+def _by_id(action: str) -> Callable[..., Awaitable[Response]]:
+    async def to_owner(
+        response_id: str, request: Request, principal: PrincipalDep, services: ServicesDep
+    ) -> Response:
+        return await _to_owner(request, principal, services, response_id, action)
+
+    return to_owner
+
+
+# The stored response's endpoints, as OpenAI names them (vLLM serves GET and cancel).
+for _method, _action in (("GET", ""), ("DELETE", ""), ("POST", "/cancel"), ("GET", "/input_items")):
+    router.add_api_route(
+        f"{ROUTE}/{{response_id}}{_action}", _by_id(_action), methods=[_method],
+        name=f"{_method.lower()}_response{_action.replace('/', '_')}",
+    )  # fmt: skip

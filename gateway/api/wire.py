@@ -1,0 +1,36 @@
+"""What differs between the APIs whose replies the gateway relays.
+
+Chat Completions, the Responses API and Anthropic's Messages API all go
+through one relay (``gateway.api.relay``): the same timeouts, metrics,
+breaker bookkeeping and memory writes. A ``Wire`` holds the few things that
+differ: how a stream is read as it passes, where the reply's text is in a
+plain answer, and how an error is written into a stream that broke off.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from gateway.upstream.sse import StreamAccumulator, error_event, reply_text
+
+
+class Accumulate(Protocol):
+    def __call__(self, *, rename_to: str | None, drop_usage: bool) -> StreamAccumulator: ...
+
+
+@dataclass(frozen=True)
+class Wire:
+    """One API's shape. ``route`` labels the overhead metric (a bounded set);
+    ``json_only``: a 200 answer that is not a JSON object is the upstream
+    failing (chat), or just another body to relay as it is (pass-through)."""
+
+    route: str
+    accumulator: Accumulate
+    reply_text: Callable[[dict[str, Any]], str | None]  # None: not a finished turn
+    error_event: Callable[[str, str], bytes]
+    json_only: bool = True
+
+
+CHAT_WIRE = Wire("/v1/chat/completions", StreamAccumulator, reply_text, error_event)

@@ -1,0 +1,205 @@
+"""Replaying the outbox: store what waits, retry only outages, set aside the rest.
+
+The replayer runs as one background task. It takes entries oldest first, in
+batches bounded by their text size (one entry of any size always goes), and
+writes each batch with one embedder call at background priority, so queries
+of chat turns overtake it at the embedder. Only an outage (the embedder or
+the store unavailable) stops a drain and is retried, with backoff; an entry
+that fails for any other reason can never be stored as it is: it is set
+aside in the outbox's ``dead`` table with its reason, and the rest go on.
+
+Read-your-writes: ``wait_stored`` waits until a user's queued entries are
+stored. While someone waits for a user, that user's entries are replayed
+first, alone, at a query's priority.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+from gateway.memory.embedder_client import (
+    BACKGROUND,
+    INTERACTIVE,
+    EmbedderRejected,
+    EmbedderUnavailable,
+)
+from gateway.memory.outbox import Outbox, OutboxEntry
+from gateway.memory.records import NewMemory, Scope
+from gateway.memory.store import StoreUnavailable
+from gateway.metrics import GatewayMetrics
+from gateway.monitor import next_backoff
+
+logger = logging.getLogger("gateway.memory")
+
+# A replay batch: up to this many outbox entries, and entries whose texts
+# total at most this many characters (one entry of any size always goes). The
+# embedder client splits a large call further and gives each part a timeout
+# that grows with it (gateway.memory.embedder_client).
+REPLAY_MAX_ENTRIES = 64
+REPLAY_MAX_CHARS = 32_000
+OUTAGES = (EmbedderUnavailable, StoreUnavailable)
+
+R = TypeVar("R")  # what a write answers for one entry
+Batch = list[tuple[Scope, Sequence[NewMemory]]]
+
+
+class Replayer(Generic[R]):
+    def __init__(
+        self,
+        outbox: Outbox,
+        metrics: GatewayMetrics,
+        *,
+        write: Callable[[Batch, int], Awaitable[list[R]]],
+        available: Callable[[], bool],
+        report: Callable[[Exception], None],
+        count: Callable[[Sequence[NewMemory], R], None],
+    ) -> None:
+        self._outbox = outbox
+        self._metrics = metrics
+        self._write = write
+        self._available = available
+        self._report = report
+        self._count = count
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._dead = 0  # entries set aside (counted from the table at start)
+        # Users someone waits for (a recall, an API write): replayed first.
+        self._wanted: dict[Scope, int] = {}
+        self._progress = asyncio.Condition()
+
+    def start(self) -> None:
+        self._dead = self._outbox.dead_count()
+        self._metrics.outbox_depth.set(self._outbox.depth)
+        self._metrics.outbox_dead.set(self._dead)
+        self._task = asyncio.create_task(self._forever(), name="outbox-replay")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def wait_stored(self, scope: Scope, timeout_s: float) -> bool:
+        """Wait until the user's entries queued now are stored (or set aside);
+        False if some still wait after ``timeout_s``."""
+        seqs = self._outbox.pending_seqs(scope)
+        if not seqs:
+            return True
+        self._wanted[scope] = self._wanted.get(scope, 0) + 1
+        self._wake.set()
+
+        def stored() -> bool:
+            return not any(self._outbox.is_pending(seq) for seq in seqs)
+
+        try:
+            async with self._progress:
+                await asyncio.wait_for(self._progress.wait_for(stored), timeout_s)
+        except TimeoutError:
+            self._metrics.read_your_writes_timeouts.inc()
+            return False
+        finally:
+            self._wanted[scope] -= 1
+            if self._wanted[scope] <= 0:
+                del self._wanted[scope]
+        return True
+
+    async def progressed(self) -> None:
+        """The outbox changed: update the gauges and wake whoever waits."""
+        self._metrics.outbox_depth.set(self._outbox.depth)
+        self._metrics.outbox_dead.set(self._dead)
+        async with self._progress:
+            self._progress.notify_all()
+
+    async def drain(self) -> int:
+        """Replay queued entries until empty or blocked; return how many were applied."""
+        applied = 0
+        while self._available():
+            entries = await self._outbox.head(
+                REPLAY_MAX_ENTRIES, REPLAY_MAX_CHARS, first=list(self._wanted)
+            )
+            if not entries:
+                break
+            priority = BACKGROUND
+            if self._wanted and entries[0].scope in self._wanted:
+                # Someone waits for these (a recall, a write): they go alone and
+                # at the priority of a query, not behind the embedder's bulk work.
+                entries = [e for e in entries if e.scope in self._wanted]
+                priority = INTERACTIVE
+            try:
+                results = await self._write([(e.scope, e.memories) for e in entries], priority)
+            except OUTAGES as exc:
+                await self._retry_later(entries[0], exc)
+                break
+            except Exception as exc:  # anything but an outage is about the entries
+                if len(entries) > 1:
+                    applied += await self._one_by_one(entries)
+                    if not self._available():
+                        break
+                    continue
+                await self._set_aside(entries[0], exc)
+            else:
+                await self._outbox.done([e.seq for e in entries])
+                for entry, written in zip(entries, results, strict=True):
+                    self._replayed(entry, written)
+                applied += len(entries)
+            finally:
+                await self.progressed()
+        return applied
+
+    async def _one_by_one(self, entries: Sequence[OutboxEntry]) -> int:
+        """A batch failed, not for an outage: find the entries at fault, apply the others."""
+        applied = 0
+        for entry in entries:
+            try:
+                [written] = await self._write([(entry.scope, entry.memories)], BACKGROUND)
+            except OUTAGES as exc:
+                await self._retry_later(entry, exc)
+                return applied
+            except Exception as exc:  # not an outage: this entry is at fault
+                await self._set_aside(entry, exc)
+                continue
+            await self._outbox.done([entry.seq])
+            self._replayed(entry, written)
+            applied += 1
+        return applied
+
+    async def _retry_later(self, entry: OutboxEntry, exc: Exception) -> None:
+        self._report(exc)
+        await self._outbox.failed(entry.seq, str(exc))
+        self._metrics.outbox_replays.labels("retry").inc()
+
+    async def _set_aside(self, entry: OutboxEntry, exc: Exception) -> None:
+        reason = str(exc) if isinstance(exc, EmbedderRejected) else f"{type(exc).__name__}: {exc}"
+        logger.error(
+            "outbox entry %d (tenant %s) can never be stored, set aside: %s",
+            entry.seq, entry.scope.tenant, reason,
+        )  # fmt: skip
+        await self._outbox.bury(entry.seq, reason[:2000])
+        self._dead += 1
+        self._metrics.outbox_replays.labels("dead").inc()
+
+    def _replayed(self, entry: OutboxEntry, written: R) -> None:
+        self._metrics.outbox_replays.labels("success").inc()
+        self._count(entry.memories, written)
+
+    async def _forever(self) -> None:
+        delay = 0.0
+        while True:
+            self._wake.clear()
+            try:
+                await self.drain()
+            except Exception:  # keep replaying whatever goes wrong once
+                logger.exception("outbox replay failed")
+            if self._outbox.depth == 0:
+                delay = 0.0
+                await self._wake.wait()
+                continue
+            delay = next_backoff(delay, base_s=0.1, cap_s=5.0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)

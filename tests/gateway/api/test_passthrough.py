@@ -1,0 +1,59 @@
+"""Reading a passed-through request: its model, in JSON or a multipart form, in place."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from gateway.api.passthrough import form_field, read_request
+from gateway.errors import APIError
+from gateway.upstream.client import Upstream
+from gateway.upstream.pool import Target
+
+
+def multipart(**fields: str) -> tuple[bytes, str]:
+    files = {"file": ("a.wav", b'RIFF\r\n--not-a-boundary\r\nname="model"\r\n\x00\xff')}
+    request = httpx.Request("POST", "http://x", data=fields, files=files)
+    return request.read(), request.headers["content-type"]
+
+
+def target(model: str | None) -> Target:
+    return Target(Upstream("u", "http://u/v1", http=None), model)  # type: ignore[arg-type]
+
+
+def test_the_model_of_a_form_is_found_and_renamed_in_place() -> None:
+    raw, kind = multipart(model="whisper", language="en")
+    start, end = form_field(raw, kind, "model") or (0, 0)
+    assert raw[start:end] == b"whisper"
+    model, stream, encode = read_request(raw, kind)
+    assert (model, stream) == ("whisper", False)
+    assert encode(target(None)) is raw and encode(target("whisper")) is raw
+    renamed = encode(target("openai/whisper-large-v3"))
+    assert renamed == raw.replace(b"whisper\r\n", b"openai/whisper-large-v3\r\n", 1)
+    assert form_field(raw, kind, "absent") is None
+    assert form_field(raw, "multipart/form-data", "model") is None  # no boundary
+
+
+def test_a_stream_field_in_a_form_asks_for_a_stream() -> None:
+    raw, kind = multipart(model="whisper", stream="true")
+    assert read_request(raw, kind)[:2] == ("whisper", True)
+
+
+def test_json_bodies_go_as_sent_unless_an_alias_is_renamed() -> None:
+    raw = b'{"model": "small",  "input": ["a"], "stream": true}'
+    model, stream, encode = read_request(raw, "application/json")
+    assert (model, stream) == ("small", True)
+    assert encode(target(None)) is raw
+    assert json.loads(encode(target("org/small-v2")))["model"] == "org/small-v2"
+    model, _, encode = read_request(b'{"prompt": "a b"}', "")
+    assert model is None and encode(target("fallback-model")) == b'{"prompt": "a b"}'
+    assert read_request(b"anything", "text/plain")[0] is None
+
+
+@pytest.mark.parametrize("raw", [b'{"model": 3}', b'{"model": ""}', b"[1]", b"{nope"])
+def test_bad_bodies_are_400s(raw: bytes) -> None:
+    with pytest.raises(APIError) as caught:
+        read_request(raw, "application/json")
+    assert caught.value.status_code == 400
