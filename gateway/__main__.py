@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from gateway.app import create_app
 from gateway.datadir import MIB, DataDirProblem, check_data_dir
 from gateway.logs import configure_logging
+from gateway.secret_strength import check_secrets
 from gateway.settings import Settings
 
 
@@ -18,6 +19,7 @@ def main() -> int:
     try:
         settings = Settings()
         settings.check_bind_address()
+        check_secrets(settings)
     except (ValidationError, ValueError) as exc:
         print(f"memgate: configuration error: {exc}", file=sys.stderr)
         return 2

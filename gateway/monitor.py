@@ -6,6 +6,12 @@ is down it is probed with capped exponential backoff plus jitter; the cap is
 low (1 s by default) so a returning dependency is seen within about a second.
 A request that hits a failure reports it here, which flips the state at once
 and wakes the probe loop.
+
+``starting`` describes a dependency that has not come up yet (vLLM loading its
+model refuses connections for minutes). Once one has been healthy, losing it is
+``unhealthy`` until it is back, whatever the failure looks like: a crashed
+embedder also refuses connections, and reporting it as "starting" would hide
+the outage from ``/readyz`` and from the one WARNING line an operator looks for.
 """
 
 from __future__ import annotations
@@ -78,6 +84,7 @@ class Monitor:
         self._on_change = on_change
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._was_up = False  # healthy at least once: later failures are outages
 
     @property
     def healthy(self) -> bool:
@@ -111,10 +118,14 @@ class Monitor:
         now = datetime.now(UTC)
         if status == HEALTHY:
             self.state.last_success = now
+            self._was_up = True
+        elif status == STARTING and self._was_up:
+            status = UNHEALTHY
         if error is not None:
             self.state.last_error = error
         if status != self.state.status:
             # Losing a dependency is what an operator looks for; the rest is routine.
+            # Unhealthy is sticky until the next success, so this logs once per outage.
             level = logging.WARNING if status == UNHEALTHY else logging.INFO
             logger.log(
                 level, "%s: %s -> %s (%s)", self.name, self.state.status, status, error or "ok"

@@ -68,6 +68,8 @@ class Settings(BaseSettings):
     api_keys_file: Path | None = None
     admin_key: str | None = None
     allow_unauthenticated: bool = False
+    # Start even with placeholder or short keys (gateway/secret_strength.py): tests, demos.
+    allow_weak_secrets: bool = False
     config: Path | None = None
 
     # Limits: what a single request may cost.

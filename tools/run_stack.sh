@@ -9,10 +9,12 @@
 #   1. the embedder (python -m embedder), waited for until its model is loaded;
 #   2. the gateway (python -m gateway) with Qdrant Edge in-process under
 #      GATEWAY_DATA_DIR, talking to the LLM at GATEWAY_LLM_URL.
-# Ctrl-C stops them all. Settings come from the environment (see .env.example).
+# Ctrl-C stops them all. Settings come from the environment and from the GATEWAY_* and
+# EMBEDDER_* lines of .env, as in compose (the environment wins; see .env.example).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
+eval "$("$PY" tools/env_file.py .env)"
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}
 export EMBEDDER_PORT=${EMBEDDER_PORT:-8081}
 export GATEWAY_EMBEDDER_URL=${GATEWAY_EMBEDDER_URL:-http://127.0.0.1:${EMBEDDER_PORT}/v1}

@@ -9,6 +9,8 @@ child, forwards SIGTERM/SIGINT to it, and copies the child's output to stdout.
 Environment:
   VLLM_MODEL                    the model to serve (required)
   VLLM_EXTRA_ARGS               more ``vllm serve`` arguments, shell-quoted (argv follows them)
+  VLLM_PORT                     --port for vLLM (the image sets 8000 and its health check
+                                probes it); a --port in the arguments must agree with it
   VLLM_GPU                      "auto": the GPU(s) with the most free memory, via nvidia-smi;
                                 "0" or "0,1": exactly those; unset: CUDA_VISIBLE_DEVICES as is
   VLLM_GPU_COUNT                how many GPUs "auto" picks (default 1)

@@ -90,6 +90,8 @@ def load_config(environ: Mapping[str, str], argv: Sequence[str]) -> Config:
     if kv_cache_bytes <= 0:
         raise ConfigError("VLLM_KV_CACHE_MEMORY_BYTES must be a positive number of bytes")
 
+    extra = _with_port(environ, extra)
+
     method = environ.get("VLLM_WORKER_MULTIPROC_METHOD", "").strip() or "spawn"
     if method not in MULTIPROC_METHODS:
         raise ConfigError(f"VLLM_WORKER_MULTIPROC_METHOD={method!r}: expected spawn or fork")
@@ -105,6 +107,31 @@ def load_config(environ: Mapping[str, str], argv: Sequence[str]) -> Config:
         retries=_flag(environ, "VLLM_START_RETRIES", True),
         check_versions=not _flag(environ, "VLLM_SKIP_VERSION_CHECK", False),
     )
+
+
+def _with_port(environ: Mapping[str, str], args: Sequence[str]) -> tuple[str, ...]:
+    """``args`` with ``--port $VLLM_PORT`` when VLLM_PORT is set.
+
+    The image's health check probes VLLM_PORT, so the port is set there and only
+    there: a ``--port`` that disagrees with it would leave the container unhealthy.
+    """
+    raw = environ.get("VLLM_PORT", "").strip()
+    if not raw:
+        return tuple(args)
+    port = _int(environ, "VLLM_PORT", 0)
+    if not 0 < port < 65536:
+        raise ConfigError(f"VLLM_PORT={raw}: expected a port number")
+    given = [
+        a.split("=", 1)[1] if "=" in a else (args[i + 1] if i + 1 < len(args) else "")
+        for i, a in enumerate(args)
+        if a.split("=", 1)[0] == "--port"
+    ]
+    if any(p != str(port) for p in given):
+        raise ConfigError(
+            f"--port {given[-1]} disagrees with VLLM_PORT={port}: set VLLM_PORT only "
+            "(the image's health check reads it)"
+        )
+    return tuple(args) if given else (*args, "--port", str(port))
 
 
 def _int(environ: Mapping[str, str], name: str, default: int) -> int:

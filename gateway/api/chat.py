@@ -20,20 +20,19 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
 from gateway.api.identity import plan_turn
+from gateway.api.memory_fit import MemoryFit
 from gateway.api.relay import MemoryPlan, Relay
 from gateway.api.schemas import ChatRequest
 from gateway.api.wire import CHAT_WIRE, Wire
 from gateway.auth import Principal, PrincipalDep
 from gateway.errors import APIError, unavailable
-from gateway.memory.budget import fitting_memories
 from gateway.memory.embedder_client import EmbedderRejected
-from gateway.memory.prompt import format_memories, inject_memories, last_user_text, recall_query
+from gateway.memory.prompt import inject_memories, last_user_text, recall_query
 from gateway.memory.service import MemoryUnavailable
 from gateway.services import Services, ServicesDep
 from gateway.upstream.availability import why_unavailable
 from gateway.upstream.client import CHAT, Call
-from gateway.upstream.context import context_overflow, window_for
-from gateway.upstream.http import Timeouts, TransportError
+from gateway.upstream.http import Timeouts
 from gateway.upstream.pool import NoUpstreamAvailable, OpenedReply, Target, UpstreamFailed
 from gateway.upstream.router import UnknownModel
 
@@ -134,13 +133,12 @@ async def chat_completions(
     modified = body.pop("memory", None) is not None
 
     own_messages = body["messages"]
-    block = await recall_block(services, plan, headers, targets, chat.model, body)
-    if block is not None:
-        body["messages"] = inject_memories(own_messages, block)
-        modified = True
 
-    def without_memories() -> None:
-        body["messages"] = own_messages
+    def put(block: str | None) -> None:
+        body["messages"] = inject_memories(own_messages, block) if block else own_messages
+
+    fit = await recall_fit(services, plan, headers, targets, chat.model, dict(body), put)
+    modified = modified or bool(fit.injected)
 
     stream = bool(chat.stream)
     wants_usage = True
@@ -159,8 +157,7 @@ async def chat_completions(
     encode = encoder(raw, body, modified, chat.model)
     return await relay_turn(
         request, services, targets, encode, plan, started, chat.model, headers,
-        stream=stream, drop_usage=not wants_usage,
-        without_memories=without_memories if block is not None else None,
+        stream=stream, drop_usage=not wants_usage, memories=fit,
     )  # fmt: skip
 
 
@@ -193,12 +190,12 @@ async def relay_turn(
     drop_usage: bool = False,
     wire: Wire = CHAT_WIRE,
     call: Call = CHAT,
-    without_memories: Callable[[], None] | None = None,
+    memories: MemoryFit | None = None,
 ) -> Response:
     """Send the request upstream and relay the answer (a stream when the client
     asked for one or the upstream sends one); remembering follows the relay.
-    ``without_memories`` takes the memories out of the body again, for a
-    resend when they, not the client's request, overflowed the context."""
+    ``memories`` puts fewer memories, or none, into the body for a resend
+    when they, not the client's request, overflowed the context."""
     request_id = getattr(request.state, "request_id", None)
     timeouts = services.stream_timeout if stream else services.upstream_timeout
     # A completion's headers come when it is done; a stream's, before the first token.
@@ -209,11 +206,11 @@ async def relay_turn(
         opened = await _open(
             services, targets, encode, timeouts, headers_timeout_s, request_id, call
         )
-        if without_memories is not None and await _overflowed(services, opened, model):
-            # The memories, not the client's request, overflowed the context
-            # (the estimate undershot, or the window was unknown): once more without them.
-            without_memories()
-            headers["x-memory-hits"] = "0"
+        # The memories, not the client's request, overflowed the context: fewer, then none.
+        while memories is not None and (
+            (injected := await memories.refit_after(opened, services.pool)) is not None
+        ):
+            headers["x-memory-hits"] = str(injected)
             opened = await _open(
                 services, targets, encode, timeouts, headers_timeout_s, request_id, call
             )
@@ -231,27 +228,6 @@ async def relay_turn(
     # Starlette notices a vanished client only while streaming a body; until the
     # upstream has answered, this watch cancels the upstream call when they go.
     return await _unless_disconnected(request, forward())
-
-
-async def _overflowed(services: Services, opened: OpenedReply, client_model: str) -> bool:
-    """Whether the upstream refused the request as too long for its context; the
-    window its error names is remembered for the next requests. The answer is
-    read here; a relay reads it again from aiohttp's buffer when it is kept."""
-    if opened.response.status_code not in (400, 413, 422):
-        return False
-    try:
-        content = await opened.response.aread()
-    except TransportError:
-        return False  # the relay reports the broken answer
-    overflow, window = context_overflow(opened.response.status_code, content)
-    if not overflow:
-        return False
-    await opened.response.aclose()
-    services.pool.record_outcome(opened.upstream, "http_error")
-    if window is not None:
-        opened.upstream.learned_windows[opened.target.model or client_model] = window
-    logger.info("memories overflowed the context of %s; sent again without", opened.upstream.name)
-    return True
 
 
 def resolve_model(services: Services, model: str) -> list[Target]:
@@ -320,26 +296,23 @@ async def _unless_disconnected(request: Request, work: Awaitable[Response]) -> R
     return task.result()
 
 
-async def recall_block(
+async def recall_fit(
     services: Services,
     plan: MemoryPlan,
     headers: dict[str, str],
     targets: list[Target],
     model: str,
     conversation: dict[str, Any],
-) -> str | None:
-    """The memory block to put into the request, or None (memory off, nothing
-    recalled); sets ``x-memory-hits`` (and ``x-memory-status`` when degraded).
-    Only the memories that fit the model's context window beside
-    ``conversation`` (a chat-shaped view of the request) are kept."""
-    if plan.scope is None:
-        return None
-    hits = await _recall(services, plan, headers)
-    window = window_for(targets, model, services.router.context_windows)
-    if hits and window is not None:
-        hits = fitting_memories(hits, conversation, window)
-    headers["x-memory-hits"] = str(len(hits))
-    return format_memories(hits) if hits else None
+    put: Callable[[str | None], None],
+) -> MemoryFit:
+    """Recall, and put the memories that fit the model's context window beside
+    ``conversation`` (a chat-shaped view of the request, without memories) into
+    the request through ``put``; sets ``x-memory-hits`` (and ``x-memory-status``
+    when degraded) when memory is on."""
+    fit = MemoryFit(targets, model, services.router.context_windows, conversation, put)
+    if plan.scope is not None:
+        headers["x-memory-hits"] = str(fit.inject(await _recall(services, plan, headers)))
+    return fit
 
 
 async def _recall(services: Services, plan: MemoryPlan, headers: dict[str, str]) -> list[Any]:

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from gateway.api.chat import (
     encoder,
     parse_json_object,
-    recall_block,
+    recall_fit,
     relay_turn,
     resolve_model,
     validated,
@@ -85,22 +85,22 @@ async def serve_turn(
     headers: dict[str, str] = {}
     modified = body.pop("memory", None) is not None
     own = dict(body)  # the fields the memories may replace, as the client sent them
-    block = await recall_block(services, plan, headers, targets, turn.model, api.as_chat(body))
-    if block is not None:
-        api.inject(body, block)
-        modified = True
 
-    def without_memories() -> None:
+    def put(block: str | None) -> None:
         body.clear()
         body.update(own)
+        if block:
+            api.inject(body, block)
+
+    fit = await recall_fit(services, plan, headers, targets, turn.model, api.as_chat(body), put)
+    modified = modified or bool(fit.injected)
 
     encode = encoder(raw, body, modified, turn.model)
     if on_send is not None:
         encode = _noting(encode, on_send)
     return await relay_turn(
         request, services, targets, encode, plan, started, turn.model, headers,
-        stream=bool(turn.stream), wire=wire, call=api.call,
-        without_memories=without_memories if block is not None else None,
+        stream=bool(turn.stream), wire=wire, call=api.call, memories=fit,
     )  # fmt: skip
 
 

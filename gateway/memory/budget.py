@@ -6,8 +6,8 @@ no inference library), so sizes are estimated, on the safe side: one token
 per three bytes of UTF-8. English runs about four characters a token with the
 BPE tokenizers of Llama, Qwen, Mistral and SmolLM, so the estimate overshoots
 there; text that tokenizes worse (some scripts, long digit runs) can undershoot,
-which is why the chat endpoint also retries once without memories when the
-upstream still reports a context overflow (see ``gateway.api.chat``).
+which is why the chat endpoint learns from the upstream's overflow errors and
+sends again with fewer memories, or none (see ``gateway.api.memory_fit``).
 
 The room for memories is the window, less the estimated prompt, less the
 answer's room: the request's ``max_completion_tokens`` / ``max_tokens``, or a
@@ -73,20 +73,23 @@ def answer_room(body: dict[str, Any], window: int) -> int:
 
 
 def fitting_memories(
-    records: Sequence[MemoryRecord], body: dict[str, Any], window: int
+    records: Sequence[MemoryRecord], body: dict[str, Any], window: int, ratio: float = 1.0
 ) -> list[MemoryRecord]:
-    """The records, in rank order, whose memory block fits beside ``body`` in ``window``."""
-    room = window - estimate_prompt(body) - answer_room(body, window)
+    """The records, in rank order, whose memory block fits beside ``body`` in ``window``.
+
+    ``ratio`` scales every estimate: how far they fell short for this model before
+    (learned from its overflow errors; 1 until one happens)."""
+    room = window - ratio * estimate_prompt(body) - answer_room(body, window)
     # The block's frame (preamble, tags, the blank line joining it to a system
     # message) is paid once; each memory adds its own line.
     frame = estimate_text(format_memories([])) + 1
-    if not records or room <= frame:
+    if not records or room <= ratio * frame:
         return []
-    room -= frame
+    room -= ratio * frame
     chosen: list[MemoryRecord] = []
     for record in records:
         line = estimate_text(format_memories([record])) - frame + 2  # rounding, the newline
-        if line <= room:
+        if ratio * line <= room:
             chosen.append(record)
-            room -= line
+            room -= ratio * line
     return chosen

@@ -71,8 +71,10 @@ class Upstream:
         self.models: list[dict[str, Any]] = []
         self.model_ids: frozenset[str] = frozenset()
         self.discovered = False
-        # Context windows learned from the server's own errors, by model name.
+        # Learned from the server's own context-overflow errors, by model name:
+        # its window, and how far the gateway's size estimate fell short.
         self.learned_windows: dict[str, int] = {}
+        self.token_ratios: dict[str, float] = {}
         self.start_grace_s = start_grace_s
         self.seen_up = False
         self.refused_since: float | None = None  # monotonic; None: not refusing

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from gateway.upstream.client import Upstream
@@ -39,6 +40,24 @@ _WINDOW_IN_MESSAGE = re.compile(
     r"maximum context length is (\d+)|maximum model length of (\d+)", re.IGNORECASE
 )
 _OVERFLOW_CODES = frozenset({"context_length_exceeded", "string_above_max_length"})
+# The prompt's real size: llama.cpp's and older vLLM's "(690 in the messages, 10 in
+# the completion)", newer vLLM's "your request has 690 input tokens".
+_PROMPT_IN_MESSAGE = re.compile(
+    r"\((\d+) in the messages|request has (\d+) input tokens|"
+    r"requested tokens \((\d+)\) exceed",
+    re.IGNORECASE,
+)
+# How far the estimate may be corrected upwards: one token per byte is the most
+# a byte-level tokenizer spends, three bytes per token what the estimate assumes.
+MAX_TOKEN_RATIO = 3.0
+
+
+@dataclass(frozen=True)
+class Overflow:
+    """A context-overflow error: the window and the prompt's tokens, where it names them."""
+
+    window: int | None = None
+    prompt_tokens: int | None = None
 
 
 def listed_window(upstream: Upstream, model: str) -> int | None:
@@ -83,15 +102,27 @@ def _error_of(content: bytes) -> dict[str, Any] | None:
     return body if isinstance(body, dict) and isinstance(body.get("message"), str) else None
 
 
-def context_overflow(status: int, content: bytes) -> tuple[bool, int | None]:
-    """Whether an upstream's answer is a context overflow, and the window it names."""
+def ratio_for(targets: Sequence[Target], client_model: str) -> float:
+    """How much to scale the size estimate for these targets (learned from overflows)."""
+    ratios = [
+        target.upstream.token_ratios.get(target.model or client_model, 1.0) for target in targets
+    ]
+    return max(ratios, default=1.0)
+
+
+def context_overflow(status: int, content: bytes) -> Overflow | None:
+    """The upstream's answer as a context overflow, or None when it is something else."""
     if status not in (400, 413, 422):
-        return False, None
+        return None
     error = _error_of(content)
     if error is None:
-        return False, None
-    message = error.get("message") if isinstance(error.get("message"), str) else ""
-    match = _WINDOW_IN_MESSAGE.search(str(message))
-    window = int(match.group(1) or match.group(2)) if match else None
-    overflow = error.get("code") in _OVERFLOW_CODES or match is not None
-    return overflow, window
+        return None
+    message = str(error.get("message")) if isinstance(error.get("message"), str) else ""
+    window = _WINDOW_IN_MESSAGE.search(message)
+    if error.get("code") not in _OVERFLOW_CODES and window is None:
+        return None
+    prompt = _PROMPT_IN_MESSAGE.search(message)
+    return Overflow(
+        int(window.group(1) or window.group(2)) if window else None,
+        int(next(g for g in prompt.groups() if g)) if prompt else None,
+    )

@@ -5,12 +5,13 @@ eligible when its health monitor says healthy and its breaker lets a request
 through. When none is, the pool fails at once (the router answers 503 with
 ``Retry-After``) instead of making the client wait on a dead server.
 
-Retries (tenacity) happen only where the upstream cannot have generated
-anything: the connection was refused or not made in time (the request was
-never sent), or the upstream answered 429, 502 or 503 at once (it refused the
-work; ``Retry-After`` is honoured up to a cap). A request that was sent and
-then met silence (a read timeout, no headers in time), a connection closed
-before the answer, or a 504 (a proxy in front timed out while the model may
+Retries (tenacity) happen only where no generation can still be running
+upstream: the connection was refused or not made in time (the request was
+never sent), the upstream answered 429, 502 or 503 at once (it refused the
+work; ``Retry-After`` is honoured up to a cap), or it closed the connection
+without answering (it died or restarted, and its work with it). A request
+that was sent and then met silence (a read timeout, no headers in time), a
+malformed answer, or a 504 (a proxy in front timed out while the model may
 still be generating) is answered to the client at once: retrying those
 would repeat whole generations, multiplying the GPU work under exactly the
 load that caused the timeout. Once a stream has started it is never retried.
@@ -39,6 +40,7 @@ from gateway.upstream.client import CHAT, Call, Upstream
 from gateway.upstream.http import (
     ConnectFailed,
     ConnectTimedOut,
+    Disconnected,
     Reply,
     TimedOut,
     Timeouts,
@@ -297,6 +299,12 @@ class UpstreamPool:
             raise _Retryable(
                 UpstreamFailed(504, f"LLM upstream {upstream.name} did not accept a connection")
             ) from exc
+        except Disconnected as exc:
+            # Closed without an answer: the upstream died or restarted, and whatever it
+            # was doing went with the connection, so another attempt repeats nothing
+            # still running.
+            self._failed(upstream, "connect_error", f"disconnected: {exc}")
+            raise _Retryable(UpstreamFailed(502, f"LLM upstream {upstream.name} failed")) from exc
         # Sent, then silence or a broken answer: it may be generating. Not retried.
         except (TimeoutError, TimedOut) as exc:
             error = str(exc) or "no response headers in time"

@@ -6,10 +6,13 @@ Dockerfiles split into stages. CI has no ``docker compose``, so this is plain Py
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import yaml
@@ -18,9 +21,11 @@ REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "compose.yaml"
 CLOUD = REPO / "compose.cloud.yaml"
 ENV_EXAMPLE = REPO / ".env.example"
+GATEWAY_DOCKERFILE = REPO / "Dockerfile"
+EMBEDDER_DOCKERFILE = REPO / "embedder.Dockerfile"
 
 # ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error}, ${VAR?error}, $VAR; $$ escapes.
-_VAR = re.compile(
+VAR = re.compile(
     r"\$(?:\$|\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}"
     r"|(?P<plain>[A-Za-z_][A-Za-z0-9_]*))"
 )
@@ -44,13 +49,13 @@ def interpolate(text: str, env: Mapping[str, str]) -> str:
             raise MissingVariable(f"{name}: {arg}")
         return value or ""
 
-    return _VAR.sub(replace, text)
+    return VAR.sub(replace, text)
 
 
 def variables(text: str) -> dict[str, list[str]]:
     """Every variable a file reads, with the operator forms it is read with."""
     found: dict[str, list[str]] = {}
-    for m in _VAR.finditer(text):
+    for m in VAR.finditer(text):
         if m.group(0) == "$$":
             continue
         found.setdefault(m["braced"] or m["plain"], []).append(m["op"] or "")
@@ -60,7 +65,7 @@ def variables(text: str) -> dict[str, list[str]]:
 def defaults(text: str) -> dict[str, set[str]]:
     """The ``${VAR:-default}`` defaults each variable has in a file."""
     found: dict[str, set[str]] = {}
-    for m in _VAR.finditer(text):
+    for m in VAR.finditer(text):
         if m["braced"] and m["op"] in (":-", "-"):
             found.setdefault(m["braced"], set()).add(m["arg"])
     return found
@@ -107,6 +112,37 @@ def load_compose(*files: Path, env: Mapping[str, str]) -> dict[str, Any]:
 def example_env() -> dict[str, str]:
     """What ``--env-file .env.example`` gives compose: the uncommented lines."""
     return dict(read_env_example().values)
+
+
+def load_tool(name: str) -> ModuleType:
+    """A script of tools/ as a module (tools/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"tools_{name}", REPO / "tools" / f"{name}.py")
+    assert spec and spec.loader, name
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def stack_env() -> dict[str, str]:
+    """What the quick start gives compose: .env.example with tools/gen_env.py's secrets,
+    plus the cloud provider's key that only the operator has (the same for every call)."""
+    return dict(_stack_env())
+
+
+@functools.cache
+def _stack_env() -> dict[str, str]:
+    generated = load_tool("gen_env").render(ENV_EXAMPLE.read_text(), fresh_secrets())
+    return {**read_env_file(generated), "CLOUD_LLM_API_KEY": "sk-test-cloud-provider-key-0123"}
+
+
+def fresh_secrets() -> dict[str, str]:
+    secrets: dict[str, str] = load_tool("gen_env").fresh_secrets("default")
+    return secrets
+
+
+def read_env_file(text: str) -> dict[str, str]:
+    parsed: dict[str, str] = load_tool("env_file").parse(text)
+    return parsed
 
 
 def environment(service: Mapping[str, Any]) -> dict[str, str]:

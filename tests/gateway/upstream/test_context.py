@@ -3,7 +3,13 @@ from __future__ import annotations
 import json
 
 from gateway.upstream.client import Upstream
-from gateway.upstream.context import context_overflow, listed_window, window_for
+from gateway.upstream.context import (
+    Overflow,
+    context_overflow,
+    listed_window,
+    ratio_for,
+    window_for,
+)
 from gateway.upstream.pool import Target
 
 # What the servers answer, verbatim in shape.
@@ -54,15 +60,27 @@ def test_config_then_learned_then_listed_and_the_smallest_target_wins() -> None:
 
 
 def test_overflow_errors_are_recognised_with_their_window() -> None:
-    assert context_overflow(400, json.dumps(LLAMA_CPP_OVERFLOW).encode()) == (True, 512)
-    assert context_overflow(400, json.dumps(VLLM_OVERFLOW).encode()) == (True, 4096)
+    assert context_overflow(400, json.dumps(LLAMA_CPP_OVERFLOW).encode()) == Overflow(512, 690)
+    assert context_overflow(400, json.dumps(VLLM_OVERFLOW).encode()) == Overflow(4096, 4900)
+    newer = {"error": {"message": "This model's maximum context length is 2048 tokens. "
+                       "However, your request has 3000 input tokens."}}  # fmt: skip
+    assert context_overflow(400, json.dumps(newer).encode()) == Overflow(2048, 3000)
     coded = {"error": {"message": "too long", "code": "context_length_exceeded"}}
-    assert context_overflow(400, json.dumps(coded).encode()) == (True, None)
+    assert context_overflow(400, json.dumps(coded).encode()) == Overflow(None, None)
 
 
 def test_other_errors_are_not_overflows() -> None:
     other = {"error": {"message": "temperature must be >= 0", "code": "invalid_value"}}
-    assert context_overflow(400, json.dumps(other).encode()) == (False, None)
-    assert context_overflow(500, json.dumps(LLAMA_CPP_OVERFLOW).encode()) == (False, None)
-    assert context_overflow(400, b"not json") == (False, None)
-    assert context_overflow(400, b"[1, 2]") == (False, None)
+    assert context_overflow(400, json.dumps(other).encode()) is None
+    assert context_overflow(500, json.dumps(LLAMA_CPP_OVERFLOW).encode()) is None
+    assert context_overflow(400, b"not json") is None
+    assert context_overflow(400, b"[1, 2]") is None
+
+
+def test_learned_ratios_scale_the_estimate_for_the_slowest_target() -> None:
+    a, b = upstream([]), upstream([])
+    assert ratio_for([Target(a), Target(b, "x")], "m") == 1.0
+    a.token_ratios["m"] = 1.5
+    b.token_ratios["x"] = 2.0
+    assert ratio_for([Target(a), Target(b, "x")], "m") == 2.0
+    assert ratio_for([Target(a)], "m") == 1.5

@@ -1,4 +1,4 @@
-"""The pool's retry policy: only where the upstream cannot have generated anything."""
+"""The pool's retry policy: only where no generation can still be running upstream."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from gateway.upstream.http import (
     Reply,
     TimedOut,
     Timeouts,
+    TransportError,
     UpstreamHTTP,
     timeouts_for,
 )
@@ -54,7 +55,8 @@ async def pool_and_upstream() -> AsyncIterator[tuple[UpstreamPool, Failing]]:
         (ConnectFailed("refused"), 3, 503),  # never sent: retried
         (ConnectTimedOut("connect timeout"), 3, 504),  # never sent: retried
         (TimedOut("read timeout"), 1, 504),  # sent, then silence: not retried
-        (Disconnected("closed"), 1, 502),  # sent, then dropped: not retried
+        (Disconnected("closed"), 3, 502),  # closed unanswered: the work died with it
+        (TransportError("malformed answer"), 1, 502),  # it answered, badly: not retried
         (None, 1, 504),  # sent, no headers within the deadline: not retried
     ],
 )

