@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -296,7 +297,8 @@ def test_the_embedder_and_gateway_containers_serve(
         )
         env = {
             "GATEWAY_PORT": str(gateway_port),
-            "GATEWAY_API_KEYS": "t1:test-key",
+            # A key the gateway accepts (it refuses placeholder and short ones).
+            "GATEWAY_API_KEYS": f"t1:{secrets.token_urlsafe(24)}",
             "GATEWAY_EMBEDDER_URL": embedder_url,
             # Nothing listens there: the gateway must start anyway and report not ready.
             "GATEWAY_LLM_URL": f"http://127.0.0.1:{free_port()}/v1",
