@@ -57,6 +57,9 @@ memgate_upstream_state{{upstream="local",state="unhealthy"}} 0
 # HELP memgate_outbox_depth Memory writes waiting in the durable outbox.
 # TYPE memgate_outbox_depth gauge
 memgate_outbox_depth 3
+# HELP memgate_outbox_dead Memory writes set aside because they can never be stored.
+# TYPE memgate_outbox_dead gauge
+memgate_outbox_dead 1
 """
 
 
@@ -82,7 +85,7 @@ SERVED_PANELS = {
     "HTTP latency (all routes)",
     "HTTP latency p95 by route",
     "Upstream state",
-    "Outbox depth",
+    "Outbox depth, and writes set aside (dead)",
     "Embedder requests/s by status",
     "Texts embedded/s",
     "Model",

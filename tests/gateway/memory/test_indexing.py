@@ -37,9 +37,12 @@ def test_index_texts_carry_the_date_and_the_two_previous_turns() -> None:
 
 def test_compose_weighs_each_text_by_its_words_and_is_a_unit_vector() -> None:
     one_word, three_words = ("hi", [1.0, 0.0]), ("a b c", [0.0, 1.0])
-    v = compose([one_word, three_words])
+    v = compose([one_word, one_word, three_words])
     assert math.isclose(math.hypot(*v), 1.0)
-    assert math.isclose(v[1] / v[0], 3.0)  # three words pull three times as hard
+    # three words pull three times as hard, and the memory itself (last) double
+    assert math.isclose(v[1] / v[0], 3.0 * 2 / 2)
+    v = compose([three_words, one_word])
+    assert math.isclose(v[1] / v[0], 3.0 / 2)  # three words against one counted double
     assert compose([three_words]) == [0.0, 1.0]
 
 
