@@ -122,6 +122,60 @@ def test_a_completed_turn_survives_sigkill_right_after_the_reply(
         gateway.terminate()
 
 
+# The other conversational APIs: their bodies, and the event that ends a stream.
+FINAL_EVENT = {"responses": "response.completed", "messages": "message_stop"}
+
+
+def api_body(api: str, user: str, text: str, stream: bool) -> dict[str, object]:
+    if api == "responses":
+        return {"model": MODEL, "input": text, "safety_identifier": user, "stream": stream}
+    return {
+        "model": MODEL,
+        "max_tokens": 64,
+        "messages": [{"role": "user", "content": text}],
+        "metadata": {"user_id": user},
+        "stream": stream,
+    }
+
+
+def api_turn_then_kill(gateway: Service, api: str, user: str, text: str, stream: bool) -> bool:
+    """One Responses or Messages turn; SIGKILL the gateway the instant the client
+    has read the final event (or the whole plain answer). True when complete."""
+    url, body = f"{gateway.url}/{api}", api_body(api, user, text, stream)
+    if not stream:
+        response = httpx.post(url, json=body, timeout=30)
+        gateway.proc.send_signal(signal.SIGKILL)
+        return response.status_code == 200
+    final = FINAL_EVENT[api]
+    with httpx.stream("POST", url, json=body, timeout=30) as r:
+        for line in r.iter_lines():
+            if line.startswith("data:") and json.loads(line[5:]).get("type") == final:
+                gateway.proc.send_signal(signal.SIGKILL)  # before anything else arrives
+                return True
+    return False
+
+
+def test_a_completed_responses_or_messages_turn_survives_sigkill_right_after_the_reply(
+    llm: RunningServer, embedder: Service, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    gateway = start_gateway(data_dir, llm.url, embedder.url)
+    acknowledged: list[str] = []
+    try:
+        for i, (api, stream) in enumerate(
+            (api, stream) for api in FINAL_EVENT for stream in (True, False)
+        ):
+            text = f"{api} turn {i} ({'stream' if stream else 'plain'}): my pin is {2000 + i}"
+            assert api_turn_then_kill(gateway, api, "ivo", text, stream), (api, stream)
+            acknowledged += [text, f"echo: {text}"]
+            gateway.proc.wait()
+            gateway = start_gateway(data_dir, llm.url, embedder.url)
+        wait_until(lambda: depth(gateway) == 0, 60, what="outbox drained")
+        exactly_once(all_memories(gateway, "ivo"), acknowledged, "API turns killed after the reply")
+    finally:
+        gateway.terminate()
+
+
 def test_sigkill_mid_writes_loses_and_duplicates_nothing_acknowledged(
     llm: RunningServer, embedder: Service, tmp_path: Path
 ) -> None:
