@@ -26,6 +26,7 @@ did with httpx:
 from __future__ import annotations
 
 import contextlib
+import errno
 import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -76,6 +77,10 @@ def _translate(exc: aiohttp.ClientError) -> TransportError:
         return ConnectFailed(str(exc))
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return Disconnected(str(exc) or "server disconnected")
+    if isinstance(exc, aiohttp.ClientOSError) and exc.errno == errno.ECONNRESET:
+        # A reset is a close too: a server killed with bytes of ours unread resets
+        # the connection instead of closing it; it died, and its work with it.
+        return Disconnected(str(exc) or "connection reset by the server")
     # malformed answers, cut-off bodies, bad encodings
     return TransportError(f"{type(exc).__name__}: {exc}")
 

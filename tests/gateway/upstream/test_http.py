@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -14,6 +16,7 @@ import pytest
 
 from gateway.upstream.http import (
     ConnectFailed,
+    Disconnected,
     TimedOut,
     TransportError,
     UpstreamHTTP,
@@ -130,6 +133,23 @@ async def test_no_answer_within_the_read_timeout_is_timed_out() -> None:
                 "POST", f"http://127.0.0.1:{port}/v1", body=b"{}", headers=JSON,
                 timeouts=timeouts_for(read_s=0.2, connect_s=1.0),
             )  # fmt: skip
+
+
+async def test_a_connection_reset_before_the_answer_is_disconnected() -> None:
+    """A server killed with our request unread resets the connection: that is the
+    server going away (retried by the pool), not a broken answer (not retried)."""
+
+    async def reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1)  # the rest of the request stays unread: close() resets
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.close()
+
+    listener = await asyncio.start_server(reset, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    async with listener, UpstreamHTTP() as http:
+        with pytest.raises(Disconnected):
+            await post(http, f"http://127.0.0.1:{port}/v1/chat/completions")
 
 
 async def test_a_body_cut_short_is_a_transport_error_not_a_timeout() -> None:
