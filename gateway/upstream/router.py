@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.exceptions import UnknownModel
 from gateway.upstream.client import DEFAULT_START_GRACE_S, Upstream
 from gateway.upstream.http import UpstreamHTTP
 from gateway.upstream.pool import Target, UpstreamPool, status_of
@@ -39,13 +40,6 @@ class AliasRoute:
     fallback: str | None = None
     fallback_model: str | None = None
     source: str = "config"  # config | registered
-
-
-class UnknownModel(Exception):
-    def __init__(self, model: str, available: Sequence[str]) -> None:
-        super().__init__(model)
-        self.model = model
-        self.available = list(available)
 
 
 class ModelRouter:

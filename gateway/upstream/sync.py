@@ -15,8 +15,9 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from gateway.exceptions import RegistryUnavailable
 from gateway.upstream.http import UpstreamHTTP
-from gateway.upstream.registry import ModelRegistry, Registration, RegistryUnavailable
+from gateway.upstream.registry import ModelRegistry, Registration
 from gateway.upstream.router import ModelRouter
 from gateway.upstream.setup import register, unregister
 

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 from prometheus_client import CollectorRegistry
 
+from gateway.exceptions import UpstreamFailed
 from gateway.metrics import GatewayMetrics
 from gateway.upstream.client import Call, Upstream
 from gateway.upstream.http import (
@@ -21,7 +22,7 @@ from gateway.upstream.http import (
     UpstreamHTTP,
     timeouts_for,
 )
-from gateway.upstream.pool import Target, UpstreamFailed, UpstreamPool
+from gateway.upstream.pool import Target, UpstreamPool
 
 
 class Failing(Upstream):
