@@ -33,8 +33,8 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from gateway.enums import Availability, UpstreamOutcome
 from gateway.metrics import GatewayMetrics
-from gateway.monitor import STARTING
 from gateway.upstream.http import (
     ConnectFailed,
     ConnectTimedOut,
@@ -146,7 +146,7 @@ class UpstreamPool:
             f"{u.name}: {u.monitor.state.status if u.monitor else '?'} (breaker {u.breaker.state})"
             for u in upstreams
         )
-        raise NoUpstreamAvailable(status_of(upstreams) == STARTING, detail)
+        raise NoUpstreamAvailable(status_of(upstreams) == Availability.STARTING, detail)
 
     async def open_chat(
         self,
@@ -199,10 +199,15 @@ class UpstreamPool:
                 )
         except ConnectFailed as exc:  # never sent: another attempt costs the upstream nothing
             starting = upstream.note_refused()
-            self._failed(upstream, "connect_error", f"connection refused: {exc}", starting=starting)
+            self._failed(
+                upstream,
+                UpstreamOutcome.CONNECT_ERROR,
+                f"connection refused: {exc}",
+                starting=starting,
+            )
             raise _Retryable(UpstreamFailed(503, f"LLM upstream {upstream.name} refused")) from exc
         except ConnectTimedOut as exc:
-            self._failed(upstream, "timeout", f"connect timed out: {exc}")
+            self._failed(upstream, UpstreamOutcome.TIMEOUT, f"connect timed out: {exc}")
             raise _Retryable(
                 UpstreamFailed(504, f"LLM upstream {upstream.name} did not accept a connection")
             ) from exc
@@ -210,15 +215,15 @@ class UpstreamPool:
             # Closed without an answer: the upstream died or restarted, and whatever it
             # was doing went with the connection, so another attempt repeats nothing
             # still running.
-            self._failed(upstream, "connect_error", f"disconnected: {exc}")
+            self._failed(upstream, UpstreamOutcome.CONNECT_ERROR, f"disconnected: {exc}")
             raise _Retryable(UpstreamFailed(502, f"LLM upstream {upstream.name} failed")) from exc
         # Sent, then silence or a broken answer: it may be generating. Not retried.
         except (TimeoutError, TimedOut) as exc:
             error = str(exc) or "no response headers in time"
-            self._failed(upstream, "timeout", f"timed out: {error}")
+            self._failed(upstream, UpstreamOutcome.TIMEOUT, f"timed out: {error}")
             raise UpstreamFailed(504, f"LLM upstream {upstream.name} timed out") from None
         except TransportError as exc:
-            self._failed(upstream, "connect_error", f"{type(exc).__name__}: {exc}")
+            self._failed(upstream, UpstreamOutcome.CONNECT_ERROR, f"{type(exc).__name__}: {exc}")
             raise UpstreamFailed(502, f"LLM upstream {upstream.name} failed") from exc
         upstream.note_answered()
 
@@ -230,7 +235,7 @@ class UpstreamPool:
                 pass  # a broken error body changes nothing: this attempt failed
             finally:
                 await response.aclose()
-            self._metrics.upstream_requests.labels(upstream.name, "http_error").inc()
+            self._metrics.upstream_requests.labels(upstream.name, UpstreamOutcome.HTTP_ERROR).inc()
             if response.status_code != 429:  # 429 is load, not a broken upstream
                 upstream.breaker.record_failure()
                 self._metrics.set_breaker_state(upstream.name, upstream.breaker.state)
@@ -244,19 +249,21 @@ class UpstreamPool:
             self._metrics.upstream_fallbacks.labels(upstream.name).inc()
         return OpenedReply(target, response, sent_at)
 
-    def _failed(self, upstream: Upstream, outcome: str, error: str, starting: bool = False) -> None:
+    def _failed(
+        self, upstream: Upstream, outcome: UpstreamOutcome, error: str, starting: bool = False
+    ) -> None:
         self._metrics.upstream_requests.labels(upstream.name, outcome).inc()
         upstream.breaker.record_failure()
         self._metrics.set_breaker_state(upstream.name, upstream.breaker.state)
         if upstream.monitor is not None:
             upstream.monitor.report_failure(error, starting=starting)
 
-    def record_outcome(self, upstream: Upstream, outcome: str) -> None:
+    def record_outcome(self, upstream: Upstream, outcome: UpstreamOutcome) -> None:
         """The router reports how a relayed response ended."""
         self._metrics.upstream_requests.labels(upstream.name, outcome).inc()
-        if outcome == "success":
+        if outcome == UpstreamOutcome.SUCCESS:
             upstream.breaker.record_success()
-        elif outcome in ("stream_error", "timeout"):
+        elif outcome in (UpstreamOutcome.STREAM_ERROR, UpstreamOutcome.TIMEOUT):
             upstream.breaker.record_failure()
             if upstream.monitor is not None:
                 upstream.monitor.wake()  # died mid-stream? find out now

@@ -14,19 +14,20 @@ import asyncio
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from gateway.enums import Availability, Health
 from gateway.metrics import GatewayMetrics
 from gateway.monitor import HEALTHY, STARTING, Monitor
 from gateway.upstream.replica import Upstream
 from gateway.urls import redact_text, redact_url
 
 
-def status_of(upstreams: Sequence[Upstream]) -> str:
+def status_of(upstreams: Sequence[Upstream]) -> Availability:
     """healthy: one can serve; starting: none can, one is coming up; else unavailable."""
     if any(u.healthy for u in upstreams):
-        return HEALTHY
+        return Availability.HEALTHY
     if any(u.monitor is not None and u.monitor.state.status == STARTING for u in upstreams):
-        return STARTING
-    return "unavailable"
+        return Availability.STARTING
+    return Availability.UNAVAILABLE
 
 
 def redacted_state(monitor: Monitor) -> dict[str, Any]:
@@ -80,8 +81,8 @@ class Replicas:
         if self._running:
             upstream.monitor.start()
 
-    def _state_listener(self, upstream: Upstream) -> Callable[[str, str], None]:
-        def changed(_: str, status: str) -> None:
+    def _state_listener(self, upstream: Upstream) -> Callable[[Health, Health], None]:
+        def changed(_: Health, status: Health) -> None:
             self._metrics.set_upstream_state(upstream.name, status)
             if status == HEALTHY:
                 upstream.breaker.reset()
@@ -114,7 +115,7 @@ class Replicas:
     def monitors(self) -> list[Monitor]:
         return [u.monitor for u in self if u.monitor is not None]
 
-    def status(self) -> str:
+    def status(self) -> Availability:
         return status_of(list(self))
 
     def describe(self) -> dict[str, dict[str, Any]]:

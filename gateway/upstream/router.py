@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
+from gateway.enums import RouteSource
 from gateway.upstream.http import UpstreamHTTP
 from gateway.upstream.pool import Target
 from gateway.upstream.registry import Registration
@@ -48,7 +49,7 @@ class AliasRoute:
     model: str | None = None  # the name the upstream knows; None: the alias itself
     fallback: str | None = None
     fallback_model: str | None = None
-    source: str = "config"  # config | registered
+    source: RouteSource = RouteSource.CONFIG
 
 
 class UnknownModel(Exception):
@@ -119,14 +120,14 @@ class ModelRouter:
         group = registered_group(registration.alias)
         self.add_upstream(group, [registration.upstream_url], registration.api_key)
         self.add_alias(
-            AliasRoute(registration.alias, group, registration.model, source="registered")
+            AliasRoute(registration.alias, group, registration.model, source=RouteSource.REGISTERED)
         )
 
     async def unregister(self, alias: str) -> None:
         """Stop routing a registered alias, and drop its upstream (if it had one).
         A configured alias stays: only ``GATEWAY_CONFIG`` changes those."""
         route = self._aliases.get(alias)
-        if route is not None and route.source != "registered":
+        if route is not None and route.source != RouteSource.REGISTERED:
             return
         self._aliases.pop(alias, None)
         await self._replicas.remove(registered_group(alias))
@@ -216,6 +217,11 @@ class ModelRouter:
                 for model in replica.models:
                     items.setdefault(
                         model["id"],
-                        {**model, "upstream": group, "state": state, "source": "discovered"},
+                        {
+                            **model,
+                            "upstream": group,
+                            "state": state,
+                            "source": RouteSource.DISCOVERED,
+                        },
                     )
         return sorted(items.values(), key=lambda item: str(item["id"]))
