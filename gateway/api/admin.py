@@ -9,6 +9,7 @@ from fastapi import APIRouter, Path, Query, Request
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 
 from gateway.auth import AdminDep
+from gateway.enums import RouteSource
 from gateway.errors import APIError, store_unavailable, unavailable
 from gateway.memory.records import Scope
 from gateway.memory.store import StoreUnavailable
@@ -117,7 +118,7 @@ async def register_model(
     """
     router = services.router
     existing = router.aliases.get(request.alias)
-    if existing is not None and existing.source != "registered":
+    if existing is not None and existing.source != RouteSource.REGISTERED:
         raise APIError(
             409, f"alias {request.alias!r} is set in GATEWAY_CONFIG", code="alias_configured"
         )
@@ -170,7 +171,7 @@ async def delete_model_by_query(
 
 async def _unregister(services: Services, alias: str) -> dict[str, Any]:
     route = services.router.aliases.get(alias)
-    if route is not None and route.source != "registered":
+    if route is not None and route.source != RouteSource.REGISTERED:
         raise APIError(409, f"alias {alias!r} is set in GATEWAY_CONFIG", code="alias_configured")
     try:
         deleted = await services.registrations.unregister(alias)

@@ -34,6 +34,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from gateway.enums import Availability, Health, UpstreamOutcome
 from gateway.metrics import GatewayMetrics
 from gateway.monitor import HEALTHY, STARTING, Monitor
 from gateway.upstream.client import CHAT, Call, Upstream
@@ -122,13 +123,13 @@ class _Wait:
         return float(self._backoff(state))
 
 
-def status_of(upstreams: Sequence[Upstream]) -> str:
+def status_of(upstreams: Sequence[Upstream]) -> Availability:
     """healthy: one can serve; starting: none can, one is coming up; else unavailable."""
     if any(u.healthy for u in upstreams):
-        return HEALTHY
+        return Availability.HEALTHY
     if any(u.monitor is not None and u.monitor.state.status == STARTING for u in upstreams):
-        return STARTING
-    return "unavailable"
+        return Availability.STARTING
+    return Availability.UNAVAILABLE
 
 
 def redacted_state(monitor: Monitor) -> dict[str, Any]:
@@ -200,8 +201,8 @@ class UpstreamPool:
         self._running = False
         await asyncio.gather(*(m.stop() for m in self.monitors()))
 
-    def _state_listener(self, upstream: Upstream) -> Callable[[str, str], None]:
-        def changed(_: str, status: str) -> None:
+    def _state_listener(self, upstream: Upstream) -> Callable[[Health, Health], None]:
+        def changed(_: Health, status: Health) -> None:
             self._metrics.set_upstream_state(upstream.name, status)
             if status == HEALTHY:
                 upstream.breaker.reset()
@@ -212,7 +213,7 @@ class UpstreamPool:
     def monitors(self) -> list[Monitor]:
         return [u.monitor for u in self.upstreams.values() if u.monitor is not None]
 
-    def status(self) -> str:
+    def status(self) -> Availability:
         return status_of(list(self.upstreams.values()))
 
     def describe(self) -> dict[str, dict[str, Any]]:
@@ -239,7 +240,7 @@ class UpstreamPool:
             f"{u.name}: {u.monitor.state.status if u.monitor else '?'} (breaker {u.breaker.state})"
             for u in upstreams
         )
-        raise NoUpstreamAvailable(status_of(upstreams) == STARTING, detail)
+        raise NoUpstreamAvailable(status_of(upstreams) == Availability.STARTING, detail)
 
     async def open_chat(
         self,
@@ -292,10 +293,15 @@ class UpstreamPool:
                 )
         except ConnectFailed as exc:  # never sent: another attempt costs the upstream nothing
             starting = upstream.note_refused()
-            self._failed(upstream, "connect_error", f"connection refused: {exc}", starting=starting)
+            self._failed(
+                upstream,
+                UpstreamOutcome.CONNECT_ERROR,
+                f"connection refused: {exc}",
+                starting=starting,
+            )
             raise _Retryable(UpstreamFailed(503, f"LLM upstream {upstream.name} refused")) from exc
         except ConnectTimedOut as exc:
-            self._failed(upstream, "timeout", f"connect timed out: {exc}")
+            self._failed(upstream, UpstreamOutcome.TIMEOUT, f"connect timed out: {exc}")
             raise _Retryable(
                 UpstreamFailed(504, f"LLM upstream {upstream.name} did not accept a connection")
             ) from exc
@@ -303,15 +309,15 @@ class UpstreamPool:
             # Closed without an answer: the upstream died or restarted, and whatever it
             # was doing went with the connection, so another attempt repeats nothing
             # still running.
-            self._failed(upstream, "connect_error", f"disconnected: {exc}")
+            self._failed(upstream, UpstreamOutcome.CONNECT_ERROR, f"disconnected: {exc}")
             raise _Retryable(UpstreamFailed(502, f"LLM upstream {upstream.name} failed")) from exc
         # Sent, then silence or a broken answer: it may be generating. Not retried.
         except (TimeoutError, TimedOut) as exc:
             error = str(exc) or "no response headers in time"
-            self._failed(upstream, "timeout", f"timed out: {error}")
+            self._failed(upstream, UpstreamOutcome.TIMEOUT, f"timed out: {error}")
             raise UpstreamFailed(504, f"LLM upstream {upstream.name} timed out") from None
         except TransportError as exc:
-            self._failed(upstream, "connect_error", f"{type(exc).__name__}: {exc}")
+            self._failed(upstream, UpstreamOutcome.CONNECT_ERROR, f"{type(exc).__name__}: {exc}")
             raise UpstreamFailed(502, f"LLM upstream {upstream.name} failed") from exc
         upstream.note_answered()
 
@@ -323,7 +329,7 @@ class UpstreamPool:
                 pass  # a broken error body changes nothing: this attempt failed
             finally:
                 await response.aclose()
-            self._metrics.upstream_requests.labels(upstream.name, "http_error").inc()
+            self._metrics.upstream_requests.labels(upstream.name, UpstreamOutcome.HTTP_ERROR).inc()
             if response.status_code != 429:  # 429 is load, not a broken upstream
                 upstream.breaker.record_failure()
                 self._metrics.set_breaker_state(upstream.name, upstream.breaker.state)
@@ -337,19 +343,21 @@ class UpstreamPool:
             self._metrics.upstream_fallbacks.labels(upstream.name).inc()
         return OpenedReply(target, response, sent_at)
 
-    def _failed(self, upstream: Upstream, outcome: str, error: str, starting: bool = False) -> None:
+    def _failed(
+        self, upstream: Upstream, outcome: UpstreamOutcome, error: str, starting: bool = False
+    ) -> None:
         self._metrics.upstream_requests.labels(upstream.name, outcome).inc()
         upstream.breaker.record_failure()
         self._metrics.set_breaker_state(upstream.name, upstream.breaker.state)
         if upstream.monitor is not None:
             upstream.monitor.report_failure(error, starting=starting)
 
-    def record_outcome(self, upstream: Upstream, outcome: str) -> None:
+    def record_outcome(self, upstream: Upstream, outcome: UpstreamOutcome) -> None:
         """The router reports how a relayed response ended."""
         self._metrics.upstream_requests.labels(upstream.name, outcome).inc()
-        if outcome == "success":
+        if outcome == UpstreamOutcome.SUCCESS:
             upstream.breaker.record_success()
-        elif outcome in ("stream_error", "timeout"):
+        elif outcome in (UpstreamOutcome.STREAM_ERROR, UpstreamOutcome.TIMEOUT):
             upstream.breaker.record_failure()
             if upstream.monitor is not None:
                 upstream.monitor.wake()  # died mid-stream? find out now

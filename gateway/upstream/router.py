@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.enums import RouteSource
 from gateway.upstream.client import DEFAULT_START_GRACE_S, Upstream
 from gateway.upstream.http import UpstreamHTTP
 from gateway.upstream.pool import Target, UpstreamPool, status_of
@@ -38,7 +39,7 @@ class AliasRoute:
     model: str | None = None  # the name the upstream knows; None: the alias itself
     fallback: str | None = None
     fallback_model: str | None = None
-    source: str = "config"  # config | registered
+    source: RouteSource = RouteSource.CONFIG
 
 
 class UnknownModel(Exception):
@@ -181,6 +182,11 @@ class ModelRouter:
                 for model in replica.models:
                     items.setdefault(
                         model["id"],
-                        {**model, "upstream": group, "state": state, "source": "discovered"},
+                        {
+                            **model,
+                            "upstream": group,
+                            "state": state,
+                            "source": RouteSource.DISCOVERED,
+                        },
                     )
         return sorted(items.values(), key=lambda item: str(item["id"]))

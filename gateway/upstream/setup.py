@@ -6,6 +6,7 @@ Registered models are routed by :mod:`gateway.upstream.sync`, through
 
 from __future__ import annotations
 
+from gateway.enums import RouteSource
 from gateway.settings import Settings
 from gateway.upstream.config import load_upstreams_file
 from gateway.upstream.http import UpstreamHTTP
@@ -23,7 +24,9 @@ def registered_group(alias: str) -> str:
 def register(router: ModelRouter, http: UpstreamHTTP, registration: Registration) -> None:
     group = registered_group(registration.alias)
     router.add_upstream(group, [registration.upstream_url], http, registration.api_key)
-    router.add_alias(AliasRoute(registration.alias, group, registration.model, source="registered"))
+    router.add_alias(
+        AliasRoute(registration.alias, group, registration.model, source=RouteSource.REGISTERED)
+    )
 
 
 async def unregister(router: ModelRouter, alias: str) -> None:

@@ -15,6 +15,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from gateway.enums import RouteSource
 from gateway.upstream.http import UpstreamHTTP
 from gateway.upstream.registry import ModelRegistry, Registration, RegistryUnavailable
 from gateway.upstream.router import ModelRouter
@@ -35,7 +36,7 @@ class Changes:
 
 def _configured(router: ModelRouter, alias: str) -> bool:
     route = router.aliases.get(alias)
-    return route is not None and route.source != "registered"
+    return route is not None and route.source != RouteSource.REGISTERED
 
 
 async def apply(
@@ -82,7 +83,9 @@ async def reconcile(
     """
     wanted = {r.alias: r for r in registrations}
     changes = Changes()
-    registered = [a for a, route in router.aliases.items() if route.source == "registered"]
+    registered = [
+        a for a, route in router.aliases.items() if route.source == RouteSource.REGISTERED
+    ]
     for alias in registered:
         if alias not in wanted and await drop(router, applied, alias):
             changes.removed.append(alias)
