@@ -110,7 +110,7 @@ async def _startup(settings: Settings, metrics: GatewayMetrics, stack: AsyncExit
     # One pool of connections per dependency. The LLM's carries every chat
     # request: aiohttp (see gateway.upstream.http). httpcore, under the
     # embedder's httpx, scans its idle connections on every request, so that
-    # keep-alive pool stays modest (profiled: bench/). Idle connections are
+    # keep-alive pool stays modest (bench/README.md, "Hot-path findings"). Idle connections are
     # dropped before the servers drop them (gateway.keepalive).
     llm_http = UpstreamHTTP()
     stack.push_async_callback(llm_http.aclose)
