@@ -29,9 +29,9 @@ from gateway.errors import APIError
 from gateway.exceptions import EmbedderRejected, MemoryRequired, MemoryUnavailable
 from gateway.memory.prompt import inject_memories, last_user_text, recall_query
 from gateway.services import Services, ServicesDep
-from gateway.upstream.client import CHAT, Call
 from gateway.upstream.http import Timeouts
 from gateway.upstream.pool import OpenedReply, Target
+from gateway.upstream.replica import CHAT, Call
 
 logger = logging.getLogger("gateway.chat")
 router = APIRouter()

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 
 from gateway.api.schemas import AddMemoriesRequest, SearchMemoriesRequest
 from gateway.auth import PrincipalDep
+from gateway.enums import WriteSource
 from gateway.errors import APIError
 from gateway.memory.records import (
     MemoryRecord,
@@ -83,7 +84,8 @@ async def add_memories(
         else [(None, request.text or "")]
     )
     memories = [
-        NewMemory(text, created, metadata, request.session_id, role, "api") for role, text in items
+        NewMemory(text, created, metadata, request.session_id, role, WriteSource.API)
+        for role, text in items
     ]
     scope = Scope(principal.tenant, request.user_id)
     outcome = await services.memory.add(scope, memories)
