@@ -40,6 +40,8 @@ from typing import Any
 
 import httpx
 
+from gateway.enums import EmbedderErrorKind
+from gateway.exceptions import EmbedderRejected, EmbedderUnavailable
 from gateway.keepalive import resend_if_dropped
 from gateway.metrics import GatewayMetrics
 from gateway.monitor import ProbeFailed
@@ -59,8 +61,8 @@ PART_CHARS = 64_000
 IN_FLIGHT = 2
 # Time allowed per text of a request, on top of the client's base timeout. The
 # model reads at most a few hundred tokens of a text, so its cost per text is
-# bounded; this is generous for a loaded CPU (measured: about 0.3 s per long
-# text on a busy 2-core machine, 10 ms on a quiet one).
+# bounded; this is generous even for a loaded CPU (what a text costs:
+# bench/results/embedder.md).
 PER_TEXT_TIMEOUT_S = 0.5
 
 
@@ -78,14 +80,6 @@ def parts(texts: Sequence[str]) -> list[list[str]]:
     if current:
         out.append(current)
     return out
-
-
-class EmbedderUnavailable(Exception):
-    """The embedder cannot embed right now (down, loading, overloaded)."""
-
-
-class EmbedderRejected(Exception):
-    """The embedder refused the input itself (a 4xx): retrying will not help."""
 
 
 class EmbedderClient:
@@ -160,7 +154,7 @@ class EmbedderClient:
         try:
             status, raw = await self._post(body, self.timeout_for(len(texts)))
         except (httpx.TransportError, TransportError) as exc:
-            self._metrics.embedder_errors.labels("unreachable").inc()
+            self._metrics.embedder_errors.labels(EmbedderErrorKind.UNREACHABLE).inc()
             raise EmbedderUnavailable(f"embedder unreachable: {type(exc).__name__}") from exc
         finally:
             self._metrics.embedder_duration.observe(time.perf_counter() - started)
@@ -168,16 +162,16 @@ class EmbedderClient:
             self._metrics.embedder_errors.labels(f"http_{status}").inc()
             raise EmbedderUnavailable(f"embedder answered {status}")
         if status != 200:
-            self._metrics.embedder_errors.labels("rejected").inc()
+            self._metrics.embedder_errors.labels(EmbedderErrorKind.REJECTED).inc()
             raise EmbedderRejected(_error_message(status, raw))
         try:
             data = sorted(json.loads(raw)["data"], key=lambda item: item["index"])
             vectors = [_vector(item["embedding"]) for item in data]
         except (ValueError, KeyError, TypeError) as exc:
-            self._metrics.embedder_errors.labels("bad_response").inc()
+            self._metrics.embedder_errors.labels(EmbedderErrorKind.BAD_RESPONSE).inc()
             raise EmbedderUnavailable(f"embedder answered malformed JSON: {exc}") from exc
         if len(vectors) != len(texts) or any(len(v) != self._dimension for v in vectors):
-            self._metrics.embedder_errors.labels("bad_response").inc()
+            self._metrics.embedder_errors.labels(EmbedderErrorKind.BAD_RESPONSE).inc()
             raise EmbedderUnavailable(
                 f"embedder returned vectors that do not match GATEWAY_EMBEDDING_DIM="
                 f"{self._dimension}"

@@ -21,15 +21,11 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
-from gateway.memory.embedder_client import (
-    BACKGROUND,
-    INTERACTIVE,
-    EmbedderRejected,
-    EmbedderUnavailable,
-)
+from gateway.enums import ReplayOutcome
+from gateway.exceptions import EmbedderRejected, EmbedderUnavailable, StoreUnavailable
+from gateway.memory.embedder_client import BACKGROUND, INTERACTIVE
 from gateway.memory.outbox import Outbox, OutboxEntry
 from gateway.memory.records import NewMemory, Scope
-from gateway.memory.store import StoreUnavailable
 from gateway.metrics import GatewayMetrics
 from gateway.monitor import next_backoff
 
@@ -172,7 +168,7 @@ class Replayer(Generic[R]):
     async def _retry_later(self, entry: OutboxEntry, exc: Exception) -> None:
         self._report(exc)
         await self._outbox.failed(entry.seq, str(exc))
-        self._metrics.outbox_replays.labels("retry").inc()
+        self._metrics.outbox_replays.labels(ReplayOutcome.RETRY).inc()
 
     async def _set_aside(self, entry: OutboxEntry, exc: Exception) -> None:
         reason = str(exc) if isinstance(exc, EmbedderRejected) else f"{type(exc).__name__}: {exc}"
@@ -182,10 +178,10 @@ class Replayer(Generic[R]):
         )  # fmt: skip
         await self._outbox.bury(entry.seq, reason[:2000])
         self._dead += 1
-        self._metrics.outbox_replays.labels("dead").inc()
+        self._metrics.outbox_replays.labels(ReplayOutcome.DEAD).inc()
 
     def _replayed(self, entry: OutboxEntry, written: R) -> None:
-        self._metrics.outbox_replays.labels("success").inc()
+        self._metrics.outbox_replays.labels(ReplayOutcome.SUCCESS).inc()
         self._count(entry.memories, written)
 
     async def _forever(self) -> None:

@@ -14,12 +14,8 @@ import httpx
 import prometheus_client
 import pytest
 
-from gateway.memory.embedder_client import (
-    IN_FLIGHT,
-    PART_TEXTS,
-    EmbedderClient,
-    EmbedderUnavailable,
-)
+from gateway.exceptions import EmbedderUnavailable
+from gateway.memory.embedder_client import IN_FLIGHT, PART_TEXTS, EmbedderClient
 from gateway.metrics import GatewayMetrics
 from gateway.monitor import ProbeFailed
 from gateway.upstream.http import UpstreamHTTP
