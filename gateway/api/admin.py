@@ -25,9 +25,8 @@ from gateway.memory.records import Scope
 from gateway.memory.store import StoreUnavailable
 from gateway.openapi import WITH_BODY, errors, keyed_router
 from gateway.services import Services, ServicesDep
-from gateway.upstream.pool import status_of
 from gateway.upstream.registry import Registration, RegistryUnavailable
-from gateway.upstream.setup import registered_group
+from gateway.upstream.replicas import status_of
 from gateway.urls import redact_url
 
 router = keyed_router("/admin", "admin")
@@ -89,7 +88,7 @@ async def outbox(
 @router.get("/upstreams", response_model=UpstreamsStatus)
 async def upstreams(_: AdminDep, services: ServicesDep) -> UpstreamsStatus:
     return UpstreamsStatus.model_validate(
-        {"status": services.pool.status(), "upstreams": services.pool.describe()}
+        {"status": services.replicas.status(), "upstreams": services.replicas.describe()}
     )
 
 
@@ -112,7 +111,7 @@ class RegisterModel(BaseModel):
 
 def _registration_view(services: Services, alias: str) -> RegisteredModel:
     route = services.router.aliases[alias]
-    replicas = services.router.groups.get(route.upstream, [])
+    replicas = services.replicas.group(route.upstream)
     return RegisteredModel(
         alias=alias,
         model=route.model,
@@ -138,9 +137,9 @@ async def register_model(
 ) -> RegisteredModel:
     """Route ``alias`` to ``model`` on the server at ``upstream_url``.
 
-    The server is probed at once: the answer says whether it is serving
-    (``healthy``) or not yet (``starting``: it is registered all the same, and
-    the health monitor brings it in when it answers).
+    The server is probed at once (gateway.upstream.sync): the answer says
+    whether it is serving (``healthy``) or not yet (``starting``: it is
+    registered all the same, and the health monitor brings it in when it answers).
     """
     router = services.router
     existing = router.aliases.get(request.alias)
@@ -155,9 +154,6 @@ async def register_model(
         await services.registrations.register(registration)
     except RegistryUnavailable as exc:
         raise _registry_down(exc) from None
-    for replica in router.groups.get(registered_group(request.alias), []):
-        if replica.monitor is not None:
-            await replica.monitor.check_now()
     if request.alias not in router.aliases:  # another gateway deleted it meanwhile
         raise APIError(409, f"alias {request.alias!r} was deleted meanwhile", code="alias_deleted")
     return _registration_view(services, request.alias)

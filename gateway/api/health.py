@@ -23,7 +23,7 @@ from gateway.api.answers import (
 from gateway.auth import is_admin_request
 from gateway.enums import DiskStatus, Readiness
 from gateway.services import ServicesDep
-from gateway.upstream.pool import redacted_state
+from gateway.upstream.replicas import redacted_state
 
 router = APIRouter(tags=["health"], default_response_class=JSONResponse)
 
@@ -50,7 +50,7 @@ async def readyz(request: Request, response: Response, services: ServicesDep) ->
     the outbox depth) is for the operator: sent with the admin key, or when no
     keys are configured at all (then ``/admin`` is open too).
     """
-    llm = services.pool.status()
+    llm = services.replicas.status()
     embedder = services.embedder_monitor.state
     store = services.store_monitor.state
     disk_problem = services.disk.problem() if services.disk is not None else None
@@ -64,7 +64,7 @@ async def readyz(request: Request, response: Response, services: ServicesDep) ->
     admin = is_admin_request(request)
     if admin:
         checks = Checks(
-            llm=LlmCheck.model_validate({"status": llm, "upstreams": services.pool.describe()}),
+            llm=LlmCheck.model_validate({"status": llm, "upstreams": services.replicas.describe()}),
             embedder=MonitorState.model_validate(redacted_state(services.embedder_monitor)),
             vector_store=StoreCheck.model_validate(
                 {**redacted_state(services.store_monitor), "backend": backend}

@@ -45,8 +45,8 @@ PART_TEXTS = 32
 PART_CHARS = 64_000
 # Time allowed per text of a request, on top of the client's base timeout. The
 # model reads at most a few hundred tokens of a text, so its cost per text is
-# bounded; this is generous for a loaded CPU (measured: about 0.3 s per long
-# text on a busy 2-core machine, 10 ms on a quiet one).
+# bounded; this is generous even for a loaded CPU (what a text costs:
+# bench/results/embedder.md).
 PER_TEXT_TIMEOUT_S = 0.5
 
 
