@@ -20,24 +20,17 @@ from gateway.api.answers import (
 )
 from gateway.auth import AdminDep
 from gateway.enums import RouteSource
-from gateway.errors import APIError, store_unavailable, unavailable
+from gateway.errors import APIError
 from gateway.memory.records import Scope
-from gateway.memory.store import StoreUnavailable
 from gateway.openapi import WITH_BODY, errors, keyed_router
 from gateway.services import Services, ServicesDep
-from gateway.upstream.registry import Registration, RegistryUnavailable
+from gateway.upstream.registry import Registration
 from gateway.upstream.replicas import status_of
 from gateway.urls import redact_url
 
 router = keyed_router("/admin", "admin")
 
 Name = Annotated[str, Path(min_length=1, max_length=256)]
-
-
-def _registry_down(exc: Exception) -> Exception:
-    return unavailable(
-        f"model registry unavailable: {exc}", code="registry_unavailable", retry_after_s=2
-    )
 
 
 @router.get("/tenants/{tenant}/users", response_model=TenantUsers, responses=errors(400, 503))
@@ -48,10 +41,7 @@ async def tenant_users(
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> TenantUsers:
     """The users of a tenant that have memories."""
-    try:
-        users = await services.memory.store.users(tenant, limit)
-    except StoreUnavailable as exc:
-        raise store_unavailable(exc) from None
+    users = await services.memory.store.users(tenant, limit)
     return TenantUsers(tenant=tenant, users=users)
 
 
@@ -64,10 +54,7 @@ async def forget_any_user(
     tenant: Name, user_id: Name, _: AdminDep, services: ServicesDep
 ) -> ForgottenTenantUser:
     """Forget a user of any tenant (queued writes included)."""
-    try:
-        deleted = await services.memory.forget(Scope(tenant, user_id))
-    except StoreUnavailable as exc:
-        raise store_unavailable(exc) from None
+    deleted = await services.memory.forget(Scope(tenant, user_id))
     return ForgottenTenantUser(tenant=tenant, user_id=user_id, deleted=deleted)
 
 
@@ -150,10 +137,7 @@ async def register_model(
     registration = Registration(
         request.alias, str(request.upstream_url).rstrip("/"), request.model, request.api_key
     )
-    try:
-        await services.registrations.register(registration)
-    except RegistryUnavailable as exc:
-        raise _registry_down(exc) from None
+    await services.registrations.register(registration)
     if request.alias not in router.aliases:  # another gateway deleted it meanwhile
         raise APIError(409, f"alias {request.alias!r} was deleted meanwhile", code="alias_deleted")
     return _registration_view(services, request.alias)
@@ -197,10 +181,7 @@ async def _unregister(services: Services, alias: str) -> DeletedAlias:
     route = services.router.aliases.get(alias)
     if route is not None and route.source != RouteSource.REGISTERED:
         raise APIError(409, f"alias {alias!r} is set in GATEWAY_CONFIG", code="alias_configured")
-    try:
-        deleted = await services.registrations.unregister(alias)
-    except RegistryUnavailable as exc:
-        raise _registry_down(exc) from None
+    deleted = await services.registrations.unregister(alias)
     if not deleted:
         raise APIError(404, f"no model alias {alias!r}", code="alias_not_found")
     return DeletedAlias(alias=alias, deleted=True)

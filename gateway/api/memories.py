@@ -21,8 +21,7 @@ from gateway.api.answers import (
 from gateway.api.schemas import AddMemoriesRequest, SearchMemoriesRequest
 from gateway.auth import PrincipalDep
 from gateway.enums import WriteSource
-from gateway.errors import APIError, store_unavailable, unavailable
-from gateway.memory.embedder_client import EmbedderRejected
+from gateway.errors import APIError
 from gateway.memory.records import (
     MemoryRecord,
     NewMemory,
@@ -31,8 +30,6 @@ from gateway.memory.records import (
     parse_filters,
     parse_timestamp,
 )
-from gateway.memory.service import MemoryRejected, MemoryUnavailable, OutboxFull
-from gateway.memory.store import StoreUnavailable
 from gateway.openapi import WITH_BODY, errors, keyed_router
 from gateway.services import Services, ServicesDep
 
@@ -108,16 +105,7 @@ async def add_memories(
         for role, text in items
     ]
     scope = Scope(principal.tenant, request.user_id)
-    try:
-        outcome = await services.memory.add(scope, memories)
-    except EmbedderRejected as exc:
-        raise APIError(400, f"the embedder rejected the text: {exc}", code="invalid_text") from None
-    except MemoryRejected as exc:
-        raise APIError(400, f"this memory cannot be stored: {exc}", code="unstorable") from None
-    except OutboxFull as exc:
-        raise APIError(
-            507, f"{exc}; free space under the data dir", code="insufficient_storage"
-        ) from None
+    outcome = await services.memory.add(scope, memories)
     if outcome.queued:
         response.status_code = 202
     results = [AddedMemory(id=r.id, memory=r.memory, event=r.event) for r in outcome.results]
@@ -135,14 +123,9 @@ async def search_memories(
     except ValueError as exc:
         raise APIError(400, str(exc), code="invalid_filters", param="filters") from None
     scope = Scope(principal.tenant, request.user_id)
-    try:
-        records = await services.memory.search(
-            scope, request.query, request.top_k, conditions, request.min_score
-        )
-    except MemoryUnavailable as exc:
-        raise unavailable(
-            f"memory search unavailable: {exc}", code="memory_unavailable", retry_after_s=2
-        ) from None
+    records = await services.memory.search(
+        scope, request.query, request.top_k, conditions, request.min_score
+    )
     return SearchResults(results=[ScoredMemory.of(record) for record in records])
 
 
@@ -157,10 +140,7 @@ async def list_memories(
     """A page of the user's memories; pass ``next_cursor`` back for the next page."""
     scope = Scope(principal.tenant, user_id)
     start = _memory_id(cursor) if cursor else None
-    try:
-        records, next_cursor = await services.memory.store.list(scope, limit, start)
-    except StoreUnavailable as exc:
-        raise store_unavailable(exc) from None
+    records, next_cursor = await services.memory.store.list(scope, limit, start)
     return MemoryPage(results=[Memory.of(r) for r in records], next_cursor=next_cursor)
 
 
@@ -172,10 +152,7 @@ async def _owned(
 ) -> MemoryRecord:
     """The memory, if the caller's tenant (and ``user_id``, when given) owns it; else 404."""
     key = _memory_id(memory_id)
-    try:
-        record = await services.memory.store.get(tenant, key)
-    except StoreUnavailable as exc:
-        raise store_unavailable(exc) from None
+    record = await services.memory.store.get(tenant, key)
     if record is None or (user_id is not None and record.user_id != user_id):
         raise _not_found(memory_id)
     return record
@@ -198,10 +175,7 @@ async def delete_memory(
     principal: PrincipalDep, services: ServicesDep, memory_id: str, user_id: OptionalUserId = None
 ) -> DeletedMemory:
     record = await _owned(services, principal.tenant, memory_id, user_id)
-    try:
-        await services.memory.store.delete(Scope(principal.tenant, record.user_id), record.id)
-    except StoreUnavailable as exc:
-        raise store_unavailable(exc) from None
+    await services.memory.store.delete(Scope(principal.tenant, record.user_id), record.id)
     return DeletedMemory(id=record.id, deleted=True)
 
 
@@ -212,8 +186,5 @@ async def forget_user(
     user_id: UserIdQuery,
 ) -> ForgottenUser:
     """Forget a user: every memory of theirs in the caller's tenant."""
-    try:
-        deleted = await services.memory.forget(Scope(principal.tenant, user_id))
-    except StoreUnavailable as exc:
-        raise store_unavailable(exc) from None
+    deleted = await services.memory.forget(Scope(principal.tenant, user_id))
     return ForgottenUser(user_id=user_id, deleted=deleted)

@@ -20,7 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.datadir import MIB, DataDirProblem, check_data_dir, free_bytes, unwritable_message
+from gateway.datadir import MIB, check_data_dir, free_bytes, unwritable_message
+from gateway.exceptions import DataDirProblem
 from tests.fakes.process import RunningServer, free_port
 from tests.support.stack import Service, _spawn, gateway_env, start_gateway, wait_until
 
