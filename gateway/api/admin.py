@@ -10,23 +10,16 @@ from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 
 from gateway.auth import AdminDep
 from gateway.enums import RouteSource
-from gateway.errors import APIError, store_unavailable, unavailable
+from gateway.errors import APIError
 from gateway.memory.records import Scope
-from gateway.memory.store import StoreUnavailable
 from gateway.services import Services, ServicesDep
-from gateway.upstream.registry import Registration, RegistryUnavailable
+from gateway.upstream.registry import Registration
 from gateway.upstream.replicas import status_of
 from gateway.urls import redact_url
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
 Name = Annotated[str, Path(min_length=1, max_length=256)]
-
-
-def _registry_down(exc: Exception) -> Exception:
-    return unavailable(
-        f"model registry unavailable: {exc}", code="registry_unavailable", retry_after_s=2
-    )
 
 
 @router.get("/tenants/{tenant}/users")
@@ -37,10 +30,7 @@ async def tenant_users(
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> dict[str, Any]:
     """The users of a tenant that have memories."""
-    try:
-        users = await services.memory.store.users(tenant, limit)
-    except StoreUnavailable as exc:
-        raise store_unavailable(exc) from None
+    users = await services.memory.store.users(tenant, limit)
     return {"tenant": tenant, "users": users}
 
 
@@ -49,10 +39,7 @@ async def forget_any_user(
     tenant: Name, user_id: Name, _: AdminDep, services: ServicesDep
 ) -> dict[str, Any]:
     """Forget a user of any tenant (queued writes included)."""
-    try:
-        deleted = await services.memory.forget(Scope(tenant, user_id))
-    except StoreUnavailable as exc:
-        raise store_unavailable(exc) from None
+    deleted = await services.memory.forget(Scope(tenant, user_id))
     return {"tenant": tenant, "user_id": user_id, "deleted": deleted}
 
 
@@ -124,10 +111,7 @@ async def register_model(
     registration = Registration(
         request.alias, str(request.upstream_url).rstrip("/"), request.model, request.api_key
     )
-    try:
-        await services.registrations.register(registration)
-    except RegistryUnavailable as exc:
-        raise _registry_down(exc) from None
+    await services.registrations.register(registration)
     if request.alias not in router.aliases:  # another gateway deleted it meanwhile
         raise APIError(409, f"alias {request.alias!r} was deleted meanwhile", code="alias_deleted")
     return _registration_view(services, request.alias)
@@ -169,10 +153,7 @@ async def _unregister(services: Services, alias: str) -> dict[str, Any]:
     route = services.router.aliases.get(alias)
     if route is not None and route.source != RouteSource.REGISTERED:
         raise APIError(409, f"alias {alias!r} is set in GATEWAY_CONFIG", code="alias_configured")
-    try:
-        deleted = await services.registrations.unregister(alias)
-    except RegistryUnavailable as exc:
-        raise _registry_down(exc) from None
+    deleted = await services.registrations.unregister(alias)
     if not deleted:
         raise APIError(404, f"no model alias {alias!r}", code="alias_not_found")
     return {"alias": alias, "deleted": True}

@@ -26,16 +26,13 @@ from gateway.api.relay import MemoryPlan, Relay
 from gateway.api.schemas import ChatRequest
 from gateway.api.wire import CHAT_WIRE, Wire
 from gateway.auth import Principal, PrincipalDep
-from gateway.errors import APIError, unavailable
-from gateway.memory.embedder_client import EmbedderRejected
+from gateway.errors import APIError
+from gateway.exceptions import EmbedderRejected, MemoryRequired, MemoryUnavailable
 from gateway.memory.prompt import inject_memories, last_user_text, recall_query
-from gateway.memory.service import MemoryUnavailable
 from gateway.services import Services, ServicesDep
-from gateway.upstream.availability import why_unavailable
 from gateway.upstream.http import Timeouts
-from gateway.upstream.pool import NoUpstreamAvailable, OpenedReply, Target, UpstreamFailed
+from gateway.upstream.pool import OpenedReply, Target
 from gateway.upstream.replica import CHAT, Call
-from gateway.upstream.router import UnknownModel
 
 logger = logging.getLogger("gateway.chat")
 router = APIRouter()
@@ -186,16 +183,8 @@ async def relay_turn(
 
 
 def resolve_model(services: Services, model: str) -> list[Target]:
-    try:
-        return services.router.resolve(model)
-    except UnknownModel as exc:
-        shown = ", ".join(exc.available[:50]) or "none yet"
-        raise APIError(
-            404,
-            f"model {model!r} does not exist here; available: {shown}",
-            code="model_not_found",
-            param="model",
-        ) from None
+    """The model's targets; raises UnknownModel (404) when nothing serves it."""
+    return services.router.resolve(model)
 
 
 async def _open(
@@ -207,24 +196,15 @@ async def _open(
     request_id: str | None,
     call: Call = CHAT,
 ) -> OpenedReply:
-    try:
-        return await services.pool.open_chat(
-            targets,
-            encode,
-            timeouts=timeouts,
-            headers_timeout_s=headers_timeout_s,
-            request_id=request_id,
-            call=call,
-        )
-    except NoUpstreamAvailable as exc:
-        verdict = why_unavailable([target.upstream for target in targets])
-        raise unavailable(
-            f"{verdict.message} [{exc}]", code=verdict.code, retry_after_s=2
-        ) from None
-    except UpstreamFailed as exc:
-        retry = {"Retry-After": str(max(1, int(exc.retry_after or 1)))}
-        status = exc.status if exc.status in (429, 502, 503, 504) else 502
-        raise APIError(status, str(exc), code="upstream_unavailable", headers=retry) from None
+    # Raises NoUpstreamAvailable or UpstreamFailed: answered as they say (gateway.exceptions).
+    return await services.pool.open_chat(
+        targets,
+        encode,
+        timeouts=timeouts,
+        headers_timeout_s=headers_timeout_s,
+        request_id=request_id,
+        call=call,
+    )
 
 
 async def _disconnected(request: Request) -> None:
@@ -282,10 +262,6 @@ async def _recall(services: Services, plan: MemoryPlan, headers: dict[str, str])
         if isinstance(exc, EmbedderRejected):
             logger.warning("the embedder refused a recall query: %s", exc)
         if services.settings.memory_required:
-            raise unavailable(
-                f"memory is required but unavailable: {exc}",
-                code="memory_unavailable",
-                retry_after_s=2,
-            ) from None
+            raise MemoryRequired(str(exc)) from None
         headers["x-memory-status"] = "degraded"
         return []

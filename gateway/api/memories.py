@@ -12,8 +12,7 @@ from fastapi.responses import JSONResponse
 from gateway.api.schemas import AddMemoriesRequest, SearchMemoriesRequest
 from gateway.auth import PrincipalDep
 from gateway.enums import WriteSource
-from gateway.errors import APIError, store_unavailable, unavailable
-from gateway.memory.embedder_client import EmbedderRejected
+from gateway.errors import APIError
 from gateway.memory.records import (
     MemoryRecord,
     NewMemory,
@@ -22,8 +21,6 @@ from gateway.memory.records import (
     parse_filters,
     parse_timestamp,
 )
-from gateway.memory.service import MemoryRejected, MemoryUnavailable, OutboxFull
-from gateway.memory.store import StoreUnavailable
 from gateway.services import Services, ServicesDep
 
 router = APIRouter(prefix="/v1/memories", tags=["memories"])
@@ -91,16 +88,7 @@ async def add_memories(
         for role, text in items
     ]
     scope = Scope(principal.tenant, request.user_id)
-    try:
-        outcome = await services.memory.add(scope, memories)
-    except EmbedderRejected as exc:
-        raise APIError(400, f"the embedder rejected the text: {exc}", code="invalid_text") from None
-    except MemoryRejected as exc:
-        raise APIError(400, f"this memory cannot be stored: {exc}", code="unstorable") from None
-    except OutboxFull as exc:
-        raise APIError(
-            507, f"{exc}; free space under the data dir", code="insufficient_storage"
-        ) from None
+    outcome = await services.memory.add(scope, memories)
     body: dict[str, Any] = {
         "results": [{"id": r.id, "memory": r.memory, "event": r.event} for r in outcome.results]
     }
@@ -120,14 +108,9 @@ async def search_memories(
     except ValueError as exc:
         raise APIError(400, str(exc), code="invalid_filters", param="filters") from None
     scope = Scope(principal.tenant, request.user_id)
-    try:
-        records = await services.memory.search(
-            scope, request.query, request.top_k, conditions, request.min_score
-        )
-    except MemoryUnavailable as exc:
-        raise unavailable(
-            f"memory search unavailable: {exc}", code="memory_unavailable", retry_after_s=2
-        ) from None
+    records = await services.memory.search(
+        scope, request.query, request.top_k, conditions, request.min_score
+    )
     return {"results": [record.to_api() for record in records]}
 
 
@@ -142,10 +125,7 @@ async def list_memories(
     """A page of the user's memories; pass ``next_cursor`` back for the next page."""
     scope = Scope(principal.tenant, user_id)
     start = _memory_id(cursor) if cursor else None
-    try:
-        records, next_cursor = await services.memory.store.list(scope, limit, start)
-    except StoreUnavailable as exc:
-        raise store_unavailable(exc) from None
+    records, next_cursor = await services.memory.store.list(scope, limit, start)
     return {"results": [r.to_api() for r in records], "next_cursor": next_cursor}
 
 
@@ -157,10 +137,7 @@ async def _owned(
 ) -> MemoryRecord:
     """The memory, if the caller's tenant (and ``user_id``, when given) owns it; else 404."""
     key = _memory_id(memory_id)
-    try:
-        record = await services.memory.store.get(tenant, key)
-    except StoreUnavailable as exc:
-        raise store_unavailable(exc) from None
+    record = await services.memory.store.get(tenant, key)
     if record is None or (user_id is not None and record.user_id != user_id):
         raise _not_found(memory_id)
     return record
@@ -180,10 +157,7 @@ async def delete_memory(
     principal: PrincipalDep, services: ServicesDep, memory_id: str, user_id: OptionalUserId = None
 ) -> dict[str, Any]:
     record = await _owned(services, principal.tenant, memory_id, user_id)
-    try:
-        await services.memory.store.delete(Scope(principal.tenant, record.user_id), record.id)
-    except StoreUnavailable as exc:
-        raise store_unavailable(exc) from None
+    await services.memory.store.delete(Scope(principal.tenant, record.user_id), record.id)
     return {"id": record.id, "deleted": True}
 
 
@@ -194,8 +168,5 @@ async def forget_user(
     user_id: UserIdQuery,
 ) -> dict[str, Any]:
     """Forget a user: every memory of theirs in the caller's tenant."""
-    try:
-        deleted = await services.memory.forget(Scope(principal.tenant, user_id))
-    except StoreUnavailable as exc:
-        raise store_unavailable(exc) from None
+    deleted = await services.memory.forget(Scope(principal.tenant, user_id))
     return {"user_id": user_id, "deleted": deleted}

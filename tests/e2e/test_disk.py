@@ -21,7 +21,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.datadir import MIB, DataDirProblem, check_data_dir, free_bytes, unwritable_message
+from gateway.datadir import MIB, check_data_dir, free_bytes, unwritable_message
+from gateway.exceptions import DataDirProblem
 from harness.fake_llm import RunningServer
 from harness.process import Service, free_port, spawn, wait_until
 from tests.support.stack import gateway_env, start_gateway

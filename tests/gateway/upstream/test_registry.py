@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from qdrant_client import AsyncQdrantClient
 
+from gateway.exceptions import RegistryUnavailable
 from gateway.upstream.qdrant_registry import QdrantRegistry, point_id
 from gateway.upstream.registry import (
     ModelRegistry,
     Registration,
-    RegistryUnavailable,
     SqliteRegistry,
 )
 from harness.process import free_port
