@@ -36,9 +36,10 @@ from schemathesis.core.transport import Response
 from schemathesis.specs.openapi.checks import response_schema_conformance
 from schemathesis.specs.openapi.schemas import OpenApiSchema
 
-from tests.fakes.process import RunningServer, free_port, start_llm_server
+from harness.fake_llm import RunningServer, start_llm_server
+from harness.process import Service, free_port
 from tests.fuzz.budget import fuzz_settings, fuzz_timeout
-from tests.support.stack import Service, start_gateway
+from tests.support.stack import start_gateway
 
 pytestmark = [pytest.mark.e2e, fuzz_timeout()]
 
