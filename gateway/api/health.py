@@ -35,31 +35,22 @@ async def readyz(request: Request, services: ServicesDep) -> JSONResponse:
     keys are configured at all (then ``/admin`` is open too).
     """
     llm = services.replicas.status()
-    embedder = services.embedder_monitor.state
-    store = services.store_monitor.state
+    memory = services.memory.status()
     disk_problem = services.disk.problem() if services.disk is not None else None
-    ready = (
-        llm == "healthy"
-        and services.embedder_monitor.healthy
-        and services.store_monitor.healthy
-        and disk_problem is None
-    )
+    ready = llm == "healthy" and memory.ready and disk_problem is None
     checks: dict[str, Any]
     if is_admin_request(request):
         checks = {
             "llm": {"status": llm, "upstreams": services.replicas.describe()},
-            "embedder": redacted_state(services.embedder_monitor),
-            "vector_store": {
-                **redacted_state(services.store_monitor),
-                "backend": services.memory.store.name,
-            },
-            "outbox": {"depth": services.outbox.depth},
+            "embedder": redacted_state(memory.embedder),
+            "vector_store": {**redacted_state(memory.store), "backend": memory.backend},
+            "outbox": {"depth": memory.outbox_depth},
         }
     else:
         checks = {
             "llm": {"status": llm},
-            "embedder": {"status": embedder.status},
-            "vector_store": {"status": store.status, "backend": services.memory.store.name},
+            "embedder": {"status": memory.embedder.state.status},
+            "vector_store": {"status": memory.store.state.status, "backend": memory.backend},
         }
     if services.disk is not None:
         checks["data_dir"] = {"status": "low" if disk_problem else "ok"}

@@ -21,7 +21,8 @@ from gateway.memory.records import (
     parse_filters,
     parse_timestamp,
 )
-from gateway.services import Services, ServicesDep
+from gateway.memory.service import MemoryService
+from gateway.services import MemoryDep, SettingsDep
 
 router = APIRouter(prefix="/v1/memories", tags=["memories"])
 
@@ -52,7 +53,8 @@ def _memory_id(value: str) -> str:
 )
 async def add_memories(
     principal: PrincipalDep,
-    services: ServicesDep,
+    memory: MemoryDep,
+    settings: SettingsDep,
     request: AddMemoriesRequest,
 ) -> JSONResponse:
     """One memory per message (one embedder call for all), or one for ``text``.
@@ -75,7 +77,7 @@ async def add_memories(
             param="timestamp",
         ) from None
     metadata = request.metadata or {}
-    problem = check_metadata(metadata, services.settings.max_metadata_bytes)
+    problem = check_metadata(metadata, settings.max_metadata_bytes)
     if problem:
         raise APIError(400, problem, code="invalid_metadata", param="metadata")
     items = (
@@ -88,7 +90,7 @@ async def add_memories(
         for role, text in items
     ]
     scope = Scope(principal.tenant, request.user_id)
-    outcome = await services.memory.add(scope, memories)
+    outcome = await memory.add(scope, memories)
     body: dict[str, Any] = {
         "results": [{"id": r.id, "memory": r.memory, "event": r.event} for r in outcome.results]
     }
@@ -100,7 +102,7 @@ async def add_memories(
 @router.post("/search")
 async def search_memories(
     principal: PrincipalDep,
-    services: ServicesDep,
+    memory: MemoryDep,
     request: SearchMemoriesRequest,
 ) -> dict[str, Any]:
     try:
@@ -108,7 +110,7 @@ async def search_memories(
     except ValueError as exc:
         raise APIError(400, str(exc), code="invalid_filters", param="filters") from None
     scope = Scope(principal.tenant, request.user_id)
-    records = await services.memory.search(
+    records = await memory.search(
         scope, request.query, request.top_k, conditions, request.min_score
     )
     return {"results": [record.to_api() for record in records]}
@@ -117,7 +119,7 @@ async def search_memories(
 @router.get("")
 async def list_memories(
     principal: PrincipalDep,
-    services: ServicesDep,
+    memory: MemoryDep,
     user_id: UserIdQuery,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(max_length=64)] = None,
@@ -125,7 +127,7 @@ async def list_memories(
     """A page of the user's memories; pass ``next_cursor`` back for the next page."""
     scope = Scope(principal.tenant, user_id)
     start = _memory_id(cursor) if cursor else None
-    records, next_cursor = await services.memory.store.list(scope, limit, start)
+    records, next_cursor = await memory.page(scope, limit, start)
     return {"results": [r.to_api() for r in records], "next_cursor": next_cursor}
 
 
@@ -133,11 +135,11 @@ OptionalUserId = Annotated[str | None, Query(min_length=1, max_length=256)]
 
 
 async def _owned(
-    services: Services, tenant: str, memory_id: str, user_id: str | None
+    memory: MemoryService, tenant: str, memory_id: str, user_id: str | None
 ) -> MemoryRecord:
     """The memory, if the caller's tenant (and ``user_id``, when given) owns it; else 404."""
     key = _memory_id(memory_id)
-    record = await services.memory.store.get(tenant, key)
+    record = await memory.get(tenant, key)
     if record is None or (user_id is not None and record.user_id != user_id):
         raise _not_found(memory_id)
     return record
@@ -145,28 +147,28 @@ async def _owned(
 
 @router.get("/{memory_id}")
 async def get_memory(
-    principal: PrincipalDep, services: ServicesDep, memory_id: str, user_id: OptionalUserId = None
+    principal: PrincipalDep, memory: MemoryDep, memory_id: str, user_id: OptionalUserId = None
 ) -> dict[str, Any]:
     """A memory of the caller's tenant; with ``user_id``, only if it is that user's."""
-    record = await _owned(services, principal.tenant, memory_id, user_id)
+    record = await _owned(memory, principal.tenant, memory_id, user_id)
     return record.to_api()
 
 
 @router.delete("/{memory_id}")
 async def delete_memory(
-    principal: PrincipalDep, services: ServicesDep, memory_id: str, user_id: OptionalUserId = None
+    principal: PrincipalDep, memory: MemoryDep, memory_id: str, user_id: OptionalUserId = None
 ) -> dict[str, Any]:
-    record = await _owned(services, principal.tenant, memory_id, user_id)
-    await services.memory.store.delete(Scope(principal.tenant, record.user_id), record.id)
+    record = await _owned(memory, principal.tenant, memory_id, user_id)
+    await memory.delete(Scope(principal.tenant, record.user_id), record.id)
     return {"id": record.id, "deleted": True}
 
 
 @router.delete("")
 async def forget_user(
     principal: PrincipalDep,
-    services: ServicesDep,
+    memory: MemoryDep,
     user_id: UserIdQuery,
 ) -> dict[str, Any]:
     """Forget a user: every memory of theirs in the caller's tenant."""
-    deleted = await services.memory.forget(Scope(principal.tenant, user_id))
+    deleted = await memory.forget(Scope(principal.tenant, user_id))
     return {"user_id": user_id, "deleted": deleted}
