@@ -19,6 +19,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
+from gateway.api.answers import ChatCompletion
 from gateway.api.identity import plan_turn
 from gateway.api.memory_fit import MemoryFit
 from gateway.api.outgoing import Incoming, Json, Outgoing
@@ -29,13 +30,14 @@ from gateway.auth import Principal, PrincipalDep
 from gateway.errors import APIError
 from gateway.exceptions import EmbedderRejected, MemoryRequired, MemoryUnavailable
 from gateway.memory.prompt import inject_memories, last_user_text, recall_query
+from gateway.openapi import KEYED, NO_MODEL, UPSTREAM, WITH_BODY, errors, json_body, relayed
 from gateway.services import Services, ServicesDep
 from gateway.upstream.http import Timeouts
 from gateway.upstream.pool import OpenedReply, Target
 from gateway.upstream.replica import CHAT, Call
 
 logger = logging.getLogger("gateway.chat")
-router = APIRouter()
+router = APIRouter(responses=KEYED)
 Body = TypeVar("Body", bound=BaseModel)
 
 
@@ -82,26 +84,12 @@ def plan_memory(
     return plan_turn(body, chat.memory, query, principal, top_k, param="messages")
 
 
-def chat_schema() -> tuple[dict[str, Any], dict[str, Any]]:
-    """The chat body's JSON schema, and the definitions it refers to, which
-    ``create_app`` adds to the document's components (where the refs point)."""
-    return body_schema(ChatRequest)
-
-
-def body_schema(schema: type[BaseModel]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A body's JSON schema, and the definitions it refers to."""
-    document = schema.model_json_schema(ref_template="#/components/schemas/{model}")
-    return document, document.pop("$defs", {})
-
-
-def declared_body(schema: type[BaseModel]) -> dict[str, Any]:
-    """The OpenAPI request body of an endpoint that reads its body itself (to
-    forward it byte for byte), so it is declared rather than derived."""
-    content = {"application/json": {"schema": body_schema(schema)[0]}}
-    return {"requestBody": {"required": True, "content": content}}
-
-
-@router.post("/v1/chat/completions", openapi_extra=declared_body(ChatRequest))
+@router.post(
+    "/v1/chat/completions",
+    response_model=ChatCompletion,
+    openapi_extra=json_body(ChatRequest),
+    responses={**relayed("The LLM's completion"), **WITH_BODY, **errors(NO_MODEL), **UPSTREAM},
+)
 async def chat_completions(
     request: Request,
     principal: PrincipalDep,

@@ -16,7 +16,7 @@ from gateway.upstream.registry import (
     Registration,
     SqliteRegistry,
 )
-from tests.fakes.process import free_port
+from harness.process import free_port
 
 
 @pytest.fixture(params=["sqlite", "qdrant"])
