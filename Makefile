@@ -78,12 +78,12 @@ fuzz: $(STAMP)
 
 # The benchmarks of bench/README.md (needs wrk and bench/.work venvs: see there).
 bench: $(STAMP)
-	$(BIN)/python bench/http_clients.py
-	$(BIN)/python bench/overhead.py
-	$(BIN)/python bench/memory_scale.py
-	$(BIN)/python bench/edge_optimize.py
-	$(BIN)/python bench/embedder_throughput.py
-	$(BIN)/python bench/soak.py
+	$(BIN)/python -m bench.http_clients
+	$(BIN)/python -m bench.overhead
+	$(BIN)/python -m bench.memory_scale
+	$(BIN)/python -m bench.edge_optimize
+	$(BIN)/python -m bench.embedder_throughput
+	$(BIN)/python -m bench.soak
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

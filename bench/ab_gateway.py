@@ -1,6 +1,6 @@
 """A/B the gateway against patched copies of itself, interleaved, on a noisy machine.
 
-    .venv/bin/python bench/ab_gateway.py base=. async-dep=bench/.work/patched/p1 \
+    .venv/bin/python -m bench.ab_gateway base=. async-dep=bench/.work/patched/p1 \
         uvloop=bench/.work/patched/p1:bench/.work/fast-site [--rounds 6] [--seconds 4] [--memory]
 
 Each variant is NAME=SRC[:EXTRA_PYTHONPATH]: SRC holds a ``gateway`` package
@@ -25,10 +25,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import overhead
-import procs
-from procs import ROOT, WORK
+from bench import overhead, procs
+from bench.procs import ROOT, WORK
 
 
 def main() -> None:
@@ -48,7 +46,7 @@ def main() -> None:
     bodies = overhead.write_bodies(run_dir / "bodies.jsonl", with_user=args.memory)
     started: list[procs.Proc] = []
     data: dict[str, Any] = {
-        "command": "python bench/ab_gateway.py " + " ".join(sys.argv[1:]),
+        "command": "python -m bench.ab_gateway " + " ".join(sys.argv[1:]),
         "machine": procs.machine_info(),
         "git": procs.git_rev(),
         "memory": args.memory,

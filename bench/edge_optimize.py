@@ -1,6 +1,6 @@
 """Should the gateway run Qdrant Edge's ``optimize()``? What it costs and what it gives.
 
-    .venv/bin/python bench/edge_optimize.py [--memories 100000] [--users 10000]
+    .venv/bin/python -m bench.edge_optimize [--memories 100000] [--users 10000]
         [--delete-share 0.3] [--cpus 0] [--out bench/results/edge_optimize.json]
 
 An ``EdgeStore`` like the gateway's is bulk-loaded the way ``memory_scale.py``
@@ -27,11 +27,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import memory_scale
 import numpy as np
-import procs
 
+from bench import memory_scale, procs
 from gateway.memory.edge_store import EdgeStore
 from gateway.memory.records import Scope
 from gateway.memory.sparse import Sparse
@@ -144,7 +142,7 @@ def main() -> None:
     args = p.parse_args()
     memory_scale.pin_self(args.cpus)
     data: dict[str, Any] = {
-        "command": "python bench/edge_optimize.py " + " ".join(sys.argv[1:]),
+        "command": "python -m bench.edge_optimize " + " ".join(sys.argv[1:]),
         "machine": procs.machine_info(),
         "git": procs.git_rev(),
         "memories": args.memories,

@@ -1,6 +1,6 @@
 """Embedder throughput: the service under concurrent clients vs its own encoder in one process.
 
-    .venv/bin/python bench/embedder_throughput.py [--cpus 0] [--client-cpus 1] [--threads 1]
+    .venv/bin/python -m bench.embedder_throughput [--cpus 0] [--client-cpus 1] [--threads 1]
         [--seconds 10] [--concurrency 1,8,32,128] [--out bench/results/embedder.json]
 
 Direct (the ceiling): a worker process pinned to --cpus with --threads inference
@@ -36,9 +36,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import procs
-from procs import PY, ROOT, WORK
+from bench import procs
+from bench.procs import PY, ROOT, WORK
 
 WORDS = [
     "I",
@@ -159,7 +158,7 @@ def direct_worker(
 def run_direct(
     python: str, backend: str, args: argparse.Namespace, save: Path | None
 ) -> dict[str, Any]:
-    argv = [python, __file__, "--worker", backend, "--threads", str(args.threads),
+    argv = [python, "-m", "bench.embedder_throughput", "--worker", backend, "--threads", str(args.threads),
             "--seconds", str(min(args.seconds, 5.0))]  # fmt: skip
     if save:
         argv += ["--save", str(save)]
@@ -177,7 +176,7 @@ def run_direct(
 
 async def closed_loop(port: int, bodies: list[bytes], texts_per_request: int, concurrency: int,
                       seconds: float, warmup: float) -> dict[str, Any]:  # fmt: skip
-    import loadgen
+    from bench import loadgen
 
     pool = loadgen.Pool("127.0.0.1", port, concurrency)
     payloads = loadgen.build_requests(f"http://127.0.0.1:{port}/v1/embeddings", bodies, [])
@@ -233,11 +232,11 @@ def client_worker(
 
 
 def run_clients(port: int, tpr: int, conc: int, args: argparse.Namespace) -> dict[str, Any]:
-    argv = [procs.tools_python(), __file__, "--client", str(port), "--texts-per-request", str(tpr),
+    argv = [procs.tools_python(), "-m", "bench.embedder_throughput", "--client", str(port), "--texts-per-request", str(tpr),
             "--concurrency", str(conc), "--seconds", str(args.seconds),
             "--encoding", args.encoding]  # fmt: skip
     out = subprocess.run(procs.pinned(args.client_cpus, argv), capture_output=True, text=True,
-                         check=True)  # fmt: skip
+                         check=True, cwd=ROOT)  # fmt: skip
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -328,7 +327,7 @@ def main() -> None:
 
     run_dir = Path(tempfile.mkdtemp(prefix="embedder-", dir=WORK))
     data: dict[str, Any] = {
-        "command": "python bench/embedder_throughput.py " + " ".join(sys.argv[1:]),
+        "command": "python -m bench.embedder_throughput " + " ".join(sys.argv[1:]),
         "machine": procs.machine_info(),
         "git": procs.git_rev(),
         "cpus": args.cpus,

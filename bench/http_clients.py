@@ -1,6 +1,6 @@
 """CPU per request of the HTTP clients the gateway could forward chat requests with.
 
-    .venv/bin/python bench/http_clients.py [--requests 3000] [--rounds 3]
+    .venv/bin/python -m bench.http_clients [--requests 3000] [--rounds 3]
 
 Starts the stand-in LLM (tests/fakes/llm_server.py) on CPU 1 and, in this
 process pinned to CPU 0 on uvloop as the gateway runs, sends the same chat
@@ -37,10 +37,8 @@ import httpcore
 import httpx
 import uvloop
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import procs
-from procs import WORK
-
+from bench import procs
+from bench.procs import WORK
 from gateway.upstream.http import UpstreamHTTP, timeouts_for
 
 Send = Callable[[bytes], Awaitable[int]]
@@ -171,7 +169,7 @@ def main() -> None:
         "machine": procs.machine_info(),
         "git": procs.git_rev(),
         "loadavg_start": procs.loadavg(),
-        "command": "python bench/http_clients.py " + " ".join(sys.argv[1:]),
+        "command": "python -m bench.http_clients " + " ".join(sys.argv[1:]),
     }
     try:
         data["results"] = uvloop.run(run(llm.base_url + "/v1/chat/completions", args))

@@ -1,6 +1,6 @@
 """An open-loop HTTP/1.1 load generator: fixed request rate, latency from the intended send time.
 
-    python bench/loadgen.py --url http://127.0.0.1:8080/v1/chat/completions \
+    python -m bench.loadgen --url http://127.0.0.1:8080/v1/chat/completions \
         --body-file bodies.jsonl --rate 500 --duration 10 [--warmup 2] [--stream]
 
 Why not wrk: Debian's wrk is closed-loop (each connection waits for its answer

@@ -1,6 +1,6 @@
 """LoCoMo turn-level evidence recall through the gateway's memory API (issue 8).
 
-    .venv/bin/python bench/locomo_recall.py PATH.json [PATH.json ...] \
+    .venv/bin/python -m bench.locomo_recall PATH.json [PATH.json ...] \
         [--gateway-url http://127.0.0.1:8080] [--json out.json]
 
 Each conversation is ingested as its own user, one memory per turn, exactly as a
@@ -43,12 +43,10 @@ from typing import Any
 
 import httpx
 
-_ROOT = Path(__file__).resolve().parents[1]
-if str(_ROOT) not in sys.path:
-    sys.path.insert(0, str(_ROOT))
+from bench.locomo.data import CATEGORIES, Conversation, load_conversations
+from bench.locomo.metrics import KS, percentile
 
-from bench.locomo.data import CATEGORIES, Conversation, load_conversations  # noqa: E402
-from bench.locomo.metrics import KS, percentile  # noqa: E402
+_ROOT = Path(__file__).resolve().parents[1]
 
 # --------------------------------------------------------------------- processes
 
@@ -441,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
         if stack is not None:
             stack.stop()
     result["loadavg_start"] = loadavg_start
-    result["command"] = "python bench/locomo_recall.py " + " ".join(
+    result["command"] = "python -m bench.locomo_recall " + " ".join(
         sys.argv[1:] if argv is None else argv
     )
     rev = subprocess.run(

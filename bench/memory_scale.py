@@ -1,6 +1,6 @@
 """Memory at scale: recall latency and write rate with 1k / 100k / 1M stored memories.
 
-    .venv/bin/python bench/memory_scale.py [--sizes 1000,100000,1000000] [--users 10000]
+    .venv/bin/python -m bench.memory_scale [--sizes 1000,100000,1000000] [--users 10000]
         [--stores edge,server] [--server-max 100000] [--queries 300] [--server-queries 20]
         [--cpus 0] [--embedder-cpus 1] [--out bench/results/memory_scale.json]
 
@@ -69,11 +69,8 @@ import httpx
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import procs
-from procs import ROOT, WORK
-
-sys.path.insert(0, str(ROOT))
+from bench import procs
+from bench.procs import ROOT, WORK
 from gateway.memory.edge_store import EdgeStore
 from gateway.memory.embedder_client import EmbedderClient
 from gateway.memory.indexing import WINDOW, index_texts
@@ -666,7 +663,10 @@ def pin_self(cpus: str) -> None:
     wanted = {int(c) for c in cpus.split(",")}
     taskset = shutil.which("taskset")
     if (os.cpu_count() or 1) > 1 and os.sched_getaffinity(0) != wanted and taskset:
-        os.execv(taskset, [taskset, "-c", cpus, sys.executable, *sys.argv])
+        os.execv(
+            taskset,
+            [taskset, "-c", cpus, sys.executable, "-m", "bench.memory_scale", *sys.argv[1:]],
+        )
 
 
 def main() -> None:
@@ -690,7 +690,7 @@ def main() -> None:
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
                            capture_output=True, text=True).stdout.strip()  # fmt: skip
     data: dict[str, Any] = {
-        "command": ".venv/bin/python bench/memory_scale.py " + " ".join(sys.argv[1:]),
+        "command": ".venv/bin/python -m bench.memory_scale " + " ".join(sys.argv[1:]),
         "machine": procs.machine_info(),
         "git": procs.git_rev(),
         "git_dirty": bool(dirty),

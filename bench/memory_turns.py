@@ -1,6 +1,6 @@
 """Memory-on chat turns: what recall adds, the sustained rate, bulk import (issue 18).
 
-    .venv/bin/python bench/memory_turns.py [--parts recall,sustained,import]
+    .venv/bin/python -m bench.memory_turns [--parts recall,sustained,import]
         [--variant now=.] [--variant before=bench/.work/before]
         [--out bench/results/memory_turns.json]
 
@@ -48,9 +48,8 @@ from typing import Any
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import procs
-from procs import ROOT, WORK
+from bench import procs
+from bench.procs import ROOT, WORK
 
 MODEL = "fake-model"
 TOPICS = ["cooking", "travel", "books", "work", "fitness", "music", "pets", "gardening"]
@@ -194,10 +193,12 @@ def wait_stored(stack: Stack, stored: float, timeout: float) -> float:
 
 
 def loadgen(url: str, bodies: Path, rate: float, seconds: float, cpus: str) -> dict[str, Any]:
-    argv = [procs.tools_python(), str(ROOT / "bench" / "loadgen.py"), "--url", url,
+    argv = [procs.tools_python(), "-m", "bench.loadgen", "--url", url,
             "--body-file", str(bodies), "--rate", str(rate), "--duration", str(seconds),
             "--warmup", "0", "--timeout", "60"]  # fmt: skip
-    out = subprocess.run(procs.pinned(cpus, argv), capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        procs.pinned(cpus, argv), capture_output=True, text=True, check=True, cwd=ROOT
+    )
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
@@ -424,7 +425,7 @@ def main() -> None:
     variants = [v.split("=", 1) for v in args.variant] or [["now", "."]]
     procs.exit_on_sigterm()
     WORK.mkdir(parents=True, exist_ok=True)
-    data: dict[str, Any] = {"command": "python bench/memory_turns.py " + " ".join(sys.argv[1:]),
+    data: dict[str, Any] = {"command": "python -m bench.memory_turns " + " ".join(sys.argv[1:]),
                             "machine": procs.machine_info(), "git": procs.git_rev(),
                             "variants": {}}  # fmt: skip
     for name, src in variants:

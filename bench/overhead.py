@@ -1,6 +1,6 @@
 """Gateway overhead: the same load against the upstream directly, memgate (memory off/on) and LiteLLM.
 
-    .venv/bin/python bench/overhead.py [--targets direct,memgate-off,memgate-on,litellm]
+    .venv/bin/python -m bench.overhead [--targets direct,memgate-off,memgate-on,litellm]
         [--rates 100,200,500,1000] [--duration 10] [--out bench/results/overhead.json]
 
 Starts, each pinned with ``taskset``:
@@ -40,9 +40,8 @@ from typing import Any
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import procs
-from procs import ROOT, WORK, Proc
+from bench import procs
+from bench.procs import ROOT, WORK, Proc
 
 LITELLM_VENV = WORK / "litellm-venv"
 MODEL = "fake-model"
@@ -133,20 +132,22 @@ def start_litellm(log_dir: Path, upstream_url: str, cpus: str) -> Proc:
 def start_floor(kind: str, log_dir: Path, upstream_url: str, cpus: str) -> Proc:
     """A bare proxy (bench/floor/proxies.py): what any Python proxy on this stack costs."""
     port = procs.free_port()
-    argv = [procs.PY, str(ROOT / "bench" / "floor" / "proxies.py"), kind, str(port), upstream_url]
+    argv = [procs.PY, "-m", "bench.floor.proxies", kind, str(port), upstream_url]
     proc = procs.spawn(f"floor-{kind}", argv, port=port, log_dir=log_dir, cpus=cpus)
     return proc.wait_line("Uvicorn running on", 30)
 
 
 def loadgen(url: str, bodies: Path, rate: float, duration: float, warmup: float,
             stream: bool, cpus: str) -> dict[str, Any]:  # fmt: skip
-    argv = [procs.tools_python(), str(ROOT / "bench" / "loadgen.py"), "--url", url,
+    argv = [procs.tools_python(), "-m", "bench.loadgen", "--url", url,
             "--body-file", str(bodies), "--rate", str(rate), "--duration", str(duration),
             "--warmup", str(warmup), "--timeout", "20"]  # fmt: skip
     if stream:
         argv.append("--stream")
     load_before = procs.loadavg()
-    out = subprocess.run(procs.pinned(cpus, argv), capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        procs.pinned(cpus, argv), capture_output=True, text=True, check=True, cwd=ROOT
+    )
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     result["loadavg_before"] = load_before
     return result
@@ -369,7 +370,7 @@ def main() -> None:
     run_dir = Path(tempfile.mkdtemp(prefix="overhead-", dir=WORK))
     logs = run_dir / "logs"
     data: dict[str, Any] = {
-        "command": "python bench/overhead.py " + " ".join(sys.argv[1:]),
+        "command": "python -m bench.overhead " + " ".join(sys.argv[1:]),
         "machine": procs.machine_info(),
         "git": procs.git_rev(),
         "proxy_cpus": args.proxy_cpus,

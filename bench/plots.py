@@ -1,6 +1,6 @@
 """PNG plots of the committed results (bench/results/*.json) into bench/results/.
 
-    bench/.work/tools-venv/bin/python bench/plots.py
+    bench/.work/tools-venv/bin/python -m bench.plots
 
 matplotlib lives in the bench tools venv (``pip install matplotlib``), not in
 the project's dependencies. Each plot is skipped when its JSON is missing.

@@ -22,13 +22,12 @@ from pathlib import Path
 
 import httpx
 
+from tests.fakes.process import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "bench" / ".work"
 RESULTS = ROOT / "bench" / "results"
 PY = sys.executable
-sys.path.insert(0, str(ROOT))
-
-from tests.fakes.process import free_port  # noqa: E402
 
 
 def pinned(cpus: str | None, argv: Sequence[str]) -> list[str]:

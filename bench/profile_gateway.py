@@ -1,7 +1,7 @@
 """Profile the gateway's hot path under load with py-spy, memory off and on.
 
-    .venv/bin/python bench/profile_gateway.py [--rate 150] [--seconds 20] [--modes off,on]
-    .venv/bin/python bench/profile_gateway.py --modes off --wrk [--gateway-src DIR --label NAME]
+    .venv/bin/python -m bench.profile_gateway [--rate 150] [--seconds 20] [--modes off,on]
+    .venv/bin/python -m bench.profile_gateway --modes off --wrk [--gateway-src DIR --label NAME]
 
 For each mode: starts the stand-in upstream and the embedder (CPU 1), the
 gateway (CPU 0, defaults, log level warning), seeds 5 memories for each of 20
@@ -41,10 +41,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import overhead
-import procs
-from procs import ROOT, WORK
+from bench import overhead, procs
+from bench.procs import ROOT, WORK
 
 PYSPY = WORK / "tools-venv" / "bin" / "py-spy"
 FRAME = re.compile(r"^(?P<func>.+?) \((?P<file>[^:()]+)(?::(?P<line>\d+))?\)$")
@@ -180,10 +178,10 @@ def start_load(url: str, bodies: Path, args: argparse.Namespace) -> Callable[[],
             )
 
         return wrk_done
-    gen = [procs.tools_python(), str(ROOT / "bench" / "loadgen.py"), "--url", url,
+    gen = [procs.tools_python(), "-m", "bench.loadgen", "--url", url,
            "--body-file", str(bodies), "--rate", str(args.rate / 2),
            "--duration", str(args.seconds + 4), "--warmup", "0"]  # fmt: skip
-    loads = [subprocess.Popen(procs.pinned("1", gen + extra), stdout=subprocess.PIPE, text=True)
+    loads = [subprocess.Popen(procs.pinned("1", gen + extra), stdout=subprocess.PIPE, text=True, cwd=ROOT)
              for extra in ([], ["--stream"])]  # fmt: skip
 
     def open_loop_done() -> str:
@@ -227,7 +225,7 @@ def profile(mode: str, args: argparse.Namespace) -> None:
         print(f"  load ({label}): {load}")
         md = out / f"profile-{label}.md"
         md.write_text(f"# Gateway profile, memory {mode}\n\n"
-                      f"Command: `python bench/profile_gateway.py {' '.join(sys.argv[1:])}`; "
+                      f"Command: `python -m bench.profile_gateway {' '.join(sys.argv[1:])}`; "
                       f"git {procs.git_rev()}; load average {procs.loadavg()}. Load: {load}. "
                       f"Gateway CPU while sampled: {cpu_s:.1f} s in {args.seconds} s; py-spy at "
                       f"{args.spy_rate} Hz.\n\n" + summarize(raw))  # fmt: skip

@@ -1,6 +1,6 @@
 """Soak: minutes of steady load with memory on and streams mixed in; errors and the gateway's RSS.
 
-    .venv/bin/python bench/soak.py [--minutes 10] [--rate 10] [--stream-share 0.5]
+    .venv/bin/python -m bench.soak [--minutes 10] [--rate 10] [--stream-share 0.5]
         [--no-memory] [--out bench/results/soak.json]
 
 Starts the embedder alone on CPU 1 (with memory on it is the bottleneck: each
@@ -41,10 +41,8 @@ from typing import Any
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import overhead
-import procs
-from procs import ROOT, WORK
+from bench import overhead, procs
+from bench.procs import ROOT, WORK
 
 
 def metrics(gateway: procs.Proc) -> dict[str, float]:
@@ -128,7 +126,7 @@ def main() -> None:
         run_dir / "bodies.jsonl", n_bodies, args.stream_share, memory, args.distinct
     )
     data: dict[str, Any] = {
-        "command": "python bench/soak.py " + " ".join(sys.argv[1:]),
+        "command": "python -m bench.soak " + " ".join(sys.argv[1:]),
         "machine": procs.machine_info(),
         "git": procs.git_rev(),
         "rate": args.rate,
@@ -150,12 +148,14 @@ def main() -> None:
         before = metrics(gw)
         rss: list[tuple[float, float]] = [(0.0, gw.rss_bytes() / 2**20)]
         data["rss_mib_start"] = rss[0][1]
-        argv = [procs.tools_python(), str(ROOT / "bench" / "loadgen.py"),
+        argv = [procs.tools_python(), "-m", "bench.loadgen",
                 "--url", gw.base_url + "/v1/chat/completions", "--body-file", str(bodies),
                 "--rate", str(args.rate), "--duration", str(seconds), "--warmup", "0",
                 "--timeout", "60"]  # fmt: skip
         t0 = time.monotonic()
-        gen = subprocess.Popen(procs.pinned(args.gen_cpus, argv), stdout=subprocess.PIPE, text=True)
+        gen = subprocess.Popen(
+            procs.pinned(args.gen_cpus, argv), stdout=subprocess.PIPE, text=True, cwd=ROOT
+        )
         next_sample = 10.0
         while gen.poll() is None:
             time.sleep(0.5)

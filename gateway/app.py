@@ -42,10 +42,11 @@ from gateway.observability import RequestContextMiddleware
 from gateway.openapi import install_openapi
 from gateway.services import Services
 from gateway.settings import Settings
+from gateway.upstream.build import build_router
 from gateway.upstream.http import UpstreamHTTP, timeouts_for
 from gateway.upstream.pool import UpstreamPool
 from gateway.upstream.registry import ModelRegistry, SqliteRegistry
-from gateway.upstream.setup import build_router
+from gateway.upstream.replicas import Replicas
 from gateway.upstream.sync import RegistrySync
 
 logger = logging.getLogger("gateway")
@@ -109,7 +110,7 @@ async def _startup(settings: Settings, metrics: GatewayMetrics, stack: AsyncExit
     # One pool of connections per dependency. The LLM's carries every chat
     # request: aiohttp (see gateway.upstream.http). httpcore, under the
     # embedder's httpx, scans its idle connections on every request, so that
-    # keep-alive pool stays modest (profiled: bench/). Idle connections are
+    # keep-alive pool stays modest (bench/README.md, "Hot-path findings"). Idle connections are
     # dropped before the servers drop them (gateway.keepalive).
     llm_http = UpstreamHTTP()
     stack.push_async_callback(llm_http.aclose)
@@ -126,15 +127,14 @@ async def _startup(settings: Settings, metrics: GatewayMetrics, stack: AsyncExit
         embedder_http, settings.embedder_url, settings.embedding_dim, metrics,
         api_key=settings.embedder_api_key, base_timeout_s=settings.embedder_timeout_s,
     )  # fmt: skip
-    pool = UpstreamPool(
-        metrics, attempts=settings.retry_attempts, health_interval_s=settings.health_interval_s
-    )
+    pool = UpstreamPool(metrics, attempts=settings.retry_attempts)
+    replicas = Replicas(metrics, health_interval_s=settings.health_interval_s)
     registry = build_registry(settings)
     await registry.open()
     stack.push_async_callback(registry.close)
-    router = build_router(settings, llm_http, pool)
-    registrations = RegistrySync(registry, router, llm_http, interval_s=settings.registry_sync_s)
-    # Registered models join before the pool's first probe (a store that cannot be
+    router = build_router(settings, llm_http, replicas)
+    registrations = RegistrySync(registry, router, interval_s=settings.registry_sync_s)
+    # Registered models join before the replicas' first probe (a store that cannot be
     # read now leaves them to the next sync).
     await registrations.sync()
 
@@ -154,6 +154,7 @@ async def _startup(settings: Settings, metrics: GatewayMetrics, stack: AsyncExit
     services = Services(
         settings=settings,
         metrics=metrics,
+        replicas=replicas,
         pool=pool,
         router=router,
         registrations=registrations,
@@ -172,13 +173,13 @@ async def _startup(settings: Settings, metrics: GatewayMetrics, stack: AsyncExit
     for monitor in monitors:
         monitor.start()
         stack.push_async_callback(monitor.stop)
-    await pool.start(STARTUP_PROBE_TIMEOUT_S)
-    stack.push_async_callback(pool.stop)
+    await replicas.start(STARTUP_PROBE_TIMEOUT_S)
+    stack.push_async_callback(replicas.stop)
     registrations.start()
     stack.push_async_callback(registrations.stop)
     memory.start_replayer()
     stack.push_async_callback(memory.stop_replayer)
-    for monitor in [*monitors, *pool.monitors()]:
+    for monitor in [*monitors, *replicas.monitors()]:
         logger.info("%s: %s", monitor.name, monitor.state.status)
     return services
 

@@ -1,6 +1,6 @@
 """The data dir: can the gateway write there, and is there room?
 
-Two failures used to look like something else. A directory the process
+Unchecked, two failures look like something else. A directory the process
 cannot write (a bind mount owned by another user, a Kubernetes volume
 without ``fsGroup``) surfaced as ``sqlite3.OperationalError: unable to open
 database file``. A full disk killed the process with SIGBUS, no log line:

@@ -1,12 +1,28 @@
 """The gateway's Prometheus metrics, built on a registry passed in.
 
 Label values are bounded: routes are templates, upstreams are configured names,
-outcomes are fixed words. Never a user id, tenant, key or message.
+states and outcomes are the enums of gateway.enums. Never a user id, tenant, key
+or message. Each family's known values get a zero series up front (from the
+enums), so dashboards show 0 (not "no data") until the first event, and rate()
+has a starting point when it happens.
 """
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from gateway.enums import (
+    BreakerState,
+    Dependency,
+    EmbedderErrorKind,
+    Health,
+    RecallOutcome,
+    ReplayOutcome,
+    TokenKind,
+    UpstreamOutcome,
+    WriteOutcome,
+    WriteSource,
+)
 
 # Latency buckets from sub-millisecond (gateway overhead) to minutes (long generations).
 _LATENCY_BUCKETS = (
@@ -14,23 +30,6 @@ _LATENCY_BUCKETS = (
     1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 )  # fmt: skip
 _FAST_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
-
-UPSTREAM_STATES = ("starting", "healthy", "unhealthy")
-BREAKER_STATES = ("closed", "open", "half_open")
-# The fixed words used as label values. Each family's known values get a zero
-# series up front, so dashboards show 0 (not "no data") until the first event,
-# and rate() has a starting point when it happens.
-UPSTREAM_OUTCOMES = (
-    "success", "http_error", "connect_error", "timeout", "stream_error", "client_disconnect",
-)  # fmt: skip
-TOKEN_KINDS = ("prompt", "completion")
-RECALL_OUTCOMES = ("hit", "miss", "degraded")
-WRITE_SOURCES = ("api", "chat")
-WRITE_OUTCOMES = ("stored", "duplicate", "queued", "failed")
-REPLAY_OUTCOMES = ("success", "retry", "dead")
-# embedder_client also reports ``http_<status>`` for 429 and 5xx answers (bounded by HTTP).
-EMBEDDER_ERROR_KINDS = ("unreachable", "rejected", "bad_response")
-DEPENDENCIES = ("embedder", "vector_store")
 
 
 class GatewayMetrics:
@@ -145,16 +144,16 @@ class GatewayMetrics:
         self._init_known_labels()
 
     def _init_known_labels(self) -> None:
-        for outcome in RECALL_OUTCOMES:
-            self.recalls.labels(outcome)
-        for source in WRITE_SOURCES:
-            for outcome in WRITE_OUTCOMES:
-                self.memory_writes.labels(source, outcome)
-        for outcome in REPLAY_OUTCOMES:
-            self.outbox_replays.labels(outcome)
-        for kind in EMBEDDER_ERROR_KINDS:
+        for recall in RecallOutcome:
+            self.recalls.labels(recall)
+        for source in WriteSource:
+            for write in WriteOutcome:
+                self.memory_writes.labels(source, write)
+        for replay in ReplayOutcome:
+            self.outbox_replays.labels(replay)
+        for kind in EmbedderErrorKind:
             self.embedder_errors.labels(kind)
-        for dependency in DEPENDENCIES:
+        for dependency in Dependency:
             self.dependency_ready.labels(dependency)
 
     def init_upstream(self, upstream: str) -> None:
@@ -167,16 +166,16 @@ class GatewayMetrics:
         if upstream in self._upstreams:
             return
         self._upstreams.add(upstream)
-        for outcome in UPSTREAM_OUTCOMES:
+        for outcome in UpstreamOutcome:
             self.upstream_requests.labels(upstream, outcome)
-        for kind in TOKEN_KINDS:
+        for kind in TokenKind:
             self.upstream_tokens.labels(upstream, kind)
         self.upstream_retries.labels(upstream)
         self.upstream_fallbacks.labels(upstream)
         self.upstream_duration.labels(upstream)
         self.upstream_ttft.labels(upstream)
-        self.set_upstream_state(upstream, UPSTREAM_STATES[0])
-        self.set_breaker_state(upstream, BREAKER_STATES[0])
+        self.set_upstream_state(upstream, Health.STARTING)
+        self.set_breaker_state(upstream, BreakerState.CLOSED)
 
     def remove_upstream(self, upstream: str) -> None:
         """Drop every series of an upstream that is gone (a replica unregistered)."""
@@ -188,10 +187,10 @@ class GatewayMetrics:
         ):  # fmt: skip
             family.remove_by_labels({"upstream": upstream})
 
-    def set_upstream_state(self, upstream: str, state: str) -> None:
-        for candidate in UPSTREAM_STATES:
+    def set_upstream_state(self, upstream: str, state: Health) -> None:
+        for candidate in Health:
             self.upstream_state.labels(upstream, candidate).set(1 if candidate == state else 0)
 
-    def set_breaker_state(self, upstream: str, state: str) -> None:
-        for candidate in BREAKER_STATES:
+    def set_breaker_state(self, upstream: str, state: BreakerState) -> None:
+        for candidate in BreakerState:
             self.breaker_state.labels(upstream, candidate).set(1 if candidate == state else 0)

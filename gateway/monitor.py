@@ -26,9 +26,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from gateway.enums import Health
+
 logger = logging.getLogger("gateway.monitor")
 
-STARTING, HEALTHY, UNHEALTHY = "starting", "healthy", "unhealthy"
+STARTING, HEALTHY, UNHEALTHY = Health.STARTING, Health.HEALTHY, Health.UNHEALTHY
 
 
 class ProbeFailed(Exception):
@@ -50,7 +52,7 @@ def next_backoff(previous_s: float, *, base_s: float, cap_s: float) -> float:
 
 @dataclass
 class DependencyState:
-    status: str = STARTING
+    status: Health = STARTING
     since: datetime = field(default_factory=lambda: datetime.now(UTC))
     last_error: str | None = None
     last_success: datetime | None = None
@@ -73,7 +75,7 @@ class Monitor:
         interval_s: float = 5.0,
         backoff_base_s: float = 0.05,
         backoff_cap_s: float = 1.0,
-        on_change: Callable[[str, str], None] | None = None,
+        on_change: Callable[[Health, Health], None] | None = None,
     ) -> None:
         self.name = name
         self.state = DependencyState()
@@ -114,7 +116,7 @@ class Monitor:
         self._set(STARTING if starting else UNHEALTHY, error)
         self._wake.set()
 
-    def _set(self, status: str, error: str | None) -> None:
+    def _set(self, status: Health, error: str | None) -> None:
         now = datetime.now(UTC)
         if status == HEALTHY:
             self.state.last_success = now

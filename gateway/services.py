@@ -19,6 +19,7 @@ from gateway.settings import Settings
 from gateway.upstream.http import Timeouts
 from gateway.upstream.owners import ResponseOwners
 from gateway.upstream.pool import UpstreamPool
+from gateway.upstream.replicas import Replicas
 from gateway.upstream.router import ModelRouter
 from gateway.upstream.sync import RegistrySync
 
@@ -29,6 +30,7 @@ logger = logging.getLogger("gateway")
 class Services:
     settings: Settings
     metrics: GatewayMetrics
+    replicas: Replicas  # every LLM replica, with its health (changed by the router only)
     pool: UpstreamPool
     router: ModelRouter
     registrations: RegistrySync

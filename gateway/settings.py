@@ -1,4 +1,9 @@
-"""Gateway configuration, read from ``GATEWAY_*`` environment variables."""
+"""Gateway configuration, read from ``GATEWAY_*`` environment variables.
+
+Each field's ``description`` is the user documentation: tools/config_doc.py writes
+docs/configuration.md and the gateway part of .env.example from it, and
+tests/deploy/test_settings.py fails when either is stale.
+"""
 
 from __future__ import annotations
 
@@ -15,71 +20,197 @@ class Settings(BaseSettings):
     # Empty values count as unset: compose passes optional variables as "".
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore", env_ignore_empty=True)
 
-    host: str = "127.0.0.1"
-    port: int = Field(default=8080, ge=0, le=65535)
-    log_level: str = "info"
+    host: str = Field(
+        default="127.0.0.1",
+        description="Address the gateway listens on. Without API keys only a loopback "
+        "address is allowed (see GATEWAY_ALLOW_UNAUTHENTICATED).",
+    )
+    port: int = Field(default=8080, ge=0, le=65535, description="Port the gateway listens on.")
+    log_level: str = Field(
+        default="info",
+        description="Level of the JSON logs; message content and keys are never logged.",
+    )
 
     # The LLM upstream (vLLM or any OpenAI-compatible server) and an optional fallback.
-    llm_url: str = "http://localhost:8000/v1"
-    llm_api_key: str | None = None
-    fallback_llm_url: str | None = None
-    fallback_llm_api_key: str | None = None
-    fallback_llm_model: str | None = None
-    connect_timeout_s: float = Field(default=2.0, gt=0)
-    read_timeout_s: float = Field(default=120.0, gt=0)
-    # Upper bound on one whole non-streaming upstream call.
-    total_timeout_s: float = Field(default=600.0, gt=0)
-    # A stream that sends nothing for this long is ended with an error event.
-    stream_idle_timeout_s: float = Field(default=60.0, gt=0)
-    retry_attempts: int = Field(default=3, ge=1, le=10)
-    # An LLM never seen up that refuses connections counts as starting (503
-    # llm_starting) this long, then as unreachable (503 llm_unreachable).
-    llm_start_grace_s: float = Field(default=300.0, ge=0)
-    health_interval_s: float = Field(default=5.0, gt=0)
+    llm_url: str = Field(
+        default="http://localhost:8000/v1",
+        description="The LLM: vLLM or any OpenAI-compatible /v1 URL (the upstream named "
+        "`primary`). Unset under `make run`: it starts a small local CPU LLM and points this "
+        "at it (docs/local-llm.md).",
+    )
+    llm_api_key: str | None = Field(
+        default=None, description="Key sent to the LLM (never the client's key)."
+    )
+    fallback_llm_url: str | None = Field(
+        default=None,
+        description="A second upstream used when the first one is down (an OpenAI-compatible "
+        "/v1 URL such as https://api.openai.com/v1).",
+    )
+    fallback_llm_api_key: str | None = Field(default=None, description="The fallback's key.")
+    fallback_llm_model: str | None = Field(
+        default=None, description="The model to ask the fallback for."
+    )
+    connect_timeout_s: float = Field(
+        default=2.0, gt=0, description="Upstream connect timeout, in seconds."
+    )
+    read_timeout_s: float = Field(
+        default=120.0, gt=0, description="Upstream timeout between two reads, in seconds."
+    )
+    total_timeout_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="Upper bound on one whole non-streamed upstream call, in seconds.",
+    )
+    stream_idle_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="A stream silent this long, in seconds, is ended with an error event.",
+    )
+    retry_attempts: int = Field(
+        default=3,
+        ge=1,
+        le=10,
+        description="Attempts per request, only where no generation can still be running "
+        "upstream (connect errors, 429/502/503, a connection closed unanswered).",
+    )
+    llm_start_grace_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="How long, in seconds, an LLM never seen up may refuse connections and "
+        "still count as starting (503 `llm_starting`) before it is unreachable (503 "
+        "`llm_unreachable`).",
+    )
+    health_interval_s: float = Field(
+        default=5.0, gt=0, description="Probe interval of a healthy dependency, in seconds."
+    )
 
     # Embedding service and vector store.
-    embedder_url: str = "http://localhost:8081/v1"
-    embedder_api_key: str | None = None
-    embedder_timeout_s: float = Field(default=10.0, gt=0)
-    embedding_dim: int = Field(default=384, gt=0)
-    qdrant_url: str | None = None
-    qdrant_api_key: str | None = None
-    qdrant_collection: str = "memgate_memories"
-    data_dir: Path = Path("./data")
-    # Free space the data dir must keep: start-up fails below it, and memory
-    # writes to the in-process store wait in the outbox below it (Qdrant Edge
-    # preallocates 32 MiB WAL segments; a full disk under them is a SIGBUS).
-    disk_reserve_mb: int = Field(default=64, ge=0)
-    # Models registered at run time: this SQLite file (unset: models.sqlite3 in the
-    # data dir; gateways on one host may share it), or, with a Qdrant server, the
-    # collection ``<qdrant_collection>_models`` there. Every gateway re-reads its
-    # store this often (0: only at start and after its own changes).
-    registry_path: Path | None = None
-    registry_sync_s: float = Field(default=5.0, ge=0)
+    embedder_url: str = Field(
+        default="http://localhost:8081/v1", description="The embedding service's /v1 URL."
+    )
+    embedder_api_key: str | None = Field(
+        default=None,
+        description="Bearer key sent to the embedder (e.g. behind an authenticating proxy).",
+    )
+    embedder_timeout_s: float = Field(
+        default=10.0, gt=0, description="How long one embedding call may take, in seconds."
+    )
+    embedding_dim: int = Field(
+        default=384,
+        gt=0,
+        description="The embedder model's vector size (384 for all-MiniLM-L6-v2); the "
+        "collection is created with it.",
+    )
+    qdrant_url: str | None = Field(
+        default=None,
+        description="A Qdrant server; unset: Qdrant Edge in-process under the data dir.",
+    )
+    qdrant_api_key: str | None = Field(default=None, description="Qdrant's API key.")
+    qdrant_collection: str = Field(
+        default="memgate_memories", description="Collection name on a Qdrant server."
+    )
+    data_dir: Path = Field(
+        default=Path("./data"), description="Where the Qdrant Edge shard and the outbox live."
+    )
+    # Qdrant Edge preallocates 32 MiB WAL segments; a full disk under them is a SIGBUS,
+    # hence a reserve rather than waiting for ENOSPC.
+    disk_reserve_mb: int = Field(
+        default=64,
+        ge=0,
+        description="Free space (MiB) the data dir must keep: start-up fails below it, and "
+        "memory writes wait in the outbox below it (docs/durability.md).",
+    )
+    registry_path: Path | None = Field(
+        default=None,
+        description="SQLite file of models registered at run time, shareable by gateways on "
+        "one host; unset: models.sqlite3 in the data dir. Unused with GATEWAY_QDRANT_URL: "
+        "the collection `<GATEWAY_QDRANT_COLLECTION>_models` holds them then "
+        "(docs/models.md).",
+    )
+    registry_sync_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="How often, in seconds, each gateway re-reads registered models from "
+        "the shared store; 0: only at start and after its own changes.",
+    )
 
     # Memory behaviour.
-    memory_top_k: int = Field(default=5, ge=0, le=100)
-    memory_min_score: float = Field(default=0.1, ge=-1.0, le=1.0)
-    memory_required: bool = False
+    memory_top_k: int = Field(
+        default=5, ge=0, le=100, description="Memories recalled into each chat request."
+    )
+    memory_min_score: float = Field(
+        default=0.1,
+        ge=-1.0,
+        le=1.0,
+        description="Cosine similarity below which a memory is not recalled.",
+    )
+    memory_required: bool = Field(
+        default=False,
+        description="true: answer 503 when memory is unavailable; false: answer without it.",
+    )
 
-    # Auth: comma-separated ``tenant:key`` pairs, and/or a file of them (one per
-    # line, ``tenant:key`` or ``tenant:sha256:<hex digest>``). None = no auth, loopback only.
-    api_keys: str | None = None
-    api_keys_file: Path | None = None
-    admin_key: str | None = None
-    allow_unauthenticated: bool = False
-    # Start even with placeholder or short keys (gateway/secret_strength.py): tests, demos.
-    allow_weak_secrets: bool = False
-    config: Path | None = None
+    # Auth.
+    api_keys: str | None = Field(
+        default=None,
+        description="Comma-separated `tenant:key` pairs (keys of 16+ characters); each "
+        "tenant's memories are kept apart. Unset (and no keys file): no auth, and only a "
+        "loopback bind is allowed.",
+    )
+    api_keys_file: Path | None = Field(
+        default=None,
+        description="A file of `tenant:key` or `tenant:sha256:<hex digest>` lines, in "
+        "addition to or instead of GATEWAY_API_KEYS.",
+    )
+    admin_key: str | None = Field(
+        default=None,
+        description="The key for /admin/* (registering models, forgetting any tenant's "
+        "users, the outbox); refused on /v1/*. Unset: /admin is open only when no client "
+        "keys are set either.",
+    )
+    allow_unauthenticated: bool = Field(
+        default=False,
+        description="Allow a non-loopback bind without keys (you take responsibility).",
+    )
+    # gateway/secret_strength.py decides what is weak; this exists for tests and demos.
+    allow_weak_secrets: bool = Field(
+        default=False,
+        description="Start even with placeholder (`change-me...`) or short (< 16 characters) "
+        "keys; without it the gateway exits with one line naming them.",
+    )
+    config: Path | None = Field(
+        default=None,
+        description="YAML file of more upstreams, replicas and model aliases (docs/models.md).",
+    )
 
     # Limits: what a single request may cost.
-    max_body_bytes: int = Field(default=1 << 20, ge=1024)
-    # A request body must have fully arrived this long after the request began (else 408).
-    body_timeout_s: float = Field(default=30.0, gt=0)
-    max_concurrency: int = Field(default=512, ge=1)
-    max_metadata_bytes: int = Field(default=8192, ge=64)
-    cors_origins: str | None = None  # comma-separated; unset = no CORS headers at all
-    access_log: bool = True
+    max_body_bytes: int = Field(
+        default=1 << 20, ge=1024, description="Larger request bodies get 413."
+    )
+    body_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="A request body not fully arrived this long after the request began, "
+        "in seconds, gets 408.",
+    )
+    max_concurrency: int = Field(
+        default=512,
+        ge=1,
+        description="Requests served at once; more get 429 with Retry-After.",
+    )
+    max_metadata_bytes: int = Field(
+        default=8192,
+        ge=64,
+        description="A memory's metadata as JSON, in bytes (and at most 5 levels deep).",
+    )
+    cors_origins: str | None = Field(
+        default=None,
+        description="Comma-separated browser origins allowed to call the API; unset: no "
+        "CORS headers at all.",
+    )
+    access_log: bool = Field(
+        default=True,
+        description="One JSON line per request (method, route, status, ms, request id).",
+    )
 
     @field_validator("llm_url", "fallback_llm_url", "embedder_url", "qdrant_url")
     @classmethod

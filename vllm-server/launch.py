@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Start ``vllm serve`` reliably: check versions, pick a GPU, retry known start-up failures.
 
-Standard library only, and nothing heavy is imported: this process must never touch
-torch or CUDA, or it would hold GPU memory of its own and change how vLLM starts its
-workers. It runs ``vllm serve $VLLM_MODEL [VLLM_EXTRA_ARGS] [argv...] [rung flags]`` as a
-child, forwards SIGTERM/SIGINT to it, and copies the child's output to stdout.
+The standard library and ``packaging`` (vllm_pins.py) only, and nothing heavy is
+imported: this process must never touch torch or CUDA, or it would hold GPU memory of its
+own and change how vLLM starts its workers. It runs
+``vllm serve $VLLM_MODEL [VLLM_EXTRA_ARGS] [argv...] [rung flags]`` as a child, forwards
+SIGTERM/SIGINT to it, and copies the child's output to stdout.
 
 Environment:
   VLLM_MODEL                    the model to serve (required)
@@ -52,7 +53,6 @@ from types import FrameType
 from typing import IO
 
 from launch_config import ConfigError, gpu_environment, load_config
-from vllm_pins import verify_installed_versions
 
 log = logging.getLogger("launch")
 
@@ -248,6 +248,17 @@ class Launcher:
         return "a start-up failure the ladder does not handle: see the output above"
 
 
+def check_versions() -> tuple[list[str], list[str]]:
+    """vllm_pins' check: (notes, problems); a problem when ``packaging`` cannot be imported."""
+    try:
+        # Imported here: vllm_pins needs packaging, and VLLM_SKIP_VERSION_CHECK=true must
+        # start vLLM even in a Python whose packaging is missing or broken.
+        from vllm_pins import verify_installed_versions
+    except ImportError as exc:
+        return [], [f"cannot read vLLM's pins: {exc} (packaging comes with vLLM's dependencies)"]
+    return verify_installed_versions()
+
+
 def _kill_process_group(pgid: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
@@ -271,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_NOT_FOUND
 
     if config.check_versions:
-        notes, problems = verify_installed_versions()
+        notes, problems = check_versions()
         for note in notes:
             log.info("version check: %s", note)
         if problems:

@@ -1,6 +1,6 @@
 """The least a Python proxy can do per request: the floors memgate's overhead sits on.
 
-    python bench/floor/proxies.py KIND PORT UPSTREAM_URL
+    python -m bench.floor.proxies KIND PORT UPSTREAM_URL
 
 KIND: ``httpcore`` (a bare ASGI app forwarding with httpcore's pool), ``httpx`` (the
 same with httpx), ``aiohttp`` (the same with aiohttp, memgate's LLM client),

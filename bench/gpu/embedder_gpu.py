@@ -1,6 +1,6 @@
 """The embedder on a GPU: texts/s of the encoder alone and of the service (issue 18).
 
-    python3 bench/gpu/embedder_gpu.py MODEL_DIR [--seconds 10] [--out results.json]
+    python3 -m bench.gpu.embedder_gpu MODEL_DIR [--seconds 10] [--out results.json]
 
 Direct: sentence-transformers on CUDA (the embedder's torch backend, the model
 as ``load_sentence_transformer`` loads it) encodes 8,192 memory-like texts in
@@ -23,11 +23,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "bench"))
-sys.path.insert(0, str(ROOT / "bench" / "gpu"))
+from bench.gpu.pack_weights import texts
 
-from pack_weights import texts  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def direct(model_dir: str) -> dict[str, Any]:
@@ -124,7 +122,7 @@ def main() -> None:
     p.add_argument("--out", type=Path)
     args = p.parse_args()
     result = {
-        "command": "python3 bench/gpu/embedder_gpu.py " + " ".join(sys.argv[1:]),
+        "command": "python3 -m bench.gpu.embedder_gpu " + " ".join(sys.argv[1:]),
         "machine": {
             "nproc": os.cpu_count(),
             "python": platform.python_version(),

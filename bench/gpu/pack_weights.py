@@ -1,8 +1,8 @@
 """Carry all-MiniLM-L6-v2 to the GPU machine in a third of its size, checked against fp32.
 
-    .venv/bin/python bench/gpu/pack_weights.py pack OUT_DIR      # here: int8 rows + fp16
-    python3 bench/gpu/pack_weights.py unpack OUT_DIR MODEL_DIR [float32]   # there: fp16 (fp32)
-    .venv/bin/python bench/gpu/pack_weights.py check OUT_DIR     # here: vectors vs fp32
+    .venv/bin/python -m bench.gpu.pack_weights pack OUT_DIR      # here: int8 rows + fp16
+    python3 -m bench.gpu.pack_weights unpack OUT_DIR MODEL_DIR [float32]   # there: fp16 (fp32)
+    .venv/bin/python -m bench.gpu.pack_weights check OUT_DIR     # here: vectors vs fp32
 
 The device machine takes at most 64 MiB per call, wheels included, and the
 model's fp32 safetensors are 87 MiB (fp16: 43). So every matrix travels as

@@ -14,10 +14,10 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
 nvidia-smi -L
 python3 -c 'import torch; print("torch", torch.__version__, torch.cuda.get_device_name(0))'
-python3 "$DIR/src/bench/gpu/pack_weights.py" unpack "$DIR/minilm" /tmp/minilm
 cd "$DIR/src"
-[ -n "${SKIP_EMBEDDER_BENCH:-}" ] || python3 bench/gpu/embedder_gpu.py /tmp/minilm --seconds 8 --out "$OUT/embedder_gpu.json"
-python3 bench/memory_turns.py --parts recall,sustained,import --rates 50,100,150,200 --recall-rate 20 --rounds 2 \
+python3 -m bench.gpu.pack_weights unpack "$DIR/minilm" /tmp/minilm
+[ -n "${SKIP_EMBEDDER_BENCH:-}" ] || python3 -m bench.gpu.embedder_gpu /tmp/minilm --seconds 8 --out "$OUT/embedder_gpu.json"
+python3 -m bench.memory_turns --parts recall,sustained,import --rates 50,100,150,200 --recall-rate 20 --rounds 2 \
     --seconds 8 --users 20 --seed-memories 200 --import-memories 10240 --import-batch 256 \
     --proxy-cpus 0 --embedder-cpus 1-2 --gen-cpus 3-4 \
     --embedder-env EMBEDDER_DEVICE=cuda --embedder-env EMBEDDER_MODEL=/tmp/minilm \

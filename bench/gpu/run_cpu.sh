@@ -11,9 +11,9 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
     --target /tmp/site "$DIR"/whl/*.whl
 export PYTHONPATH=/tmp/site HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
 lscpu | grep -E 'Model name|Flags' | grep -o -E 'Model name.*|avx512_vnni|amx_int8' | sort -u
-python3 "$DIR/src/bench/gpu/pack_weights.py" unpack "$DIR/minilm" /tmp/minilm32 float32
 cd "$DIR/src"
-python3 bench/memory_turns.py --users 10 --seed-memories 200 --recall-rate 10 --rounds 3 \
+python3 -m bench.gpu.pack_weights unpack "$DIR/minilm" /tmp/minilm32 float32
+python3 -m bench.memory_turns --users 10 --seed-memories 200 --recall-rate 10 --rounds 3 \
     --seconds 15 --rates 30,45,60,75,90,120 --import-memories 5120 --import-batch 256 \
     --proxy-cpus 0 --gen-cpus 0 --embedder-cpus 1 \
     --embedder-env EMBEDDER_MODEL=/tmp/minilm32 --embedder-env EMBEDDER_DEVICE=cpu \

@@ -4,7 +4,7 @@
 # machine's Python 3.12 lacks (pinned as in pyproject.toml), and the weights
 # packed by bench/gpu/pack_weights.py (int8 rows; checked against fp32 there).
 set -euo pipefail
-DIR=$1
+DIR=$(mkdir -p "$1" && cd "$1" && pwd)
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 rm -rf "$DIR/src"
 mkdir -p "$DIR/src/tests" "$DIR/whl"
@@ -19,5 +19,5 @@ for p in fastapi==0.165.0 starlette==1.10.0 uvicorn==0.54.0 pydantic==2.14.3 \
       --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
       --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d . "$p"
 done
-[ -f "$DIR/minilm/weights.npz" ] || "$ROOT/.venv/bin/python" "$ROOT/bench/gpu/pack_weights.py" pack "$DIR/minilm"
+[ -f "$DIR/minilm/weights.npz" ] || (cd "$ROOT" && .venv/bin/python -m bench.gpu.pack_weights pack "$DIR/minilm")
 du -sh "$DIR"

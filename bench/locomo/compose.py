@@ -33,18 +33,15 @@ import argparse
 import json
 import os
 import pickle
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-_ROOT = Path(__file__).resolve().parents[2]
-if str(_ROOT) not in sys.path:
-    sys.path.insert(0, str(_ROOT))
+from bench.locomo import sim
+from bench.locomo.data import CATEGORIES, Conversation, Memory, load_conversations
 
-from bench.locomo import sim  # noqa: E402
-from bench.locomo.data import CATEGORIES, Conversation, Memory, load_conversations  # noqa: E402
+_ROOT = Path(__file__).resolve().parents[2]
 
 WINDOW = 2
 

@@ -9,13 +9,13 @@ from fastapi import APIRouter, Path, Query, Request
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 
 from gateway.auth import AdminDep
+from gateway.enums import RouteSource
 from gateway.errors import APIError, store_unavailable, unavailable
 from gateway.memory.records import Scope
 from gateway.memory.store import StoreUnavailable
 from gateway.services import Services, ServicesDep
-from gateway.upstream.pool import status_of
 from gateway.upstream.registry import Registration, RegistryUnavailable
-from gateway.upstream.setup import registered_group
+from gateway.upstream.replicas import status_of
 from gateway.urls import redact_url
 
 router = APIRouter(prefix="/admin", tags=["admin"])
@@ -72,7 +72,7 @@ async def outbox(
 
 @router.get("/upstreams")
 async def upstreams(_: AdminDep, services: ServicesDep) -> dict[str, Any]:
-    return {"status": services.pool.status(), "upstreams": services.pool.describe()}
+    return {"status": services.replicas.status(), "upstreams": services.replicas.describe()}
 
 
 # What a model name looks like (``Qwen/Qwen2.5-7B-Instruct``, ``llama3:8b``,
@@ -94,7 +94,7 @@ class RegisterModel(BaseModel):
 
 def _registration_view(services: Services, alias: str) -> dict[str, Any]:
     route = services.router.aliases[alias]
-    replicas = services.router.groups.get(route.upstream, [])
+    replicas = services.replicas.group(route.upstream)
     return {
         "alias": alias,
         "model": route.model,
@@ -111,13 +111,13 @@ async def register_model(
 ) -> dict[str, Any]:
     """Route ``alias`` to ``model`` on the server at ``upstream_url``.
 
-    The server is probed at once: the answer says whether it is serving
-    (``healthy``) or not yet (``starting``: it is registered all the same, and
-    the health monitor brings it in when it answers).
+    The server is probed at once (gateway.upstream.sync): the answer says
+    whether it is serving (``healthy``) or not yet (``starting``: it is
+    registered all the same, and the health monitor brings it in when it answers).
     """
     router = services.router
     existing = router.aliases.get(request.alias)
-    if existing is not None and existing.source != "registered":
+    if existing is not None and existing.source != RouteSource.REGISTERED:
         raise APIError(
             409, f"alias {request.alias!r} is set in GATEWAY_CONFIG", code="alias_configured"
         )
@@ -128,9 +128,6 @@ async def register_model(
         await services.registrations.register(registration)
     except RegistryUnavailable as exc:
         raise _registry_down(exc) from None
-    for replica in router.groups.get(registered_group(request.alias), []):
-        if replica.monitor is not None:
-            await replica.monitor.check_now()
     if request.alias not in router.aliases:  # another gateway deleted it meanwhile
         raise APIError(409, f"alias {request.alias!r} was deleted meanwhile", code="alias_deleted")
     return _registration_view(services, request.alias)
@@ -170,7 +167,7 @@ async def delete_model_by_query(
 
 async def _unregister(services: Services, alias: str) -> dict[str, Any]:
     route = services.router.aliases.get(alias)
-    if route is not None and route.source != "registered":
+    if route is not None and route.source != RouteSource.REGISTERED:
         raise APIError(409, f"alias {alias!r} is set in GATEWAY_CONFIG", code="alias_configured")
     try:
         deleted = await services.registrations.unregister(alias)

@@ -31,9 +31,9 @@ from gateway.memory.prompt import inject_memories, last_user_text, recall_query
 from gateway.memory.service import MemoryUnavailable
 from gateway.services import Services, ServicesDep
 from gateway.upstream.availability import why_unavailable
-from gateway.upstream.client import CHAT, Call
 from gateway.upstream.http import Timeouts
 from gateway.upstream.pool import NoUpstreamAvailable, OpenedReply, Target, UpstreamFailed
+from gateway.upstream.replica import CHAT, Call
 from gateway.upstream.router import UnknownModel
 
 logger = logging.getLogger("gateway.chat")

@@ -14,7 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.auth import is_admin_request
 from gateway.services import ServicesDep
-from gateway.upstream.pool import redacted_state
+from gateway.upstream.replicas import redacted_state
 
 router = APIRouter(include_in_schema=False)
 
@@ -34,7 +34,7 @@ async def readyz(request: Request, services: ServicesDep) -> JSONResponse:
     the outbox depth) is for the operator: sent with the admin key, or when no
     keys are configured at all (then ``/admin`` is open too).
     """
-    llm = services.pool.status()
+    llm = services.replicas.status()
     embedder = services.embedder_monitor.state
     store = services.store_monitor.state
     disk_problem = services.disk.problem() if services.disk is not None else None
@@ -47,7 +47,7 @@ async def readyz(request: Request, services: ServicesDep) -> JSONResponse:
     checks: dict[str, Any]
     if is_admin_request(request):
         checks = {
-            "llm": {"status": llm, "upstreams": services.pool.describe()},
+            "llm": {"status": llm, "upstreams": services.replicas.describe()},
             "embedder": redacted_state(services.embedder_monitor),
             "vector_store": {
                 **redacted_state(services.store_monitor),

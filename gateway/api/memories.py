@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 
 from gateway.api.schemas import AddMemoriesRequest, SearchMemoriesRequest
 from gateway.auth import PrincipalDep
+from gateway.enums import WriteSource
 from gateway.errors import APIError, store_unavailable, unavailable
 from gateway.memory.embedder_client import EmbedderRejected
 from gateway.memory.records import (
@@ -86,7 +87,8 @@ async def add_memories(
         else [(None, request.text or "")]
     )
     memories = [
-        NewMemory(text, created, metadata, request.session_id, role, "api") for role, text in items
+        NewMemory(text, created, metadata, request.session_id, role, WriteSource.API)
+        for role, text in items
     ]
     scope = Scope(principal.tenant, request.user_id)
     try:

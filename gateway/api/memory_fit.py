@@ -17,6 +17,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from gateway.enums import UpstreamOutcome
 from gateway.memory.budget import estimate_prompt, estimate_text, fitting_memories
 from gateway.memory.prompt import format_memories
 from gateway.memory.records import MemoryRecord
@@ -81,7 +82,7 @@ class MemoryFit:
         if overflow is None:
             return None
         await opened.response.aclose()
-        pool.record_outcome(opened.upstream, "http_error")
+        pool.record_outcome(opened.upstream, UpstreamOutcome.HTTP_ERROR)
         self._learn(opened, overflow)
         self.refits += 1
         fewer = self._fitting(self.recalled)

@@ -26,7 +26,7 @@ from gateway.api.wire import Wire
 from gateway.auth import PrincipalDep
 from gateway.memory.prompt import last_user_text
 from gateway.services import ServicesDep
-from gateway.upstream.client import Call
+from gateway.upstream.replica import Call
 from gateway.upstream.sse_apis import MessagesStream, message_error_event, message_text
 
 router = APIRouter()

@@ -39,8 +39,8 @@ from gateway.api.wire import Wire
 from gateway.auth import PrincipalDep
 from gateway.errors import APIError
 from gateway.services import Services, ServicesDep
-from gateway.upstream.client import Call
 from gateway.upstream.pool import Target
+from gateway.upstream.replica import Call
 from gateway.upstream.sse import StreamAccumulator, error_event
 
 router = APIRouter()

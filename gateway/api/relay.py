@@ -32,6 +32,7 @@ from typing import Any
 from fastapi.responses import Response
 
 from gateway.api.wire import CHAT_WIRE, Wire
+from gateway.enums import TokenKind, UpstreamOutcome, WriteSource
 from gateway.errors import APIError, error_body
 from gateway.memory.records import NewMemory, Scope
 from gateway.memory.service import OutboxFull
@@ -112,18 +113,18 @@ class Relay:
             async with asyncio.timeout(self.services.settings.total_timeout_s):
                 content = await response.aread()
         except (TimeoutError, TimedOut):
-            self._finish("timeout")
+            self._finish(UpstreamOutcome.TIMEOUT)
             raise APIError(504, "the LLM upstream timed out", code="upstream_timeout") from None
         except TransportError:  # cut-off bodies, undecodable content-encoding, ...
-            self._finish("stream_error")
+            self._finish(UpstreamOutcome.STREAM_ERROR)
             raise APIError(502, "the LLM upstream failed", code="upstream_error") from None
         except asyncio.CancelledError:
-            self._finish("client_disconnect")
+            self._finish(UpstreamOutcome.CLIENT_DISCONNECT)
             raise
         finally:
             await response.aclose()
         if response.status_code != 200:
-            self._finish("http_error")
+            self._finish(UpstreamOutcome.HTTP_ERROR)
             status, body = upstream_error(response.status_code, content)
             raise APIError(
                 status,
@@ -134,15 +135,15 @@ class Relay:
         completion = _json_object(content)
         if completion is None and not self.wire.json_only:
             # Another kind of body (a transcription as text, say): relayed as it came.
-            self._finish("success")
+            self._finish(UpstreamOutcome.SUCCESS)
             kind = response.headers.get("content-type", "application/octet-stream")
             return Response(content, 200, headers={**headers, "content-type": kind})
         if completion is None:
-            self._finish("http_error")
+            self._finish(UpstreamOutcome.HTTP_ERROR)
             raise APIError(
                 502, "the LLM upstream answered with invalid JSON", code="upstream_invalid"
             )
-        self._finish("success")
+        self._finish(UpstreamOutcome.SUCCESS)
         self._count_tokens(completion.get("usage"))
         reply = self.wire.reply_text(completion)  # None: not a finished turn
         if reply is not None and not await self._remember(reply):
@@ -154,7 +155,7 @@ class Relay:
     async def stream(self) -> AsyncIterator[bytes]:
         response = self.opened.response
         acc = self.wire.accumulator(rename_to=self.rename_to, drop_usage=self.drop_usage)
-        outcome = "stream_error"
+        outcome = UpstreamOutcome.STREAM_ERROR
         first = True
         cut_mid_line = False
         failure: bytes | None = None
@@ -182,14 +183,14 @@ class Relay:
             if tail := acc.flush():
                 yield tail
             if acc.completed:
-                outcome = "success"
+                outcome = UpstreamOutcome.SUCCESS
             else:
                 failure = self.wire.error_event(
                     "the LLM upstream closed the stream before finishing",
                     "upstream_stream_incomplete",
                 )
         except TimedOut:
-            outcome = "timeout"
+            outcome = UpstreamOutcome.TIMEOUT
             idle = self.services.settings.stream_idle_timeout_s
             failure = self.wire.error_event(
                 f"the LLM upstream sent nothing for {idle:g}s", "upstream_stream_idle_timeout"
@@ -200,7 +201,7 @@ class Relay:
                 "the LLM upstream failed mid-stream", "upstream_stream_error"
             )
         except asyncio.CancelledError:
-            outcome = "client_disconnect"
+            outcome = UpstreamOutcome.CLIENT_DISCONNECT
             raise
         finally:
             await response.aclose()
@@ -208,12 +209,12 @@ class Relay:
         if failure is not None:
             # After a cut-off line, a blank line first, so the error is an event of its own.
             yield (b"\n\n" + failure) if cut_mid_line or acc.mid_line else failure
-        if outcome == "success":
+        if outcome == UpstreamOutcome.SUCCESS:
             self._count_tokens(acc.usage)
             if not remembered:  # finished without [DONE]: before the stream's last bytes
                 await self._remember(acc.text)
 
-    def _finish(self, outcome: str) -> None:
+    def _finish(self, outcome: UpstreamOutcome) -> None:
         now = time.perf_counter()
         upstream_s = now - self.opened.sent_at
         metrics = self.services.metrics
@@ -228,7 +229,7 @@ class Relay:
         if not isinstance(usage, dict):
             return
         # Chat and completions say prompt/completion; Responses and Messages, input/output.
-        for kind, other in (("prompt", "input"), ("completion", "output")):
+        for kind, other in ((TokenKind.PROMPT, "input"), (TokenKind.COMPLETION, "output")):
             value = usage.get(f"{kind}_tokens", usage.get(f"{other}_tokens"))
             if isinstance(value, int) and value >= 0:
                 self.services.metrics.upstream_tokens.labels(self.name, kind).inc(value)
@@ -243,7 +244,14 @@ class Relay:
             return True
         now = datetime.now(UTC)
         memories = [
-            NewMemory(_clean(text[:MAX_CHAT_MEMORY_CHARS]), now, {}, plan.session_id, role, "chat")
+            NewMemory(
+                _clean(text[:MAX_CHAT_MEMORY_CHARS]),
+                now,
+                {},
+                plan.session_id,
+                role,
+                WriteSource.CHAT,
+            )
             for role, text in (("user", plan.query), ("assistant", reply.strip()))
             if text
         ]

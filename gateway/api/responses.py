@@ -43,8 +43,8 @@ from gateway.auth import Principal, PrincipalDep
 from gateway.errors import APIError
 from gateway.memory.prompt import inject_memories, last_user_text
 from gateway.services import Services, ServicesDep
-from gateway.upstream.client import Call
 from gateway.upstream.pool import Target
+from gateway.upstream.replica import Call
 from gateway.upstream.sse_apis import ResponsesStream, response_error_event, response_text
 
 router = APIRouter()
@@ -112,7 +112,7 @@ def _wire(services: Services, tenant: str, upstream: list[str]) -> Wire:
 def _owned(services: Services, principal: Principal, response_id: str) -> Target:
     """The replica holding ``response_id`` for this tenant, or 404."""
     name = services.response_owners.upstream_for(response_id, principal.tenant)
-    upstream = services.pool.upstreams.get(name) if name is not None else None
+    upstream = services.replicas.get(name) if name is not None else None
     if upstream is None:
         raise APIError(
             404,

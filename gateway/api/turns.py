@@ -31,8 +31,8 @@ from gateway.api.schemas import MemoryOptions
 from gateway.api.wire import Wire
 from gateway.auth import Principal
 from gateway.services import Services
-from gateway.upstream.client import Call
 from gateway.upstream.pool import Target
+from gateway.upstream.replica import Call
 
 Json = dict[str, Any]
 

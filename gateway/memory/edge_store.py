@@ -5,11 +5,11 @@ loop never waits on disk. One gateway process owns a shard: an exclusive
 ``flock`` on the directory turns a second process on the same data dir into a
 clear start-up error instead of two writers on one shard.
 
-The shard is never ``optimize()``d. Measured (``bench/edge_optimize.py``,
-100k memories): the call holds the GIL for its whole run, 288 s, so the
-event loop and every request would stop for that long; and afterwards the
-per-user filtered search the gateway runs was 2x slower (0.27 -> 0.60 ms
-p50), with more RSS and disk, not less. The price: the space of deleted
+The shard is never ``optimize()``d. Measured at 100k memories
+(bench/results/edge_optimize.md): the call holds the GIL for its whole run,
+minutes, so the event loop and every request would stop for that long; and
+afterwards the per-user filtered search the gateway runs was slower, with
+more RSS and disk, not less. The price: the space of deleted
 memories is not reclaimed in place. Deployments that delete at scale use a
 Qdrant server, which optimizes in its own process.
 """

@@ -29,6 +29,7 @@ from typing import Any
 
 import httpx
 
+from gateway.enums import EmbedderErrorKind
 from gateway.keepalive import resend_if_dropped
 from gateway.metrics import GatewayMetrics
 from gateway.monitor import ProbeFailed
@@ -44,8 +45,8 @@ PART_TEXTS = 32
 PART_CHARS = 64_000
 # Time allowed per text of a request, on top of the client's base timeout. The
 # model reads at most a few hundred tokens of a text, so its cost per text is
-# bounded; this is generous for a loaded CPU (measured: about 0.3 s per long
-# text on a busy 2-core machine, 10 ms on a quiet one).
+# bounded; this is generous even for a loaded CPU (what a text costs:
+# bench/results/embedder.md).
 PER_TEXT_TIMEOUT_S = 0.5
 
 
@@ -120,7 +121,7 @@ class EmbedderClient:
                 )
             )
         except httpx.TransportError as exc:
-            self._metrics.embedder_errors.labels("unreachable").inc()
+            self._metrics.embedder_errors.labels(EmbedderErrorKind.UNREACHABLE).inc()
             raise EmbedderUnavailable(f"embedder unreachable: {type(exc).__name__}") from exc
         finally:
             self._metrics.embedder_duration.observe(time.perf_counter() - started)
@@ -128,16 +129,16 @@ class EmbedderClient:
             self._metrics.embedder_errors.labels(f"http_{response.status_code}").inc()
             raise EmbedderUnavailable(f"embedder answered {response.status_code}")
         if response.status_code != 200:
-            self._metrics.embedder_errors.labels("rejected").inc()
+            self._metrics.embedder_errors.labels(EmbedderErrorKind.REJECTED).inc()
             raise EmbedderRejected(_error_message(response))
         try:
             data = sorted(response.json()["data"], key=lambda item: item["index"])
             vectors = [_vector(item["embedding"]) for item in data]
         except (ValueError, KeyError, TypeError) as exc:
-            self._metrics.embedder_errors.labels("bad_response").inc()
+            self._metrics.embedder_errors.labels(EmbedderErrorKind.BAD_RESPONSE).inc()
             raise EmbedderUnavailable(f"embedder answered malformed JSON: {exc}") from exc
         if len(vectors) != len(texts) or any(len(v) != self._dimension for v in vectors):
-            self._metrics.embedder_errors.labels("bad_response").inc()
+            self._metrics.embedder_errors.labels(EmbedderErrorKind.BAD_RESPONSE).inc()
             raise EmbedderUnavailable(
                 f"embedder returned vectors that do not match GATEWAY_EMBEDDING_DIM="
                 f"{self._dimension}"

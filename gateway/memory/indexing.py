@@ -1,9 +1,9 @@
 """What gets indexed for a memory, beside its text: pure functions, no I/O.
 
-Measured on LoCoMo's development split (bench/locomo/RESULTS.md): dense
-retrieval over raw turns reaches evidence recall@10 of 51; this layout
-reaches 80. Each memory is indexed four ways, and a query fuses all four with
-reciprocal-rank fusion (k=2):
+On LoCoMo's development split this layout finds far more of the evidence
+than dense retrieval over raw turns (docs/recall.md; every step tried:
+bench/locomo/RESULTS.md). Each memory is indexed four ways, and a query fuses
+all four with reciprocal-rank fusion (k=2):
 
 - ``text``: the embedding of the memory's text as the client sent it;
 - ``ctx``: the memory with the two before it in the same session, so a reply
@@ -12,9 +12,8 @@ reciprocal-rank fusion (k=2):
   would give if each were encoded alone), the memory itself double
   (``compose``). No second encoder pass: a chat turn's memories cost one
   embedding each, and the user's one is the turn's query, embedded already.
-  Offline R@10 79.9 (int8 weights) against 80.4 for encoding the window
-  text, within the noise, for a third of the encoder's work
-  (bench/results/index_study.md);
+  Offline its recall is within the noise of encoding the window text, for a
+  fraction of the encoder's work (bench/results/index_study.md);
 - ``bm25`` / ``bm25_ctx``: Qdrant's BM25 sparse vectors of ``"On <date>,
   <text>"`` and of the window's text (with IDF), for names, rare words and
   dates ("on 8 May 2023") that embeddings blur.
@@ -71,8 +70,7 @@ def compose(parts: Sequence[tuple[str, Sequence[float]]]) -> list[float]:
     close to the memory's own words, so searching a memory's exact text could
     rank its neighbour first when the session's texts are alike ("fact number
     9", "fact number 10"); counting the memory double breaks that tie its way.
-    On LoCoMo it is within the noise (R@10 79.9 against 80.1, int8;
-    bench/results/index_study.md)."""
+    On LoCoMo it is within the noise (bench/results/index_study.md)."""
     text, vector = parts[0]
     w = weight(text) * (OWN_WEIGHT if len(parts) == 1 else 1.0)
     total = [w * x for x in vector]

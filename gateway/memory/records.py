@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from gateway.enums import WriteSource
+
 # Fixed namespace so ids stay stable across processes, versions and replays.
 _ID_NAMESPACE = uuid.UUID("6f1d1c3e-4a55-4c61-9f0e-6d656d676174")
 _FILTER_KEY = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
@@ -40,7 +42,7 @@ class NewMemory:
     metadata: Mapping[str, Any] = field(default_factory=dict)
     session_id: str | None = None
     role: str | None = None
-    source: str = "api"
+    source: WriteSource = WriteSource.API
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
+from gateway.enums import ReplayOutcome
 from gateway.memory.embedder_client import (
     BACKGROUND,
     INTERACTIVE,
@@ -172,7 +173,7 @@ class Replayer(Generic[R]):
     async def _retry_later(self, entry: OutboxEntry, exc: Exception) -> None:
         self._report(exc)
         await self._outbox.failed(entry.seq, str(exc))
-        self._metrics.outbox_replays.labels("retry").inc()
+        self._metrics.outbox_replays.labels(ReplayOutcome.RETRY).inc()
 
     async def _set_aside(self, entry: OutboxEntry, exc: Exception) -> None:
         reason = str(exc) if isinstance(exc, EmbedderRejected) else f"{type(exc).__name__}: {exc}"
@@ -182,10 +183,10 @@ class Replayer(Generic[R]):
         )  # fmt: skip
         await self._outbox.bury(entry.seq, reason[:2000])
         self._dead += 1
-        self._metrics.outbox_replays.labels("dead").inc()
+        self._metrics.outbox_replays.labels(ReplayOutcome.DEAD).inc()
 
     def _replayed(self, entry: OutboxEntry, written: R) -> None:
-        self._metrics.outbox_replays.labels("success").inc()
+        self._metrics.outbox_replays.labels(ReplayOutcome.SUCCESS).inc()
         self._count(entry.memories, written)
 
     async def _forever(self) -> None:

@@ -29,6 +29,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from gateway.enums import MemoryEvent, RecallOutcome, WriteOutcome, WriteSource
 from gateway.memory.embedder_client import (
     BACKGROUND,
     INTERACTIVE,
@@ -72,7 +73,7 @@ from gateway.monitor import Monitor
 
 logger = logging.getLogger("gateway.memory")
 
-ADD, NONE = "ADD", "NONE"
+ADD, NONE = MemoryEvent.ADD, MemoryEvent.NONE
 # How long a recall (or an API write) waits for the user's own queued writes.
 READ_YOUR_WRITES_S = 2.0
 
@@ -93,7 +94,7 @@ class OutboxFull(Exception):
 class WriteResult:
     id: str
     memory: str
-    event: str  # ADD: new; NONE: this text was already stored for the user
+    event: MemoryEvent  # ADD: new; NONE: this text was already stored for the user
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,7 @@ class MemoryService:
             reason = unstorable_reason(scope, memory)
             if reason is not None:
                 raise MemoryRejected(reason)
-        source = unique[0].source if unique else "api"
+        source = unique[0].source if unique else WriteSource.API
         if self.available and self._outbox.pending(scope):
             # Older writes of this user wait: they go first (order matters within a user).
             await self.wait_stored(scope, self._read_your_writes_s)
@@ -170,7 +171,7 @@ class MemoryService:
                 raise MemoryRejected(f"{type(exc).__name__}: {exc}") from exc
             else:
                 for result in results:
-                    outcome = "stored" if result.event == ADD else "duplicate"
+                    outcome = WriteOutcome.STORED if result.event == ADD else WriteOutcome.DUPLICATE
                     self._metrics.memory_writes.labels(source, outcome).inc()
                 return AddOutcome(results, queued=False)
         await self.enqueue(scope, unique)
@@ -184,9 +185,13 @@ class MemoryService:
         try:
             await self._outbox.put(scope, memories)
         except sqlite3.Error as exc:  # SQLITE_FULL, an I/O error, a read-only file
-            self._metrics.memory_writes.labels(memories[0].source, "failed").inc(len(memories))
+            self._metrics.memory_writes.labels(memories[0].source, WriteOutcome.FAILED).inc(
+                len(memories)
+            )
             raise OutboxFull(f"the outbox cannot take the write: {exc}") from exc
-        self._metrics.memory_writes.labels(memories[0].source, "queued").inc(len(memories))
+        self._metrics.memory_writes.labels(memories[0].source, WriteOutcome.QUEUED).inc(
+            len(memories)
+        )
         self._metrics.outbox_depth.set(self._outbox.depth)
         self._replayer.wake()
 
@@ -304,7 +309,7 @@ class MemoryService:
     ) -> list[MemoryRecord]:
         """Memories for a chat turn. Raises MemoryUnavailable when degraded."""
         if not self.available:
-            self._metrics.recalls.labels("degraded").inc()
+            self._metrics.recalls.labels(RecallOutcome.DEGRADED).inc()
             raise MemoryUnavailable("memory dependencies are down")
         if self._outbox.pending(scope):
             # The user's last turns may not be stored yet: read them first.
@@ -313,11 +318,11 @@ class MemoryService:
         try:
             records = await self.search(scope, query, limit, (), min_score)
         except MemoryUnavailable:
-            self._metrics.recalls.labels("degraded").inc()
+            self._metrics.recalls.labels(RecallOutcome.DEGRADED).inc()
             raise
         self._metrics.recall_duration.observe(time.perf_counter() - started)
         self._metrics.recall_hits.observe(len(records))
-        self._metrics.recalls.labels("hit" if records else "miss").inc()
+        self._metrics.recalls.labels(RecallOutcome.HIT if records else RecallOutcome.MISS).inc()
         return records
 
     def _report(self, exc: Exception) -> None:
@@ -346,5 +351,5 @@ class MemoryService:
 
     def _count_written(self, memories: Sequence[NewMemory], written: list[WriteResult]) -> None:
         for result, memory in zip(written, memories, strict=True):
-            outcome = "stored" if result.event == ADD else "duplicate"
+            outcome = WriteOutcome.STORED if result.event == ADD else WriteOutcome.DUPLICATE
             self._metrics.memory_writes.labels(memory.source, outcome).inc()

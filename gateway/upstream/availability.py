@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gateway.monitor import STARTING
-from gateway.upstream.client import Upstream
+from gateway.upstream.replica import Upstream
 
 STARTING_CODE, UNREACHABLE_CODE, UNAVAILABLE_CODE = (
     "llm_starting",

@@ -10,7 +10,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+from gateway.enums import BreakerState
+
+CLOSED, OPEN, HALF_OPEN = BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN
 
 
 class CircuitBreaker:
@@ -19,7 +21,7 @@ class CircuitBreaker:
         failure_threshold: int = 5,
         reset_timeout_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
-        on_change: Callable[[str], None] | None = None,
+        on_change: Callable[[BreakerState], None] | None = None,
     ) -> None:
         self._threshold = failure_threshold
         self._reset_timeout_s = reset_timeout_s
@@ -31,7 +33,7 @@ class CircuitBreaker:
         self._trial_in_flight = False
 
     @property
-    def state(self) -> str:
+    def state(self) -> BreakerState:
         if self._state == OPEN and self._clock() - self._opened_at >= self._reset_timeout_s:
             self._set(HALF_OPEN)
         return self._state
@@ -75,7 +77,7 @@ class CircuitBreaker:
         self._opened_at = self._clock()
         self._set(OPEN)
 
-    def _set(self, state: str) -> None:
+    def _set(self, state: BreakerState) -> None:
         if state != self._state:
             self._state = state
             if self._on_change is not None:

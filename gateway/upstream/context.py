@@ -29,8 +29,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.upstream.client import Upstream
 from gateway.upstream.pool import Target
+from gateway.upstream.replica import Upstream
 
 LISTED_WINDOW_KEYS = ("max_model_len", "context_length", "context_window", "max_input_tokens")
 # vLLM and llama.cpp's Python server ("This model's maximum context length is

@@ -2,9 +2,9 @@
 
 Every chat request crosses this client, so its cost per request is the
 gateway's floor. httpx (the gateway's other clients, which carry a request
-now and then, use it) spends about four times aiohttp's CPU per request here,
-most of it in httpcore's pool and anyio's locks and cancel scopes; in the
-gateway's profile it was half of all CPU (bench/http_clients.py,
+now and then, use it) spends several times aiohttp's CPU per request here,
+most of it in httpcore's pool and anyio's locks and cancel scopes, and it was
+the largest part of the gateway's profile (the figures:
 bench/results/http_clients.md). So the LLM path uses aiohttp, and only this
 module sees it: callers get a ``Reply`` and this module's exceptions.
 
@@ -16,7 +16,7 @@ did with httpx:
 - proxies from the environment (``HTTP_PROXY``, ``HTTPS_PROXY``, ``NO_PROXY``)
   honoured, looked up once per URL: aiohttp's own ``trust_env`` reads the
   environment, and ``~/.netrc`` on a worker thread, on every request, which
-  tripled its CPU per request;
+  multiplies its CPU per request (bench/results/http_clients.md);
 - idle connections dropped after ``KEEPALIVE_EXPIRY_S`` (gateway.keepalive),
   and a request whose pooled connection the server had just closed sent once
   more on a fresh one;

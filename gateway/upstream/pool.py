@@ -24,7 +24,6 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from tenacity import (
     AsyncRetrying,
@@ -34,9 +33,8 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from gateway.enums import Availability, UpstreamOutcome
 from gateway.metrics import GatewayMetrics
-from gateway.monitor import HEALTHY, STARTING, Monitor
-from gateway.upstream.client import CHAT, Call, Upstream
 from gateway.upstream.http import (
     ConnectFailed,
     ConnectTimedOut,
@@ -46,7 +44,8 @@ from gateway.upstream.http import (
     Timeouts,
     TransportError,
 )
-from gateway.urls import redact_text, redact_url
+from gateway.upstream.replica import CHAT, Call, Upstream
+from gateway.upstream.replicas import status_of
 
 RETRYABLE_STATUS = frozenset({429, 502, 503})  # refusals: nothing was generated
 # Answered as the upstream's failure (504 to the client), never retried.
@@ -122,111 +121,19 @@ class _Wait:
         return float(self._backoff(state))
 
 
-def status_of(upstreams: Sequence[Upstream]) -> str:
-    """healthy: one can serve; starting: none can, one is coming up; else unavailable."""
-    if any(u.healthy for u in upstreams):
-        return HEALTHY
-    if any(u.monitor is not None and u.monitor.state.status == STARTING for u in upstreams):
-        return STARTING
-    return "unavailable"
-
-
-def redacted_state(monitor: Monitor) -> dict[str, Any]:
-    """A monitor's state as shown: its last error may quote a URL with a key in it."""
-    state = monitor.state.to_json()
-    if state.get("last_error"):
-        state["last_error"] = redact_text(state["last_error"])
-    return state
-
-
 class UpstreamPool:
-    """Every LLM replica the gateway knows, each with its monitor and breaker.
+    """Sends a request to the first eligible of its targets, with retries and fallback.
 
-    Replicas come and go at run time (admin registrations): ``add`` starts a
-    replica's monitor once the pool runs, ``remove`` stops it.
+    It keeps no list of replicas (gateway.upstream.replicas does): each request
+    brings its targets, in order of preference, from the router.
     """
 
-    def __init__(
-        self,
-        metrics: GatewayMetrics,
-        *,
-        attempts: int,
-        health_interval_s: float,
-    ) -> None:
-        self.upstreams: dict[str, Upstream] = {}
+    def __init__(self, metrics: GatewayMetrics, *, attempts: int) -> None:
         self._metrics = metrics
-        self._health_interval_s = health_interval_s
         # The retry policy is stateless: built once, shared by every request's AsyncRetrying.
         self._stop = stop_after_attempt(attempts)
         self._wait = _Wait()
         self._retry_on = retry_if_exception_type(_Retryable)
-        self._running = False
-
-    def add(self, upstream: Upstream) -> None:
-        if upstream.name in self.upstreams:
-            raise ValueError(f"upstream {upstream.name!r} exists already")
-        upstream.monitor = Monitor(
-            f"llm:{upstream.name}",
-            upstream.probe,
-            interval_s=self._health_interval_s,
-            on_change=self._state_listener(upstream),
-        )
-        self.upstreams[upstream.name] = upstream
-        self._metrics.init_upstream(upstream.name)
-        self._metrics.set_upstream_state(upstream.name, STARTING)
-        self._metrics.set_breaker_state(upstream.name, upstream.breaker.state)
-        if self._running:
-            upstream.monitor.start()
-
-    async def remove(self, name: str) -> None:
-        upstream = self.upstreams.pop(name, None)
-        if upstream is not None and upstream.monitor is not None:
-            await upstream.monitor.stop()
-        self._metrics.remove_upstream(name)
-
-    async def start(self, first_probe_timeout_s: float) -> None:
-        """Probe every replica once (so the first state is real), then keep watching."""
-        monitors = self.monitors()
-        if monitors:
-            await asyncio.wait(
-                [asyncio.create_task(m.check_now()) for m in monitors],
-                timeout=first_probe_timeout_s,
-            )
-        for monitor in monitors:
-            monitor.start()
-        self._running = True
-
-    async def stop(self) -> None:
-        self._running = False
-        await asyncio.gather(*(m.stop() for m in self.monitors()))
-
-    def _state_listener(self, upstream: Upstream) -> Callable[[str, str], None]:
-        def changed(_: str, status: str) -> None:
-            self._metrics.set_upstream_state(upstream.name, status)
-            if status == HEALTHY:
-                upstream.breaker.reset()
-            self._metrics.set_breaker_state(upstream.name, upstream.breaker.state)
-
-        return changed
-
-    def monitors(self) -> list[Monitor]:
-        return [u.monitor for u in self.upstreams.values() if u.monitor is not None]
-
-    def status(self) -> str:
-        return status_of(list(self.upstreams.values()))
-
-    def describe(self) -> dict[str, dict[str, Any]]:
-        """Each replica's state, for /readyz and the admin API."""
-        return {
-            u.name: {
-                **(redacted_state(u.monitor) if u.monitor else {}),
-                "upstream": u.group,
-                "url": redact_url(u.base_url),
-                "breaker": u.breaker.state,
-                "models": sorted(u.model_ids),
-            }
-            for u in self.upstreams.values()
-        }
 
     def _pick(self, targets: Sequence[Target]) -> Target:
         for target in targets:
@@ -239,7 +146,7 @@ class UpstreamPool:
             f"{u.name}: {u.monitor.state.status if u.monitor else '?'} (breaker {u.breaker.state})"
             for u in upstreams
         )
-        raise NoUpstreamAvailable(status_of(upstreams) == STARTING, detail)
+        raise NoUpstreamAvailable(status_of(upstreams) == Availability.STARTING, detail)
 
     async def open_chat(
         self,
@@ -292,10 +199,15 @@ class UpstreamPool:
                 )
         except ConnectFailed as exc:  # never sent: another attempt costs the upstream nothing
             starting = upstream.note_refused()
-            self._failed(upstream, "connect_error", f"connection refused: {exc}", starting=starting)
+            self._failed(
+                upstream,
+                UpstreamOutcome.CONNECT_ERROR,
+                f"connection refused: {exc}",
+                starting=starting,
+            )
             raise _Retryable(UpstreamFailed(503, f"LLM upstream {upstream.name} refused")) from exc
         except ConnectTimedOut as exc:
-            self._failed(upstream, "timeout", f"connect timed out: {exc}")
+            self._failed(upstream, UpstreamOutcome.TIMEOUT, f"connect timed out: {exc}")
             raise _Retryable(
                 UpstreamFailed(504, f"LLM upstream {upstream.name} did not accept a connection")
             ) from exc
@@ -303,15 +215,15 @@ class UpstreamPool:
             # Closed without an answer: the upstream died or restarted, and whatever it
             # was doing went with the connection, so another attempt repeats nothing
             # still running.
-            self._failed(upstream, "connect_error", f"disconnected: {exc}")
+            self._failed(upstream, UpstreamOutcome.CONNECT_ERROR, f"disconnected: {exc}")
             raise _Retryable(UpstreamFailed(502, f"LLM upstream {upstream.name} failed")) from exc
         # Sent, then silence or a broken answer: it may be generating. Not retried.
         except (TimeoutError, TimedOut) as exc:
             error = str(exc) or "no response headers in time"
-            self._failed(upstream, "timeout", f"timed out: {error}")
+            self._failed(upstream, UpstreamOutcome.TIMEOUT, f"timed out: {error}")
             raise UpstreamFailed(504, f"LLM upstream {upstream.name} timed out") from None
         except TransportError as exc:
-            self._failed(upstream, "connect_error", f"{type(exc).__name__}: {exc}")
+            self._failed(upstream, UpstreamOutcome.CONNECT_ERROR, f"{type(exc).__name__}: {exc}")
             raise UpstreamFailed(502, f"LLM upstream {upstream.name} failed") from exc
         upstream.note_answered()
 
@@ -323,7 +235,7 @@ class UpstreamPool:
                 pass  # a broken error body changes nothing: this attempt failed
             finally:
                 await response.aclose()
-            self._metrics.upstream_requests.labels(upstream.name, "http_error").inc()
+            self._metrics.upstream_requests.labels(upstream.name, UpstreamOutcome.HTTP_ERROR).inc()
             if response.status_code != 429:  # 429 is load, not a broken upstream
                 upstream.breaker.record_failure()
                 self._metrics.set_breaker_state(upstream.name, upstream.breaker.state)
@@ -337,19 +249,21 @@ class UpstreamPool:
             self._metrics.upstream_fallbacks.labels(upstream.name).inc()
         return OpenedReply(target, response, sent_at)
 
-    def _failed(self, upstream: Upstream, outcome: str, error: str, starting: bool = False) -> None:
+    def _failed(
+        self, upstream: Upstream, outcome: UpstreamOutcome, error: str, starting: bool = False
+    ) -> None:
         self._metrics.upstream_requests.labels(upstream.name, outcome).inc()
         upstream.breaker.record_failure()
         self._metrics.set_breaker_state(upstream.name, upstream.breaker.state)
         if upstream.monitor is not None:
             upstream.monitor.report_failure(error, starting=starting)
 
-    def record_outcome(self, upstream: Upstream, outcome: str) -> None:
+    def record_outcome(self, upstream: Upstream, outcome: UpstreamOutcome) -> None:
         """The router reports how a relayed response ended."""
         self._metrics.upstream_requests.labels(upstream.name, outcome).inc()
-        if outcome == "success":
+        if outcome == UpstreamOutcome.SUCCESS:
             upstream.breaker.record_success()
-        elif outcome in ("stream_error", "timeout"):
+        elif outcome in (UpstreamOutcome.STREAM_ERROR, UpstreamOutcome.TIMEOUT):
             upstream.breaker.record_failure()
             if upstream.monitor is not None:
                 upstream.monitor.wake()  # died mid-stream? find out now

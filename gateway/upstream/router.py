@@ -15,18 +15,29 @@ takes the first target that is healthy and whose breaker allows it.
 
 Models served by ``primary`` (``GATEWAY_LLM_URL``) fall back to ``fallback``
 (``GATEWAY_FALLBACK_LLM_URL``) with ``GATEWAY_FALLBACK_LLM_MODEL``.
+
+The router is where models are registered: ``add_upstream`` and ``add_alias``
+at start (gateway.upstream.build, from the environment and ``GATEWAY_CONFIG``),
+``register`` and ``unregister`` at run time (gateway.upstream.sync, for
+``/admin/models``). Everything else reads it: ``aliases`` is a read-only view;
+the replicas live in :class:`~gateway.upstream.replicas.Replicas`, which only
+the router changes.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
-from gateway.upstream.client import DEFAULT_START_GRACE_S, Upstream
+from gateway.enums import RouteSource
 from gateway.upstream.http import UpstreamHTTP
-from gateway.upstream.pool import Target, UpstreamPool, status_of
+from gateway.upstream.pool import Target
+from gateway.upstream.registry import Registration
+from gateway.upstream.replica import DEFAULT_START_GRACE_S, Upstream
+from gateway.upstream.replicas import Replicas, status_of
 
 PRIMARY, FALLBACK = "primary", "fallback"
 
@@ -38,7 +49,7 @@ class AliasRoute:
     model: str | None = None  # the name the upstream knows; None: the alias itself
     fallback: str | None = None
     fallback_model: str | None = None
-    source: str = "config"  # config | registered
+    source: RouteSource = RouteSource.CONFIG
 
 
 class UnknownModel(Exception):
@@ -48,88 +59,116 @@ class UnknownModel(Exception):
         self.available = list(available)
 
 
+def registered_group(alias: str) -> str:
+    """Registered models get an upstream of their own; the colon keeps these names
+    apart from configured ones, which cannot contain it."""
+    return f"registered:{alias}"
+
+
 class ModelRouter:
     def __init__(
         self,
-        pool: UpstreamPool,
+        replicas: Replicas,
+        http: UpstreamHTTP,
         *,
         fallback_model: str | None = None,
         start_grace_s: float = DEFAULT_START_GRACE_S,
         context_windows: dict[str, int] | None = None,
     ) -> None:
-        self.pool = pool
+        self._replicas = replicas
+        self._http = http  # what the replicas it adds send through
         self.start_grace_s = start_grace_s
         # Per-model context windows from GATEWAY_CONFIG, by the name clients send.
         self.context_windows = dict(context_windows or {})
-        self.groups: dict[str, list[Upstream]] = {}
-        self.aliases: dict[str, AliasRoute] = {}
+        self._aliases: dict[str, AliasRoute] = {}
         self._fallback_model = fallback_model
         self._turn = itertools.count()
 
+    @property
+    def replicas(self) -> Replicas:
+        """The replicas it routes to (read them; they change through the router only)."""
+        return self._replicas
+
+    @property
+    def aliases(self) -> Mapping[str, AliasRoute]:
+        """Every alias, configured or registered (read-only: change it through the router)."""
+        return MappingProxyType(self._aliases)
+
     # -- configuration -------------------------------------------------------
 
-    def add_upstream(
-        self, name: str, urls: Sequence[str], http: UpstreamHTTP, api_key: str | None
-    ) -> None:
-        if name in self.groups:
-            raise ValueError(f"upstream {name!r} exists already")
+    def add_upstream(self, name: str, urls: Sequence[str], api_key: str | None) -> None:
         replicas = [
             Upstream(
                 name if len(urls) == 1 else f"{name}-{i}",
                 url.rstrip("/"),
-                http,
+                self._http,
                 api_key=api_key,
                 group=name,
                 start_grace_s=self.start_grace_s,
             )
             for i, url in enumerate(urls)
         ]
-        for replica in replicas:
-            self.pool.add(replica)
-        self.groups[name] = replicas
-
-    async def remove_upstream(self, name: str) -> None:
-        for replica in self.groups.pop(name, []):
-            await self.pool.remove(replica.name)
+        self._replicas.add(name, replicas)
 
     def add_alias(self, route: AliasRoute) -> None:
-        if route.upstream not in self.groups:
+        if route.upstream not in self._replicas:
             raise ValueError(f"alias {route.alias!r}: unknown upstream {route.upstream!r}")
-        self.aliases[route.alias] = route
+        self._aliases[route.alias] = route
+
+    def register(self, registration: Registration) -> None:
+        """Route a registered model: its alias, on an upstream of its own."""
+        group = registered_group(registration.alias)
+        self.add_upstream(group, [registration.upstream_url], registration.api_key)
+        self.add_alias(
+            AliasRoute(registration.alias, group, registration.model, source=RouteSource.REGISTERED)
+        )
+
+    async def unregister(self, alias: str) -> None:
+        """Stop routing a registered alias, and drop its upstream (if it had one).
+        A configured alias stays: only ``GATEWAY_CONFIG`` changes those."""
+        route = self._aliases.get(alias)
+        if route is not None and route.source != RouteSource.REGISTERED:
+            return
+        self._aliases.pop(alias, None)
+        await self._replicas.remove(registered_group(alias))
+
+    async def probe(self, alias: str) -> None:
+        """Probe the replicas a registered alias routes to, now."""
+        await self._replicas.check_now(registered_group(alias))
 
     # -- routing -------------------------------------------------------------
 
-    def _replicas(self, group: str, model: str | None) -> list[Target]:
-        replicas = self.groups.get(group, [])
+    def _targets(self, group: str, model: str | None) -> list[Target]:
+        replicas = self._replicas.group(group)
         if len(replicas) > 1:
             shift = next(self._turn) % len(replicas)
             replicas = replicas[shift:] + replicas[:shift]
         return [Target(replica, model) for replica in replicas]
 
     def _with_fallback(self, group: str, model: str | None) -> list[Target]:
-        targets = self._replicas(group, model)
-        if group == PRIMARY and FALLBACK in self.groups:
-            targets += self._replicas(FALLBACK, self._fallback_model)
+        targets = self._targets(group, model)
+        if group == PRIMARY and FALLBACK in self._replicas:
+            targets += self._targets(FALLBACK, self._fallback_model)
         return targets
 
     def resolve(self, model: str) -> list[Target]:
         """Targets for ``model``, best first. Raises UnknownModel."""
-        route = self.aliases.get(model)
+        route = self._aliases.get(model)
         if route is not None:
-            targets = self._replicas(route.upstream, route.model)
+            targets = self._targets(route.upstream, route.model)
             if route.fallback:
-                targets += self._replicas(route.fallback, route.fallback_model)
+                targets += self._targets(route.fallback, route.fallback_model)
             return targets
         serving = [
             group
-            for group, replicas in self.groups.items()
+            for group, replicas in self._replicas.groups()
             if any(model in replica.model_ids for replica in replicas)
         ]
         if not serving:
             # Upstreams that have not listed their models yet may serve it.
             serving = [
                 group
-                for group, replicas in self.groups.items()
+                for group, replicas in self._replicas.groups()
                 if group != FALLBACK and not any(r.discovered for r in replicas)
             ]
         if not serving:
@@ -140,31 +179,28 @@ class ModelRouter:
         """Where a request that names no model goes (``/tokenize``, a response
         by id): the primary, then its fallback; without a primary, the first
         upstream configured."""
-        group = PRIMARY if PRIMARY in self.groups else next(iter(self.groups), None)
+        first = next((name for name, _ in self._replicas.groups()), None)
+        group = PRIMARY if PRIMARY in self._replicas else first
         return [] if group is None else self._with_fallback(group, None)
 
     def metric_label(self, model: str) -> str:
         """``model`` if it is a name the gateway knows (bounded), else ``other``."""
-        if model in self.aliases:
+        if model in self._aliases or any(model in r.model_ids for r in self._replicas):
             return model
-        for replicas in self.groups.values():
-            if any(model in replica.model_ids for replica in replicas):
-                return model
         return "other"
 
     # -- listing -------------------------------------------------------------
 
     def model_names(self) -> set[str]:
-        names = set(self.aliases)
-        for replicas in self.groups.values():
-            for replica in replicas:
-                names |= replica.model_ids
+        names = set(self._aliases)
+        for replica in self._replicas:
+            names |= replica.model_ids
         return names
 
     def listing(self) -> list[dict[str, Any]]:
         """Every routable model and alias, with its upstream's state (OpenAI list items)."""
         items: dict[str, dict[str, Any]] = {}
-        for alias, route in self.aliases.items():
+        for alias, route in self._aliases.items():
             items[alias] = {
                 "id": alias,
                 "object": "model",
@@ -172,15 +208,20 @@ class ModelRouter:
                 "owned_by": "memgate",
                 "upstream": route.upstream,
                 "upstream_model": route.model or alias,
-                "state": status_of(self.groups.get(route.upstream, [])),
+                "state": status_of(self._replicas.group(route.upstream)),
                 "source": route.source,
             }
-        for group, replicas in self.groups.items():
+        for group, replicas in self._replicas.groups():
             state = status_of(replicas)
             for replica in replicas:
                 for model in replica.models:
                     items.setdefault(
                         model["id"],
-                        {**model, "upstream": group, "state": state, "source": "discovered"},
+                        {
+                            **model,
+                            "upstream": group,
+                            "state": state,
+                            "source": RouteSource.DISCOVERED,
+                        },
                     )
         return sorted(items.values(), key=lambda item: str(item["id"]))

@@ -15,10 +15,9 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from gateway.upstream.http import UpstreamHTTP
+from gateway.enums import RouteSource
 from gateway.upstream.registry import ModelRegistry, Registration, RegistryUnavailable
 from gateway.upstream.router import ModelRouter
-from gateway.upstream.setup import register, unregister
 
 logger = logging.getLogger("gateway.registry")
 
@@ -35,12 +34,11 @@ class Changes:
 
 def _configured(router: ModelRouter, alias: str) -> bool:
     route = router.aliases.get(alias)
-    return route is not None and route.source != "registered"
+    return route is not None and route.source != RouteSource.REGISTERED
 
 
 async def apply(
     router: ModelRouter,
-    http: UpstreamHTTP,
     applied: dict[str, Registration],
     registration: Registration,
 ) -> str | None:
@@ -54,8 +52,8 @@ async def apply(
     if routed and current is not None and current.routes_like(registration):
         applied[alias] = registration
         return None
-    await unregister(router, alias)  # whatever was routed before (or nothing)
-    register(router, http, registration)
+    await router.unregister(alias)  # whatever was routed before (or nothing)
+    router.register(registration)
     applied[alias] = registration
     return "changed" if routed else "added"
 
@@ -66,13 +64,12 @@ async def drop(router: ModelRouter, applied: dict[str, Registration], alias: str
         return False
     applied.pop(alias, None)
     routed = alias in router.aliases
-    await unregister(router, alias)
+    await router.unregister(alias)
     return routed
 
 
 async def reconcile(
     router: ModelRouter,
-    http: UpstreamHTTP,
     applied: dict[str, Registration],
     registrations: Sequence[Registration],
 ) -> Changes:
@@ -82,12 +79,14 @@ async def reconcile(
     """
     wanted = {r.alias: r for r in registrations}
     changes = Changes()
-    registered = [a for a, route in router.aliases.items() if route.source == "registered"]
+    registered = [
+        a for a, route in router.aliases.items() if route.source == RouteSource.REGISTERED
+    ]
     for alias in registered:
         if alias not in wanted and await drop(router, applied, alias):
             changes.removed.append(alias)
     for registration in wanted.values():
-        outcome = await apply(router, http, applied, registration)
+        outcome = await apply(router, applied, registration)
         if outcome == "added":
             changes.added.append(registration.alias)
         elif outcome == "changed":
@@ -106,13 +105,11 @@ class RegistrySync:
         self,
         registry: ModelRegistry,
         router: ModelRouter,
-        http: UpstreamHTTP,
         *,
         interval_s: float,
     ) -> None:
         self.registry = registry
         self._router = router
-        self._http = http
         self._interval_s = interval_s
         self._applied: dict[str, Registration] = {}
         self._lock = asyncio.Lock()
@@ -132,7 +129,7 @@ class RegistrySync:
             if self._failing:
                 logger.info("model registry readable again")
                 self._failing = False
-            changes = await reconcile(self._router, self._http, self._applied, registrations)
+            changes = await reconcile(self._router, self._applied, registrations)
         if changes:
             logger.info(
                 "registered models: added %s, removed %s, changed %s",
@@ -141,11 +138,16 @@ class RegistrySync:
         return True
 
     async def register(self, registration: Registration) -> Registration:
-        """Store a registration and route it. Raises RegistryUnavailable (nothing changed)."""
+        """Store a registration, route it, and probe its server once, so that its
+        state is known when this returns (``healthy``, or ``starting``: registered
+        all the same, and its monitor brings it in when it answers). Raises
+        RegistryUnavailable (nothing changed)."""
         async with self._lock:
             stored = await self.registry.put(registration)
-            await apply(self._router, self._http, self._applied, stored)
+            await apply(self._router, self._applied, stored)
         await self.sync()
+        # Outside the lock: a probe may wait seconds on a slow server.
+        await self._router.probe(registration.alias)
         return stored
 
     async def unregister(self, alias: str) -> bool:

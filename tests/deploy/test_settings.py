@@ -1,7 +1,7 @@
 """Every setting reaches its process, the same way in compose and in `make run`, and is
 documented. A new field of ``Settings`` or ``EmbedderSettings`` fails here until compose
-passes it (or wires it, with a reason below), .env.example explains it and the README
-lists it.
+passes it (or wires it, with a reason below) and it has a description, from which
+tools/config_doc.py writes docs/configuration.md and .env.example's explanation of it.
 """
 
 from __future__ import annotations
@@ -126,16 +126,45 @@ def test_compose_passes_every_setting_from_env_or_wires_it(service: str) -> None
 
 @pytest.mark.parametrize("service", SETTINGS)
 def test_every_setting_is_documented(service: str) -> None:
-    readme = (REPO / "README.md").read_text()
+    doc = (REPO / "docs" / "configuration.md").read_text()
     example = read_env_example()
     for name in fields(service):
-        assert f"`{name}`" in readme, f"README.md's configuration does not mention {name}"
+        assert f"| `{name}` |" in doc, f"docs/configuration.md's table does not list {name}"
         if name not in WIRED[service]:
             assert name in example.names, f".env.example does not mention {name}"
             # ...with its explanation: the comment block above it.
             lines = ENV_EXAMPLE.read_text().splitlines()
-            at = next(i for i, line in enumerate(lines) if line.lstrip("# ").startswith(name))
+            at = next(i for i, line in enumerate(lines) if line.lstrip("# ").startswith(name + "="))
             assert lines[at - 1].startswith("#"), f".env.example: {name} has no comment"
+
+
+def test_the_configuration_doc_and_env_example_are_what_the_settings_generate() -> None:
+    config_doc = pytest.importorskip("deploy_files").load_tool("config_doc")
+    for path, text in config_doc.render(REPO).items():
+        assert (REPO / path).read_text() == text, (
+            f"{path} is stale: run python tools/config_doc.py (the descriptions are the "
+            "settings' Field(description=...))"
+        )
+
+
+def test_config_doc_reports_and_rewrites_a_stale_file(tmp_path: Path) -> None:
+    config_doc = pytest.importorskip("deploy_files").load_tool("config_doc")
+    for name in ("docs/configuration.md", ".env.example", "compose.yaml"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text((REPO / name).read_text())
+    doc = tmp_path / "docs" / "configuration.md"
+    doc.write_text(doc.read_text().replace("| `GATEWAY_MEMORY_TOP_K` |", "| `GATEWAY_TOP_K` |"))
+    assert config_doc.main(["--check", "--repo", str(tmp_path)]) == 1
+    assert config_doc.main(["--repo", str(tmp_path)]) == 0
+    assert doc.read_text() == (REPO / "docs" / "configuration.md").read_text()
+    assert config_doc.main(["--check", "--repo", str(tmp_path)]) == 0
+
+
+def test_every_setting_has_a_description() -> None:
+    config_doc = pytest.importorskip("deploy_files").load_tool("config_doc")
+    for service in config_doc.SERVICES:
+        for setting in config_doc.settings_of(service):
+            assert len(setting.description) > 10, setting.env
 
 
 @pytest.mark.parametrize("service", SETTINGS)

@@ -12,14 +12,8 @@ from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import create_app
-from gateway.metrics import (
-    BREAKER_STATES,
-    EMBEDDER_ERROR_KINDS,
-    REPLAY_OUTCOMES,
-    UPSTREAM_OUTCOMES,
-    UPSTREAM_STATES,
-    GatewayMetrics,
-)
+from gateway.enums import BreakerState, EmbedderErrorKind, Health, ReplayOutcome, UpstreamOutcome
+from gateway.metrics import GatewayMetrics
 from gateway.settings import Settings
 from tests.monitoring.metric_rules import (
     check_exposition,
@@ -88,9 +82,9 @@ def test_known_label_values_exist_at_zero_before_anything_happens(
     def value(name: str, **labels: str) -> float | None:
         return registry.get_sample_value(name, labels)
 
-    for outcome in REPLAY_OUTCOMES:
+    for outcome in ReplayOutcome:
         assert value("memgate_outbox_replays_total", outcome=outcome) == 0
-    for kind in EMBEDDER_ERROR_KINDS:
+    for kind in EmbedderErrorKind:
         assert value("memgate_embedder_client_errors_total", kind=kind) == 0
     for outcome in ("hit", "miss", "degraded"):
         assert value("memgate_memory_recalls_total", outcome=outcome) == 0
@@ -100,7 +94,7 @@ def test_known_label_values_exist_at_zero_before_anything_happens(
     for dependency in ("embedder", "vector_store"):
         assert value("memgate_dependency_ready", dependency=dependency) == 0
     # One upstream's series.
-    for outcome in UPSTREAM_OUTCOMES:
+    for outcome in UpstreamOutcome:
         assert value("memgate_upstream_requests_total", upstream="primary", outcome=outcome) == 0
     assert value("memgate_upstream_retries_total", upstream="primary") == 0
     assert value("memgate_upstream_fallbacks_total", upstream="primary") == 0
@@ -108,13 +102,11 @@ def test_known_label_values_exist_at_zero_before_anything_happens(
         assert value("memgate_upstream_tokens_total", upstream="primary", kind=kind) == 0
     assert value("memgate_upstream_request_duration_seconds_count", upstream="primary") == 0
     assert value("memgate_upstream_time_to_first_token_seconds_count", upstream="primary") == 0
-    states = {
-        s: value("memgate_upstream_state", upstream="primary", state=s) for s in UPSTREAM_STATES
-    }
+    states = {s: value("memgate_upstream_state", upstream="primary", state=s) for s in Health}
     assert states == {"starting": 1, "healthy": 0, "unhealthy": 0}
     breaker = {
         s: value("memgate_upstream_breaker_state", upstream="primary", state=s)
-        for s in BREAKER_STATES
+        for s in BreakerState
     }
     assert breaker == {"closed": 1, "open": 0, "half_open": 0}
 

@@ -2,8 +2,9 @@
 
 Fixtures live in conftest.py; this module holds the harness they hand out.
 
-The launcher runs as a real process (``python -S``: only the standard library and the
-fake package metadata below are importable), with a PATH that holds the fakes only.
+The launcher runs as a real process (``python -S``: only the standard library, the fake
+package metadata below and ``packaging``, as in a vLLM image, are importable), with a PATH
+that holds the fakes only.
 """
 
 from __future__ import annotations
@@ -16,10 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import packaging
+
 HERE = Path(__file__).parent
 LAUNCHER_DIR = HERE.parents[1] / "vllm-server"
 LAUNCH = LAUNCHER_DIR / "launch.py"
 MODEL = "Qwen/Qwen2.5-1.5B-Instruct"
+# The real packaging (every vLLM image has it), linked into the fake site-packages alone.
+PACKAGING = Path(packaging.__file__).parent
 
 
 def _executable(path: Path, script: Path) -> None:
@@ -50,12 +55,18 @@ class Harness:
         self.env["FAKE_NVIDIA_SMI_OUTPUT"] = output
         self.env["FAKE_NVIDIA_SMI_RC"] = str(rc)
 
-    def installed(self, vllm: str | None = "0.33.0", torch: str | None = "2.14.0") -> None:
-        """Replace the fake site-packages: vllm pinning torch==2.14.0, and this torch."""
+    def installed(
+        self, vllm: str | None = "0.33.0", torch: str | None = "2.14.0", packaging: bool = True
+    ) -> None:
+        """Replace the fake site-packages: vllm pinning torch==2.14.0, this torch, packaging."""
         for dist in self.site.glob("*.dist-info"):
             for f in dist.iterdir():
                 f.unlink()
             dist.rmdir()
+        link = self.site / "packaging"
+        link.unlink(missing_ok=True)
+        if packaging:
+            link.symlink_to(PACKAGING, target_is_directory=True)
         if vllm is not None:
             write_dist_info(
                 self.site,

@@ -151,6 +151,24 @@ def test_a_torch_that_does_not_match_vllms_pin_stops_the_start(harness: Harness)
     assert "torch._inductor" in result.stderr  # names the symptom it prevents
 
 
+def test_a_python_without_packaging_stops_the_start_unless_the_check_is_skipped(
+    harness: Harness,
+) -> None:
+    harness.installed(vllm="0.33.0", torch="2.14.0", packaging=False)
+
+    result = harness.run(plan="serve")
+
+    assert result.returncode == 3
+    assert harness.calls() == []
+    assert "cannot read vLLM's pins: No module named 'packaging'" in result.stderr
+    assert "VLLM_SKIP_VERSION_CHECK=true starts vLLM anyway" in result.stderr
+
+    result = harness.run(plan="exit:0", VLLM_SKIP_VERSION_CHECK="true")
+
+    assert result.returncode == 0, result.stderr
+    assert len(harness.calls()) == 1
+
+
 def test_a_matching_cuda_build_of_torch_passes(harness: Harness) -> None:
     harness.installed(vllm="0.33.0", torch="2.14.0+cu129")
 

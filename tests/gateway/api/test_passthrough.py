@@ -9,8 +9,8 @@ import pytest
 
 from gateway.api.passthrough import form_field, read_request
 from gateway.errors import APIError
-from gateway.upstream.client import Upstream
 from gateway.upstream.pool import Target
+from gateway.upstream.replica import Upstream
 
 
 def multipart(**fields: str) -> tuple[bytes, str]:

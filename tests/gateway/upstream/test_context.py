@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import json
 
-from gateway.upstream.client import Upstream
 from gateway.upstream.context import (
     Overflow,
     context_overflow,
@@ -11,6 +10,7 @@ from gateway.upstream.context import (
     window_for,
 )
 from gateway.upstream.pool import Target
+from gateway.upstream.replica import Upstream
 
 # What the servers answer, verbatim in shape.
 LLAMA_CPP_OVERFLOW = {

@@ -9,7 +9,6 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from gateway.metrics import GatewayMetrics
-from gateway.upstream.client import Call, Upstream
 from gateway.upstream.http import (
     ConnectFailed,
     ConnectTimedOut,
@@ -22,6 +21,7 @@ from gateway.upstream.http import (
     timeouts_for,
 )
 from gateway.upstream.pool import Target, UpstreamFailed, UpstreamPool
+from gateway.upstream.replica import Call, Upstream
 
 
 class Failing(Upstream):
@@ -41,11 +41,9 @@ class Failing(Upstream):
 
 @pytest.fixture
 async def pool_and_upstream() -> AsyncIterator[tuple[UpstreamPool, Failing]]:
-    pool = UpstreamPool(GatewayMetrics(CollectorRegistry()), attempts=3, health_interval_s=5)
+    pool = UpstreamPool(GatewayMetrics(CollectorRegistry()), attempts=3)
     async with UpstreamHTTP() as http:
-        upstream = Failing("primary", "http://vllm:8000/v1", http)
-        pool.add(upstream)
-        upstream.monitor = None  # healthy, with no probe running
+        upstream = Failing("primary", "http://vllm:8000/v1", http)  # no monitor: healthy
         yield pool, upstream
 
 

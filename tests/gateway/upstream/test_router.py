@@ -9,23 +9,23 @@ from prometheus_client import CollectorRegistry
 from gateway.metrics import GatewayMetrics
 from gateway.upstream.config import load_upstreams_file
 from gateway.upstream.http import UpstreamHTTP
-from gateway.upstream.pool import UpstreamPool
+from gateway.upstream.replicas import Replicas
 from gateway.upstream.router import FALLBACK, PRIMARY, AliasRoute, ModelRouter, UnknownModel
 
 
 @pytest.fixture
 async def router() -> AsyncIterator[ModelRouter]:
-    pool = UpstreamPool(GatewayMetrics(CollectorRegistry()), attempts=1, health_interval_s=5)
+    replicas = Replicas(GatewayMetrics(CollectorRegistry()), health_interval_s=5)
     async with UpstreamHTTP() as http:
-        router = ModelRouter(pool, fallback_model="cloud-model")
-        router.add_upstream(PRIMARY, ["http://vllm:8000/v1"], http, None)
-        router.add_upstream(FALLBACK, ["https://cloud/v1"], http, "k")
-        router.add_upstream("qwen", ["http://a/v1", "http://b/v1"], http, None)
+        router = ModelRouter(replicas, http, fallback_model="cloud-model")
+        router.add_upstream(PRIMARY, ["http://vllm:8000/v1"], None)
+        router.add_upstream(FALLBACK, ["https://cloud/v1"], "k")
+        router.add_upstream("qwen", ["http://a/v1", "http://b/v1"], None)
         yield router
 
 
 def serves(router: ModelRouter, group: str, *models: str) -> None:
-    for replica in router.groups[group]:
+    for replica in router.replicas.group(group):
         replica.models = [{"id": m, "object": "model"} for m in models]
         replica.model_ids = frozenset(models)
         replica.discovered = True

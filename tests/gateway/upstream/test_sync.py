@@ -12,11 +12,10 @@ from qdrant_client import AsyncQdrantClient
 
 from gateway.metrics import GatewayMetrics
 from gateway.upstream.http import UpstreamHTTP
-from gateway.upstream.pool import UpstreamPool
 from gateway.upstream.qdrant_registry import QdrantRegistry
 from gateway.upstream.registry import Registration, RegistryUnavailable, SqliteRegistry
-from gateway.upstream.router import PRIMARY, AliasRoute, ModelRouter
-from gateway.upstream.setup import registered_group
+from gateway.upstream.replicas import Replicas
+from gateway.upstream.router import PRIMARY, AliasRoute, ModelRouter, registered_group
 from gateway.upstream.sync import RegistrySync, reconcile
 
 VL = Registration("vl", "http://x:8000/v1", "Qwen/VL", "k1")
@@ -30,10 +29,10 @@ async def http() -> AsyncIterator[UpstreamHTTP]:
 
 
 def new_router(http: UpstreamHTTP) -> ModelRouter:
-    pool = UpstreamPool(GatewayMetrics(CollectorRegistry()), attempts=1, health_interval_s=60)
-    router = ModelRouter(pool)
-    router.add_upstream(PRIMARY, ["http://vllm:8000/v1"], http, None)
-    router.add_upstream("qwen", ["http://a/v1"], http, None)
+    replicas = Replicas(GatewayMetrics(CollectorRegistry()), health_interval_s=60)
+    router = ModelRouter(replicas, http)
+    router.add_upstream(PRIMARY, ["http://vllm:8000/v1"], None)
+    router.add_upstream("qwen", ["http://a/v1"], None)
     router.add_alias(AliasRoute("fast", "qwen", "Qwen/Qwen2.5-7B"))  # from GATEWAY_CONFIG
     return router
 
@@ -46,34 +45,32 @@ def router(http: UpstreamHTTP) -> ModelRouter:
 def routed(router: ModelRouter) -> dict[str, tuple[str, str | None, str]]:
     """Registered aliases: (upstream URL, model sent, source)."""
     return {
-        alias: (router.groups[route.upstream][0].base_url, route.model, route.source)
+        alias: (router.replicas.group(route.upstream)[0].base_url, route.model, route.source)
         for alias, route in router.aliases.items()
         if route.source == "registered"
     }
 
 
-async def test_new_registrations_are_added(router: ModelRouter, http: UpstreamHTTP) -> None:
+async def test_new_registrations_are_added(router: ModelRouter) -> None:
     applied: dict[str, Registration] = {}
-    changes = await reconcile(router, http, applied, [VL, OTHER])
+    changes = await reconcile(router, applied, [VL, OTHER])
     assert sorted(changes.added) == ["other", "vl"] and not changes.removed
     assert routed(router) == {
         "vl": ("http://x:8000/v1", "Qwen/VL", "registered"),
         "other": ("http://y:8000/v1", "m", "registered"),
     }
-    assert registered_group("vl") in router.pool.upstreams
-    assert not await reconcile(router, http, applied, [VL, OTHER])  # nothing left to do
+    assert router.replicas.get(registered_group("vl")) is not None
+    assert not await reconcile(router, applied, [VL, OTHER])  # nothing left to do
 
 
-async def test_aliases_gone_from_the_store_are_removed(
-    router: ModelRouter, http: UpstreamHTTP
-) -> None:
+async def test_aliases_gone_from_the_store_are_removed(router: ModelRouter) -> None:
     applied: dict[str, Registration] = {}
-    await reconcile(router, http, applied, [VL, OTHER])
-    changes = await reconcile(router, http, applied, [OTHER])
+    await reconcile(router, applied, [VL, OTHER])
+    changes = await reconcile(router, applied, [OTHER])
     assert changes.removed == ["vl"] and not changes.added and not changes.changed
     assert set(routed(router)) == {"other"}
-    assert registered_group("vl") not in router.groups
-    assert registered_group("vl") not in router.pool.upstreams
+    assert registered_group("vl") not in router.replicas
+    assert router.replicas.get(registered_group("vl")) is None
     assert set(applied) == {"other"}
 
 
@@ -87,38 +84,36 @@ async def test_aliases_gone_from_the_store_are_removed(
     ],
 )
 async def test_a_changed_registration_is_registered_anew(
-    router: ModelRouter, http: UpstreamHTTP, changed: Registration
+    router: ModelRouter, changed: Registration
 ) -> None:
     applied: dict[str, Registration] = {}
-    await reconcile(router, http, applied, [VL])
-    before = router.groups[registered_group("vl")][0]
-    changes = await reconcile(router, http, applied, [changed])
+    await reconcile(router, applied, [VL])
+    before = router.replicas.group(registered_group("vl"))[0]
+    changes = await reconcile(router, applied, [changed])
     assert changes.changed == ["vl"] and not changes.added and not changes.removed
-    after = router.groups[registered_group("vl")][0]
-    assert after is not before and router.pool.upstreams[after.name] is after
+    after = router.replicas.group(registered_group("vl"))[0]
+    assert after is not before and router.replicas.get(after.name) is after
     assert routed(router)["vl"] == (changed.upstream_url, changed.model, "registered")
     assert applied["vl"] == changed
 
 
-async def test_a_new_time_alone_changes_nothing(router: ModelRouter, http: UpstreamHTTP) -> None:
+async def test_a_new_time_alone_changes_nothing(router: ModelRouter) -> None:
     applied: dict[str, Registration] = {}
-    await reconcile(router, http, applied, [VL])
-    replica = router.groups[registered_group("vl")][0]
+    await reconcile(router, applied, [VL])
+    replica = router.replicas.group(registered_group("vl"))[0]
     again = Registration(VL.alias, VL.upstream_url, VL.model, VL.api_key, registered_at=99.0)
-    assert not await reconcile(router, http, applied, [again])
-    assert router.groups[registered_group("vl")][0] is replica  # monitor and breaker kept
+    assert not await reconcile(router, applied, [again])
+    assert router.replicas.group(registered_group("vl"))[0] is replica  # monitor and breaker kept
 
 
-async def test_configured_aliases_are_never_touched(
-    router: ModelRouter, http: UpstreamHTTP
-) -> None:
+async def test_configured_aliases_are_never_touched(router: ModelRouter) -> None:
     applied: dict[str, Registration] = {}
     configured = router.aliases["fast"]
     shadowed = Registration("fast", "http://elsewhere/v1", "other-model")
-    assert not await reconcile(router, http, applied, [shadowed])
+    assert not await reconcile(router, applied, [shadowed])
     assert router.aliases["fast"] is configured
-    assert registered_group("fast") not in router.groups
-    assert not await reconcile(router, http, applied, [])  # not in the store: kept all the same
+    assert registered_group("fast") not in router.replicas
+    assert not await reconcile(router, applied, [])  # not in the store: kept all the same
     assert router.aliases["fast"] is configured
 
 
@@ -158,10 +153,10 @@ class FlakyRegistry:
 
 
 async def test_a_store_that_cannot_be_read_leaves_routing_as_it_is(
-    router: ModelRouter, http: UpstreamHTTP, caplog: pytest.LogCaptureFixture
+    router: ModelRouter, caplog: pytest.LogCaptureFixture
 ) -> None:
     store = FlakyRegistry()
-    sync = RegistrySync(store, router, http, interval_s=0)
+    sync = RegistrySync(store, router, interval_s=0)
     await store.put(VL)
     assert await sync.sync()
     before = dict(router.aliases)
@@ -179,11 +174,17 @@ async def test_a_store_that_cannot_be_read_leaves_routing_as_it_is(
     assert routed(router) == {}
 
 
-async def test_own_changes_fail_cleanly_when_the_store_is_down(
-    router: ModelRouter, http: UpstreamHTTP
-) -> None:
+async def test_an_own_registration_is_probed_before_it_returns(router: ModelRouter) -> None:
+    sync = RegistrySync(FlakyRegistry(), router, interval_s=0)
+    await sync.register(VL)  # nothing answers at http://x:8000
+    (replica,) = router.replicas.group(registered_group("vl"))
+    assert replica.monitor is not None and replica.monitor.state.last_error is not None
+    assert replica.refusing  # the probe found nothing listening
+
+
+async def test_own_changes_fail_cleanly_when_the_store_is_down(router: ModelRouter) -> None:
     store = FlakyRegistry()
-    sync = RegistrySync(store, router, http, interval_s=0)
+    sync = RegistrySync(store, router, interval_s=0)
     await sync.register(VL)
     before = dict(router.aliases)
     store.down = True
@@ -194,12 +195,10 @@ async def test_own_changes_fail_cleanly_when_the_store_is_down(
     assert router.aliases == before
 
 
-async def test_own_changes_route_at_once_and_catch_up_with_the_store(
-    router: ModelRouter, http: UpstreamHTTP
-) -> None:
+async def test_own_changes_route_at_once_and_catch_up_with_the_store(router: ModelRouter) -> None:
     store = FlakyRegistry()
     store.rows["other"] = OTHER  # written by another gateway, not seen yet
-    sync = RegistrySync(store, router, http, interval_s=0)
+    sync = RegistrySync(store, router, interval_s=0)
     await sync.register(VL)
     assert set(routed(router)) == {"vl", "other"}
     store.rows.pop("vl")  # another gateway deleted it: this one still routes it
@@ -220,9 +219,9 @@ async def eventually(condition: Callable[[], bool]) -> None:
     raise TimeoutError("condition not met within 5 s")
 
 
-async def test_the_loop_follows_the_store(router: ModelRouter, http: UpstreamHTTP) -> None:
+async def test_the_loop_follows_the_store(router: ModelRouter) -> None:
     store = FlakyRegistry()
-    sync = RegistrySync(store, router, http, interval_s=0.02)
+    sync = RegistrySync(store, router, interval_s=0.02)
     sync.start()
     try:
         store.rows["vl"] = VL
@@ -238,8 +237,8 @@ async def test_the_loop_follows_the_store(router: ModelRouter, http: UpstreamHTT
         await sync.stop()
 
 
-async def test_no_loop_when_the_interval_is_zero(router: ModelRouter, http: UpstreamHTTP) -> None:
-    sync = RegistrySync(FlakyRegistry(), router, http, interval_s=0)
+async def test_no_loop_when_the_interval_is_zero(router: ModelRouter) -> None:
+    sync = RegistrySync(FlakyRegistry(), router, interval_s=0)
     sync.start()
     assert not [t for t in asyncio.all_tasks() if t.get_name() == "registry-sync"]
     await sync.stop()
@@ -248,8 +247,8 @@ async def test_no_loop_when_the_interval_is_zero(router: ModelRouter, http: Upst
 async def test_two_gateways_share_registrations_through_qdrant(http: UpstreamHTTP) -> None:
     client = AsyncQdrantClient(location=":memory:")
     one, two = new_router(http), new_router(http)
-    sync_one = RegistrySync(QdrantRegistry(client, "c_models"), one, http, interval_s=0)
-    sync_two = RegistrySync(QdrantRegistry(client, "c_models"), two, http, interval_s=0)
+    sync_one = RegistrySync(QdrantRegistry(client, "c_models"), one, interval_s=0)
+    sync_two = RegistrySync(QdrantRegistry(client, "c_models"), two, interval_s=0)
     await sync_one.register(VL)
     assert await sync_two.sync()
     assert routed(two) == {"vl": ("http://x:8000/v1", "Qwen/VL", "registered")}
@@ -272,8 +271,8 @@ async def test_two_gateways_share_registrations_through_one_sqlite_file(
     for store in stores:
         await store.open()
     one, two = new_router(http), new_router(http)
-    sync_one = RegistrySync(stores[0], one, http, interval_s=0)
-    sync_two = RegistrySync(stores[1], two, http, interval_s=0)
+    sync_one = RegistrySync(stores[0], one, interval_s=0)
+    sync_two = RegistrySync(stores[1], two, interval_s=0)
     await sync_one.register(VL)
     assert await sync_two.sync() and "vl" in two.aliases
     assert await sync_two.unregister("vl")

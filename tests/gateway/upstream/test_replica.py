@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from gateway.monitor import ProbeFailed
-from gateway.upstream.client import Upstream
 from gateway.upstream.http import Disconnected, UpstreamHTTP, timeouts_for
+from gateway.upstream.replica import Upstream
 from tests.support.dropping_server import Json, dropping_server
 
 TIMEOUTS = timeouts_for(read_s=5.0, connect_s=5.0)

@@ -1,0 +1,1 @@
+"""Bare proxies: the floor memgate's overhead sits on (bench/overhead.py)."""

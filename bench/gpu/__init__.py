@@ -1,0 +1,1 @@
+"""The GPU runs of issue 18 (bench/gpu/run.sh)."""
