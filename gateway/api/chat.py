@@ -1,9 +1,9 @@
 """``POST /v1/chat/completions``: recall, forward, relay, remember.
 
-The body is forwarded as the client sent it, every field included, except
-that the gateway's own ``memory`` object is removed and recalled memories are
-added to the leading system message. When neither applies, the original
-bytes go upstream untouched (no re-encoding on the hot path).
+What goes upstream is decided in one place, gateway.api.outgoing: the body
+as the client sent it, without the gateway's ``memory`` object, with recalled
+memories in the leading system message (and, for a stream, a request for
+usage); the client's own bytes when nothing changes.
 """
 
 from __future__ import annotations
@@ -19,25 +19,25 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
+from gateway.api.answers import ChatCompletion
 from gateway.api.identity import plan_turn
 from gateway.api.memory_fit import MemoryFit
+from gateway.api.outgoing import Incoming, Json, Outgoing
 from gateway.api.relay import MemoryPlan, Relay
 from gateway.api.schemas import ChatRequest
 from gateway.api.wire import CHAT_WIRE, Wire
 from gateway.auth import Principal, PrincipalDep
-from gateway.errors import APIError, unavailable
-from gateway.memory.embedder_client import EmbedderRejected
+from gateway.errors import APIError
+from gateway.exceptions import EmbedderRejected, MemoryRequired, MemoryUnavailable
 from gateway.memory.prompt import inject_memories, last_user_text, recall_query
-from gateway.memory.service import MemoryUnavailable
+from gateway.openapi import KEYED, NO_MODEL, UPSTREAM, WITH_BODY, errors, json_body, relayed
 from gateway.services import Services, ServicesDep
-from gateway.upstream.availability import why_unavailable
 from gateway.upstream.http import Timeouts
-from gateway.upstream.pool import NoUpstreamAvailable, OpenedReply, Target, UpstreamFailed
+from gateway.upstream.pool import OpenedReply, Target
 from gateway.upstream.replica import CHAT, Call
-from gateway.upstream.router import UnknownModel
 
 logger = logging.getLogger("gateway.chat")
-router = APIRouter()
+router = APIRouter(responses=KEYED)
 Body = TypeVar("Body", bound=BaseModel)
 
 
@@ -67,24 +67,9 @@ def validated(schema: type[Body], body: dict[str, Any]) -> Body:
         ) from None
 
 
-JSON_WHITESPACE = b" \t\n\r"
-USAGE_MEMBER = b'"stream_options":{"include_usage":true},'
-
-
-def ask_for_usage(raw: bytes) -> bytes | None:
-    """``raw``, a JSON object without ``stream_options``, with that member added
-    in front of its first: the client's bytes stay as they were, and a long
-    conversation is not re-encoded. None when ``raw`` is not UTF-8 text that
-    starts with ``{`` (json also reads UTF-16 and UTF-32, and a BOM); then the
-    caller re-encodes. The object has members (``model``, ``messages``), so
-    the comma is right.
-    """
-    if b"\x00" in raw[:4]:  # UTF-16 or UTF-32: every ASCII character has a zero byte
-        return None
-    start = len(raw) - len(raw.lstrip(JSON_WHITESPACE))
-    if raw[start : start + 1] != b"{":
-        return None
-    return raw[: start + 1] + USAGE_MEMBER + raw[start + 1 :]
+def into_messages(body: Json, block: str) -> Json:
+    """Chat's memories go into the leading system message (one is made if none leads)."""
+    return {**body, "messages": inject_memories(body["messages"], block)}
 
 
 def plan_memory(
@@ -98,26 +83,12 @@ def plan_memory(
     return plan_turn(body, chat.memory, query, principal, services, param="messages")
 
 
-def chat_schema() -> tuple[dict[str, Any], dict[str, Any]]:
-    """The chat body's JSON schema, and the definitions it refers to, which
-    ``create_app`` adds to the document's components (where the refs point)."""
-    return body_schema(ChatRequest)
-
-
-def body_schema(schema: type[BaseModel]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A body's JSON schema, and the definitions it refers to."""
-    document = schema.model_json_schema(ref_template="#/components/schemas/{model}")
-    return document, document.pop("$defs", {})
-
-
-def declared_body(schema: type[BaseModel]) -> dict[str, Any]:
-    """The OpenAPI request body of an endpoint that reads its body itself (to
-    forward it byte for byte), so it is declared rather than derived."""
-    content = {"application/json": {"schema": body_schema(schema)[0]}}
-    return {"requestBody": {"required": True, "content": content}}
-
-
-@router.post("/v1/chat/completions", openapi_extra=declared_body(ChatRequest))
+@router.post(
+    "/v1/chat/completions",
+    response_model=ChatCompletion,
+    openapi_extra=json_body(ChatRequest),
+    responses={**relayed("The LLM's completion"), **WITH_BODY, **errors(NO_MODEL), **UPSTREAM},
+)
 async def chat_completions(
     request: Request,
     principal: PrincipalDep,
@@ -130,90 +101,59 @@ async def chat_completions(
     targets = resolve_model(services, chat.model)
     plan = plan_memory(chat, body, principal, services)
     headers: dict[str, str] = {}
-    modified = body.pop("memory", None) is not None
-
-    own_messages = body["messages"]
-
-    def put(block: str | None) -> None:
-        body["messages"] = inject_memories(own_messages, block) if block else own_messages
-
-    fit = await recall_fit(services, plan, headers, targets, chat.model, dict(body), put)
-    modified = modified or bool(fit.injected)
-
     stream = bool(chat.stream)
-    wants_usage = True
-    if stream:
-        # Ask for usage in streams (token metrics); a client that did not ask
-        # for it does not get the extra event (see StreamAccumulator).
-        options = body.get("stream_options")
-        wants_usage = isinstance(options, dict) and options.get("include_usage") is True
-        if not wants_usage and (options is None or isinstance(options, dict)):
-            body["stream_options"] = {**(options or {}), "include_usage": True}
-            asked = None if modified or options is not None else ask_for_usage(raw)
-            if asked is None:
-                modified = True
-            else:
-                raw = asked
-    encode = encoder(raw, body, modified, chat.model)
+    incoming = Incoming(raw, body, chat.model, into_messages, chat_stream=stream)
+    fit = await recall_fit(services, plan, headers, targets, incoming, incoming.fields)
     return await relay_turn(
-        request, services, targets, encode, plan, started, chat.model, headers,
-        stream=stream, drop_usage=not wants_usage, memories=fit,
+        request, services, targets, fit.outgoing(), plan, started, chat.model, headers,
+        stream=stream, memories=fit,
     )  # fmt: skip
-
-
-def encoder(
-    raw: bytes, body: dict[str, Any], modified: bool, model: str
-) -> Callable[[Target], bytes]:
-    """The bytes to send to each target: the client's own when nothing changed
-    (no re-encoding), ``body`` when the gateway changed it, and the target's
-    model name where it knows the model by another."""
-
-    def encode(target: Target) -> bytes:
-        if target.model is not None and target.model != model:
-            return json.dumps({**body, "model": target.model}).encode()
-        return json.dumps(body).encode() if modified else raw
-
-    return encode
 
 
 async def relay_turn(
     request: Request,
     services: Services,
     targets: list[Target],
-    encode: Callable[[Target], bytes],
+    outgoing: Outgoing,
     plan: MemoryPlan,
     started: float,
     model: str,
     headers: dict[str, str],
     *,
     stream: bool,
-    drop_usage: bool = False,
     wire: Wire = CHAT_WIRE,
     call: Call = CHAT,
     memories: MemoryFit | None = None,
+    on_open: Callable[[Target], None] | None = None,
 ) -> Response:
-    """Send the request upstream and relay the answer (a stream when the client
+    """Send ``outgoing`` upstream and relay the answer (a stream when the client
     asked for one or the upstream sends one); remembering follows the relay.
     ``memories`` puts fewer memories, or none, into the body for a resend
-    when they, not the client's request, overflowed the context."""
+    when they, not the client's request, overflowed the context. ``on_open``
+    learns the target that answered (each time, if the request went again)."""
     request_id = getattr(request.state, "request_id", None)
     timeouts = services.stream_timeout if stream else services.upstream_timeout
     # A completion's headers come when it is done; a stream's, before the first token.
     settings = services.settings
     headers_timeout_s = settings.stream_idle_timeout_s if stream else settings.total_timeout_s
 
-    async def forward() -> Response:
+    async def send(outgoing: Outgoing) -> OpenedReply:
         opened = await _open(
-            services, targets, encode, timeouts, headers_timeout_s, request_id, call
+            services, targets, outgoing.bytes_for, timeouts, headers_timeout_s, request_id, call
         )
+        if on_open is not None:
+            on_open(opened.target)
+        return opened
+
+    async def forward() -> Response:
+        opened = await send(outgoing)
         # The memories, not the client's request, overflowed the context: fewer, then none.
         while memories is not None and (
             (injected := await memories.refit_after(opened, services.pool)) is not None
         ):
             headers["x-memory-hits"] = str(injected)
-            opened = await _open(
-                services, targets, encode, timeouts, headers_timeout_s, request_id, call
-            )
+            opened = await send(memories.outgoing())
+        drop_usage = not outgoing.usage_asked
         relay = Relay(services, opened, plan, started, model, drop_usage=drop_usage, wire=wire)
         reply = opened.response
         # A pass-through endpoint streams when its upstream does; the others as asked.
@@ -231,16 +171,8 @@ async def relay_turn(
 
 
 def resolve_model(services: Services, model: str) -> list[Target]:
-    try:
-        return services.router.resolve(model)
-    except UnknownModel as exc:
-        shown = ", ".join(exc.available[:50]) or "none yet"
-        raise APIError(
-            404,
-            f"model {model!r} does not exist here; available: {shown}",
-            code="model_not_found",
-            param="model",
-        ) from None
+    """The model's targets; raises UnknownModel (404) when nothing serves it."""
+    return services.router.resolve(model)
 
 
 async def _open(
@@ -252,24 +184,15 @@ async def _open(
     request_id: str | None,
     call: Call = CHAT,
 ) -> OpenedReply:
-    try:
-        return await services.pool.open_chat(
-            targets,
-            encode,
-            timeouts=timeouts,
-            headers_timeout_s=headers_timeout_s,
-            request_id=request_id,
-            call=call,
-        )
-    except NoUpstreamAvailable as exc:
-        verdict = why_unavailable([target.upstream for target in targets])
-        raise unavailable(
-            f"{verdict.message} [{exc}]", code=verdict.code, retry_after_s=2
-        ) from None
-    except UpstreamFailed as exc:
-        retry = {"Retry-After": str(max(1, int(exc.retry_after or 1)))}
-        status = exc.status if exc.status in (429, 502, 503, 504) else 502
-        raise APIError(status, str(exc), code="upstream_unavailable", headers=retry) from None
+    # Raises NoUpstreamAvailable or UpstreamFailed: answered as they say (gateway.exceptions).
+    return await services.pool.open_chat(
+        targets,
+        encode,
+        timeouts=timeouts,
+        headers_timeout_s=headers_timeout_s,
+        request_id=request_id,
+        call=call,
+    )
 
 
 async def _disconnected(request: Request) -> None:
@@ -301,15 +224,14 @@ async def recall_fit(
     plan: MemoryPlan,
     headers: dict[str, str],
     targets: list[Target],
-    model: str,
-    conversation: dict[str, Any],
-    put: Callable[[str | None], None],
+    incoming: Incoming,
+    conversation: Json,
 ) -> MemoryFit:
-    """Recall, and put the memories that fit the model's context window beside
-    ``conversation`` (a chat-shaped view of the request, without memories) into
-    the request through ``put``; sets ``x-memory-hits`` (and ``x-memory-status``
-    when degraded) when memory is on."""
-    fit = MemoryFit(targets, model, services.router.context_windows, conversation, put)
+    """Recall, and choose the memories that fit the model's context window beside
+    ``conversation`` (a chat-shaped view of ``incoming``, without memories);
+    the fit's ``outgoing()`` is the request with them. Sets ``x-memory-hits``
+    (and ``x-memory-status`` when degraded) when memory is on."""
+    fit = MemoryFit(targets, incoming, services.router.context_windows, conversation)
     if plan.scope is not None:
         headers["x-memory-hits"] = str(fit.inject(await _recall(services, plan, headers)))
     return fit
@@ -328,10 +250,6 @@ async def _recall(services: Services, plan: MemoryPlan, headers: dict[str, str])
         if isinstance(exc, EmbedderRejected):
             logger.warning("the embedder refused a recall query: %s", exc)
         if services.settings.memory_required:
-            raise unavailable(
-                f"memory is required but unavailable: {exc}",
-                code="memory_unavailable",
-                retry_after_s=2,
-            ) from None
+            raise MemoryRequired(str(exc)) from None
         headers["x-memory-status"] = "degraded"
         return []

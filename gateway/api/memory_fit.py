@@ -1,22 +1,24 @@
 """Recalled memories in a chat request, kept inside the model's context window.
 
-``MemoryFit`` puts the recalled memories that fit (gateway.memory.budget)
-into the request, and reads the upstream's answer: when the server still
-reports a context overflow, the estimate was wrong for this text (a script
-or a jumble the tokenizer splits finely) or the window was unknown. The
-error names the window and, from vLLM and llama.cpp, the prompt's real token
-count; both are remembered for the upstream and model (the window, and how
-far the estimate fell short), the memories are fitted again with them, and
-the request goes once more. Should that still overflow, it goes without
-memories (three sends at most): memories never cost the client its answer.
+``MemoryFit`` chooses the recalled memories that fit (gateway.memory.budget);
+its ``outgoing()`` is the request with them in (gateway.api.outgoing). It
+reads the upstream's answer: when the server still reports a context
+overflow, the estimate was wrong for this text (a script or a jumble the
+tokenizer splits finely) or the window was unknown. The error names the
+window and, from vLLM and llama.cpp, the prompt's real token count; both are
+remembered for the upstream and model (the window, and how far the estimate
+fell short), the memories are fitted again with them, and the request goes
+once more. Should that still overflow, it goes without memories (three
+sends at most): memories never cost the client its answer.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
+from gateway.api.outgoing import Incoming, Outgoing
 from gateway.enums import UpstreamOutcome
 from gateway.memory.budget import estimate_prompt, estimate_text, fitting_memories
 from gateway.memory.prompt import format_memories
@@ -35,23 +37,21 @@ logger = logging.getLogger("gateway.chat")
 
 
 class MemoryFit:
-    """The memories of one request. ``conversation`` is the request seen as a chat
-    request, without memories (what the budget measures); ``put`` puts a memory
-    block into the request, or takes the memories out again (None)."""
+    """The memories of ``incoming``. ``conversation`` is the request seen as a chat
+    request, without memories (what the budget measures)."""
 
     def __init__(
         self,
         targets: Sequence[Target],
-        client_model: str,
+        incoming: Incoming,
         configured: dict[str, int],
         conversation: dict[str, Any],
-        put: Callable[[str | None], None],
     ) -> None:
         self.targets = targets
-        self.client_model = client_model
+        self.incoming = incoming
+        self.client_model = incoming.model
         self.configured = configured
         self.conversation = conversation
-        self._put_block = put
         self.recalled: list[MemoryRecord] = []
         self.injected: list[MemoryRecord] = []
         self.refits = 0
@@ -70,8 +70,12 @@ class MemoryFit:
 
     def _put(self, records: list[MemoryRecord]) -> int:
         self.injected = records
-        self._put_block(format_memories(records) if records else None)
         return len(records)
+
+    def outgoing(self) -> Outgoing:
+        """What goes upstream now: the request with the memories chosen so far."""
+        block = format_memories(self.injected) if self.injected else None
+        return self.incoming.outgoing(block, resend=self.refits > 0)
 
     async def refit_after(self, opened: OpenedReply, pool: UpstreamPool) -> int | None:
         """None when ``opened`` is not a context overflow caused with memories in;

@@ -33,13 +33,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.routing import Match
 
-from gateway.api.chat import encoder, parse_json_object, relay_turn, resolve_model
+from gateway.api.chat import parse_json_object, relay_turn, resolve_model
+from gateway.api.outgoing import Outgoing
 from gateway.api.relay import MemoryPlan
 from gateway.api.wire import Wire
 from gateway.auth import PrincipalDep
 from gateway.errors import APIError
 from gateway.services import Services, ServicesDep
-from gateway.upstream.pool import Target
 from gateway.upstream.replica import Call
 from gateway.upstream.sse import StreamAccumulator, error_event
 
@@ -91,46 +91,37 @@ def _model_name(value: Any) -> str:
     return value
 
 
-Encode = Callable[[Target], bytes]
-
-
-def read_request(raw: bytes, content_type: str) -> tuple[str | None, bool, Encode]:
+def read_request(raw: bytes, content_type: str) -> tuple[str | None, bool, Outgoing]:
     """The model a body names (None: none), whether it asks for a stream, and
-    the bytes to send each target (the client's own, unless an alias is renamed)."""
+    what goes upstream (the client's bytes, unless an alias is renamed)."""
     if content_type.startswith("multipart/form-data"):
         span = form_field(raw, content_type, "model")
         if span is None:
-            return None, False, lambda _: raw
+            return None, False, Outgoing(raw)
         start, end = span
         model = _model_name(raw[start:end].decode("utf-8", "replace"))
         stream = form_field(raw, content_type, "stream")
         streams = stream is not None and raw[stream[0] : stream[1]].strip() == b"true"
-
-        def renamed(target: Target) -> bytes:
-            if target.model is None or target.model == model:
-                return raw
-            return raw[:start] + target.model.encode() + raw[end:]
-
-        return model, streams, renamed
+        return model, streams, Outgoing(raw, model, model_at=span)
     if raw and (not content_type or "json" in content_type):
         body = parse_json_object(raw)
         if "model" in body:
             model = _model_name(body["model"])
-            return model, body.get("stream") is True, encoder(raw, body, False, model)
-        return None, body.get("stream") is True, lambda _: raw
-    return None, False, lambda _: raw
+            return model, body.get("stream") is True, Outgoing(raw, model, body)
+        return None, body.get("stream") is True, Outgoing(raw)
+    return None, False, Outgoing(raw)
 
 
 async def pass_through(request: Request, services: Services, wire: Wire, *, root: bool) -> Response:
     started = time.perf_counter()
     raw = await request.body()
     content_type = request.headers.get("content-type", "")
-    model, stream, encode = read_request(raw, content_type)
+    model, stream, outgoing = read_request(raw, content_type)
     targets = resolve_model(services, model) if model else services.router.default_targets()
     path = request.url.path if root else request.url.path.removeprefix("/v1")
     call = Call(path, request.method, content_type or "application/json", request.url.query, root)
     return await relay_turn(
-        request, services, targets, encode, MemoryPlan(), started, model or "", {},
+        request, services, targets, outgoing, MemoryPlan(), started, model or "", {},
         stream=stream, wire=wire, call=call,
     )  # fmt: skip
 

@@ -34,20 +34,23 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import Field
 
-from gateway.api.chat import declared_body, relay_turn
+from gateway.api.answers import ModelResponse
+from gateway.api.chat import relay_turn
+from gateway.api.outgoing import Json, Outgoing
 from gateway.api.passthrough import PASS_WIRE
 from gateway.api.relay import MemoryPlan
-from gateway.api.turns import Json, TurnAPI, TurnRequest, serve_turn
+from gateway.api.turns import TurnAPI, TurnRequest, serve_turn
 from gateway.api.wire import Wire
 from gateway.auth import Principal, PrincipalDep
 from gateway.errors import APIError
 from gateway.memory.prompt import inject_memories, last_user_text
+from gateway.openapi import KEYED, UPSTREAM, WITH_BODY, errors, json_body, relayed
 from gateway.services import Services, ServicesDep
 from gateway.upstream.pool import Target
 from gateway.upstream.replica import Call
 from gateway.upstream.sse_apis import ResponsesStream, response_error_event, response_text
 
-router = APIRouter()
+router = APIRouter(responses=KEYED)
 ROUTE = "/v1/responses"
 
 
@@ -65,16 +68,15 @@ def latest_input(body: Json) -> str:
     return last_user_text(given) if isinstance(given, list) else ""
 
 
-def add_memories(body: Json, block: str) -> None:
-    """Put the memory block where the conversation's one system message forms."""
+def add_memories(body: Json, block: str) -> Json:
+    """``body`` with the memory block where the conversation's one system message forms."""
     instructions = body.get("instructions")
     given = body.get("input")
     if isinstance(instructions, str) and instructions:
-        body["instructions"] = f"{instructions}\n\n{block}"
-    elif isinstance(given, list) and given and given[0].get("role") in ("system", "developer"):
-        body["input"] = inject_memories(given, block, part_type="input_text")
-    else:
-        body["instructions"] = block
+        return {**body, "instructions": f"{instructions}\n\n{block}"}
+    if isinstance(given, list) and given and given[0].get("role") in ("system", "developer"):
+        return {**body, "input": inject_memories(given, block, part_type="input_text")}
+    return {**body, "instructions": block}
 
 
 def as_chat(body: Json) -> Json:
@@ -123,22 +125,33 @@ def _owned(services: Services, principal: Principal, response_id: str) -> Target
     return Target(upstream)
 
 
-@router.post(ROUTE, openapi_extra=declared_body(ResponsesRequest))
+NO_RESPONSE = (404, "No response of that id made here for this tenant")
+
+
+@router.post(
+    ROUTE,
+    response_model=ModelResponse,
+    openapi_extra=json_body(ResponsesRequest),
+    responses={
+        **relayed("The LLM's response"), **WITH_BODY, **UPSTREAM,
+        **errors((404, "No model of that name, or no previous response of that id")),
+    },
+)  # fmt: skip
 async def create_response(
     request: Request, principal: PrincipalDep, services: ServicesDep
 ) -> Response:
-    sent_to: list[str] = []  # the replica the request went to (the last, after retries)
+    sent_to: list[str] = []  # the replica that answered
 
     def narrow(turn: ResponsesRequest, targets: list[Target]) -> list[Target]:
         if turn.previous_response_id is not None:
             return [_owned(services, principal, turn.previous_response_id)]
         return targets
 
-    def on_send(target: Target) -> None:
+    def on_open(target: Target) -> None:
         sent_to[:] = [target.upstream.name]
 
     wire = _wire(services, principal.tenant, sent_to)
-    return await serve_turn(request, principal, services, RESPONSES, wire, narrow, on_send)
+    return await serve_turn(request, principal, services, RESPONSES, wire, narrow, on_open)
 
 
 async def _to_owner(
@@ -150,7 +163,7 @@ async def _to_owner(
     raw = await request.body()
     stream = request.query_params.get("stream") == "true"
     return await relay_turn(
-        request, services, [target], lambda _: raw, MemoryPlan(), time.perf_counter(), "",
+        request, services, [target], Outgoing(raw), MemoryPlan(), time.perf_counter(), "",
         {}, stream=stream, wire=PASS_WIRE, call=call,
     )  # fmt: skip
 
@@ -169,4 +182,6 @@ for _method, _action in (("GET", ""), ("DELETE", ""), ("POST", "/cancel"), ("GET
     router.add_api_route(
         f"{ROUTE}/{{response_id}}{_action}", _by_id(_action), methods=[_method],
         name=f"{_method.lower()}_response{_action.replace('/', '_')}",
+        response_model=dict[str, Any],
+        responses={**relayed("The LLM's answer"), **errors(400, NO_RESPONSE), **UPSTREAM},
     )  # fmt: skip

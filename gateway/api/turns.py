@@ -2,9 +2,10 @@
 
 The same steps as chat (gateway.api.chat), through the same helpers; what an
 API adds is where its latest user text is, where recalled memories go, and
-how its replies read (a ``Wire``). As for chat, the body goes upstream as
-the client sent it, unless the gateway removed its ``memory`` object or
-added memories, and then only those change.
+how its replies read (a ``Wire``). As for chat, what goes upstream comes
+from gateway.api.outgoing: the body as the client sent it, unless the
+gateway removed its ``memory`` object or added memories, and then only
+those change.
 """
 
 from __future__ import annotations
@@ -18,23 +19,15 @@ from fastapi import Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.api.chat import (
-    encoder,
-    parse_json_object,
-    recall_fit,
-    relay_turn,
-    resolve_model,
-    validated,
-)
+from gateway.api.chat import parse_json_object, recall_fit, relay_turn, resolve_model, validated
 from gateway.api.identity import plan_turn
+from gateway.api.outgoing import Incoming, Inject, Json
 from gateway.api.schemas import MemoryOptions
 from gateway.api.wire import Wire
 from gateway.auth import Principal
 from gateway.services import Services
 from gateway.upstream.pool import Target
 from gateway.upstream.replica import Call
-
-Json = dict[str, Any]
 
 
 class TurnRequest(BaseModel):
@@ -58,7 +51,7 @@ class TurnAPI:
     call: Call
     param: str
     query: Callable[[Json], str]
-    inject: Callable[[Json, str], None]
+    inject: Inject
     as_chat: Callable[[Json], Json]
 
 
@@ -69,11 +62,11 @@ async def serve_turn(
     api: TurnAPI,
     wire: Wire,
     narrow: Callable[[Any, list[Target]], list[Target]] | None = None,
-    on_send: Callable[[Target], None] | None = None,
+    on_open: Callable[[Target], None] | None = None,
 ) -> Response:
     """``narrow`` may restrict the model's targets (a response that continues
-    another must go to the replica holding it); ``on_send`` learns each target
-    the request is sent to (the last one answered)."""
+    another must go to the replica holding it); ``on_open`` learns the target
+    that answered."""
     started = time.perf_counter()
     raw = await request.body()
     body = parse_json_object(raw)
@@ -83,33 +76,9 @@ async def serve_turn(
         targets = narrow(turn, targets)
     plan = plan_turn(body, turn.memory, api.query(body), principal, services, param=api.param)
     headers: dict[str, str] = {}
-    modified = body.pop("memory", None) is not None
-    own = dict(body)  # the fields the memories may replace, as the client sent them
-
-    def put(block: str | None) -> None:
-        body.clear()
-        body.update(own)
-        if block:
-            api.inject(body, block)
-
-    fit = await recall_fit(services, plan, headers, targets, turn.model, api.as_chat(body), put)
-    modified = modified or bool(fit.injected)
-
-    encode = encoder(raw, body, modified, turn.model)
-    if on_send is not None:
-        encode = _noting(encode, on_send)
+    incoming = Incoming(raw, body, turn.model, api.inject)
+    fit = await recall_fit(services, plan, headers, targets, incoming, api.as_chat(incoming.fields))
     return await relay_turn(
-        request, services, targets, encode, plan, started, turn.model, headers,
-        stream=bool(turn.stream), wire=wire, call=api.call, memories=fit,
+        request, services, targets, fit.outgoing(), plan, started, turn.model, headers,
+        stream=bool(turn.stream), wire=wire, call=api.call, memories=fit, on_open=on_open,
     )  # fmt: skip
-
-
-def _noting(
-    encode: Callable[[Target], bytes], on_send: Callable[[Target], None]
-) -> Callable[[Target], bytes]:
-    # The pool encodes the body for each target right before sending it there.
-    def sending(target: Target) -> bytes:
-        on_send(target)
-        return encode(target)
-
-    return sending

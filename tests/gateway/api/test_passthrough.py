@@ -27,10 +27,10 @@ def test_the_model_of_a_form_is_found_and_renamed_in_place() -> None:
     raw, kind = multipart(model="whisper", language="en")
     start, end = form_field(raw, kind, "model") or (0, 0)
     assert raw[start:end] == b"whisper"
-    model, stream, encode = read_request(raw, kind)
+    model, stream, outgoing = read_request(raw, kind)
     assert (model, stream) == ("whisper", False)
-    assert encode(target(None)) is raw and encode(target("whisper")) is raw
-    renamed = encode(target("openai/whisper-large-v3"))
+    assert outgoing.bytes_for(target(None)) is raw and outgoing.bytes_for(target("whisper")) is raw
+    renamed = outgoing.bytes_for(target("openai/whisper-large-v3"))
     assert renamed == raw.replace(b"whisper\r\n", b"openai/whisper-large-v3\r\n", 1)
     assert form_field(raw, kind, "absent") is None
     assert form_field(raw, "multipart/form-data", "model") is None  # no boundary
@@ -43,12 +43,12 @@ def test_a_stream_field_in_a_form_asks_for_a_stream() -> None:
 
 def test_json_bodies_go_as_sent_unless_an_alias_is_renamed() -> None:
     raw = b'{"model": "small",  "input": ["a"], "stream": true}'
-    model, stream, encode = read_request(raw, "application/json")
+    model, stream, outgoing = read_request(raw, "application/json")
     assert (model, stream) == ("small", True)
-    assert encode(target(None)) is raw
-    assert json.loads(encode(target("org/small-v2")))["model"] == "org/small-v2"
-    model, _, encode = read_request(b'{"prompt": "a b"}', "")
-    assert model is None and encode(target("fallback-model")) == b'{"prompt": "a b"}'
+    assert outgoing.bytes_for(target(None)) is raw
+    assert json.loads(outgoing.bytes_for(target("org/small-v2")))["model"] == "org/small-v2"
+    model, _, outgoing = read_request(b'{"prompt": "a b"}', "")
+    assert model is None and outgoing.bytes_for(target("fallback-model")) == b'{"prompt": "a b"}'
     assert read_request(b"anything", "text/plain")[0] is None
 
 

@@ -1,14 +1,26 @@
-"""The pool's retry policy: only where no generation can still be running upstream."""
+"""The pool: its retry policy (only where no generation can still be running
+upstream), failover along the targets, and how it drives the breakers.
+
+Replicas here are in-process fakes at the Upstream interface (``send``): no
+sockets. The real client against real sockets is tested in test_http.py and
+test_replica.py.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from typing import cast
 
 import pytest
 from prometheus_client import CollectorRegistry
 
+from gateway.enums import BreakerState, Health, UpstreamOutcome
+from gateway.exceptions import NoUpstreamAvailable, UpstreamFailed
 from gateway.metrics import GatewayMetrics
+from gateway.monitor import Monitor
+from gateway.upstream.availability import STARTING_CODE
+from gateway.upstream.breaker import CircuitBreaker
 from gateway.upstream.http import (
     ConnectFailed,
     ConnectTimedOut,
@@ -20,7 +32,7 @@ from gateway.upstream.http import (
     UpstreamHTTP,
     timeouts_for,
 )
-from gateway.upstream.pool import Target, UpstreamFailed, UpstreamPool
+from gateway.upstream.pool import OpenedReply, Target, UpstreamPool
 from gateway.upstream.replica import Call, Upstream
 
 
@@ -72,3 +84,237 @@ async def test_only_requests_never_sent_are_retried(
             headers_timeout_s=0.2, request_id=None,
         )  # fmt: skip
     assert (upstream.sends, raised.value.status) == (sends, status)
+
+
+class FakeReply:
+    """What Upstream.send returns: a status and headers; the body read on demand."""
+
+    def __init__(self, status: int, headers: dict[str, str] | None = None) -> None:
+        self.status_code = status
+        self.headers = headers or {}
+        self.read = False
+        self.closed = False
+
+    async def aread(self) -> bytes:
+        self.read = True
+        return b'{"error": {"message": "busy"}}'
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+Outcome = int | tuple[int, dict[str, str]] | BaseException
+
+
+class Scripted(Upstream):
+    """A replica that answers each send with the next scripted outcome (a status,
+    a status with headers, or a transport error), noting the bodies it was sent."""
+
+    def __init__(self, name: str, *outcomes: Outcome, group: str | None = None) -> None:
+        super().__init__(name, f"http://{name}/v1", cast(UpstreamHTTP, None), group=group)
+        self.outcomes = list(outcomes)
+        self.bodies: list[bytes | None] = []
+        self.replies: list[FakeReply] = []
+
+    async def send(
+        self, call: Call, body: bytes | None, *, request_id: str | None, timeouts: Timeouts
+    ) -> Reply:
+        self.bodies.append(body)
+        outcome = self.outcomes.pop(0)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        status, headers = outcome if isinstance(outcome, tuple) else (outcome, {})
+        self.replies.append(FakeReply(status, headers))
+        return cast(Reply, self.replies[-1])
+
+
+class Watching(Monitor):
+    """A monitor never started, noting when it is asked to probe at once."""
+
+    woken = False
+
+    def wake(self) -> None:
+        self.woken = True
+
+
+async def no_probe() -> None:
+    pass
+
+
+def watched(upstream: Upstream) -> Upstream:
+    """Give ``upstream`` a monitor that has seen it healthy."""
+    upstream.monitor = Watching(f"llm:{upstream.name}", no_probe)
+    upstream.monitor.report_success()
+    return upstream
+
+
+class Counted:
+    """The pool with its metrics registry, to read what it counted."""
+
+    def __init__(self, attempts: int = 3) -> None:
+        self.registry = CollectorRegistry()
+        self.pool = UpstreamPool(GatewayMetrics(self.registry), attempts=attempts)
+
+    def value(self, name: str, **labels: str) -> float:
+        return self.registry.get_sample_value(f"memgate_{name}", labels) or 0.0
+
+    async def open(self, *targets: Target) -> OpenedReply:
+        return await self.pool.open_chat(
+            targets, lambda target: f"for {target.model}".encode(), timeouts=timeouts_for(1, 1),
+            headers_timeout_s=5, request_id="r1",
+        )  # fmt: skip
+
+
+def targets(*replicas: Upstream) -> Sequence[Target]:
+    return [Target(replica) for replica in replicas]
+
+
+@pytest.mark.parametrize("status", [429, 502, 503])
+async def test_a_refusal_is_retried_and_its_answer_read_and_closed(status: int) -> None:
+    pool = Counted()
+    primary = Scripted("primary", status, 200)
+    opened = await pool.open(*targets(primary))
+    assert opened.response.status_code == 200 and opened.upstream is primary
+    assert len(primary.bodies) == 2
+    refused = primary.replies[0]
+    assert refused.read and refused.closed  # so its connection can be reused
+    assert pool.value("upstream_retries_total", upstream="primary") == 1
+    assert pool.value("upstream_requests_total", upstream="primary", outcome="http_error") == 1
+
+
+async def test_a_504_is_answered_at_once() -> None:
+    # A proxy in front timed out while the model may still be generating.
+    pool = Counted()
+    primary = Scripted("primary", 504, 200)
+    with pytest.raises(UpstreamFailed) as raised:
+        await pool.open(*targets(primary))
+    assert raised.value.status == 504 and len(primary.bodies) == 1
+
+
+async def test_retries_stop_after_the_attempts_with_the_last_failure() -> None:
+    pool = Counted(attempts=3)
+    primary = Scripted("primary", 503, 503, 502, 200)
+    with pytest.raises(UpstreamFailed) as raised:
+        await pool.open(*targets(primary))
+    assert raised.value.status == 502 and len(primary.bodies) == 3
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [("0", 0.0), ("1.5", 1.5), ("-3", 0.0), ("1e9", 3600.0), ("nan", None), ("soon", None)],
+)
+async def test_retry_after_is_read_finite_and_capped(header: str, seconds: float | None) -> None:
+    pool = Counted(attempts=1)
+    with pytest.raises(UpstreamFailed) as raised:
+        await pool.open(*targets(Scripted("primary", (429, {"retry-after": header}))))
+    assert raised.value.retry_after == seconds
+
+
+async def test_a_replica_that_refuses_connections_fails_over_to_the_next() -> None:
+    pool = Counted()
+    primary = watched(Scripted("primary", ConnectFailed("refused")))
+    fallback = watched(Scripted("fallback", 200))
+    opened = await pool.open(Target(primary), Target(fallback, "cloud-model"))
+    assert opened.upstream is fallback
+    # The monitor learnt at once: the next attempt skipped the primary.
+    assert primary.monitor is not None and not primary.monitor.healthy
+    # Each target got the body meant for it (its own model name).
+    assert (primary.bodies, fallback.bodies) == ([b"for None"], [b"for cloud-model"])
+    assert pool.value("upstream_fallbacks_total", upstream="fallback") == 1
+    assert pool.value("upstream_requests_total", upstream="primary", outcome="connect_error") == 1
+
+
+async def test_another_replica_of_the_same_upstream_is_no_fallback() -> None:
+    pool = Counted()
+    first = watched(Scripted("qwen-0", Disconnected("closed"), group="qwen"))
+    second = watched(Scripted("qwen-1", 200, group="qwen"))
+    opened = await pool.open(*targets(first, second))
+    assert opened.upstream is second
+    assert pool.value("upstream_fallbacks_total", upstream="qwen-1") == 0
+
+
+async def test_unhealthy_or_tripped_replicas_are_skipped_without_a_send() -> None:
+    pool = Counted()
+    sick = watched(Scripted("sick"))
+    assert sick.monitor is not None
+    sick.monitor.report_failure("down")
+    tripped = Scripted("tripped")
+    tripped.breaker = CircuitBreaker(failure_threshold=1)
+    tripped.breaker.record_failure()
+    well = Scripted("well", 200)
+    opened = await pool.open(*targets(sick, tripped, well))
+    assert opened.upstream is well and not sick.bodies and not tripped.bodies
+
+
+async def test_none_eligible_fails_at_once_and_says_whether_one_is_starting() -> None:
+    pool = Counted()
+    loading = watched(Scripted("loading"))
+    assert loading.monitor is not None
+    loading.monitor.report_failure("503 while loading", starting=True)
+    assert loading.monitor.state.status == Health.UNHEALTHY  # it had been up: not starting
+    fresh = Scripted("fresh")
+    fresh.monitor = Monitor("llm:fresh", no_probe)  # never up yet: starting
+    with pytest.raises(NoUpstreamAvailable) as raised:
+        await pool.open(*targets(loading, fresh))
+    assert raised.value.code == STARTING_CODE and "fresh: starting" in str(raised.value)
+    with pytest.raises(NoUpstreamAvailable) as raised:
+        await pool.open(*targets(loading))
+    assert raised.value.code != STARTING_CODE
+    assert not loading.bodies and not fresh.bodies
+
+
+async def test_server_failures_trip_the_breaker_and_429_does_not() -> None:
+    pool = Counted(attempts=1)
+    busy = Scripted("busy", *[429] * 3)
+    busy.breaker = CircuitBreaker(failure_threshold=2)
+    for _ in range(3):
+        with pytest.raises(UpstreamFailed):
+            await pool.open(*targets(busy))
+    assert busy.breaker.state == BreakerState.CLOSED  # load, not a broken upstream
+    broken = Scripted("broken", 502, 503, 200)
+    broken.breaker = CircuitBreaker(failure_threshold=2)
+    for _ in range(2):
+        with pytest.raises(UpstreamFailed):
+            await pool.open(*targets(broken))
+    assert broken.breaker.state == BreakerState.OPEN
+    with pytest.raises(NoUpstreamAvailable):  # open: not even tried
+        await pool.open(*targets(broken))
+    assert len(broken.bodies) == 2
+    assert pool.value("upstream_breaker_state", upstream="broken", state="open") == 1
+
+
+async def test_a_half_open_breaker_lets_one_trial_through_and_its_outcome_decides() -> None:
+    now = [0.0]
+    pool = Counted(attempts=1)
+    replica = Scripted("r", 200, 200)
+    replica.breaker = CircuitBreaker(failure_threshold=1, reset_timeout_s=5, clock=lambda: now[0])
+    replica.breaker.record_failure()
+    now[0] = 5.0  # the reset timeout passed: half open
+    trial = await pool.open(*targets(replica))
+    with pytest.raises(NoUpstreamAvailable):  # one trial at a time
+        await pool.open(*targets(replica))
+    pool.pool.record_outcome(trial.upstream, UpstreamOutcome.SUCCESS)
+    assert replica.breaker.state == BreakerState.CLOSED
+    await pool.open(*targets(replica))  # closed again: requests go
+    assert len(replica.bodies) == 2
+
+
+@pytest.mark.parametrize(
+    ("outcome", "state", "woken"),
+    [
+        (UpstreamOutcome.STREAM_ERROR, BreakerState.OPEN, True),
+        (UpstreamOutcome.TIMEOUT, BreakerState.OPEN, True),
+        (UpstreamOutcome.HTTP_ERROR, BreakerState.CLOSED, False),  # its answer, relayed
+        (UpstreamOutcome.CLIENT_DISCONNECT, BreakerState.CLOSED, False),
+    ],
+)
+async def test_how_a_relay_ended_reaches_the_breaker_and_the_monitor(
+    outcome: UpstreamOutcome, state: BreakerState, woken: bool
+) -> None:
+    pool = Counted()
+    replica = watched(Scripted("r"))
+    replica.breaker = CircuitBreaker(failure_threshold=1)
+    pool.pool.record_outcome(replica, outcome)
+    assert replica.breaker.state == state
+    assert cast(Watching, replica.monitor).woken is woken  # probe now: died mid-stream?
+    assert pool.value("upstream_requests_total", upstream="r", outcome=outcome) == 1
