@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import overhead, procs
-from bench.procs import ROOT, WORK
+from bench.procs import WORK
+from harness.process import ROOT, Service
 
 
 def main() -> None:
@@ -44,7 +45,7 @@ def main() -> None:
     run_dir = Path(tempfile.mkdtemp(prefix="ab-", dir=WORK))
     logs = run_dir / "logs"
     bodies = overhead.write_bodies(run_dir / "bodies.jsonl", with_user=args.memory)
-    started: list[procs.Proc] = []
+    started: list[Service] = []
     data: dict[str, Any] = {
         "command": "python -m bench.ab_gateway " + " ".join(sys.argv[1:]),
         "machine": procs.machine_info(),
@@ -56,7 +57,7 @@ def main() -> None:
         llm = procs.start_fake_llm(logs, args.gen_cpus)
         embedder = procs.start_embedder(logs, args.gen_cpus)
         started += [llm, embedder]
-        gateways: dict[str, procs.Proc] = {}
+        gateways: dict[str, Service] = {}
         for spec in args.variants:
             name, _, rest = spec.partition("=")
             src, _, extra = rest.partition(":")
@@ -75,11 +76,11 @@ def main() -> None:
         for r in range(args.rounds):
             for name, gw in gateways.items():
                 for kind in ("plain", "stream"):
-                    cpu0 = gw.cpu_seconds()
+                    cpu0 = procs.cpu_seconds(gw.pid)
                     w = overhead.wrk(gw.base_url + url, bodies, args.gen_cpus, kind == "stream",
                                      args.seconds, args.connections)  # fmt: skip
                     n = max(1.0, w["rps"] * args.seconds)
-                    w["cpu_ms_per_request"] = 1000 * (gw.cpu_seconds() - cpu0) / n
+                    w["cpu_ms_per_request"] = 1000 * (procs.cpu_seconds(gw.pid) - cpu0) / n
                     w["loadavg"] = procs.loadavg()
                     w.pop("raw", None)
                     data["rounds"][name][kind].append(w)
@@ -88,7 +89,7 @@ def main() -> None:
                           f"load {w['loadavg'][0]}", flush=True)  # fmt: skip
     finally:
         for proc in reversed(started):
-            proc.stop()
+            proc.terminate()
     data["loadavg_end"] = procs.loadavg()
     summary: dict[str, Any] = {}
     for name, kinds in data["rounds"].items():

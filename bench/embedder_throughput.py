@@ -37,7 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import procs
-from bench.procs import PY, ROOT, WORK
+from bench.procs import PY, WORK
+from harness.process import ROOT, pinned
 
 WORDS = [
     "I",
@@ -164,7 +165,7 @@ def run_direct(
         argv += ["--save", str(save)]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1",
            "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(ROOT)}  # fmt: skip
-    out = subprocess.run(procs.pinned(args.cpus, argv), capture_output=True, text=True, env=env,
+    out = subprocess.run(pinned(args.cpus, argv), capture_output=True, text=True, env=env,
                          cwd=ROOT)  # fmt: skip
     if out.returncode != 0:
         return {"backend": backend, "error": out.stderr[-3000:]}
@@ -235,7 +236,7 @@ def run_clients(port: int, tpr: int, conc: int, args: argparse.Namespace) -> dic
     argv = [procs.tools_python(), "-m", "bench.embedder_throughput", "--client", str(port), "--texts-per-request", str(tpr),
             "--concurrency", str(conc), "--seconds", str(args.seconds),
             "--encoding", args.encoding]  # fmt: skip
-    out = subprocess.run(procs.pinned(args.client_cpus, argv), capture_output=True, text=True,
+    out = subprocess.run(pinned(args.client_cpus, argv), capture_output=True, text=True,
                          check=True, cwd=ROOT)  # fmt: skip
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -355,7 +356,7 @@ def main() -> None:
             data["service"].append(r)
             print(json.dumps(r), flush=True)
     finally:
-        emb.stop()
+        emb.terminate()
     data["loadavg_end"] = procs.loadavg()
     procs.write_json(args.out, data)
     args.out.with_suffix(".md").write_text(markdown(data))

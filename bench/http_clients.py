@@ -174,7 +174,7 @@ def main() -> None:
     try:
         data["results"] = uvloop.run(run(llm.base_url + "/v1/chat/completions", args))
     finally:
-        llm.stop()
+        llm.terminate()
     data["loadavg_end"] = procs.loadavg()
     procs.write_json(args.out, data)
     md = markdown(data)

@@ -30,7 +30,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,38 +44,11 @@ import httpx
 
 from bench.locomo.data import CATEGORIES, Conversation, load_conversations
 from bench.locomo.metrics import KS, percentile
+from harness.process import Service, free_port, spawn
 
 _ROOT = Path(__file__).resolve().parents[1]
 
 # --------------------------------------------------------------------- processes
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class _Proc:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log: Path
-
-    def tail(self, n: int = 40) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(timeout=10)
 
 
 class LocalStack:
@@ -86,65 +58,40 @@ class LocalStack:
         self.python = python
         self.timeout = startup_timeout
         self.tmp = Path(tempfile.mkdtemp(prefix="locomo-recall-"))
-        self.procs: list[_Proc] = []
+        self.procs: list[Service] = []
         self.url = ""
 
-    def _start(self, name: str, module: str, env: dict[str, str]) -> _Proc:
-        log = self.tmp / f"{name}.log"
-        fh = log.open("wb")
-        popen = subprocess.Popen(
-            [self.python, "-m", module],
-            cwd=str(_ROOT),
-            env={**os.environ, **env},
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-        )
-        fh.close()
-        proc = _Proc(name, popen, log)
+    def _start(self, name: str, port: int, env: dict[str, str]) -> Service:
+        proc = spawn(name, [self.python, "-m", name], log_dir=self.tmp, port=port, env=env)
         self.procs.append(proc)
         return proc
 
-    def _wait(self, proc: _Proc, url: str, deadline: float) -> None:
-        while time.monotonic() < deadline:
-            if proc.popen.poll() is not None:
-                raise RuntimeError(
-                    f"{proc.name} exited with {proc.popen.returncode}:\n{proc.tail()}"
-                )
-            try:
-                if httpx.get(url, timeout=2.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise RuntimeError(f"{proc.name} not ready at {url} in {self.timeout:.0f}s:\n{proc.tail()}")
-
     def start(self) -> str:
         deadline = time.monotonic() + self.timeout
-        e_port, g_port = _free_port(), _free_port()
+        e_port, g_port = free_port(), free_port()
         embedder = self._start(
             "embedder",
-            "embedder",
+            e_port,
             {
                 "EMBEDDER_HOST": "127.0.0.1",
                 "EMBEDDER_PORT": str(e_port),
-                "HF_HUB_OFFLINE": "1",
             },
         )
-        self._wait(embedder, f"http://127.0.0.1:{e_port}/health", deadline)
+        embedder.wait_for("/health", deadline - time.monotonic())
         gateway = self._start(
             "gateway",
-            "gateway",
+            g_port,
             {
                 "GATEWAY_HOST": "127.0.0.1",
                 "GATEWAY_PORT": str(g_port),
                 "GATEWAY_EMBEDDER_URL": f"http://127.0.0.1:{e_port}/v1",
                 "GATEWAY_DATA_DIR": str(self.tmp / "data"),
                 # the memory API never calls the LLM; nothing listens here
-                "GATEWAY_LLM_URL": f"http://127.0.0.1:{_free_port()}/v1",
+                "GATEWAY_LLM_URL": f"http://127.0.0.1:{free_port()}/v1",
             },
         )
-        self.url = f"http://127.0.0.1:{g_port}"
-        self._wait(gateway, f"{self.url}/livez", deadline)
+        self.url = gateway.base_url
+        gateway.wait_for("/livez", deadline - time.monotonic())
         # ready when a write goes through (the store and the embedder are usable)
         probe = f"locomo-probe-{uuid.uuid4().hex[:8]}"
         while True:
@@ -160,13 +107,13 @@ class LocalStack:
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"gateway does not store memories:\n{gateway.tail()}")
+                raise RuntimeError(f"gateway does not store memories:\n{gateway.log()[-4000:]}")
             time.sleep(0.5)
         return self.url
 
     def stop(self) -> None:
         for proc in reversed(self.procs):
-            proc.stop()
+            proc.terminate(timeout=20)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 

@@ -70,7 +70,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry
 
 from bench import procs
-from bench.procs import ROOT, WORK
+from bench.procs import WORK
 from gateway.memory.edge_store import EdgeStore
 from gateway.memory.embedder_client import EmbedderClient
 from gateway.memory.indexing import WINDOW, index_texts
@@ -83,6 +83,7 @@ from gateway.memory.sparse import Bm25Encoder
 from gateway.memory.store import PointVectors, StoredPoint
 from gateway.metrics import GatewayMetrics
 from gateway.monitor import Monitor
+from harness.process import ROOT
 
 DIM = 384
 TENANT = "default"
@@ -705,7 +706,7 @@ def main() -> None:
     try:
         asyncio.run(run(args, embedder.base_url + "/v1", data))
     finally:
-        embedder.stop()
+        embedder.terminate()
         data["loadavg_end"] = procs.loadavg()
         procs.write_json(args.out, data)
         args.out.with_suffix(".md").write_text(markdown(data))

@@ -49,7 +49,8 @@ from typing import Any
 import httpx
 
 from bench import procs
-from bench.procs import ROOT, WORK
+from bench.procs import WORK
+from harness.process import ROOT, Service, free_port, pinned, spawn
 
 MODEL = "fake-model"
 TOPICS = ["cooking", "travel", "books", "work", "fitness", "music", "pets", "gardening"]
@@ -196,9 +197,7 @@ def loadgen(url: str, bodies: Path, rate: float, seconds: float, cpus: str) -> d
     argv = [procs.tools_python(), "-m", "bench.loadgen", "--url", url,
             "--body-file", str(bodies), "--rate", str(rate), "--duration", str(seconds),
             "--warmup", "0", "--timeout", "60"]  # fmt: skip
-    out = subprocess.run(
-        procs.pinned(cpus, argv), capture_output=True, text=True, check=True, cwd=ROOT
-    )
+    out = subprocess.run(pinned(cpus, argv), capture_output=True, text=True, check=True, cwd=ROOT)
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
@@ -219,8 +218,8 @@ class Stack:
 
     def counters(self) -> dict[str, float]:
         return {
-            "embedder_cpu_s": self.embedder.cpu_seconds(),
-            "gateway_cpu_s": self.gateway.cpu_seconds(),
+            "embedder_cpu_s": procs.cpu_seconds(self.embedder.pid),
+            "gateway_cpu_s": procs.cpu_seconds(self.gateway.pid),
             "texts": metric(self.embedder.base_url, "embedder_inputs"),
             "stored": written(self.url),
             "degraded": metric(self.url, "memgate_memory_recalls", "degraded"),
@@ -228,19 +227,19 @@ class Stack:
 
     def stop(self) -> None:
         for p in (self.gateway, self.embedder, self.llm):
-            p.stop()
+            p.terminate()
 
 
-def start_embedder(log_dir: Path, cpus: str, src: Path, extra: list[str]) -> procs.Proc:
+def start_embedder(log_dir: Path, cpus: str, src: Path, extra: list[str]) -> Service:
     env = {
-        "EMBEDDER_PORT": str(port := procs.free_port()),
+        "EMBEDDER_PORT": str(port := free_port()),
         "EMBEDDER_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
         "EMBEDDER_ONNX_CACHE_DIR": str(WORK / "onnx-cache"),
         **dict(e.split("=", 1) for e in extra),
     }  # fmt: skip
-    proc = procs.spawn("embedder", [procs.PY, "-m", "embedder"], port=port, log_dir=log_dir,
-                       cpus=cpus, env=env, cwd=src)  # fmt: skip
-    return proc.wait_http("/health", 300)
+    proc = spawn("embedder", [procs.PY, "-m", "embedder"], port=port, log_dir=log_dir,
+                 cpus=cpus, env=env, cwd=src)  # fmt: skip
+    return proc.wait_for("/health", 300)
 
 
 def delta(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:

@@ -41,7 +41,8 @@ from typing import Any
 import httpx
 
 from bench import procs
-from bench.procs import ROOT, WORK, Proc
+from bench.procs import WORK
+from harness.process import ROOT, Service, free_port, pinned, spawn
 
 LITELLM_VENV = WORK / "litellm-venv"
 MODEL = "fake-model"
@@ -83,7 +84,7 @@ def write_bodies(path: Path, with_user: bool) -> Path:
     return path
 
 
-def seed_memories(gateway: Proc) -> None:
+def seed_memories(gateway: Service) -> None:
     with httpx.Client(base_url=gateway.base_url, timeout=30) as client:
         for u in range(USERS):
             for fact in SEED_FACTS:
@@ -91,7 +92,7 @@ def seed_memories(gateway: Proc) -> None:
                 r.raise_for_status()
 
 
-def start_litellm(log_dir: Path, upstream_url: str, cpus: str) -> Proc:
+def start_litellm(log_dir: Path, upstream_url: str, cpus: str) -> Service:
     exe = LITELLM_VENV / "bin" / "litellm"
     if not exe.exists():
         raise RuntimeError(
@@ -114,7 +115,7 @@ def start_litellm(log_dir: Path, upstream_url: str, cpus: str) -> Proc:
         "  disable_spend_logs: true\n"
         "  disable_error_logs: true\n"
     )
-    port = procs.free_port()
+    port = free_port()
     # No auth on either side: memgate runs without GATEWAY_API_KEYS (loopback), LiteLLM without
     # a master key (it refuses that unless told this is local development).
     env = {
@@ -125,16 +126,17 @@ def start_litellm(log_dir: Path, upstream_url: str, cpus: str) -> Proc:
     }
     argv = [str(exe), "--config", str(config), "--port", str(port), "--host", "127.0.0.1",
             "--num_workers", "1"]  # fmt: skip
-    proc = procs.spawn("litellm", argv, port=port, log_dir=log_dir, cpus=cpus, env=env)
-    return proc.wait_http("/health/liveliness", 180)
+    proc = spawn("litellm", argv, port=port, log_dir=log_dir, cpus=cpus, env=env)
+    return proc.wait_for("/health/liveliness", 180)
 
 
-def start_floor(kind: str, log_dir: Path, upstream_url: str, cpus: str) -> Proc:
+def start_floor(kind: str, log_dir: Path, upstream_url: str, cpus: str) -> Service:
     """A bare proxy (bench/floor/proxies.py): what any Python proxy on this stack costs."""
-    port = procs.free_port()
+    port = free_port()
     argv = [procs.PY, "-m", "bench.floor.proxies", kind, str(port), upstream_url]
-    proc = procs.spawn(f"floor-{kind}", argv, port=port, log_dir=log_dir, cpus=cpus)
-    return proc.wait_line("Uvicorn running on", 30)
+    proc = spawn(f"floor-{kind}", argv, port=port, log_dir=log_dir, cpus=cpus)
+    proc.wait_line("Uvicorn running on", 30)
+    return proc
 
 
 def loadgen(url: str, bodies: Path, rate: float, duration: float, warmup: float,
@@ -145,9 +147,7 @@ def loadgen(url: str, bodies: Path, rate: float, duration: float, warmup: float,
     if stream:
         argv.append("--stream")
     load_before = procs.loadavg()
-    out = subprocess.run(
-        procs.pinned(cpus, argv), capture_output=True, text=True, check=True, cwd=ROOT
-    )
+    out = subprocess.run(pinned(cpus, argv), capture_output=True, text=True, check=True, cwd=ROOT)
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     result["loadavg_before"] = load_before
     return result
@@ -195,9 +195,7 @@ def wrk(
             str(ROOT / "bench" / "wrk" / "chat.lua"), url, "--", str(bodies)]  # fmt: skip
     if stream:
         argv.append("stream")
-    out = subprocess.run(
-        procs.pinned(cpus, argv), capture_output=True, text=True, check=True
-    ).stdout
+    out = subprocess.run(pinned(cpus, argv), capture_output=True, text=True, check=True).stdout
     rps = WRK_RPS.search(out)
     non2xx = WRK_NON2XX.search(out)
     sock = WRK_SOCK.search(out)
@@ -215,7 +213,7 @@ def wrk(
 
 
 def measure(name: str, url: str, bodies: Path, args: argparse.Namespace,
-            proxy: Proc | None, server: Proc) -> dict[str, Any]:  # fmt: skip
+            proxy: Service | None, server: Service) -> dict[str, Any]:  # fmt: skip
     """``proxy``: the process under test (None for direct); ``server``: whose CPU time is counted
     per request (the proxy, or the upstream for direct)."""
     print(f"== {name}: {url}", flush=True)
@@ -223,7 +221,7 @@ def measure(name: str, url: str, bodies: Path, args: argparse.Namespace,
     # warm up connections, caches and the JIT-free interpreter's allocator
     loadgen(url, bodies, min(args.rates), 3.0, 0.0, False, gen)
     result: dict[str, Any] = {"url": url, "fixed": {}, "fixed_stream": {}}
-    rss0 = proxy.rss_bytes() if proxy else None
+    rss0 = procs.rss_bytes(proxy.pid) if proxy else None
     rates = sorted(args.ladder)
     if args.quick:
         none = {"max_sustained_rps": max(args.rates), "steps": [], "skipped": True}
@@ -239,10 +237,12 @@ def measure(name: str, url: str, bodies: Path, args: argparse.Namespace,
                     "skipped": f"over the sustainable rate ({limit:g}/s)"
                 }
                 continue
-            cpu0 = server.cpu_seconds()
+            cpu0 = procs.cpu_seconds(server.pid)
             r = loadgen(url, bodies, rate, args.duration, 2.0, stream, gen)
             sent = r["sent"] + int(2.0 * rate)  # the warm-up requests cost CPU too
-            r["server_cpu_ms_per_request"] = 1000 * (server.cpu_seconds() - cpu0) / max(1, sent)
+            r["server_cpu_ms_per_request"] = (
+                1000 * (procs.cpu_seconds(server.pid) - cpu0) / max(1, sent)
+            )
             result[key][str(int(rate))] = r
             lat = r["latency_ms"]
             ttft = r["ttft_ms"]["p50"] if r.get("ttft_ms") else None
@@ -256,7 +256,7 @@ def measure(name: str, url: str, bodies: Path, args: argparse.Namespace,
     print(f"  wrk max {result['wrk']['rps']:.0f}/s (stream {result['wrk_stream']['rps']:.0f}/s) "
           f"non-2xx {result['wrk']['non_2xx']}", flush=True)  # fmt: skip
     if proxy:
-        result["rss_mib"] = {"start": rss0 / 2**20, "end": proxy.rss_bytes() / 2**20}
+        result["rss_mib"] = {"start": rss0 / 2**20, "end": procs.rss_bytes(proxy.pid) / 2**20}
     return result
 
 
@@ -379,7 +379,7 @@ def main() -> None:
     }
     plain = write_bodies(run_dir / "bodies.jsonl", with_user=False)
     users = write_bodies(run_dir / "bodies-user.jsonl", with_user=True)
-    started: list[Proc] = []
+    started: list[Service] = []
     try:
         llm = procs.start_fake_llm(logs, args.gen_cpus)
         started.append(llm)
@@ -399,8 +399,8 @@ def main() -> None:
                     seed_memories(gw)
                     bodies = users
                 data["targets"][name] = measure(name, gw.base_url + chat, bodies, args, gw, gw)
-                gw.stop()
-                embedder.stop()
+                gw.terminate()
+                embedder.terminate()
             elif name.startswith("floor-"):
                 floor = start_floor(
                     name.removeprefix("floor-"), logs, llm.base_url, args.proxy_cpus
@@ -409,17 +409,17 @@ def main() -> None:
                 data["targets"][name] = measure(
                     name, floor.base_url + chat, plain, args, floor, floor
                 )
-                floor.stop()
+                floor.terminate()
             elif name == "litellm":
                 ll = start_litellm(logs, llm.base_url + "/v1", args.proxy_cpus)
                 started.append(ll)
                 data["targets"][name] = measure(name, ll.base_url + chat, plain, args, ll, ll)
-                ll.stop()
+                ll.terminate()
             else:
                 raise SystemExit(f"unknown target {name}")
     finally:
         for proc in reversed(started):
-            proc.stop()
+            proc.terminate()
     data["loadavg_end"] = procs.loadavg()
     procs.write_json(args.out, data)
     args.out.with_suffix(".md").write_text(markdown(data))

@@ -1,10 +1,11 @@
 """Processes for the benchmarks: started pinned to CPUs, waited for by polling, stopped cleanly.
 
-Every process is started as ``taskset -c CPUS <command>`` so that it and all
-the threads it later creates stay on the given cores (``os.sched_setaffinity``
-after the start would miss threads already running). On a 2-core machine the
-benchmarks put the proxy under test alone on CPU 0 and the load generator,
-the stand-in upstream and the embedder on CPU 1; see bench/README.md.
+The process wrapper is harness.process (shared with the tests); this module holds what
+only the benchmarks need: memgate's processes with the benchmarks' settings, each
+started as ``taskset -c CPUS <command>`` (harness.process.pinned), CPU time and RSS from
+/proc, and the machine facts every results file records. On a 2-core machine the
+benchmarks put the proxy under test alone on CPU 0 and the load generator, the stand-in
+upstream and the embedder on CPU 1; see bench/README.md.
 """
 
 from __future__ import annotations
@@ -12,88 +13,18 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shutil
+import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
+from harness.fake_llm import start_llm_server
+from harness.process import ROOT, Service, free_port, spawn
 
-from tests.fakes.process import free_port
-
-ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "bench" / ".work"
 RESULTS = ROOT / "bench" / "results"
 PY = sys.executable
-
-
-def pinned(cpus: str | None, argv: Sequence[str]) -> list[str]:
-    if cpus and shutil.which("taskset") and (os.cpu_count() or 1) > 1:
-        return ["taskset", "-c", cpus, *argv]
-    return list(argv)
-
-
-@dataclass
-class Proc:
-    name: str
-    proc: subprocess.Popen[bytes]
-    port: int
-    log_path: Path
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def wait_http(self, path: str, timeout: float, status: int = 200) -> Proc:
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"{self.name} exited {self.proc.returncode}:\n{self.log()[-3000:]}"
-                )
-            try:
-                if httpx.get(self.base_url + path, timeout=2.0).status_code == status:
-                    return self
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise TimeoutError(f"{self.name} {path} not {status}:\n{self.log()[-3000:]}")
-            time.sleep(0.1)
-
-    def wait_line(self, text: str, timeout: float) -> Proc:
-        deadline = time.monotonic() + timeout
-        while text not in self.log():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"{self.name} did not print {text!r}:\n{self.log()[-3000:]}")
-            time.sleep(0.05)
-        return self
-
-    def rss_bytes(self) -> int:
-        return rss_bytes(self.pid)
-
-    def cpu_seconds(self) -> float:
-        return cpu_seconds(self.pid)
-
-    def stop(self, timeout: float = 15.0) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 def cpu_seconds(pid: int) -> float:
@@ -104,7 +35,6 @@ def cpu_seconds(pid: int) -> float:
 
 def exit_on_sigterm() -> None:
     """Turn SIGTERM into SystemExit, so ``finally`` blocks stop the processes we started."""
-    import signal
 
     def handler(signum: int, frame: object) -> None:
         raise SystemExit(128 + signum)
@@ -120,33 +50,11 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
-def spawn(
-    name: str,
-    argv: Sequence[str],
-    *,
-    port: int,
-    log_dir: Path,
-    cpus: str | None = None,
-    env: Mapping[str, str] | None = None,
-    cwd: Path = ROOT,
-) -> Proc:
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / f"{name}-{port}.log"
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **(env or {})}
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            pinned(cpus, argv), cwd=cwd, env=full_env, stdout=log, stderr=subprocess.STDOUT
-        )
-    return Proc(name, proc, port, log_path)
+def start_fake_llm(log_dir: Path, cpus: str | None) -> Service:
+    return start_llm_server(log_dir=log_dir, cpus=cpus)
 
 
-def start_fake_llm(log_dir: Path, cpus: str | None) -> Proc:
-    port = free_port()
-    argv = [PY, str(ROOT / "tests" / "fakes" / "llm_server.py"), "--port", str(port)]
-    return spawn("fake-llm", argv, port=port, log_dir=log_dir, cpus=cpus).wait_line("READY", 15)
-
-
-def start_embedder(log_dir: Path, cpus: str | None, threads: int = 1, **env: str) -> Proc:
+def start_embedder(log_dir: Path, cpus: str | None, threads: int = 1, **env: str) -> Service:
     port = free_port()
     full = {
         "EMBEDDER_PORT": str(port),
@@ -158,7 +66,7 @@ def start_embedder(log_dir: Path, cpus: str | None, threads: int = 1, **env: str
     proc = spawn(
         "embedder", [PY, "-m", "embedder"], port=port, log_dir=log_dir, cpus=cpus, env=full
     )
-    return proc.wait_http("/health", 180)
+    return proc.wait_for("/health", 180)
 
 
 def start_gateway(
@@ -171,7 +79,7 @@ def start_gateway(
     src: Path = ROOT,
     extra_path: str | None = None,
     **env: str,
-) -> Proc:
+) -> Service:
     """``python -m gateway`` from ``src`` (a checkout, or a patched copy of gateway/ for an A/B
     run), with ``extra_path`` put first on PYTHONPATH (e.g. a folder holding uvloop and httptools,
     which uvicorn then uses by itself)."""
@@ -189,7 +97,7 @@ def start_gateway(
     proc = spawn(
         "gateway", [PY, "-m", "gateway"], port=port, log_dir=log_dir, cpus=cpus, env=full, cwd=src
     )
-    return proc.wait_http("/readyz", 60)
+    return proc.wait_for("/readyz", 60)
 
 
 def machine_info() -> dict[str, object]:

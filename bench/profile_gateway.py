@@ -42,7 +42,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import overhead, procs
-from bench.procs import ROOT, WORK
+from bench.procs import WORK
+from harness.process import ROOT, Service, pinned
 
 PYSPY = WORK / "tools-venv" / "bin" / "py-spy"
 FRAME = re.compile(r"^(?P<func>.+?) \((?P<file>[^:()]+)(?::(?P<line>\d+))?\)$")
@@ -181,7 +182,7 @@ def start_load(url: str, bodies: Path, args: argparse.Namespace) -> Callable[[],
     gen = [procs.tools_python(), "-m", "bench.loadgen", "--url", url,
            "--body-file", str(bodies), "--rate", str(args.rate / 2),
            "--duration", str(args.seconds + 4), "--warmup", "0"]  # fmt: skip
-    loads = [subprocess.Popen(procs.pinned("1", gen + extra), stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    loads = [subprocess.Popen(pinned("1", gen + extra), stdout=subprocess.PIPE, text=True, cwd=ROOT)
              for extra in ([], ["--stream"])]  # fmt: skip
 
     def open_loop_done() -> str:
@@ -195,7 +196,7 @@ def profile(mode: str, args: argparse.Namespace) -> None:
     label = args.label or mode
     run_dir = Path(tempfile.mkdtemp(prefix=f"profile-{label}-", dir=WORK))
     logs = run_dir / "logs"
-    started: list[procs.Proc] = []
+    started: list[Service] = []
     try:
         llm = procs.start_fake_llm(logs, "1")
         embedder = procs.start_embedder(logs, "1")
@@ -215,7 +216,7 @@ def profile(mode: str, args: argparse.Namespace) -> None:
         base = [str(PYSPY), "record", "--pid", str(gw.pid), "--duration", str(args.seconds),
                 "--rate", str(args.spy_rate), "--nonblocking"]  # fmt: skip
         cpu0 = procs.cpu_seconds(gw.pid)
-        spies = [subprocess.Popen(procs.pinned("1", [*base, "--format", fmt, "-o", str(path)]),
+        spies = [subprocess.Popen(pinned("1", [*base, "--format", fmt, "-o", str(path)]),
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                  for fmt, path in (("raw", raw), ("flamegraph", svg))]  # fmt: skip
         for spy in spies:
@@ -232,7 +233,7 @@ def profile(mode: str, args: argparse.Namespace) -> None:
         print(md.read_text())
     finally:
         for proc in reversed(started):
-            proc.stop()
+            proc.terminate()
 
 
 def main() -> None:

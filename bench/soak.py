@@ -42,10 +42,11 @@ from typing import Any
 import httpx
 
 from bench import overhead, procs
-from bench.procs import ROOT, WORK
+from bench.procs import WORK
+from harness.process import ROOT, Service, pinned
 
 
-def metrics(gateway: procs.Proc) -> dict[str, float]:
+def metrics(gateway: Service) -> dict[str, float]:
     text = httpx.get(gateway.base_url + "/metrics", timeout=10).text
     out: dict[str, float] = {}
     for line in text.splitlines():
@@ -135,7 +136,7 @@ def main() -> None:
         "memory": memory,
         "distinct": args.distinct,
     }
-    started: list[procs.Proc] = []
+    started: list[Service] = []
     try:
         llm = procs.start_fake_llm(logs, args.gen_cpus)
         embedder = procs.start_embedder(logs, args.embedder_cpus)
@@ -146,7 +147,7 @@ def main() -> None:
         if memory:
             overhead.seed_memories(gw)
         before = metrics(gw)
-        rss: list[tuple[float, float]] = [(0.0, gw.rss_bytes() / 2**20)]
+        rss: list[tuple[float, float]] = [(0.0, procs.rss_bytes(gw.pid) / 2**20)]
         data["rss_mib_start"] = rss[0][1]
         argv = [procs.tools_python(), "-m", "bench.loadgen",
                 "--url", gw.base_url + "/v1/chat/completions", "--body-file", str(bodies),
@@ -154,13 +155,13 @@ def main() -> None:
                 "--timeout", "60"]  # fmt: skip
         t0 = time.monotonic()
         gen = subprocess.Popen(
-            procs.pinned(args.gen_cpus, argv), stdout=subprocess.PIPE, text=True, cwd=ROOT
+            pinned(args.gen_cpus, argv), stdout=subprocess.PIPE, text=True, cwd=ROOT
         )
         next_sample = 10.0
         while gen.poll() is None:
             time.sleep(0.5)
             if time.monotonic() - t0 >= next_sample:
-                rss.append((time.monotonic() - t0, gw.rss_bytes() / 2**20))
+                rss.append((time.monotonic() - t0, procs.rss_bytes(gw.pid) / 2**20))
                 print(f"  t={rss[-1][0]:5.0f}s rss {rss[-1][1]:.1f} MiB load {procs.loadavg()[0]}",
                       flush=True)  # fmt: skip
                 next_sample += 10.0
@@ -174,7 +175,7 @@ def main() -> None:
                 break
             time.sleep(1)
         after = metrics(gw)
-        rss.append((time.monotonic() - t0, gw.rss_bytes() / 2**20))
+        rss.append((time.monotonic() - t0, procs.rss_bytes(gw.pid) / 2**20))
         delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
         upstream_bad = select(delta, "memgate_upstream_requests") - select(
             delta, "memgate_upstream_requests", 'outcome="success"'
@@ -206,7 +207,7 @@ def main() -> None:
         )
     finally:
         for proc in reversed(started):
-            proc.stop()
+            proc.terminate()
     data["loadavg_end"] = procs.loadavg()
     procs.write_json(args.out, data)
     md = args.out.with_suffix(".md")

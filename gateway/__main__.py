@@ -9,7 +9,8 @@ import uvicorn
 from pydantic import ValidationError
 
 from gateway.app import create_app
-from gateway.datadir import MIB, DataDirProblem, check_data_dir
+from gateway.datadir import MIB, check_data_dir
+from gateway.exceptions import DataDirProblem
 from gateway.logs import configure_logging
 from gateway.secret_strength import check_secrets
 from gateway.settings import Settings

@@ -25,7 +25,6 @@ from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CollectorRegistry
 
 from gateway.api import admin, chat, health, memories, messages, models, passthrough, responses
-from gateway.api.schemas import ChatRequest
 from gateway.auth import KeyCheck, KeyRing
 from gateway.datadir import MIB, DiskSpace
 from gateway.errors import install_error_handlers
@@ -39,7 +38,6 @@ from gateway.memory.store import VectorStore
 from gateway.metrics import GatewayMetrics
 from gateway.monitor import HEALTHY, Monitor
 from gateway.observability import RequestContextMiddleware
-from gateway.openapi import install_openapi
 from gateway.services import Services
 from gateway.settings import Settings
 from gateway.upstream.build import build_router
@@ -207,8 +205,6 @@ def create_app(
     app.state.settings = settings
     app.state.keyring = KeyRing(settings.api_keys, settings.admin_key, settings.api_keys_file)
     install_error_handlers(app)
-    bodies = (ChatRequest, responses.ResponsesRequest, messages.MessagesRequest)
-    install_openapi(app, {k: v for b in bodies for k, v in chat.body_schema(b)[1].items()})
     # Pass-through last: it takes any /v1 path no other router has.
     routers = (
         chat.router, responses.router, messages.router, memories.router, models.router,

@@ -26,11 +26,9 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.exceptions import DataDirProblem
+
 MIB = 1 << 20
-
-
-class DataDirProblem(Exception):
-    """The data dir cannot be used; the message is one line for the operator."""
 
 
 def _who() -> str:

@@ -1,9 +1,19 @@
 """Errors in OpenAI's envelope: ``{"error": {"message", "type", "code"}}``.
 
-Every failure the gateway reports goes through :class:`APIError`, so clients
-written for OpenAI parse ours unchanged. Validation failures are 400 (as
-OpenAI answers them), never FastAPI's default 422, and an unexpected exception
-becomes a 500 envelope without a stack trace.
+Every failure the gateway reports is answered here, so clients written for
+OpenAI parse ours unchanged, and this is where each one's status comes from:
+
+- a :class:`gateway.exceptions.GatewayError` (a dependency that cannot
+  serve, input that can never be stored, an unknown model, a full disk), as
+  its class says: the hierarchy and each status are in ``gateway.exceptions``;
+- an :class:`APIError`, raised where a request is found wrong, with its
+  status written there;
+- validation failures: 400 (as OpenAI answers them), never FastAPI's 422;
+- Starlette's own (404 for an unknown path, 405);
+- anything else: a 500 envelope without a stack trace.
+
+One exception to all of them: once a stream has started, its status is
+sent, so a failure becomes an error event in the stream (gateway.api.relay).
 """
 
 from __future__ import annotations
@@ -16,6 +26,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from gateway.exceptions import GatewayError
 
 logger = logging.getLogger("gateway.errors")
 
@@ -79,14 +91,12 @@ def error_body(
     return {"error": {"message": message, "type": type, "code": code, "param": param}}
 
 
-def unavailable(message: str, *, code: str, retry_after_s: int) -> APIError:
-    return APIError(503, message, code=code, headers={"Retry-After": str(retry_after_s)})
-
-
-def store_unavailable(exc: Exception) -> APIError:
-    return unavailable(
-        f"memory store unavailable: {exc}", code="store_unavailable", retry_after_s=2
-    )
+def translated(exc: GatewayError) -> APIError:
+    """The answer to a gateway error, as its class declares it."""
+    return APIError(
+        exc.status_code, exc.client_message(), code=exc.code, param=exc.param,
+        headers=exc.headers(),
+    )  # fmt: skip
 
 
 def _describe_validation(exc: RequestValidationError) -> tuple[str, str | None]:
@@ -105,6 +115,11 @@ def _describe_validation(exc: RequestValidationError) -> tuple[str, str | None]:
 async def _api_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, APIError)
     return exc.response()
+
+
+async def _gateway_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, GatewayError)
+    return translated(exc).response()
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
@@ -126,6 +141,7 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(APIError, _api_error)
+    app.add_exception_handler(GatewayError, _gateway_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakes.process import RunningServer, start_llm_server
-from tests.support.stack import Service, start_embedder, start_gateway
+from harness.fake_llm import RunningServer, start_llm_server
+from harness.process import Service
+from tests.support.stack import start_embedder, start_gateway
 
 
 @pytest.fixture(scope="session")

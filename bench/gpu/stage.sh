@@ -8,7 +8,7 @@ DIR=$(mkdir -p "$1" && cd "$1" && pwd)
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 rm -rf "$DIR/src"
 mkdir -p "$DIR/src/tests" "$DIR/whl"
-(cd "$ROOT" && git ls-files -co --exclude-standard gateway embedder bench tests/__init__.py tests/fakes \
+(cd "$ROOT" && git ls-files -co --exclude-standard gateway embedder bench harness tests/__init__.py tests/fakes \
     | grep -v '^bench/results/' | tar -cf - -T - | tar -xf - -C "$DIR/src")
 cd "$DIR/whl"
 for p in fastapi==0.165.0 starlette==1.10.0 uvicorn==0.54.0 pydantic==2.14.3 \

@@ -19,6 +19,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
+from gateway.api.answers import ChatCompletion
 from gateway.api.identity import plan_turn
 from gateway.api.memory_fit import MemoryFit
 from gateway.api.outgoing import Incoming, Json, Outgoing
@@ -26,19 +27,17 @@ from gateway.api.relay import MemoryPlan, Relay
 from gateway.api.schemas import ChatRequest
 from gateway.api.wire import CHAT_WIRE, Wire
 from gateway.auth import Principal, PrincipalDep
-from gateway.errors import APIError, unavailable
-from gateway.memory.embedder_client import EmbedderRejected
+from gateway.errors import APIError
+from gateway.exceptions import EmbedderRejected, MemoryRequired, MemoryUnavailable
 from gateway.memory.prompt import inject_memories, last_user_text, recall_query
-from gateway.memory.service import MemoryUnavailable
+from gateway.openapi import KEYED, NO_MODEL, UPSTREAM, WITH_BODY, errors, json_body, relayed
 from gateway.services import Services, ServicesDep
-from gateway.upstream.availability import why_unavailable
 from gateway.upstream.http import Timeouts
-from gateway.upstream.pool import NoUpstreamAvailable, OpenedReply, Target, UpstreamFailed
+from gateway.upstream.pool import OpenedReply, Target
 from gateway.upstream.replica import CHAT, Call
-from gateway.upstream.router import UnknownModel
 
 logger = logging.getLogger("gateway.chat")
-router = APIRouter()
+router = APIRouter(responses=KEYED)
 Body = TypeVar("Body", bound=BaseModel)
 
 
@@ -84,26 +83,12 @@ def plan_memory(
     return plan_turn(body, chat.memory, query, principal, services, param="messages")
 
 
-def chat_schema() -> tuple[dict[str, Any], dict[str, Any]]:
-    """The chat body's JSON schema, and the definitions it refers to, which
-    ``create_app`` adds to the document's components (where the refs point)."""
-    return body_schema(ChatRequest)
-
-
-def body_schema(schema: type[BaseModel]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A body's JSON schema, and the definitions it refers to."""
-    document = schema.model_json_schema(ref_template="#/components/schemas/{model}")
-    return document, document.pop("$defs", {})
-
-
-def declared_body(schema: type[BaseModel]) -> dict[str, Any]:
-    """The OpenAPI request body of an endpoint that reads its body itself (to
-    forward it byte for byte), so it is declared rather than derived."""
-    content = {"application/json": {"schema": body_schema(schema)[0]}}
-    return {"requestBody": {"required": True, "content": content}}
-
-
-@router.post("/v1/chat/completions", openapi_extra=declared_body(ChatRequest))
+@router.post(
+    "/v1/chat/completions",
+    response_model=ChatCompletion,
+    openapi_extra=json_body(ChatRequest),
+    responses={**relayed("The LLM's completion"), **WITH_BODY, **errors(NO_MODEL), **UPSTREAM},
+)
 async def chat_completions(
     request: Request,
     principal: PrincipalDep,
@@ -186,16 +171,8 @@ async def relay_turn(
 
 
 def resolve_model(services: Services, model: str) -> list[Target]:
-    try:
-        return services.router.resolve(model)
-    except UnknownModel as exc:
-        shown = ", ".join(exc.available[:50]) or "none yet"
-        raise APIError(
-            404,
-            f"model {model!r} does not exist here; available: {shown}",
-            code="model_not_found",
-            param="model",
-        ) from None
+    """The model's targets; raises UnknownModel (404) when nothing serves it."""
+    return services.router.resolve(model)
 
 
 async def _open(
@@ -207,24 +184,15 @@ async def _open(
     request_id: str | None,
     call: Call = CHAT,
 ) -> OpenedReply:
-    try:
-        return await services.pool.open_chat(
-            targets,
-            encode,
-            timeouts=timeouts,
-            headers_timeout_s=headers_timeout_s,
-            request_id=request_id,
-            call=call,
-        )
-    except NoUpstreamAvailable as exc:
-        verdict = why_unavailable([target.upstream for target in targets])
-        raise unavailable(
-            f"{verdict.message} [{exc}]", code=verdict.code, retry_after_s=2
-        ) from None
-    except UpstreamFailed as exc:
-        retry = {"Retry-After": str(max(1, int(exc.retry_after or 1)))}
-        status = exc.status if exc.status in (429, 502, 503, 504) else 502
-        raise APIError(status, str(exc), code="upstream_unavailable", headers=retry) from None
+    # Raises NoUpstreamAvailable or UpstreamFailed: answered as they say (gateway.exceptions).
+    return await services.pool.open_chat(
+        targets,
+        encode,
+        timeouts=timeouts,
+        headers_timeout_s=headers_timeout_s,
+        request_id=request_id,
+        call=call,
+    )
 
 
 async def _disconnected(request: Request) -> None:
@@ -282,10 +250,6 @@ async def _recall(services: Services, plan: MemoryPlan, headers: dict[str, str])
         if isinstance(exc, EmbedderRejected):
             logger.warning("the embedder refused a recall query: %s", exc)
         if services.settings.memory_required:
-            raise unavailable(
-                f"memory is required but unavailable: {exc}",
-                code="memory_unavailable",
-                retry_after_s=2,
-            ) from None
+            raise MemoryRequired(str(exc)) from None
         headers["x-memory-status"] = "degraded"
         return []

@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Query
-from fastapi.responses import JSONResponse
+from fastapi import Query, Response
 
+from gateway.api.answers import (
+    AddedMemories,
+    AddedMemory,
+    DeletedMemory,
+    ForgottenUser,
+    Memory,
+    MemoryPage,
+    ScoredMemory,
+    SearchResults,
+)
 from gateway.api.schemas import AddMemoriesRequest, SearchMemoriesRequest
 from gateway.auth import PrincipalDep
 from gateway.enums import WriteSource
-from gateway.errors import APIError, store_unavailable, unavailable
-from gateway.memory.embedder_client import EmbedderRejected
+from gateway.errors import APIError
 from gateway.memory.records import (
     MemoryRecord,
     NewMemory,
@@ -22,11 +30,11 @@ from gateway.memory.records import (
     parse_filters,
     parse_timestamp,
 )
-from gateway.memory.service import MemoryRejected, MemoryUnavailable, OutboxFull
-from gateway.memory.store import StoreUnavailable
+from gateway.openapi import WITH_BODY, errors, keyed_router
 from gateway.services import Services, ServicesDep
 
-router = APIRouter(prefix="/v1/memories", tags=["memories"])
+router = keyed_router("/v1/memories", "memories")
+NOT_FOUND = (404, "No such memory in the caller's tenant (or not the user's, with user_id)")
 
 UserIdQuery = Annotated[str, Query(min_length=1, max_length=256)]
 
@@ -45,19 +53,25 @@ def _memory_id(value: str) -> str:
 @router.post(
     "",
     status_code=201,
+    response_model=AddedMemories,
+    response_model_exclude_defaults=True,
+    response_description="Stored (and searchable)",
     responses={
         202: {
+            "model": AddedMemories,
             "description": "Accepted into the durable outbox (the embedder or the store is "
-            "down); stored when they are back"
+            "down); stored when they are back",
         },
-        507: {"description": "The data dir's disk is full: the write was not accepted"},
+        **WITH_BODY,
+        **errors(507),
     },
 )
 async def add_memories(
     principal: PrincipalDep,
     services: ServicesDep,
     request: AddMemoriesRequest,
-) -> JSONResponse:
+    response: Response,
+) -> AddedMemories:
     """One memory per message (one embedder call for all), or one for ``text``.
 
     201 when stored (and searchable); 202 when accepted into the durable
@@ -91,62 +105,43 @@ async def add_memories(
         for role, text in items
     ]
     scope = Scope(principal.tenant, request.user_id)
-    try:
-        outcome = await services.memory.add(scope, memories)
-    except EmbedderRejected as exc:
-        raise APIError(400, f"the embedder rejected the text: {exc}", code="invalid_text") from None
-    except MemoryRejected as exc:
-        raise APIError(400, f"this memory cannot be stored: {exc}", code="unstorable") from None
-    except OutboxFull as exc:
-        raise APIError(
-            507, f"{exc}; free space under the data dir", code="insufficient_storage"
-        ) from None
-    body: dict[str, Any] = {
-        "results": [{"id": r.id, "memory": r.memory, "event": r.event} for r in outcome.results]
-    }
+    outcome = await services.memory.add(scope, memories)
     if outcome.queued:
-        body["queued"] = True
-    return JSONResponse(body, status_code=202 if outcome.queued else 201)
+        response.status_code = 202
+    results = [AddedMemory(id=r.id, memory=r.memory, event=r.event) for r in outcome.results]
+    return AddedMemories(results=results, queued=outcome.queued)
 
 
-@router.post("/search")
+@router.post("/search", response_model=SearchResults, responses={**WITH_BODY, **errors(503)})
 async def search_memories(
     principal: PrincipalDep,
     services: ServicesDep,
     request: SearchMemoriesRequest,
-) -> dict[str, Any]:
+) -> SearchResults:
     try:
         conditions = parse_filters(request.filters)
     except ValueError as exc:
         raise APIError(400, str(exc), code="invalid_filters", param="filters") from None
     scope = Scope(principal.tenant, request.user_id)
-    try:
-        records = await services.memory.search(
-            scope, request.query, request.top_k, conditions, request.min_score
-        )
-    except MemoryUnavailable as exc:
-        raise unavailable(
-            f"memory search unavailable: {exc}", code="memory_unavailable", retry_after_s=2
-        ) from None
-    return {"results": [record.to_api() for record in records]}
+    records = await services.memory.search(
+        scope, request.query, request.top_k, conditions, request.min_score
+    )
+    return SearchResults(results=[ScoredMemory.of(record) for record in records])
 
 
-@router.get("")
+@router.get("", response_model=MemoryPage, responses=errors(400, 503))
 async def list_memories(
     principal: PrincipalDep,
     services: ServicesDep,
     user_id: UserIdQuery,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(max_length=64)] = None,
-) -> dict[str, Any]:
+) -> MemoryPage:
     """A page of the user's memories; pass ``next_cursor`` back for the next page."""
     scope = Scope(principal.tenant, user_id)
     start = _memory_id(cursor) if cursor else None
-    try:
-        records, next_cursor = await services.memory.store.list(scope, limit, start)
-    except StoreUnavailable as exc:
-        raise store_unavailable(exc) from None
-    return {"results": [r.to_api() for r in records], "next_cursor": next_cursor}
+    records, next_cursor = await services.memory.store.list(scope, limit, start)
+    return MemoryPage(results=[Memory.of(r) for r in records], next_cursor=next_cursor)
 
 
 OptionalUserId = Annotated[str | None, Query(min_length=1, max_length=256)]
@@ -157,45 +152,39 @@ async def _owned(
 ) -> MemoryRecord:
     """The memory, if the caller's tenant (and ``user_id``, when given) owns it; else 404."""
     key = _memory_id(memory_id)
-    try:
-        record = await services.memory.store.get(tenant, key)
-    except StoreUnavailable as exc:
-        raise store_unavailable(exc) from None
+    record = await services.memory.store.get(tenant, key)
     if record is None or (user_id is not None and record.user_id != user_id):
         raise _not_found(memory_id)
     return record
 
 
-@router.get("/{memory_id}")
+BY_ID = errors(400, NOT_FOUND, 503)
+
+
+@router.get("/{memory_id}", response_model=Memory, responses=BY_ID)
 async def get_memory(
     principal: PrincipalDep, services: ServicesDep, memory_id: str, user_id: OptionalUserId = None
-) -> dict[str, Any]:
+) -> Memory:
     """A memory of the caller's tenant; with ``user_id``, only if it is that user's."""
     record = await _owned(services, principal.tenant, memory_id, user_id)
-    return record.to_api()
+    return Memory.of(record)
 
 
-@router.delete("/{memory_id}")
+@router.delete("/{memory_id}", response_model=DeletedMemory, responses=BY_ID)
 async def delete_memory(
     principal: PrincipalDep, services: ServicesDep, memory_id: str, user_id: OptionalUserId = None
-) -> dict[str, Any]:
+) -> DeletedMemory:
     record = await _owned(services, principal.tenant, memory_id, user_id)
-    try:
-        await services.memory.store.delete(Scope(principal.tenant, record.user_id), record.id)
-    except StoreUnavailable as exc:
-        raise store_unavailable(exc) from None
-    return {"id": record.id, "deleted": True}
+    await services.memory.store.delete(Scope(principal.tenant, record.user_id), record.id)
+    return DeletedMemory(id=record.id, deleted=True)
 
 
-@router.delete("")
+@router.delete("", response_model=ForgottenUser, responses=errors(400, 503))
 async def forget_user(
     principal: PrincipalDep,
     services: ServicesDep,
     user_id: UserIdQuery,
-) -> dict[str, Any]:
+) -> ForgottenUser:
     """Forget a user: every memory of theirs in the caller's tenant."""
-    try:
-        deleted = await services.memory.forget(Scope(principal.tenant, user_id))
-    except StoreUnavailable as exc:
-        raise store_unavailable(exc) from None
-    return {"user_id": user_id, "deleted": deleted}
+    deleted = await services.memory.forget(Scope(principal.tenant, user_id))
+    return ForgottenUser(user_id=user_id, deleted=deleted)

@@ -34,8 +34,8 @@ from fastapi.responses import Response
 from gateway.api.wire import CHAT_WIRE, Wire
 from gateway.enums import TokenKind, UpstreamOutcome, WriteSource
 from gateway.errors import APIError, error_body
+from gateway.exceptions import OutboxFull
 from gateway.memory.records import NewMemory, Scope
-from gateway.memory.service import OutboxFull
 from gateway.services import Services
 from gateway.upstream.http import TimedOut, TransportError
 from gateway.upstream.pool import OpenedReply

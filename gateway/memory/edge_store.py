@@ -28,6 +28,7 @@ from typing import IO, Any, TypeVar
 import qdrant_edge as qe
 
 from gateway.datadir import DiskSpace
+from gateway.exceptions import DimensionMismatch, StoreUnavailable
 from gateway.memory.records import (
     Condition,
     MemoryRecord,
@@ -46,10 +47,8 @@ from gateway.memory.store import (
     RRF_K,
     SPARSE_CONTEXT,
     SPARSE_TEXT,
-    DimensionMismatch,
     QueryVectors,
     StoredPoint,
-    StoreUnavailable,
 )
 
 T = TypeVar("T")

@@ -30,6 +30,7 @@ from typing import Any
 import httpx
 
 from gateway.enums import EmbedderErrorKind
+from gateway.exceptions import EmbedderRejected, EmbedderUnavailable
 from gateway.keepalive import resend_if_dropped
 from gateway.metrics import GatewayMetrics
 from gateway.monitor import ProbeFailed
@@ -64,14 +65,6 @@ def parts(texts: Sequence[str]) -> list[list[str]]:
     if current:
         out.append(current)
     return out
-
-
-class EmbedderUnavailable(Exception):
-    """The embedder cannot embed right now (down, loading, overloaded)."""
-
-
-class EmbedderRejected(Exception):
-    """The embedder refused the input itself (a 4xx): retrying will not help."""
 
 
 class EmbedderClient:

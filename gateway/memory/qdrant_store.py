@@ -14,6 +14,7 @@ import httpx
 from qdrant_client import AsyncQdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
+from gateway.exceptions import DimensionMismatch, StoreUnavailable
 from gateway.memory.records import (
     Condition,
     MemoryRecord,
@@ -32,10 +33,8 @@ from gateway.memory.store import (
     RRF_K,
     SPARSE_CONTEXT,
     SPARSE_TEXT,
-    DimensionMismatch,
     QueryVectors,
     StoredPoint,
-    StoreUnavailable,
 )
 
 T = TypeVar("T")

@@ -22,15 +22,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 from gateway.enums import ReplayOutcome
-from gateway.memory.embedder_client import (
-    BACKGROUND,
-    INTERACTIVE,
-    EmbedderRejected,
-    EmbedderUnavailable,
-)
+from gateway.exceptions import EmbedderRejected, EmbedderUnavailable, StoreUnavailable
+from gateway.memory.embedder_client import BACKGROUND, INTERACTIVE
 from gateway.memory.outbox import Outbox, OutboxEntry
 from gateway.memory.records import NewMemory, Scope
-from gateway.memory.store import StoreUnavailable
 from gateway.metrics import GatewayMetrics
 from gateway.monitor import next_backoff
 

@@ -30,13 +30,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gateway.enums import MemoryEvent, RecallOutcome, WriteOutcome, WriteSource
+from gateway.exceptions import (
+    EmbedderRejected,
+    EmbedderUnavailable,
+    MemoryRejected,
+    MemoryUnavailable,
+    OutboxFull,
+    StoreUnavailable,
+)
 from gateway.memory.embedder_client import (
     BACKGROUND,
     INTERACTIVE,
     PART_TEXTS,
     EmbedderClient,
-    EmbedderRejected,
-    EmbedderUnavailable,
 )
 from gateway.memory.indexing import (
     WINDOW,
@@ -65,7 +71,6 @@ from gateway.memory.store import (
     PointVectors,
     QueryVectors,
     StoredPoint,
-    StoreUnavailable,
     VectorStore,
 )
 from gateway.metrics import GatewayMetrics
@@ -76,18 +81,6 @@ logger = logging.getLogger("gateway.memory")
 ADD, NONE = MemoryEvent.ADD, MemoryEvent.NONE
 # How long a recall (or an API write) waits for the user's own queued writes.
 READ_YOUR_WRITES_S = 2.0
-
-
-class MemoryUnavailable(Exception):
-    """Memory cannot be read right now: the embedder or the vector store is down."""
-
-
-class MemoryRejected(Exception):
-    """This memory can never be stored as given (a client error, not an outage)."""
-
-
-class OutboxFull(Exception):
-    """The outbox cannot take the write: its disk is full or failing."""
 
 
 @dataclass(frozen=True)

@@ -10,15 +10,6 @@ from typing import Protocol
 from gateway.memory.records import Condition, MemoryRecord, NewMemory, Scope
 from gateway.memory.sparse import Sparse
 
-
-class StoreUnavailable(Exception):
-    """The vector store cannot be reached right now; the caller may retry later."""
-
-
-class DimensionMismatch(Exception):
-    """The collection exists with another vector size or layout: refuse, never corrupt."""
-
-
 # Named vectors of every point (see gateway.memory.indexing).
 DENSE_TEXT, DENSE_CONTEXT, SPARSE_TEXT, SPARSE_CONTEXT = "text", "ctx", "bm25", "bm25_ctx"
 PREFETCH_LIMIT = 30  # candidates each of the four lists brings to the fusion

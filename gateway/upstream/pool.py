@@ -33,8 +33,10 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from gateway.enums import Availability, UpstreamOutcome
+from gateway.enums import UpstreamOutcome
+from gateway.exceptions import NoUpstreamAvailable, UpstreamFailed
 from gateway.metrics import GatewayMetrics
+from gateway.upstream.availability import why_unavailable
 from gateway.upstream.http import (
     ConnectFailed,
     ConnectTimedOut,
@@ -45,29 +47,11 @@ from gateway.upstream.http import (
     TransportError,
 )
 from gateway.upstream.replica import CHAT, Call, Upstream
-from gateway.upstream.replicas import status_of
 
 RETRYABLE_STATUS = frozenset({429, 502, 503})  # refusals: nothing was generated
 # Answered as the upstream's failure (504 to the client), never retried.
 GATEWAY_TIMEOUT = 504
 MAX_RETRY_AFTER_S = 2.0
-
-
-class NoUpstreamAvailable(Exception):
-    """No upstream can take a request now. ``starting``: one is still coming up."""
-
-    def __init__(self, starting: bool, detail: str) -> None:
-        super().__init__(detail)
-        self.starting = starting
-
-
-class UpstreamFailed(Exception):
-    """Every attempt failed; carries what the last one saw, for the client."""
-
-    def __init__(self, status: int, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.retry_after = retry_after
 
 
 class _Retryable(Exception):
@@ -146,7 +130,8 @@ class UpstreamPool:
             f"{u.name}: {u.monitor.state.status if u.monitor else '?'} (breaker {u.breaker.state})"
             for u in upstreams
         )
-        raise NoUpstreamAvailable(status_of(upstreams) == Availability.STARTING, detail)
+        verdict = why_unavailable(upstreams)
+        raise NoUpstreamAvailable(detail, code=verdict.code, reason=verdict.message)
 
     async def open_chat(
         self,

@@ -24,7 +24,8 @@ import httpx
 from qdrant_client import AsyncQdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from gateway.upstream.registry import Registration, RegistryUnavailable, stamped
+from gateway.exceptions import RegistryUnavailable
+from gateway.upstream.registry import Registration, stamped
 
 T = TypeVar("T")
 

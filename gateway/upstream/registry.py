@@ -26,6 +26,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from gateway.exceptions import RegistryUnavailable
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
     alias TEXT PRIMARY KEY,
@@ -54,10 +56,6 @@ class Registration:
             other.model,
             other.api_key,
         )
-
-
-class RegistryUnavailable(Exception):
-    """The store of registrations cannot be read or written now (try again later)."""
 
 
 class ModelRegistry(Protocol):

@@ -33,6 +33,7 @@ from types import MappingProxyType
 from typing import Any
 
 from gateway.enums import RouteSource
+from gateway.exceptions import UnknownModel
 from gateway.upstream.http import UpstreamHTTP
 from gateway.upstream.pool import Target
 from gateway.upstream.registry import Registration
@@ -50,13 +51,6 @@ class AliasRoute:
     fallback: str | None = None
     fallback_model: str | None = None
     source: RouteSource = RouteSource.CONFIG
-
-
-class UnknownModel(Exception):
-    def __init__(self, model: str, available: Sequence[str]) -> None:
-        super().__init__(model)
-        self.model = model
-        self.available = list(available)
 
 
 def registered_group(alias: str) -> str:

@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from gateway.enums import RouteSource
-from gateway.upstream.registry import ModelRegistry, Registration, RegistryUnavailable
+from gateway.exceptions import RegistryUnavailable
+from gateway.upstream.registry import ModelRegistry, Registration
 from gateway.upstream.router import ModelRouter
 
 logger = logging.getLogger("gateway.registry")

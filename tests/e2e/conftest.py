@@ -9,8 +9,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.fakes.process import RunningServer, start_llm_server
-from tests.support.stack import Service, start_gateway, wait_until
+from harness.fake_llm import RunningServer, start_llm_server
+from harness.process import Service, wait_until
+from tests.support.stack import start_gateway
 
 pytestmark = pytest.mark.e2e
 

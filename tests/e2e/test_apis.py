@@ -21,9 +21,10 @@ import pytest
 from anthropic import Anthropic
 from openai import OpenAI
 
+from harness.fake_llm import RunningServer
+from harness.process import Service
 from tests.e2e.conftest import wait_for_memories
-from tests.fakes.process import RunningServer
-from tests.support.stack import Service, start_gateway
+from tests.support.stack import start_gateway
 
 pytestmark = pytest.mark.e2e
 

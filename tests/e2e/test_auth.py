@@ -11,9 +11,10 @@ import httpx
 import pytest
 from openai import AuthenticationError, OpenAI
 
+from harness.fake_llm import RunningServer
+from harness.process import Service
 from tests.e2e.conftest import wait_for_memories
-from tests.fakes.process import RunningServer
-from tests.support.stack import Service, start_gateway
+from tests.support.stack import start_gateway
 
 pytestmark = pytest.mark.e2e
 

@@ -13,9 +13,9 @@ import httpx
 import pytest
 from openai import AsyncOpenAI, OpenAI
 
+from harness.fake_llm import RunningServer
+from harness.process import Service
 from tests.e2e.conftest import memories_of, wait_for_memories
-from tests.fakes.process import RunningServer
-from tests.support.stack import Service
 
 pytestmark = pytest.mark.e2e
 

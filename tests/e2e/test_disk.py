@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
+import sys
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -20,9 +21,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.datadir import MIB, DataDirProblem, check_data_dir, free_bytes, unwritable_message
-from tests.fakes.process import RunningServer, free_port
-from tests.support.stack import Service, _spawn, gateway_env, start_gateway, wait_until
+from gateway.datadir import MIB, check_data_dir, free_bytes, unwritable_message
+from gateway.exceptions import DataDirProblem
+from harness.fake_llm import RunningServer
+from harness.process import Service, free_port, spawn, wait_until
+from tests.support.stack import gateway_env, start_gateway
 
 pytestmark = pytest.mark.e2e
 
@@ -68,7 +71,9 @@ def start_failing(data_dir: Path, llm_url: str, embedder_url: str) -> tuple[int,
     """Start a gateway that should refuse to start: its exit code and log."""
     port = free_port()
     env = gateway_env(data_dir, llm_url, embedder_url, port)
-    service = _spawn("gateway", "gateway", env, data_dir.parent.parent / "logs", port)
+    # The log lives outside the filled file system, which could not hold it.
+    argv = [sys.executable, "-m", "gateway"]
+    service = spawn("gateway", argv, log_dir=data_dir.parent.parent / "logs", port=port, env=env)
     try:
         code = service.proc.wait(60)
     except subprocess.TimeoutExpired:  # it started after all

@@ -15,9 +15,9 @@ import httpx
 import pytest
 
 from gateway.upstream.registry import Registration, SqliteRegistry
+from harness.fake_llm import RunningServer
+from harness.process import Service, free_port, wait_until
 from tests.conftest import GatewayFactory
-from tests.fakes.process import RunningServer, free_port
-from tests.support.stack import Service, wait_until
 
 pytestmark = pytest.mark.e2e
 

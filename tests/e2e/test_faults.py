@@ -25,9 +25,10 @@ import pytest
 
 from gateway.memory.outbox import Outbox
 from gateway.memory.records import NewMemory, Scope
+from harness.fake_llm import RunningServer
+from harness.process import Service, free_port, wait_until
 from tests.e2e.conftest import memories_of
-from tests.fakes.process import RunningServer, free_port
-from tests.support.stack import Service, start_embedder, start_gateway, wait_until
+from tests.support.stack import start_embedder, start_gateway
 
 pytestmark = pytest.mark.e2e
 

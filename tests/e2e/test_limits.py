@@ -10,9 +10,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from harness.fake_llm import RunningServer
+from harness.process import ROOT, Service, wait_until
 from tests.conftest import GatewayFactory
-from tests.fakes.process import RunningServer
-from tests.support.stack import ROOT, Service, wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -19,9 +19,9 @@ from contextlib import contextmanager
 import httpx
 import pytest
 
+from harness.fake_llm import RunningServer
+from harness.process import Service, wait_until
 from tests.conftest import GatewayFactory
-from tests.fakes.process import RunningServer
-from tests.support.stack import Service, wait_until
 
 pytestmark = pytest.mark.e2e
 

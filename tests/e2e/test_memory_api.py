@@ -7,7 +7,7 @@ import uuid
 import httpx
 import pytest
 
-from tests.support.stack import Service
+from harness.process import Service
 
 pytestmark = pytest.mark.e2e
 

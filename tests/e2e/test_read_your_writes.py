@@ -14,8 +14,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.fakes.process import RunningServer
-from tests.support.stack import Service, start_gateway
+from harness.fake_llm import RunningServer
+from harness.process import Service
+from tests.support.stack import start_gateway
 
 pytestmark = pytest.mark.e2e
 

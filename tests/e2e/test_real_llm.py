@@ -23,8 +23,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.memory.prompt import MEMORY_PREAMBLE
+from harness.process import Service, wait_until
 from tests.support.llama import MODEL_ALIAS, start_llama_server
-from tests.support.stack import Service, start_gateway, wait_until
+from tests.support.stack import start_gateway
 
 pytestmark = pytest.mark.e2e
 

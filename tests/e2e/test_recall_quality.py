@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.support.stack import Service
+from harness.process import Service
 
 pytestmark = pytest.mark.e2e
 

@@ -13,10 +13,11 @@ import httpx
 import pytest
 from openai import APIStatusError, OpenAI
 
+from harness.fake_llm import RunningServer, start_llm_server
+from harness.process import Service, free_port, wait_until
 from tests.conftest import GatewayFactory
 from tests.e2e.conftest import memories_of
-from tests.fakes.process import RunningServer, free_port, start_llm_server
-from tests.support.stack import Service, start_embedder, start_gateway, wait_until
+from tests.support.stack import start_embedder, start_gateway
 
 pytestmark = pytest.mark.e2e
 
@@ -128,7 +129,7 @@ def test_upstream_killed_and_restarted_under_steady_load(
     finally:
         stop.set()
         worker.join()
-        llm.stop()
+        llm.terminate()
     after = [s for t, s in results if t > first_success]
     failures = [s for _, s in results if s != 200]
     recovery = first_success - returned_at

@@ -13,8 +13,9 @@ import httpx
 import pytest
 from openai import NotFoundError, OpenAI
 
-from tests.fakes.process import RunningServer, free_port, start_llm_server
-from tests.support.stack import Service, start_gateway, wait_until
+from harness.fake_llm import RunningServer, start_llm_server
+from harness.process import Service, free_port, wait_until
+from tests.support.stack import start_gateway
 
 pytestmark = pytest.mark.e2e
 
@@ -30,7 +31,7 @@ def servers() -> Iterator[dict[str, RunningServer]]:
     }
     yield started
     for server in started.values():
-        server.stop()
+        server.terminate()
 
 
 @pytest.fixture

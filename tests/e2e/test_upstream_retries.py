@@ -9,9 +9,9 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from harness.fake_llm import RunningServer
+from harness.process import Service
 from tests.conftest import GatewayFactory
-from tests.fakes.process import RunningServer
-from tests.support.stack import Service
 
 pytestmark = pytest.mark.e2e
 

@@ -13,8 +13,8 @@ from fastapi.testclient import TestClient
 from embedder.app import create_app
 from embedder.model import Encoder
 from embedder.settings import EmbedderSettings
+from harness.process import wait_until
 from tests.embedder.fake_encoder import FakeEncoder
-from tests.support.stack import wait_until
 
 
 def client_for(load: object, **settings: object) -> TestClient:

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from embedder.logs import JsonFormatter
-from tests.support.stack import Service
+from harness.process import Service
 
 
 def record(msg: str, *args: object, exc: bool = False) -> logging.LogRecord:

@@ -10,6 +10,7 @@ from embedder.app import create_app
 from embedder.batcher import BatchStats
 from embedder.metrics import EmbedderMetrics
 from embedder.settings import EmbedderSettings
+from harness.process import wait_until
 from tests.embedder.fake_encoder import FakeEncoder
 from tests.monitoring.metric_rules import (
     check_exposition,
@@ -17,7 +18,6 @@ from tests.monitoring.metric_rules import (
     check_label_names,
     exposition,
 )
-from tests.support.stack import wait_until
 
 
 def test_every_family_follows_the_naming_rules() -> None:

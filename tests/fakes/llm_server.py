@@ -51,10 +51,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
-try:
-    from tests.fakes import llm_protocols as api
-except ImportError:  # run as a script (bench/): the folder itself is on the path
-    import llm_protocols as api  # type: ignore[import-not-found, no-redef]
+from tests.fakes import llm_protocols as api
 
 Json = api.Json
 dumps = api.dumps

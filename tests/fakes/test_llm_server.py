@@ -15,7 +15,8 @@ import pytest
 from openai import OpenAI
 from openai.types.chat import ChatCompletionMessageParam
 
-from .process import RunningServer, free_port, start_llm_server
+from harness.fake_llm import RunningServer, start_llm_server
+from harness.process import free_port
 
 USER: list[ChatCompletionMessageParam] = [
     {"role": "system", "content": "be brief"},
@@ -219,7 +220,7 @@ def test_die_exits_on_next_request() -> None:
 def test_startup_delay_refuses_connections_first() -> None:
     port = free_port()
     start = time.monotonic()
-    server = start_llm_server(port=port, startup_delay=0.8, wait=False, as_module=True)
+    server = start_llm_server(port=port, startup_delay=0.8, wait=False)
     try:
         while time.monotonic() - start < 0.5:
             with pytest.raises(httpx.ConnectError):
@@ -230,7 +231,7 @@ def test_startup_delay_refuses_connections_first() -> None:
         assert server.port == port
         assert httpx.get(f"{server.base_url}/health").status_code == 200
     finally:
-        server.stop()
+        server.terminate()
 
 
 def test_bad_requests_get_openai_errors(llm: RunningServer) -> None:

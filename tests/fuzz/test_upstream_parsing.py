@@ -42,6 +42,7 @@ from hypothesis import strategies as st
 from gateway.api.chat import parse_json_object, validate_chat
 from gateway.errors import APIError
 from gateway.upstream.sse import StreamAccumulator
+from harness.process import Service, wait_until
 from tests.fakes.hostile_upstream import (
     MODEL,
     End,
@@ -57,7 +58,7 @@ from tests.fakes.hostile_upstream import (
     stream_chunk,
 )
 from tests.fuzz.budget import fuzz_settings, fuzz_timeout
-from tests.support.stack import Service, start_gateway, wait_until
+from tests.support.stack import start_gateway
 
 pytestmark = fuzz_timeout()
 

@@ -18,9 +18,9 @@ from openai import AuthenticationError, BadRequestError, OpenAI
 
 from gateway.logs import FIELDS, JsonFormatter
 from gateway.observability import request_id_var
+from harness.fake_llm import RunningServer
+from harness.process import Service, wait_until
 from tests.conftest import GatewayFactory
-from tests.fakes.process import RunningServer
-from tests.support.stack import Service, wait_until
 
 
 def record(msg: str, *args: object, **extra: Any) -> logging.LogRecord:

@@ -24,8 +24,9 @@ import httpx
 import pytest
 from openai import BadRequestError, OpenAI
 
+from harness.fake_llm import RunningServer
+from harness.process import Service, wait_until
 from tests.conftest import GatewayFactory
-from tests.fakes.process import RunningServer
 from tests.monitoring.prometheus_harness import (
     PrometheusServer,
     QueryOutcome,
@@ -33,7 +34,6 @@ from tests.monitoring.prometheus_harness import (
     require_prometheus,
     run_prometheus,
 )
-from tests.support.stack import Service, wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.fakes.process import free_port
-from tests.support.stack import ROOT, Service
+from harness.process import Service, free_port, spawn
 
 MODEL_ALIAS = "smollm2"
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -58,13 +56,9 @@ def start_llama_server(
     """Start the server and wait until it lists its model (it listens only once loaded)."""
     model = require_llama()
     port = port or free_port()
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / f"llama-{port}.log"
     command = [
         sys.executable, "-m", "llama_cpp.server", "--model", str(model),
         "--model_alias", MODEL_ALIAS, "--host", "127.0.0.1", "--port", str(port),
         "--n_ctx", str(n_ctx), *SERVE_OPTIONS,
     ]  # fmt: skip
-    with log_path.open("ab") as log:
-        proc = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=log)
-    return Service("llama.cpp server", proc, port, log_path).wait_for("/v1/models", timeout)
+    return spawn("llama.cpp", command, log_dir=log_dir, port=port).wait_for("/v1/models", timeout)

@@ -12,10 +12,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from gateway.app import create_app
+from gateway.exceptions import RegistryUnavailable
 from gateway.services import Services
 from gateway.settings import Settings
 from gateway.upstream.qdrant_registry import QdrantRegistry
-from gateway.upstream.registry import Registration, RegistryUnavailable, SqliteRegistry
+from gateway.upstream.registry import Registration, SqliteRegistry
 
 DEAD = "http://127.0.0.1:9/v1"
 BODY = {"alias": "vl", "upstream_url": "http://127.0.0.1:9/v1", "model": "Qwen/VL"}

@@ -9,7 +9,8 @@ import httpx
 import prometheus_client
 import pytest
 
-from gateway.memory.embedder_client import EmbedderClient, EmbedderUnavailable
+from gateway.exceptions import EmbedderUnavailable
+from gateway.memory.embedder_client import EmbedderClient
 from gateway.metrics import GatewayMetrics
 from gateway.monitor import ProbeFailed
 from tests.support.dropping_server import DroppingServer, Json, dropping_server

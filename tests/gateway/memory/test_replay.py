@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from gateway.memory.embedder_client import BACKGROUND, EmbedderUnavailable
+from gateway.exceptions import EmbedderUnavailable
+from gateway.memory.embedder_client import BACKGROUND
 from gateway.memory.outbox import Outbox
 from gateway.memory.records import NewMemory, Scope
 from gateway.memory.replay import Batch, Replayer

@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from gateway.exceptions import MemoryUnavailable
 from gateway.memory.edge_store import EdgeStore
 from gateway.memory.embedder_client import EmbedderClient
 from gateway.memory.outbox import Outbox
 from gateway.memory.records import NewMemory, Scope
-from gateway.memory.service import MemoryService, MemoryUnavailable
+from gateway.memory.service import MemoryService
 from gateway.metrics import GatewayMetrics
 from gateway.monitor import Monitor
 
@@ -249,7 +250,7 @@ async def test_a_poisoned_entry_is_set_aside_and_other_tenants_flow(h: Harness) 
 
 
 async def test_unstorable_input_is_refused_before_it_is_queued(h: Harness) -> None:
-    from gateway.memory.service import MemoryRejected
+    from gateway.exceptions import MemoryRejected
 
     h.embedder.up = False  # it would otherwise be queued
     with pytest.raises(MemoryRejected, match="lone surrogate"):

@@ -10,18 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from gateway.exceptions import DimensionMismatch, StoreUnavailable
 from gateway.memory.edge_store import EdgeStore
 from gateway.memory.qdrant_store import QdrantServerStore
 from gateway.memory.records import Condition, NewMemory, Scope, memory_id
 from gateway.memory.sparse import Bm25Encoder, Sparse
-from gateway.memory.store import (
-    DimensionMismatch,
-    PointVectors,
-    QueryVectors,
-    StoredPoint,
-    StoreUnavailable,
-    VectorStore,
-)
+from gateway.memory.store import PointVectors, QueryVectors, StoredPoint, VectorStore
 
 DIM = 4
 ALICE = Scope("acme", "alice")

@@ -14,7 +14,7 @@ from gateway.monitor import HEALTHY, UNHEALTHY, Monitor
 from gateway.upstream.availability import why_unavailable
 from gateway.upstream.http import UpstreamHTTP
 from gateway.upstream.replica import Upstream
-from tests.fakes.process import free_port
+from harness.process import free_port
 from tests.support.dropping_server import Json, dropping_server
 
 

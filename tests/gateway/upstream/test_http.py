@@ -23,7 +23,7 @@ from gateway.upstream.http import (
     proxy_for,
     timeouts_for,
 )
-from tests.fakes.process import free_port
+from harness.process import free_port
 
 TIMEOUTS = timeouts_for(read_s=5.0, connect_s=5.0)
 JSON = {"Content-Type": "application/json"}

@@ -16,8 +16,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from gateway.enums import BreakerState, Health, UpstreamOutcome
+from gateway.exceptions import NoUpstreamAvailable, UpstreamFailed
 from gateway.metrics import GatewayMetrics
 from gateway.monitor import Monitor
+from gateway.upstream.availability import STARTING_CODE
 from gateway.upstream.breaker import CircuitBreaker
 from gateway.upstream.http import (
     ConnectFailed,
@@ -30,13 +32,7 @@ from gateway.upstream.http import (
     UpstreamHTTP,
     timeouts_for,
 )
-from gateway.upstream.pool import (
-    NoUpstreamAvailable,
-    OpenedReply,
-    Target,
-    UpstreamFailed,
-    UpstreamPool,
-)
+from gateway.upstream.pool import OpenedReply, Target, UpstreamPool
 from gateway.upstream.replica import Call, Upstream
 
 
@@ -260,10 +256,10 @@ async def test_none_eligible_fails_at_once_and_says_whether_one_is_starting() ->
     fresh.monitor = Monitor("llm:fresh", no_probe)  # never up yet: starting
     with pytest.raises(NoUpstreamAvailable) as raised:
         await pool.open(*targets(loading, fresh))
-    assert raised.value.starting and "fresh: starting" in str(raised.value)
+    assert raised.value.code == STARTING_CODE and "fresh: starting" in str(raised.value)
     with pytest.raises(NoUpstreamAvailable) as raised:
         await pool.open(*targets(loading))
-    assert not raised.value.starting
+    assert raised.value.code != STARTING_CODE
     assert not loading.bodies and not fresh.bodies
 
 

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 from qdrant_client import AsyncQdrantClient
 
+from gateway.exceptions import RegistryUnavailable
 from gateway.upstream.qdrant_registry import QdrantRegistry, point_id
 from gateway.upstream.registry import (
     ModelRegistry,
     Registration,
-    RegistryUnavailable,
     SqliteRegistry,
 )
-from tests.fakes.process import free_port
+from harness.process import free_port
 
 
 @pytest.fixture(params=["sqlite", "qdrant"])

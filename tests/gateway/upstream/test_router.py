@@ -6,11 +6,12 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from gateway.exceptions import UnknownModel
 from gateway.metrics import GatewayMetrics
 from gateway.upstream.config import load_upstreams_file
 from gateway.upstream.http import UpstreamHTTP
 from gateway.upstream.replicas import Replicas
-from gateway.upstream.router import FALLBACK, PRIMARY, AliasRoute, ModelRouter, UnknownModel
+from gateway.upstream.router import FALLBACK, PRIMARY, AliasRoute, ModelRouter
 
 
 @pytest.fixture

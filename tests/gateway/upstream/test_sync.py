@@ -10,10 +10,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 from qdrant_client import AsyncQdrantClient
 
+from gateway.exceptions import RegistryUnavailable
 from gateway.metrics import GatewayMetrics
 from gateway.upstream.http import UpstreamHTTP
 from gateway.upstream.qdrant_registry import QdrantRegistry
-from gateway.upstream.registry import Registration, RegistryUnavailable, SqliteRegistry
+from gateway.upstream.registry import Registration, SqliteRegistry
 from gateway.upstream.replicas import Replicas
 from gateway.upstream.router import PRIMARY, AliasRoute, ModelRouter, registered_group
 from gateway.upstream.sync import RegistrySync, reconcile

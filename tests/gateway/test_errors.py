@@ -1,0 +1,137 @@
+"""The app's error handlers: every failure answered in OpenAI's envelope, once.
+
+A tiny app with the gateway's handlers and routes that raise, so each kind
+of failure is seen as a client sees it: status, body and headers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from gateway.errors import APIError, install_error_handlers
+from gateway.exceptions import (
+    DimensionMismatch,
+    GatewayError,
+    NoUpstreamAvailable,
+    OutboxFull,
+    StoreUnavailable,
+    UnknownModel,
+    UpstreamFailed,
+)
+
+
+def _app(raised: list[BaseException]) -> FastAPI:
+    app = FastAPI()
+    install_error_handlers(app)
+
+    async def deep() -> None:
+        # A service deep below the router: the router neither catches nor translates.
+        raise raised[0]
+
+    @app.get("/raise")
+    async def route() -> dict[str, str]:
+        await deep()
+        return {"never": "reached"}
+
+    return app
+
+
+@pytest.fixture
+def raising() -> Iterator[tuple[TestClient, list[BaseException]]]:
+    raised: list[BaseException] = []
+    with TestClient(_app(raised), raise_server_exceptions=False) as client:
+        yield client, raised
+
+
+def _answer(
+    raising: tuple[TestClient, list[BaseException]], exc: BaseException
+) -> tuple[int, dict[str, object], dict[str, str]]:
+    client, raised = raising
+    raised[:] = [exc]
+    response = client.get("/raise")
+    return response.status_code, response.json()["error"], dict(response.headers)
+
+
+def test_a_dependency_error_is_a_503_with_retry_after(
+    raising: tuple[TestClient, list[BaseException]],
+) -> None:
+    status, error, headers = _answer(raising, StoreUnavailable("connection refused"))
+    assert status == 503 and headers["retry-after"] == "2"
+    assert error == {
+        "message": "memory store unavailable: connection refused",
+        "type": "service_unavailable",
+        "code": "store_unavailable",
+        "param": None,
+    }
+
+
+def test_no_upstream_is_answered_with_the_verdicts_code(
+    raising: tuple[TestClient, list[BaseException]],
+) -> None:
+    exc = NoUpstreamAvailable("primary: unhealthy", code="llm_unreachable", reason="no LLM answers")
+    status, error, headers = _answer(raising, exc)
+    assert (status, error["code"], headers["retry-after"]) == (503, "llm_unreachable", "2")
+    assert error["message"] == "no LLM answers [primary: unhealthy]"
+
+
+@pytest.mark.parametrize(
+    ("upstream_status", "retry_after", "status", "type_", "header"),
+    [(429, 5.0, 429, "rate_limit_error", "5"), (504, None, 504, "timeout_error", "1")],
+)
+def test_an_upstream_failure_keeps_its_status(
+    raising: tuple[TestClient, list[BaseException]],
+    upstream_status: int,
+    retry_after: float | None,
+    status: int,
+    type_: str,
+    header: str,
+) -> None:
+    exc = UpstreamFailed(upstream_status, "LLM upstream a answered", retry_after)
+    got, error, headers = _answer(raising, exc)
+    assert (got, error["type"], error["code"]) == (status, type_, "upstream_unavailable")
+    assert headers["retry-after"] == header
+
+
+def test_client_errors_name_their_param(raising: tuple[TestClient, list[BaseException]]) -> None:
+    status, error, headers = _answer(raising, UnknownModel("gpt-9", ["llama"]))
+    assert (status, error["type"], error["code"]) == (404, "not_found_error", "model_not_found")
+    assert error["param"] == "model" and "retry-after" not in headers
+    status, error, _ = _answer(raising, OutboxFull("disk full"))
+    assert (status, error["type"], error["code"]) == (507, "api_error", "insufficient_storage")
+
+
+def test_an_api_error_is_answered_as_raised(
+    raising: tuple[TestClient, list[BaseException]],
+) -> None:
+    exc = APIError(409, "taken", code="alias_configured", headers={"X-Why": "config"})
+    status, error, headers = _answer(raising, exc)
+    assert (status, error["type"], error["code"], headers["x-why"]) == (
+        409,
+        "conflict_error",
+        "alias_configured",
+        "config",
+    )
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("secret path /x"), DimensionMismatch("size 4")])
+def test_anything_else_is_a_500_without_detail(
+    raising: tuple[TestClient, list[BaseException]], exc: BaseException
+) -> None:
+    # A start-up failure is no GatewayError: were one raised later, it would not leak.
+    status, error, _ = _answer(raising, exc)
+    assert (status, error["message"], error["code"]) == (500, "internal error", "internal_error")
+
+
+def test_a_subclass_without_its_own_handler_is_still_translated(
+    raising: tuple[TestClient, list[BaseException]],
+) -> None:
+    class Novel(StoreUnavailable):
+        """A new kind of store outage: the base's translation applies."""
+
+    status, error, _ = _answer(raising, Novel("x"))
+    assert (status, error["code"]) == (503, "store_unavailable")
+    assert isinstance(Novel("x"), GatewayError)
