@@ -80,7 +80,8 @@ def plan_memory(
     ``body`` is the request itself (already validated as ``chat``).
     """
     query = last_user_text(body["messages"])
-    return plan_turn(body, chat.memory, query, principal, services, param="messages")
+    top_k = services.settings.memory_top_k
+    return plan_turn(body, chat.memory, query, principal, top_k, param="messages")
 
 
 @router.post(
@@ -154,7 +155,14 @@ async def relay_turn(
             headers["x-memory-hits"] = str(injected)
             opened = await send(memories.outgoing())
         drop_usage = not outgoing.usage_asked
-        relay = Relay(services, opened, plan, started, model, drop_usage=drop_usage, wire=wire)
+        relay = Relay(
+            opened, plan, started, model,
+            model_label=services.router.metric_label(model), metrics=services.metrics,
+            pool=services.pool, memory=services.memory,
+            total_timeout_s=settings.total_timeout_s,
+            stream_idle_timeout_s=settings.stream_idle_timeout_s,
+            drop_usage=drop_usage, wire=wire,
+        )  # fmt: skip
         reply = opened.response
         # A pass-through endpoint streams when its upstream does; the others as asked.
         sse = reply.headers.get("content-type", "").startswith("text/event-stream")
