@@ -34,7 +34,7 @@ from fastapi.responses import Response
 from gateway.api.wire import CHAT_WIRE, Wire
 from gateway.enums import TokenKind, UpstreamOutcome, WriteSource
 from gateway.errors import APIError, error_body
-from gateway.exceptions import OutboxFull
+from gateway.exceptions import OutboxFull, UpstreamBroke, UpstreamInvalid, UpstreamTimedOut
 from gateway.memory.records import NewMemory, Scope
 from gateway.memory.service import MemoryService
 from gateway.metrics import GatewayMetrics
@@ -126,12 +126,12 @@ class Relay:
         try:
             async with asyncio.timeout(self.total_timeout_s):
                 content = await response.aread()
-        except (TimeoutError, TimedOut):
+        except (TimeoutError, TimedOut) as exc:
             self._finish(UpstreamOutcome.TIMEOUT)
-            raise APIError(504, "the LLM upstream timed out", code="upstream_timeout") from None
-        except TransportError:  # cut-off bodies, undecodable content-encoding, ...
+            raise UpstreamTimedOut(str(exc)) from None
+        except TransportError as exc:  # cut-off bodies, undecodable content-encoding, ...
             self._finish(UpstreamOutcome.STREAM_ERROR)
-            raise APIError(502, "the LLM upstream failed", code="upstream_error") from None
+            raise UpstreamBroke(f"{type(exc).__name__}: {exc}") from None
         except asyncio.CancelledError:
             self._finish(UpstreamOutcome.CLIENT_DISCONNECT)
             raise
@@ -154,9 +154,7 @@ class Relay:
             return Response(content, 200, headers={**headers, "content-type": kind})
         if completion is None:
             self._finish(UpstreamOutcome.HTTP_ERROR)
-            raise APIError(
-                502, "the LLM upstream answered with invalid JSON", code="upstream_invalid"
-            )
+            raise UpstreamInvalid(response.headers.get("content-type", "no content type"))
         self._finish(UpstreamOutcome.SUCCESS)
         self._count_tokens(completion.get("usage"))
         reply = self.wire.reply_text(completion)  # None: not a finished turn
