@@ -1,22 +1,27 @@
-"""The OpenAPI document as the API really answers.
+"""What the OpenAPI document declares besides the response models: errors and raw bodies.
 
-FastAPI derives the document from the routes, with two things to put right:
-it declares a 422 ``HTTPValidationError`` for every operation with inputs,
-while the gateway answers invalid input with a 400 in OpenAI's error envelope
-(gateway.errors); and the chat endpoint reads its body itself (to forward it
-byte for byte), so its schema is declared by hand and the definitions that
-schema refers to have to be added to the components.
+Nothing here edits the generated document; the routes declare it all:
+
+- Every error is OpenAI's envelope (gateway.errors), declared per route with
+  :func:`errors` for the statuses it answers. Every router behind a key adds
+  :data:`KEYED` (401, 403, 429 and ``default``: any other status, such as an
+  LLM upstream's client error relayed, is the envelope too). Declaring
+  ``default`` is also what keeps FastAPI from adding its 422
+  ``HTTPValidationError``: invalid input is a 400 here, as OpenAI answers it.
+- The endpoints that read their body themselves (to forward it byte for byte)
+  declare its schema with :func:`json_body`, and what they relay with
+  :func:`relayed`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-_REF = "#/components/schemas/{model}"
-_FASTAPI_VALIDATION_SCHEMAS = ("HTTPValidationError", "ValidationError")
+Responses = dict[int | str, dict[str, Any]]
 
 
 class ErrorDetail(BaseModel):
@@ -32,33 +37,95 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
-def install_openapi(app: FastAPI, extra_schemas: dict[str, Any]) -> None:
-    """Serve the corrected document (built once, on first request)."""
-    build = app.openapi
+_WHY = {
+    400: "Invalid input",
+    401: "No API key, or an unknown one (when keys are configured)",
+    403: "The other kind of key (the admin key on /v1, a tenant key on /admin), "
+    "or the admin endpoints are off",
+    404: "Not found",
+    408: "The request body did not arrive in time (GATEWAY_BODY_TIMEOUT_S)",
+    409: "Conflict",
+    413: "The request body is larger than GATEWAY_MAX_BODY_BYTES",
+    429: "Too many requests in flight (GATEWAY_MAX_CONCURRENCY), or the LLM's rate limit",
+    502: "The LLM upstream failed",
+    503: "A dependency cannot serve now; retry after ``Retry-After`` seconds",
+    504: "The LLM upstream timed out",
+    507: "The data dir's disk is full: the write was not accepted",
+}
 
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            app.openapi_schema = corrected(build(), extra_schemas)
-        return app.openapi_schema
 
-    app.openapi = openapi  # type: ignore[method-assign]
+def errors(*statuses: int | tuple[int, str]) -> Responses:
+    """Error responses in OpenAI's envelope; a ``(status, description)`` pair says
+    what that status means on this route."""
+    declared: Responses = {}
+    for item in statuses:
+        status, why = item if isinstance(item, tuple) else (item, _WHY[item])
+        declared[status] = {"model": ErrorResponse, "description": why}
+    return declared
 
 
-def corrected(document: dict[str, Any], extra_schemas: dict[str, Any]) -> dict[str, Any]:
-    schemas = document.setdefault("components", {}).setdefault("schemas", {})
-    schemas.update(extra_schemas)
-    error = ErrorResponse.model_json_schema(ref_template=_REF)
-    schemas.update(error.pop("$defs", {}))
-    schemas["ErrorResponse"] = error
-    invalid = {
-        "description": "Invalid input (OpenAI's error envelope)",
-        "content": {"application/json": {"schema": {"$ref": _REF.format(model="ErrorResponse")}}},
+# Every route behind a tenant or admin key.
+KEYED: Responses = {
+    **errors(401, 403, 429),
+    "default": {"model": ErrorResponse, "description": "Any other error"},
+}
+
+
+def keyed_router(prefix: str, tag: str) -> APIRouter:
+    """The router of a group of the gateway's own endpoints behind a key.
+
+    Answers are rendered by ``JSONResponse`` (json.dumps), as they always were,
+    rather than by FastAPI's default for response models, Pydantic's JSON
+    writer, which spells some floats (scores, metadata, times) otherwise:
+    ``1e-05`` becomes ``1e-5``.
+    """
+    return APIRouter(
+        prefix=prefix, tags=[tag], responses=KEYED, default_response_class=JSONResponse
+    )
+
+
+# Every route that takes a request body, besides its own 400s.
+WITH_BODY: Responses = errors(400, 408, 413)
+# Every route that sends the request to an LLM.
+UPSTREAM: Responses = errors(502, 503, 504)
+NO_MODEL = (404, "No model of that name here")
+
+
+def _inlined(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` with its ``$defs`` put where they are referred to: FastAPI adds to
+    the document's components only the models its routes parse. (The request
+    models are not recursive, so this ends.)"""
+    definitions = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                rest = {k: v for k, v in node.items() if k != "$ref"}
+                return resolve({**definitions[ref.removeprefix("#/$defs/")], **rest})
+            return {key: resolve(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [resolve(value) for value in node]
+        return node
+
+    resolved: dict[str, Any] = resolve(schema)
+    return resolved
+
+
+def json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` for an endpoint that reads its JSON body itself: the
+    body's schema, which the gateway checks (other fields go upstream as sent)."""
+    content = {"application/json": {"schema": _inlined(model.model_json_schema())}}
+    return {"requestBody": {"required": True, "content": content}}
+
+
+def relayed(description: str) -> Responses:
+    """The 200 of an endpoint that relays the LLM's answer: JSON (the route's
+    ``response_model``), or a stream of server-sent events when asked for one
+    (each event as FastAPI declares its own streams: ``data`` is the LLM's, as sent)."""
+    event = {
+        "type": "object",
+        "properties": {"data": {"type": "string"}, "event": {"type": "string"}},
     }
-    for operations in document.get("paths", {}).values():
-        for operation in operations.values():
-            responses = operation.get("responses", {})
-            if responses.pop("422", None) is not None or "requestBody" in operation:
-                responses["400"] = invalid
-    for name in _FASTAPI_VALIDATION_SCHEMAS:
-        schemas.pop(name, None)
-    return document
+    stream = {"itemSchema": event}
+    return {200: {"description": description, "content": {"text/event-stream": stream}}}

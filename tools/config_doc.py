@@ -62,6 +62,8 @@ def as_env(value: Any) -> str:
         return ""
     if isinstance(value, bool):
         return str(value).lower()
+    if isinstance(value, Path) and not value.is_absolute() and value.parts[0] not in ("~", ".."):
+        return f"./{value}"  # Path("./data") prints as "data": say it is relative
     return str(value)
 
 

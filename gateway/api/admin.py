@@ -2,64 +2,80 @@
 
 from __future__ import annotations
 
-import asyncio
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import Path, Query, Request
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 
+from gateway.api.answers import (
+    DeadWrite,
+    DeletedAlias,
+    ForgottenTenantUser,
+    OutboxStatus,
+    RegisteredModel,
+    RegisteredModels,
+    TenantUsers,
+    UpstreamsStatus,
+)
 from gateway.auth import AdminDep
 from gateway.enums import RouteSource
 from gateway.errors import APIError
 from gateway.memory.records import Scope
-from gateway.services import Services, ServicesDep
+from gateway.openapi import WITH_BODY, errors, keyed_router
+from gateway.services import MemoryDep, Services, ServicesDep
 from gateway.upstream.registry import Registration
 from gateway.upstream.replicas import status_of
 from gateway.urls import redact_url
 
-router = APIRouter(prefix="/admin", tags=["admin"])
+router = keyed_router("/admin", "admin")
 
 Name = Annotated[str, Path(min_length=1, max_length=256)]
 
 
-@router.get("/tenants/{tenant}/users")
+@router.get("/tenants/{tenant}/users", response_model=TenantUsers, responses=errors(400, 503))
 async def tenant_users(
     tenant: Name,
     _: AdminDep,
-    services: ServicesDep,
+    memory: MemoryDep,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
-) -> dict[str, Any]:
+) -> TenantUsers:
     """The users of a tenant that have memories."""
-    users = await services.memory.store.users(tenant, limit)
-    return {"tenant": tenant, "users": users}
+    users = await memory.users(tenant, limit)
+    return TenantUsers(tenant=tenant, users=users)
 
 
-@router.delete("/tenants/{tenant}/users/{user_id}")
+@router.delete(
+    "/tenants/{tenant}/users/{user_id}",
+    response_model=ForgottenTenantUser,
+    responses=errors(400, 503),
+)
 async def forget_any_user(
-    tenant: Name, user_id: Name, _: AdminDep, services: ServicesDep
-) -> dict[str, Any]:
+    tenant: Name, user_id: Name, _: AdminDep, memory: MemoryDep
+) -> ForgottenTenantUser:
     """Forget a user of any tenant (queued writes included)."""
-    deleted = await services.memory.forget(Scope(tenant, user_id))
-    return {"tenant": tenant, "user_id": user_id, "deleted": deleted}
+    deleted = await memory.forget(Scope(tenant, user_id))
+    return ForgottenTenantUser(tenant=tenant, user_id=user_id, deleted=deleted)
 
 
-@router.get("/outbox")
+@router.get("/outbox", response_model=OutboxStatus, responses=errors(400))
 async def outbox(
-    _: AdminDep, services: ServicesDep, limit: Annotated[int, Query(ge=0, le=1000)] = 100
-) -> dict[str, Any]:
+    _: AdminDep, memory: MemoryDep, limit: Annotated[int, Query(ge=0, le=1000)] = 100
+) -> OutboxStatus:
     """Writes waiting, and those set aside because they can never be stored
     (``dead``: how many; ``dead_entries``: the latest, with their reasons)."""
-    entries = await asyncio.to_thread(services.outbox.dead_entries, limit)
-    return {
-        "depth": services.outbox.depth,
-        "dead": await asyncio.to_thread(services.outbox.dead_count),
-        "dead_entries": [entry.to_json() for entry in entries],
-    }
+    report = await memory.outbox_report(limit)
+    return OutboxStatus(
+        depth=report.depth,
+        dead=report.dead,
+        dead_entries=[DeadWrite.model_validate(entry.to_json()) for entry in report.dead_entries],
+    )
 
 
-@router.get("/upstreams")
-async def upstreams(_: AdminDep, services: ServicesDep) -> dict[str, Any]:
-    return {"status": services.replicas.status(), "upstreams": services.replicas.describe()}
+@router.get("/upstreams", response_model=UpstreamsStatus)
+async def upstreams(_: AdminDep, services: ServicesDep) -> UpstreamsStatus:
+    return UpstreamsStatus.model_validate(
+        {"status": services.replicas.status(), "upstreams": services.replicas.describe()}
+    )
 
 
 # What a model name looks like (``Qwen/Qwen2.5-7B-Instruct``, ``llama3:8b``,
@@ -79,23 +95,32 @@ class RegisterModel(BaseModel):
     api_key: str | None = Field(default=None, min_length=1, max_length=4096)
 
 
-def _registration_view(services: Services, alias: str) -> dict[str, Any]:
+def _registration_view(services: Services, alias: str) -> RegisteredModel:
     route = services.router.aliases[alias]
     replicas = services.replicas.group(route.upstream)
-    return {
-        "alias": alias,
-        "model": route.model,
-        "upstream": route.upstream,
-        "upstream_url": redact_url(replicas[0].base_url) if replicas else None,
-        "state": status_of(replicas),
-        "source": route.source,
-    }
+    return RegisteredModel(
+        alias=alias,
+        model=route.model,
+        upstream=route.upstream,
+        upstream_url=redact_url(replicas[0].base_url) if replicas else None,
+        state=status_of(replicas),
+        source=route.source,
+    )
 
 
-@router.post("/models", status_code=201)
+CONFIGURED = (409, "The alias is set in GATEWAY_CONFIG (or was deleted meanwhile)")
+REGISTRY_DOWN = (503, "The model registry cannot be read or written; retry after Retry-After")
+
+
+@router.post(
+    "/models",
+    status_code=201,
+    response_model=RegisteredModel,
+    responses={**WITH_BODY, **errors(CONFIGURED, REGISTRY_DOWN)},
+)
 async def register_model(
     request: RegisterModel, _: AdminDep, services: ServicesDep
-) -> dict[str, Any]:
+) -> RegisteredModel:
     """Route ``alias`` to ``model`` on the server at ``upstream_url``.
 
     The server is probed at once (gateway.upstream.sync): the answer says
@@ -117,18 +142,20 @@ async def register_model(
     return _registration_view(services, request.alias)
 
 
-@router.get("/models")
-async def registered_models(_: AdminDep, services: ServicesDep) -> dict[str, Any]:
+@router.get("/models", response_model=RegisteredModels)
+async def registered_models(_: AdminDep, services: ServicesDep) -> RegisteredModels:
     """Every alias, configured or registered."""
-    return {
-        "data": [_registration_view(services, alias) for alias in sorted(services.router.aliases)]
-    }
+    aliases = sorted(services.router.aliases)
+    return RegisteredModels(data=[_registration_view(services, alias) for alias in aliases])
 
 
-@router.delete("/models/{alias:path}")
+UNREGISTERED = errors(400, (404, "No such alias"), CONFIGURED, REGISTRY_DOWN)
+
+
+@router.delete("/models/{alias:path}", response_model=DeletedAlias, responses=UNREGISTERED)
 async def delete_model(
     alias: str, request: Request, _: AdminDep, services: ServicesDep
-) -> dict[str, Any]:
+) -> DeletedAlias:
     """Unregister an alias, here and in the store every gateway reads."""
     if not request.scope["path"].endswith(f"/models/{alias}"):
         # The path held a line break that route matching dropped ("a%0A" reads as
@@ -140,20 +167,20 @@ async def delete_model(
     return await _unregister(services, alias)
 
 
-@router.delete("/models")
+@router.delete("/models", response_model=DeletedAlias, responses=UNREGISTERED)
 async def delete_model_by_query(
     _: AdminDep, services: ServicesDep, alias: Annotated[str, Query(min_length=1)]
-) -> dict[str, Any]:
+) -> DeletedAlias:
     """The same, for an alias no URL path can carry (a newline in it: registered
     before aliases were validated). Percent-encode it: ``?alias=bad%0Aname``."""
     return await _unregister(services, alias)
 
 
-async def _unregister(services: Services, alias: str) -> dict[str, Any]:
+async def _unregister(services: Services, alias: str) -> DeletedAlias:
     route = services.router.aliases.get(alias)
     if route is not None and route.source != RouteSource.REGISTERED:
         raise APIError(409, f"alias {alias!r} is set in GATEWAY_CONFIG", code="alias_configured")
     deleted = await services.registrations.unregister(alias)
     if not deleted:
         raise APIError(404, f"no model alias {alias!r}", code="alias_not_found")
-    return {"alias": alias, "deleted": True}
+    return DeletedAlias(alias=alias, deleted=True)

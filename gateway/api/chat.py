@@ -19,6 +19,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
+from gateway.api.answers import ChatCompletion
 from gateway.api.identity import plan_turn
 from gateway.api.memory_fit import MemoryFit
 from gateway.api.outgoing import Incoming, Json, Outgoing
@@ -29,13 +30,13 @@ from gateway.auth import Principal, PrincipalDep
 from gateway.errors import APIError
 from gateway.exceptions import EmbedderRejected, MemoryRequired, MemoryUnavailable
 from gateway.memory.prompt import inject_memories, last_user_text, recall_query
+from gateway.openapi import KEYED, NO_MODEL, UPSTREAM, WITH_BODY, errors, json_body, relayed
 from gateway.services import Services, ServicesDep
-from gateway.upstream.http import Timeouts
 from gateway.upstream.pool import OpenedReply, Target
 from gateway.upstream.replica import CHAT, Call
 
 logger = logging.getLogger("gateway.chat")
-router = APIRouter()
+router = APIRouter(responses=KEYED)
 Body = TypeVar("Body", bound=BaseModel)
 
 
@@ -78,29 +79,16 @@ def plan_memory(
     ``body`` is the request itself (already validated as ``chat``).
     """
     query = last_user_text(body["messages"])
-    return plan_turn(body, chat.memory, query, principal, services, param="messages")
+    top_k = services.settings.memory_top_k
+    return plan_turn(body, chat.memory, query, principal, top_k, param="messages")
 
 
-def chat_schema() -> tuple[dict[str, Any], dict[str, Any]]:
-    """The chat body's JSON schema, and the definitions it refers to, which
-    ``create_app`` adds to the document's components (where the refs point)."""
-    return body_schema(ChatRequest)
-
-
-def body_schema(schema: type[BaseModel]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A body's JSON schema, and the definitions it refers to."""
-    document = schema.model_json_schema(ref_template="#/components/schemas/{model}")
-    return document, document.pop("$defs", {})
-
-
-def declared_body(schema: type[BaseModel]) -> dict[str, Any]:
-    """The OpenAPI request body of an endpoint that reads its body itself (to
-    forward it byte for byte), so it is declared rather than derived."""
-    content = {"application/json": {"schema": body_schema(schema)[0]}}
-    return {"requestBody": {"required": True, "content": content}}
-
-
-@router.post("/v1/chat/completions", openapi_extra=declared_body(ChatRequest))
+@router.post(
+    "/v1/chat/completions",
+    response_model=ChatCompletion,
+    openapi_extra=json_body(ChatRequest),
+    responses={**relayed("The LLM's completion"), **WITH_BODY, **errors(NO_MODEL), **UPSTREAM},
+)
 async def chat_completions(
     request: Request,
     principal: PrincipalDep,
@@ -150,9 +138,11 @@ async def relay_turn(
     headers_timeout_s = settings.stream_idle_timeout_s if stream else settings.total_timeout_s
 
     async def send(outgoing: Outgoing) -> OpenedReply:
-        opened = await _open(
-            services, targets, outgoing.bytes_for, timeouts, headers_timeout_s, request_id, call
-        )
+        # Raises NoUpstreamAvailable or UpstreamFailed, answered as gateway.exceptions says.
+        opened = await services.pool.open_chat(
+            targets, outgoing.bytes_for, timeouts=timeouts,
+            headers_timeout_s=headers_timeout_s, request_id=request_id, call=call,
+        )  # fmt: skip
         if on_open is not None:
             on_open(opened.target)
         return opened
@@ -166,7 +156,14 @@ async def relay_turn(
             headers["x-memory-hits"] = str(injected)
             opened = await send(memories.outgoing())
         drop_usage = not outgoing.usage_asked
-        relay = Relay(services, opened, plan, started, model, drop_usage=drop_usage, wire=wire)
+        relay = Relay(
+            opened, plan, started, model,
+            model_label=services.router.metric_label(model), metrics=services.metrics,
+            pool=services.pool, memory=services.memory,
+            total_timeout_s=settings.total_timeout_s,
+            stream_idle_timeout_s=settings.stream_idle_timeout_s,
+            drop_usage=drop_usage, wire=wire,
+        )  # fmt: skip
         reply = opened.response
         # A pass-through endpoint streams when its upstream does; the others as asked.
         sse = reply.headers.get("content-type", "").startswith("text/event-stream")
@@ -185,26 +182,6 @@ async def relay_turn(
 def resolve_model(services: Services, model: str) -> list[Target]:
     """The model's targets; raises UnknownModel (404) when nothing serves it."""
     return services.router.resolve(model)
-
-
-async def _open(
-    services: Services,
-    targets: list[Target],
-    encode: Callable[[Target], bytes],
-    timeouts: Timeouts,
-    headers_timeout_s: float,
-    request_id: str | None,
-    call: Call = CHAT,
-) -> OpenedReply:
-    # Raises NoUpstreamAvailable or UpstreamFailed: answered as they say (gateway.exceptions).
-    return await services.pool.open_chat(
-        targets,
-        encode,
-        timeouts=timeouts,
-        headers_timeout_s=headers_timeout_s,
-        request_id=request_id,
-        call=call,
-    )
 
 
 async def _disconnected(request: Request) -> None:

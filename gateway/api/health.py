@@ -6,27 +6,43 @@ so they answer at once even when everything behind the gateway is dead.
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from gateway.api.answers import (
+    Checks,
+    DiskCheck,
+    Liveness,
+    LlmCheck,
+    MonitorState,
+    OutboxCheck,
+    ReadinessReport,
+    StoreCheck,
+)
 from gateway.auth import is_admin_request
+from gateway.enums import DiskStatus, Readiness
 from gateway.services import ServicesDep
 from gateway.upstream.replicas import redacted_state
 
-router = APIRouter(include_in_schema=False)
+router = APIRouter(tags=["health"], default_response_class=JSONResponse)
 
 
-@router.get("/livez")
-async def livez() -> dict[str, str]:
+@router.get("/livez", response_model=Liveness)
+async def livez() -> Liveness:
     """The process and its event loop are alive (this coroutine ran)."""
-    return {"status": "ok"}
+    return Liveness(status="ok")
 
 
-@router.get("/readyz")
-async def readyz(request: Request, services: ServicesDep) -> JSONResponse:
+# Each check holds the keys it was given: the operator's detail, or the status only.
+@router.get(
+    "/readyz",
+    response_model=ReadinessReport,
+    response_model_exclude_unset=True,
+    response_description="Ready",
+    responses={503: {"model": ReadinessReport, "description": "Not ready: see the checks"}},
+)
+async def readyz(request: Request, response: Response, services: ServicesDep) -> ReadinessReport:
     """200 when the store and the embedder are usable and one LLM upstream is healthy.
 
     Open to anyone (probes send no key), so it says only each dependency's
@@ -35,40 +51,36 @@ async def readyz(request: Request, services: ServicesDep) -> JSONResponse:
     keys are configured at all (then ``/admin`` is open too).
     """
     llm = services.replicas.status()
-    embedder = services.embedder_monitor.state
-    store = services.store_monitor.state
+    memory = services.memory.status()
     disk_problem = services.disk.problem() if services.disk is not None else None
-    ready = (
-        llm == "healthy"
-        and services.embedder_monitor.healthy
-        and services.store_monitor.healthy
-        and disk_problem is None
-    )
-    checks: dict[str, Any]
-    if is_admin_request(request):
-        checks = {
-            "llm": {"status": llm, "upstreams": services.replicas.describe()},
-            "embedder": redacted_state(services.embedder_monitor),
-            "vector_store": {
-                **redacted_state(services.store_monitor),
-                "backend": services.memory.store.name,
-            },
-            "outbox": {"depth": services.outbox.depth},
-        }
+    ready = llm == "healthy" and memory.ready and disk_problem is None
+    admin = is_admin_request(request)
+    if admin:
+        checks = Checks(
+            llm=LlmCheck.model_validate({"status": llm, "upstreams": services.replicas.describe()}),
+            embedder=MonitorState.model_validate(redacted_state(memory.embedder)),
+            vector_store=StoreCheck.model_validate(
+                {**redacted_state(memory.store), "backend": memory.backend}
+            ),
+            outbox=OutboxCheck(depth=memory.outbox_depth),
+        )
     else:
-        checks = {
-            "llm": {"status": llm},
-            "embedder": {"status": embedder.status},
-            "vector_store": {"status": store.status, "backend": services.memory.store.name},
-        }
+        checks = Checks(
+            llm=LlmCheck(status=llm),
+            embedder=MonitorState(status=memory.embedder.state.status),
+            vector_store=StoreCheck(status=memory.store.state.status, backend=memory.backend),
+        )
     if services.disk is not None:
-        checks["data_dir"] = {"status": "low" if disk_problem else "ok"}
-        if "outbox" in checks:  # the detail: why (the path and the space it needs)
-            checks["data_dir"]["error"] = disk_problem
-    body = {"status": "ready" if ready else "not_ready", "checks": checks}
-    return JSONResponse(body, status_code=200 if ready else 503)
+        disk = DiskStatus.LOW if disk_problem else DiskStatus.OK
+        # The detail says why (the path and the space it needs).
+        checks.data_dir = (
+            DiskCheck(status=disk, error=disk_problem) if admin else DiskCheck(status=disk)
+        )
+    response.status_code = 200 if ready else 503
+    return ReadinessReport(status=Readiness.READY if ready else Readiness.NOT_READY, checks=checks)
 
 
-@router.get("/metrics")
+# Prometheus' text format, documented by Prometheus: not part of the JSON API's document.
+@router.get("/metrics", include_in_schema=False)
 async def metrics_endpoint(services: ServicesDep) -> Response:
     return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)

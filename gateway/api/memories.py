@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Query
-from fastapi.responses import JSONResponse
+from fastapi import Query, Response
 
+from gateway.api.answers import (
+    AddedMemories,
+    AddedMemory,
+    DeletedMemory,
+    ForgottenUser,
+    Memory,
+    MemoryPage,
+    ScoredMemory,
+    SearchResults,
+)
 from gateway.api.schemas import AddMemoriesRequest, SearchMemoriesRequest
 from gateway.auth import PrincipalDep
 from gateway.enums import WriteSource
@@ -21,9 +30,12 @@ from gateway.memory.records import (
     parse_filters,
     parse_timestamp,
 )
-from gateway.services import Services, ServicesDep
+from gateway.memory.service import MemoryService
+from gateway.openapi import WITH_BODY, errors, keyed_router
+from gateway.services import MemoryDep, SettingsDep
 
-router = APIRouter(prefix="/v1/memories", tags=["memories"])
+router = keyed_router("/v1/memories", "memories")
+NOT_FOUND = (404, "No such memory in the caller's tenant (or not the user's, with user_id)")
 
 UserIdQuery = Annotated[str, Query(min_length=1, max_length=256)]
 
@@ -42,19 +54,26 @@ def _memory_id(value: str) -> str:
 @router.post(
     "",
     status_code=201,
+    response_model=AddedMemories,
+    response_model_exclude_defaults=True,
+    response_description="Stored (and searchable)",
     responses={
         202: {
+            "model": AddedMemories,
             "description": "Accepted into the durable outbox (the embedder or the store is "
-            "down); stored when they are back"
+            "down); stored when they are back",
         },
-        507: {"description": "The data dir's disk is full: the write was not accepted"},
+        **WITH_BODY,
+        **errors(507),
     },
 )
 async def add_memories(
     principal: PrincipalDep,
-    services: ServicesDep,
+    memory: MemoryDep,
+    settings: SettingsDep,
     request: AddMemoriesRequest,
-) -> JSONResponse:
+    response: Response,
+) -> AddedMemories:
     """One memory per message (one embedder call for all), or one for ``text``.
 
     201 when stored (and searchable); 202 when accepted into the durable
@@ -75,7 +94,7 @@ async def add_memories(
             param="timestamp",
         ) from None
     metadata = request.metadata or {}
-    problem = check_metadata(metadata, services.settings.max_metadata_bytes)
+    problem = check_metadata(metadata, settings.max_metadata_bytes)
     if problem:
         raise APIError(400, problem, code="invalid_metadata", param="metadata")
     items = (
@@ -88,85 +107,86 @@ async def add_memories(
         for role, text in items
     ]
     scope = Scope(principal.tenant, request.user_id)
-    outcome = await services.memory.add(scope, memories)
-    body: dict[str, Any] = {
-        "results": [{"id": r.id, "memory": r.memory, "event": r.event} for r in outcome.results]
-    }
+    outcome = await memory.add(scope, memories)
     if outcome.queued:
-        body["queued"] = True
-    return JSONResponse(body, status_code=202 if outcome.queued else 201)
+        response.status_code = 202
+    results = [AddedMemory(id=r.id, memory=r.memory, event=r.event) for r in outcome.results]
+    return AddedMemories(results=results, queued=outcome.queued)
 
 
-@router.post("/search")
+@router.post("/search", response_model=SearchResults, responses={**WITH_BODY, **errors(503)})
 async def search_memories(
     principal: PrincipalDep,
-    services: ServicesDep,
+    memory: MemoryDep,
     request: SearchMemoriesRequest,
-) -> dict[str, Any]:
+) -> SearchResults:
     try:
         conditions = parse_filters(request.filters)
     except ValueError as exc:
         raise APIError(400, str(exc), code="invalid_filters", param="filters") from None
     scope = Scope(principal.tenant, request.user_id)
-    records = await services.memory.search(
+    records = await memory.search(
         scope, request.query, request.top_k, conditions, request.min_score
     )
-    return {"results": [record.to_api() for record in records]}
+    return SearchResults(results=[ScoredMemory.of(record) for record in records])
 
 
-@router.get("")
+@router.get("", response_model=MemoryPage, responses=errors(400, 503))
 async def list_memories(
     principal: PrincipalDep,
-    services: ServicesDep,
+    memory: MemoryDep,
     user_id: UserIdQuery,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(max_length=64)] = None,
-) -> dict[str, Any]:
+) -> MemoryPage:
     """A page of the user's memories; pass ``next_cursor`` back for the next page."""
     scope = Scope(principal.tenant, user_id)
     start = _memory_id(cursor) if cursor else None
-    records, next_cursor = await services.memory.store.list(scope, limit, start)
-    return {"results": [r.to_api() for r in records], "next_cursor": next_cursor}
+    records, next_cursor = await memory.page(scope, limit, start)
+    return MemoryPage(results=[Memory.of(r) for r in records], next_cursor=next_cursor)
 
 
 OptionalUserId = Annotated[str | None, Query(min_length=1, max_length=256)]
 
 
 async def _owned(
-    services: Services, tenant: str, memory_id: str, user_id: str | None
+    memory: MemoryService, tenant: str, memory_id: str, user_id: str | None
 ) -> MemoryRecord:
     """The memory, if the caller's tenant (and ``user_id``, when given) owns it; else 404."""
     key = _memory_id(memory_id)
-    record = await services.memory.store.get(tenant, key)
+    record = await memory.get(tenant, key)
     if record is None or (user_id is not None and record.user_id != user_id):
         raise _not_found(memory_id)
     return record
 
 
-@router.get("/{memory_id}")
+BY_ID = errors(400, NOT_FOUND, 503)
+
+
+@router.get("/{memory_id}", response_model=Memory, responses=BY_ID)
 async def get_memory(
-    principal: PrincipalDep, services: ServicesDep, memory_id: str, user_id: OptionalUserId = None
-) -> dict[str, Any]:
+    principal: PrincipalDep, memory: MemoryDep, memory_id: str, user_id: OptionalUserId = None
+) -> Memory:
     """A memory of the caller's tenant; with ``user_id``, only if it is that user's."""
-    record = await _owned(services, principal.tenant, memory_id, user_id)
-    return record.to_api()
+    record = await _owned(memory, principal.tenant, memory_id, user_id)
+    return Memory.of(record)
 
 
-@router.delete("/{memory_id}")
+@router.delete("/{memory_id}", response_model=DeletedMemory, responses=BY_ID)
 async def delete_memory(
-    principal: PrincipalDep, services: ServicesDep, memory_id: str, user_id: OptionalUserId = None
-) -> dict[str, Any]:
-    record = await _owned(services, principal.tenant, memory_id, user_id)
-    await services.memory.store.delete(Scope(principal.tenant, record.user_id), record.id)
-    return {"id": record.id, "deleted": True}
+    principal: PrincipalDep, memory: MemoryDep, memory_id: str, user_id: OptionalUserId = None
+) -> DeletedMemory:
+    record = await _owned(memory, principal.tenant, memory_id, user_id)
+    await memory.delete(Scope(principal.tenant, record.user_id), record.id)
+    return DeletedMemory(id=record.id, deleted=True)
 
 
-@router.delete("")
+@router.delete("", response_model=ForgottenUser, responses=errors(400, 503))
 async def forget_user(
     principal: PrincipalDep,
-    services: ServicesDep,
+    memory: MemoryDep,
     user_id: UserIdQuery,
-) -> dict[str, Any]:
+) -> ForgottenUser:
     """Forget a user: every memory of theirs in the caller's tenant."""
-    deleted = await services.memory.forget(Scope(principal.tenant, user_id))
-    return {"user_id": user_id, "deleted": deleted}
+    deleted = await memory.forget(Scope(principal.tenant, user_id))
+    return ForgottenUser(user_id=user_id, deleted=deleted)

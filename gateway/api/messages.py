@@ -20,17 +20,18 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.api.chat import declared_body
+from gateway.api.answers import MessageReply
 from gateway.api.outgoing import Json
 from gateway.api.turns import TurnAPI, TurnRequest, serve_turn
 from gateway.api.wire import Wire
 from gateway.auth import PrincipalDep
 from gateway.memory.prompt import last_user_text
+from gateway.openapi import KEYED, NO_MODEL, UPSTREAM, WITH_BODY, errors, json_body, relayed
 from gateway.services import ServicesDep
 from gateway.upstream.replica import Call
 from gateway.upstream.sse_apis import MessagesStream, message_error_event, message_text
 
-router = APIRouter()
+router = APIRouter(responses=KEYED)
 ROUTE = "/v1/messages"
 
 
@@ -71,7 +72,12 @@ MESSAGES = TurnAPI(
 MESSAGES_WIRE = Wire(ROUTE, MessagesStream, message_text, message_error_event)
 
 
-@router.post(ROUTE, openapi_extra=declared_body(MessagesRequest))
+@router.post(
+    ROUTE,
+    response_model=MessageReply,
+    openapi_extra=json_body(MessagesRequest),
+    responses={**relayed("The LLM's message"), **WITH_BODY, **errors(NO_MODEL), **UPSTREAM},
+)
 async def create_message(
     request: Request, principal: PrincipalDep, services: ServicesDep
 ) -> Response:

@@ -34,7 +34,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import Field
 
-from gateway.api.chat import declared_body, relay_turn
+from gateway.api.answers import ModelResponse
+from gateway.api.chat import relay_turn
 from gateway.api.outgoing import Json, Outgoing
 from gateway.api.passthrough import PASS_WIRE
 from gateway.api.relay import MemoryPlan
@@ -43,12 +44,13 @@ from gateway.api.wire import Wire
 from gateway.auth import Principal, PrincipalDep
 from gateway.errors import APIError
 from gateway.memory.prompt import inject_memories, last_user_text
+from gateway.openapi import KEYED, UPSTREAM, WITH_BODY, errors, json_body, relayed
 from gateway.services import Services, ServicesDep
 from gateway.upstream.pool import Target
 from gateway.upstream.replica import Call
 from gateway.upstream.sse_apis import ResponsesStream, response_error_event, response_text
 
-router = APIRouter()
+router = APIRouter(responses=KEYED)
 ROUTE = "/v1/responses"
 
 
@@ -123,7 +125,18 @@ def _owned(services: Services, principal: Principal, response_id: str) -> Target
     return Target(upstream)
 
 
-@router.post(ROUTE, openapi_extra=declared_body(ResponsesRequest))
+NO_RESPONSE = (404, "No response of that id made here for this tenant")
+
+
+@router.post(
+    ROUTE,
+    response_model=ModelResponse,
+    openapi_extra=json_body(ResponsesRequest),
+    responses={
+        **relayed("The LLM's response"), **WITH_BODY, **UPSTREAM,
+        **errors((404, "No model of that name, or no previous response of that id")),
+    },
+)  # fmt: skip
 async def create_response(
     request: Request, principal: PrincipalDep, services: ServicesDep
 ) -> Response:
@@ -169,4 +182,6 @@ for _method, _action in (("GET", ""), ("DELETE", ""), ("POST", "/cancel"), ("GET
     router.add_api_route(
         f"{ROUTE}/{{response_id}}{_action}", _by_id(_action), methods=[_method],
         name=f"{_method.lower()}_response{_action.replace('/', '_')}",
+        response_model=dict[str, Any],
+        responses={**relayed("The LLM's answer"), **errors(400, NO_RESPONSE), **UPSTREAM},
     )  # fmt: skip

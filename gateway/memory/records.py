@@ -56,20 +56,6 @@ class MemoryRecord:
     role: str | None = None
     score: float | None = None
 
-    def to_api(self) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "id": self.id,
-            "memory": self.text,
-            "user_id": self.user_id,
-            "metadata": dict(self.metadata),
-            "created_at": self.created_at.isoformat(),
-            "session_id": self.session_id,
-            "role": self.role,
-        }
-        if self.score is not None:
-            body["score"] = self.score
-        return body
-
 
 @dataclass(frozen=True)
 class Condition:

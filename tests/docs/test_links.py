@@ -14,6 +14,11 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 RESULTS = re.compile(r"bench/results/[A-Za-z0-9_.-]+\.(?:md|json|png)\b")
+# A file of the repository named in prose or code spans, e.g. `gateway/upstream/http.py`.
+REPO_PATH = re.compile(
+    r"(?<![\w/.-])(?:gateway|embedder|tools|tests|bench|docs|vllm-server|monitoring|llm-cpu)"
+    r"/[A-Za-z0-9_./-]+\.(?:py|sh|md|yaml|yml|json|toml|txt)\b"
+)
 
 
 def tracked(*patterns: str) -> list[Path]:
@@ -77,6 +82,16 @@ def test_every_results_file_named_in_docs_or_code_exists() -> None:
         if path.suffix != ".md" and path.relative_to(REPO).parts[0] == "bench":
             continue
         for name in RESULTS.findall(path.read_text(errors="replace")):
+            if not (REPO / name).exists():
+                missing.setdefault(name, []).append(path.relative_to(REPO).as_posix())
+    assert missing == {}
+
+
+def test_every_repository_file_the_user_docs_name_exists() -> None:
+    # A moved module or doc must take its mentions along, not only its links.
+    missing = {}
+    for path in [REPO / "README.md", *tracked("docs/*.md")]:
+        for name in REPO_PATH.findall(path.read_text()):
             if not (REPO / name).exists():
                 missing.setdefault(name, []).append(path.relative_to(REPO).as_posix())
     assert missing == {}

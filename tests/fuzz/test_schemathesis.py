@@ -100,26 +100,6 @@ def dangling_refs(document: dict[str, Any]) -> list[str]:
     return sorted(set(found))
 
 
-def hoist_local_defs(document: dict[str, Any]) -> dict[str, Any]:
-    """Move ``$defs`` embedded in operation schemas into components (see the xfail below)."""
-    document = copy.deepcopy(document)
-    components = document.setdefault("components", {}).setdefault("schemas", {})
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            components.update(node.pop("$defs", {}))
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(document.get("paths", {}))
-    text = json.dumps(document).replace('"#/$defs/', '"#/components/schemas/')
-    patched: dict[str, Any] = json.loads(text)
-    return patched
-
-
 MEMORY_LINKS = {
     "GetMemory": ("get_memory", {"memory_id": "$response.body#/results/0/id",
                                  "user_id": "$request.body#/user_id"}),
@@ -131,6 +111,7 @@ MEMORY_LINKS = {
 
 def add_memory_links(document: dict[str, Any]) -> dict[str, Any]:
     """OpenAPI links from an added memory to the operations that take its id or user."""
+    document = copy.deepcopy(document)
     ids = {
         op.get("operationId", ""): op
         for item in document.get("paths", {}).values()
@@ -155,7 +136,7 @@ def raw_schema(fuzz_gateway: Service) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def schema(raw_schema: dict[str, Any]) -> OpenApiSchema:
-    return schemathesis.openapi.from_dict(add_memory_links(hoist_local_defs(raw_schema)))
+    return schemathesis.openapi.from_dict(add_memory_links(raw_schema))
 
 
 def auth_for(path: str) -> dict[str, str]:
@@ -288,7 +269,7 @@ def one_of_messages_or_text(context: HookContext, body: Any) -> Any:
 
 def test_stateful_memory_lifecycle(fuzz_gateway: Service, raw_schema: dict[str, Any]) -> None:
     """Schemathesis' state machine over the links: add, then get / delete / list / forget."""
-    stateful = schemathesis.openapi.from_dict(add_memory_links(hoist_local_defs(raw_schema)))
+    stateful = schemathesis.openapi.from_dict(add_memory_links(raw_schema))
     stateful.hook("map_body")(one_of_messages_or_text)
     memory_ops = stateful.include(path_regex=r"^/v1/memories")
     calls: Counter[str] = Counter()
