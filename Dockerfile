@@ -31,16 +31,17 @@ WORKDIR /app
 FROM base AS gateway-deps
 ARG PIP_INDEX_URL=https://pypi.org/simple
 COPY requirements/gateway.txt /tmp/requirements.txt
-COPY docker/slim-venv.sh /tmp/slim-venv.sh
 # A virtualenv: the base image's own Python may be managed by the OS (PEP 668). Exactly
-# the locked files (--require-hashes, --no-deps); then pip itself goes (the image runs the
-# gateway, it installs nothing) and the virtualenv is trimmed (docker/slim-venv.sh).
-RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends binutils >/dev/null \
- && python3 -m venv /opt/venv \
+# the locked files (--require-hashes, --no-deps).
+RUN python3 -m venv /opt/venv \
  && pip install --no-compile --require-hashes --no-deps -r /tmp/requirements.txt \
  && pip check \
- && python -c "import importlib.util as u, sys; heavy = [m for m in ('torch', 'transformers', 'sentence_transformers', 'vllm', 'llama_cpp') if u.find_spec(m)]; sys.exit(f'inference libraries in the gateway image: {heavy}' if heavy else 0)" \
- && pip uninstall --quiet --yes pip setuptools \
+ && python -c "import importlib.util as u, sys; heavy = [m for m in ('torch', 'transformers', 'sentence_transformers', 'vllm', 'llama_cpp') if u.find_spec(m)]; sys.exit(f'inference libraries in the gateway image: {heavy}' if heavy else 0)"
+# Then the virtualenv is trimmed as it will ship (docker/slim-venv.sh: pip, test suites,
+# headers, stubs, bytecode, debug symbols), in a layer of its own so that changing the
+# trimming does not download the packages again.
+COPY docker/slim-venv.sh /tmp/slim-venv.sh
+RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends binutils >/dev/null \
  && sh /tmp/slim-venv.sh /opt/venv
 
 # --------------------------------------------------------------------------- gateway

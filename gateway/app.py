@@ -19,7 +19,6 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
-import httpx
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CollectorRegistry
@@ -28,7 +27,6 @@ from gateway.api import admin, chat, health, memories, messages, models, passthr
 from gateway.auth import KeyCheck, KeyRing
 from gateway.datadir import MIB, DiskSpace
 from gateway.errors import install_error_handlers
-from gateway.keepalive import KEEPALIVE_EXPIRY_S
 from gateway.limits import RequestLimits
 from gateway.memory.edge_store import EdgeStore
 from gateway.memory.embedder_client import EmbedderClient
@@ -106,24 +104,18 @@ async def _startup(settings: Settings, metrics: GatewayMetrics, stack: AsyncExit
     stack.push_async_callback(store.close)
 
     # One pool of connections per dependency. The LLM's carries every chat
-    # request: aiohttp (see gateway.upstream.http). httpcore, under the
-    # embedder's httpx, scans its idle connections on every request, so that
-    # keep-alive pool stays modest (bench/README.md, "Hot-path findings"). Idle connections are
-    # dropped before the servers drop them (gateway.keepalive).
+    # request, the embedder's two calls per chat turn with memory: both
+    # aiohttp (see gateway.upstream.http and gateway.memory.embedder_client).
+    # Idle connections are dropped before the servers drop them (gateway.keepalive).
     llm_http = UpstreamHTTP()
     stack.push_async_callback(llm_http.aclose)
-    limits = httpx.Limits(
-        max_connections=1000, max_keepalive_connections=32, keepalive_expiry=KEEPALIVE_EXPIRY_S
-    )
-    embedder_http = httpx.AsyncClient(
-        limits=limits,
-        timeout=httpx.Timeout(settings.embedder_timeout_s, connect=settings.connect_timeout_s),
-    )
+    embedder_http = UpstreamHTTP()
     stack.push_async_callback(embedder_http.aclose)
 
     embedder = EmbedderClient(
         embedder_http, settings.embedder_url, settings.embedding_dim, metrics,
         api_key=settings.embedder_api_key, base_timeout_s=settings.embedder_timeout_s,
+        connect_timeout_s=settings.connect_timeout_s,
     )  # fmt: skip
     pool = UpstreamPool(metrics, attempts=settings.retry_attempts)
     replicas = Replicas(metrics, health_interval_s=settings.health_interval_s)
@@ -157,9 +149,6 @@ async def _startup(settings: Settings, metrics: GatewayMetrics, stack: AsyncExit
         router=router,
         registrations=registrations,
         memory=memory,
-        outbox=outbox,
-        embedder_monitor=embedder_monitor,
-        store_monitor=store_monitor,
         upstream_timeout=timeouts_for(settings.read_timeout_s, settings.connect_timeout_s),
         stream_timeout=timeouts_for(settings.stream_idle_timeout_s, settings.connect_timeout_s),
         disk=DiskSpace(settings.data_dir, settings.disk_reserve_mb * MIB),

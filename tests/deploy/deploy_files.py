@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,11 +115,13 @@ def example_env() -> dict[str, str]:
     return dict(read_env_example().values)
 
 
-def load_tool(name: str) -> ModuleType:
-    """A script of tools/ as a module (tools/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"tools_{name}", REPO / "tools" / f"{name}.py")
+def load_tool(name: str, folder: str = "tools") -> ModuleType:
+    """A script of tools/ (or docker/) as a module (neither is a package)."""
+    path = REPO / folder / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{folder}_{name}", path)
     assert spec and spec.loader, name
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 

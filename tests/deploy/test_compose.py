@@ -134,7 +134,8 @@ def test_vllm_is_pinned_to_one_version_everywhere() -> None:
     assert repository == "vllm/vllm-openai"
     assert defaults(COMPOSE.read_text())["VLLM_IMAGE"] == {repository}
     assert read_env_example().documented_defaults["VLLM_IMAGE"] == repository
-    assert dockerfile.global_args["VLLM_DIGEST"] == ""  # the tag alone unless pinned
+    # The tag alone unless pinned (tools/pin_images.py), then the digest beside it.
+    assert re.fullmatch(r"(@sha256:[0-9a-f]{64})?", dockerfile.global_args["VLLM_DIGEST"])
 
 
 def test_vllms_health_check_probes_the_port_it_listens_on(stack: dict[str, Any]) -> None:

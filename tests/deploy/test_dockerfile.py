@@ -12,13 +12,18 @@ import tomllib
 
 import pytest
 from deploy_files import (
+    COMPOSE,
     EMBEDDER_DOCKERFILE,
     GATEWAY_DOCKERFILE,
     REPO,
     Dockerfile,
     arg_default,
+    load_compose,
     read_dockerfile,
+    stack_env,
 )
+
+from embedder.settings import EmbedderSettings
 
 HEAVY = ("torch", "transformers", "sentence_transformers")
 INDEX_ARGS = ("PIP_INDEX_URL", "TORCH_INDEX_URL", "PIP_EXTRA_INDEX_URL")
@@ -66,7 +71,11 @@ def installs(dockerfile: Dockerfile, stages: list[str]) -> list[str]:
 @pytest.mark.parametrize("path", [GATEWAY_DOCKERFILE, EMBEDDER_DOCKERFILE])
 def test_the_base_image_is_an_argument(path: object) -> None:
     dockerfile = read_dockerfile(path)  # type: ignore[arg-type]
-    assert dockerfile.global_args == {"PYTHON_IMAGE": "python:3.11-slim"}
+    # The official image by its tag, and its digest once pinned (tools/pin_images.py).
+    assert list(dockerfile.global_args) == ["PYTHON_IMAGE"]
+    assert re.fullmatch(
+        r"python:3\.11-slim(@sha256:[0-9a-f]{64})?", dockerfile.global_args["PYTHON_IMAGE"]
+    )
     assert dockerfile.stages["base"].base == "${PYTHON_IMAGE}"
     for target, (file, _, _) in TARGETS.items():
         if file == path:
@@ -129,9 +138,12 @@ def test_the_cpu_embedder_serves_the_export_made_in_a_build_stage() -> None:
     dockerfile = read_dockerfile(EMBEDDER_DOCKERFILE)
     final = dockerfile.stages["embedder"]
     copies = [rest for kw, rest in final.instructions if kw == "COPY" and "--from" in rest]
-    assert "--from=embedder-export /opt/memgate/onnx /opt/memgate/onnx" in copies
+    assert "--from=embedder-model /opt/memgate/onnx /opt/memgate/onnx" in copies
+    model = dockerfile.stages["embedder-model"].instructions
+    assert ("COPY", "--from=embedder-export /opt/memgate/onnx /tmp/onnx") in model
     # The export stage is not part of the image: only its output is copied.
-    assert "embedder-export" not in [s.name for s in dockerfile.chain("embedder")]
+    chain = [s.name for s in dockerfile.chain("embedder")]
+    assert "embedder-export" not in chain and "embedder-model" not in chain
     env = " ".join(rest for kw, rest in final.instructions if kw == "ENV")
     assert "EMBEDDER_BACKEND=onnx" in env and "EMBEDDER_ONNX_CACHE_DIR=/opt/memgate/onnx" in env
     # The build loads the encoder as the service will, so a missing export fails the build.
@@ -144,6 +156,63 @@ def test_the_cpu_embedder_serves_the_export_made_in_a_build_stage() -> None:
     assert arg_default(dockerfile, "embedder-gpu-deps", "TORCH_INDEX_URL") == (
         "https://download.pytorch.org/whl/cu130"
     )
+
+
+def test_the_cpu_embedder_ships_one_copy_of_the_model() -> None:
+    # The export stage leaves the weights package's weights, the fp32 export and the int8
+    # one; the image gets the one ONNX file its service loads, and the package's small files.
+    dockerfile = read_dockerfile(EMBEDDER_DOCKERFILE)
+    runs = {
+        name: " ".join(rest for kw, rest in dockerfile.stages[name].instructions if kw == "RUN")
+        for name in ("embedder-onnx-venv", "embedder-model")
+    }
+    assert "ship_model.py drop-weights" in runs["embedder-onnx-venv"]
+    assert (
+        'ship_model.py place-export /tmp/onnx /opt/memgate/onnx "$EMBEDDER_ONNX_WEIGHTS"'
+        in (runs["embedder-model"])
+    )
+    # The weights the image is built with are the ones it serves, int8 by default (as the
+    # embedder's own default), and compose builds and runs it with the same setting.
+    default = EmbedderSettings.model_fields["onnx_weights"].default
+    assert arg_default(dockerfile, "embedder-model", "EMBEDDER_ONNX_WEIGHTS") == default
+    assert arg_default(dockerfile, "embedder", "EMBEDDER_ONNX_WEIGHTS") == default
+    env = " ".join(rest for kw, rest in dockerfile.stages["embedder"].instructions if kw == "ENV")
+    assert "EMBEDDER_ONNX_WEIGHTS=${EMBEDDER_ONNX_WEIGHTS}" in env
+    service = load_compose(COMPOSE, env=stack_env())["services"]["embedder"]
+    assert service["build"]["args"]["EMBEDDER_ONNX_WEIGHTS"] == default
+    assert service["environment"]["EMBEDDER_ONNX_WEIGHTS"] == default
+    configured = load_compose(COMPOSE, env={**stack_env(), "EMBEDDER_ONNX_WEIGHTS": "fp32"})
+    embedder = configured["services"]["embedder"]
+    assert embedder["build"]["args"]["EMBEDDER_ONNX_WEIGHTS"] == "fp32"
+    assert embedder["environment"]["EMBEDDER_ONNX_WEIGHTS"] == "fp32"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_shipped_virtualenv_is_trimmed_after_its_last_install(target: str) -> None:
+    # The stage the image's /opt/venv comes from runs docker/slim-venv.sh after every
+    # install of the stages it is built on.
+    dockerfile = dockerfile_of(target)
+    (source,) = [
+        m[1]
+        for kw, rest in dockerfile.stages[target].instructions
+        if kw == "COPY" and (m := re.match(r"--from=(\S+) /opt/venv /opt/venv$", rest))
+    ]
+    runs = [rest for kw, rest in dockerfile.instructions(source) if kw == "RUN"]
+    last_install = max(i for i, r in enumerate(runs) if "pip install" in r)
+    slim = [i for i, r in enumerate(runs) if "sh /tmp/slim-venv.sh /opt/venv" in r]
+    assert slim and slim[-1] >= last_install, runs
+    assert "binutils" in runs[slim[-1]]  # strip, in a stage that does not ship
+
+
+def test_slim_venv_removes_what_no_service_runs() -> None:
+    script = (REPO / "docker" / "slim-venv.sh").read_text()
+    assert "pip uninstall --quiet --yes pip setuptools" in script
+    assert "-name tests" in script and "-name __pycache__" in script
+    for pattern in ("*.pyi", "*.pyx", "*.pxd", "*.h", "*.c", "*.cpp"):
+        assert f"-name '{pattern}'" in script, pattern
+    assert "strip --strip-unneeded" in script
+    assert "ctypes.CDLL" in script  # a library strip broke is put back
+    assert 'find_spec("pip")' in script  # and the build fails if pip survived
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -238,6 +307,7 @@ def test_the_build_context_holds_what_the_dockerfiles_copy_and_nothing_else() ->
         "requirements/embedder-onnx.txt",
         "requirements/embedder.txt",
         "docker/slim-venv.sh",
+        "docker/ship_model.py",
     }
     for path in copied:
         assert _dockerignore_allows(path), f"{path} is excluded from the build context"

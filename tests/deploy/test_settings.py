@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import typing
@@ -19,6 +20,7 @@ from deploy_files import (
     COMPOSE,
     ENV_EXAMPLE,
     REPO,
+    arg_default,
     defaults,
     environment,
     load_compose,
@@ -188,7 +190,9 @@ def test_compose_keeps_what_the_image_sets(service: str) -> None:
         if kw == "ENV":
             for item in rest.split():
                 name, _, value = item.partition("=")
-                image_env[name] = value
+                # ENV X=${X}: the value of the build argument, by default its default.
+                arg = re.fullmatch(r"\$\{(\w+)\}", value)
+                image_env[name] = (arg_default(dockerfile, service, arg[1]) or "") if arg else value
     env = environment(load_compose(COMPOSE, env=stack_env())["services"][service])
     for name, value in image_env.items():
         if name in fields(service) and name not in WIRED[service]:

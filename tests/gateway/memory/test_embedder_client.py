@@ -1,19 +1,31 @@
-"""EmbedderClient against a real socket whose server drops reused connections."""
+"""EmbedderClient against a real socket whose server drops reused connections,
+with the app's aiohttp pool and with an httpx client (the unit tests' fakes)."""
 
 from __future__ import annotations
 
+import array
+import asyncio
 import base64
-from collections.abc import AsyncIterator
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 
 import httpx
 import prometheus_client
 import pytest
 
 from gateway.exceptions import EmbedderUnavailable
-from gateway.memory.embedder_client import EmbedderClient
+from gateway.memory.embedder_client import IN_FLIGHT, PART_TEXTS, EmbedderClient
 from gateway.metrics import GatewayMetrics
 from gateway.monitor import ProbeFailed
+from gateway.upstream.http import UpstreamHTTP
 from tests.support.dropping_server import DroppingServer, Json, dropping_server
+
+Http = UpstreamHTTP | httpx.AsyncClient
+CLIENTS: dict[str, Callable[[], AbstractAsyncContextManager[Http]]] = {
+    "aiohttp": UpstreamHTTP,
+    "httpx": httpx.AsyncClient,
+}
 
 DIM = 4
 ZEROS = base64.b64encode(bytes(4 * DIM)).decode()  # DIM float32 zeros
@@ -25,14 +37,21 @@ def embedder(path: str, body: Json) -> Json:
     return {"data": [{"index": i, "embedding": ZEROS} for i in range(len(body["input"]))]}
 
 
-def client_of(server: DroppingServer, http: httpx.AsyncClient) -> EmbedderClient:
+def client_of(server: DroppingServer, http: Http) -> EmbedderClient:
     metrics = GatewayMetrics(prometheus_client.CollectorRegistry())
     return EmbedderClient(http, f"{server.url}/v1", DIM, metrics)
 
 
+@pytest.fixture(params=sorted(CLIENTS))
+def make_http(request: pytest.FixtureRequest) -> Callable[[], AbstractAsyncContextManager[Http]]:
+    return CLIENTS[request.param]
+
+
 @pytest.fixture
-async def served() -> AsyncIterator[tuple[DroppingServer, EmbedderClient]]:
-    async with dropping_server(embedder) as server, httpx.AsyncClient() as http:
+async def served(
+    make_http: Callable[[], AbstractAsyncContextManager[Http]],
+) -> AsyncIterator[tuple[DroppingServer, EmbedderClient]]:
+    async with dropping_server(embedder) as server, make_http() as http:
         yield server, client_of(server, http)
 
 
@@ -55,10 +74,12 @@ async def test_the_health_probe_survives_a_dropped_connection(
     assert server.answered == ["/health", "/health"]
 
 
-async def test_a_server_that_never_answers_is_still_unavailable() -> None:
+async def test_a_server_that_never_answers_is_still_unavailable(
+    make_http: Callable[[], AbstractAsyncContextManager[Http]],
+) -> None:
     async with (
         dropping_server(embedder, drop_every_request=True) as server,
-        httpx.AsyncClient() as http,
+        make_http() as http,
     ):
         client = client_of(server, http)
         with pytest.raises(EmbedderUnavailable):
@@ -76,3 +97,38 @@ def test_large_calls_are_cut_into_bounded_parts() -> None:
     assert [t for part in cut for t in part] == texts  # in order, nothing lost
     assert all(len(p) <= PART_TEXTS and sum(map(len, p)) <= PART_CHARS for p in cut)
     assert parts(["x" * 100_000]) == [["x" * 100_000]]  # one text of any size still goes
+
+
+async def test_many_texts_go_shortest_first_two_parts_at_a_time_and_come_back_in_order() -> None:
+    sent: list[list[str]] = []
+    in_flight = peak = 0
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        nonlocal in_flight, peak
+        texts = json.loads(request.content)["input"]
+        sent.append(texts)
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0.01)  # the embedder at work: the next part arrives meanwhile
+        in_flight -= 1
+        data = [
+            {
+                "index": i,
+                "embedding": base64.b64encode(
+                    array.array("f", [len(t), 0, 0, 0]).tobytes()
+                ).decode(),
+            }
+            for i, t in enumerate(texts)
+        ]
+        return httpx.Response(200, json={"data": data})
+
+    texts = [f"{'w ' * ((i * 37) % 50)}#{i}" for i in range(3 * PART_TEXTS + 5)]
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handle)) as http:
+        client = EmbedderClient(
+            http, "http://embedder/v1", DIM, GatewayMetrics(prometheus_client.CollectorRegistry())
+        )
+        vectors = await client.embed(texts)
+    assert [v[0] for v in vectors] == [float(len(t)) for t in texts]  # the callers' order
+    lengths = [len(t) for part in sent for t in part]
+    assert lengths == sorted(lengths)  # each part holds texts of about one length
+    assert len(sent) == 4 and peak == IN_FLIGHT == 2
