@@ -138,10 +138,10 @@ async def relay_turn(
     headers_timeout_s = settings.stream_idle_timeout_s if stream else settings.total_timeout_s
 
     async def send(outgoing: Outgoing) -> OpenedReply:
-        # Raises NoUpstreamAvailable or UpstreamFailed: answered as they say (gateway.exceptions).
+        # Raises NoUpstreamAvailable or UpstreamFailed, answered as gateway.exceptions says.
         opened = await services.pool.open_chat(
-            targets, outgoing.bytes_for, timeouts=timeouts, headers_timeout_s=headers_timeout_s,
-            request_id=request_id, call=call,
+            targets, outgoing.bytes_for, timeouts=timeouts,
+            headers_timeout_s=headers_timeout_s, request_id=request_id, call=call,
         )  # fmt: skip
         if on_open is not None:
             on_open(opened.target)
