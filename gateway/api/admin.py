@@ -18,7 +18,6 @@ from gateway.api.answers import (
     UpstreamsStatus,
 )
 from gateway.auth import AdminDep
-from gateway.enums import RouteSource
 from gateway.errors import APIError
 from gateway.memory.records import Scope
 from gateway.openapi import WITH_BODY, errors, keyed_router
@@ -128,11 +127,7 @@ async def register_model(
     registered all the same, and the health monitor brings it in when it answers).
     """
     router = services.router
-    existing = router.aliases.get(request.alias)
-    if existing is not None and existing.source != RouteSource.REGISTERED:
-        raise APIError(
-            409, f"alias {request.alias!r} is set in GATEWAY_CONFIG", code="alias_configured"
-        )
+    _not_configured(services, request.alias)
     registration = Registration(
         request.alias, str(request.upstream_url).rstrip("/"), request.model, request.api_key
     )
@@ -176,10 +171,14 @@ async def delete_model_by_query(
     return await _unregister(services, alias)
 
 
-async def _unregister(services: Services, alias: str) -> DeletedAlias:
-    route = services.router.aliases.get(alias)
-    if route is not None and route.source != RouteSource.REGISTERED:
+def _not_configured(services: Services, alias: str) -> None:
+    """409 for an alias ``GATEWAY_CONFIG`` sets: only the file changes it."""
+    if services.router.configured(alias):
         raise APIError(409, f"alias {alias!r} is set in GATEWAY_CONFIG", code="alias_configured")
+
+
+async def _unregister(services: Services, alias: str) -> DeletedAlias:
+    _not_configured(services, alias)
     deleted = await services.registrations.unregister(alias)
     if not deleted:
         raise APIError(404, f"no model alias {alias!r}", code="alias_not_found")
