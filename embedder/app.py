@@ -16,36 +16,24 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from pydantic import BaseModel, ConfigDict, Field
 
 from embedder.batcher import MicroBatcher, QueueFull
+from embedder.fastpath import EmbeddingsFastPath
 from embedder.metrics import EmbedderMetrics
 from embedder.model import Encoder
 from embedder.model import load_encoder as load_model
+from embedder.schemas import EmbeddingRequest
 from embedder.settings import EmbedderSettings
 
 logger = logging.getLogger("embedder")
 
 LoadEncoder = Callable[[EmbedderSettings], Encoder]
-
-
-class EmbeddingRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    input: str | list[str]
-    model: str | None = None
-    encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = None
-    user: str | None = None
-    # Lower goes first, as in vLLM's request field; the gateway sends 1 for the
-    # background replay of memory writes so that queries overtake it.
-    priority: int = Field(default=0, ge=-1000, le=1000)
 
 
 def _error(status: int, message: str, code: str) -> JSONResponse:
@@ -139,13 +127,20 @@ def create_app(
     async def metrics_endpoint() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.post("/v1/embeddings")
-    async def embeddings(request: EmbeddingRequest, raw: Request) -> JSONResponse:
+    async def serve(request: EmbeddingRequest, raw: Request) -> JSONResponse:
         started = time.perf_counter()
         response = await _unless_client_left(raw, _embed(request))
         metrics.requests.labels(str(response.status_code)).inc()
         metrics.request_duration.observe(time.perf_counter() - started)
         return response
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: EmbeddingRequest, raw: Request) -> JSONResponse:
+        return await serve(request, raw)
+
+    # Well-formed requests skip the routing above (embedder.fastpath); the
+    # route serves the rest, with FastAPI's validation errors.
+    app.add_middleware(EmbeddingsFastPath, serve=serve)
 
     async def _embed(request: EmbeddingRequest) -> JSONResponse:
         texts = [request.input] if isinstance(request.input, str) else request.input

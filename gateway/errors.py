@@ -7,7 +7,9 @@ OpenAI parse ours unchanged, and this is where each one's status comes from:
   serve, input that can never be stored, an unknown model, a full disk), as
   its class says: the hierarchy and each status are in ``gateway.exceptions``;
 - an :class:`APIError`, raised where a request is found wrong, with its
-  status written there;
+  status written there; and an LLM's own error answer, relayed with its
+  status (a 400, 404, 413 or 422 as it is, anything else as 502:
+  ``gateway.api.relay.upstream_error``);
 - validation failures: 400 (as OpenAI answers them), never FastAPI's 422;
 - Starlette's own (404 for an unknown path, 405);
 - anything else: a 500 envelope without a stack trace.

@@ -19,6 +19,10 @@ The hierarchy::
     │   ├── RegistryUnavailable         registry_unavailable   the store of registered models
     │   ├── NoUpstreamAvailable         llm_starting | llm_unreachable | llm_unavailable
     │   └── UpstreamFailed              upstream_unavailable   429, 502, 503 or 504: the LLM failed
+    ├── UpstreamReplyFailed         the LLM answered, and its answer broke before it was relayed
+    │   ├── UpstreamTimedOut            504 upstream_timeout
+    │   ├── UpstreamBroke               502 upstream_error
+    │   └── UpstreamInvalid             502 upstream_invalid   a 200 that is no JSON object
     ├── InputRejected               400: text that can never be embedded or stored
     │   ├── EmbedderRejected            invalid_text
     │   └── MemoryRejected              unstorable
@@ -151,6 +155,35 @@ class UpstreamFailed(DependencyError):
         self.retry_after = retry_after
         self.status_code = status if status in RELAYED_UPSTREAM_STATUS else 502
         self.retry_after_s = max(1, int(retry_after or 1))
+
+
+class UpstreamReplyFailed(GatewayError):
+    """The LLM answered, then its answer could not be read whole: the request
+    may have been served, so no Retry-After invites a repeat."""
+
+    status_code = 502
+    code = "upstream_error"
+
+
+class UpstreamTimedOut(UpstreamReplyFailed):
+    """The answer's body did not come within the total timeout."""
+
+    status_code = 504
+    code = "upstream_timeout"
+    template = "the LLM upstream timed out"
+
+
+class UpstreamBroke(UpstreamReplyFailed):
+    """The answer's body broke off, or could not be decoded."""
+
+    template = "the LLM upstream failed"
+
+
+class UpstreamInvalid(UpstreamReplyFailed):
+    """A 200 whose body is not the JSON object the API promises."""
+
+    code = "upstream_invalid"
+    template = "the LLM upstream answered with invalid JSON"
 
 
 class InputRejected(GatewayError):

@@ -1,4 +1,8 @@
-"""What the lifespan builds and the routers use, kept on ``app.state.services``."""
+"""What the lifespan builds and the routers use, kept on ``app.state.services``.
+
+A router takes the part it uses (``MemoryDep``, ``SettingsDep``) where one is
+enough, the whole container (``ServicesDep``) where it needs several.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +15,8 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 
 from gateway.datadir import DiskSpace
-from gateway.memory.outbox import Outbox
 from gateway.memory.service import MemoryService
 from gateway.metrics import GatewayMetrics
-from gateway.monitor import Monitor
 from gateway.settings import Settings
 from gateway.upstream.http import Timeouts
 from gateway.upstream.owners import ResponseOwners
@@ -34,10 +36,7 @@ class Services:
     pool: UpstreamPool
     router: ModelRouter
     registrations: RegistrySync
-    memory: MemoryService
-    outbox: Outbox
-    embedder_monitor: Monitor
-    store_monitor: Monitor
+    memory: MemoryService  # with the embedder, the vector store, their monitors and the outbox
     upstream_timeout: Timeouts
     stream_timeout: Timeouts
     disk: DiskSpace | None = None  # the data dir's free space (outbox, Edge store)
@@ -64,3 +63,17 @@ async def get_services(request: Request) -> Services:
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+async def get_memory(request: Request) -> MemoryService:
+    memory: MemoryService = request.app.state.services.memory
+    return memory
+
+
+async def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+MemoryDep = Annotated[MemoryService, Depends(get_memory)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -17,15 +17,14 @@ import asyncio
 import json
 import os
 import platform
-import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from bench.gpu.pack_weights import texts
-
-ROOT = Path(__file__).resolve().parents[2]
+from harness.process import free_port, spawn
 
 
 def direct(model_dir: str) -> dict[str, Any]:
@@ -82,37 +81,21 @@ def service(model_dir: str, seconds: float, switch_s: float | None = None) -> di
     """The service; with ``switch_s``, the interpreter's GIL switch interval set to it
     (Python's default is 5 ms: the event loop answering many clients can hold the
     GIL that long while the inference thread waits to launch its next kernel)."""
-    import httpx
-
-    port = 18081
-    env = {**os.environ, "EMBEDDER_PORT": str(port), "EMBEDDER_DEVICE": "cuda",
-           "EMBEDDER_MODEL": model_dir, "HF_HUB_OFFLINE": "1"}  # fmt: skip
-    log = open("/tmp/embedder-gpu.log", "wb")  # noqa: SIM115
+    port = free_port()
+    env = {"EMBEDDER_PORT": str(port), "EMBEDDER_DEVICE": "cuda", "EMBEDDER_MODEL": model_dir}
     argv = [sys.executable, "-m", "embedder"]
     if switch_s is not None:
         argv = [sys.executable, "-c", f"import sys, runpy; sys.setswitchinterval({switch_s}); "
                 "runpy.run_module('embedder', run_name='__main__')"]  # fmt: skip
-    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(Path("/tmp/embedder-gpu.log").read_text()[-3000:])
-            time.sleep(0.5)
-        url = f"http://127.0.0.1:{port}/v1/embeddings"
+    log_dir = Path(tempfile.gettempdir()) / "embedder-gpu"
+    with spawn("embedder", argv, log_dir=log_dir, port=port, env=env) as proc:
+        proc.wait_for("/health", 240)
+        url = f"{proc.url}/embeddings"
         asyncio.run(clients(url, 8, 1, 2))  # warm-up
         out: dict[str, Any] = {}
         for n, per in ((1, 1), (32, 1), (128, 1), (4, 32), (16, 32)):
             out[f"{n}_clients_x_{per}_texts"] = round(asyncio.run(clients(url, n, per, seconds)))
         return out
-    finally:
-        proc.terminate()
-        proc.wait(30)
 
 
 def main() -> None:

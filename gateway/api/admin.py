@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated
 
 from fastapi import Path, Query, Request
@@ -19,11 +18,10 @@ from gateway.api.answers import (
     UpstreamsStatus,
 )
 from gateway.auth import AdminDep
-from gateway.enums import RouteSource
 from gateway.errors import APIError
 from gateway.memory.records import Scope
 from gateway.openapi import WITH_BODY, errors, keyed_router
-from gateway.services import Services, ServicesDep
+from gateway.services import MemoryDep, Services, ServicesDep
 from gateway.upstream.registry import Registration
 from gateway.upstream.replicas import status_of
 from gateway.urls import redact_url
@@ -37,11 +35,11 @@ Name = Annotated[str, Path(min_length=1, max_length=256)]
 async def tenant_users(
     tenant: Name,
     _: AdminDep,
-    services: ServicesDep,
+    memory: MemoryDep,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> TenantUsers:
     """The users of a tenant that have memories."""
-    users = await services.memory.store.users(tenant, limit)
+    users = await memory.users(tenant, limit)
     return TenantUsers(tenant=tenant, users=users)
 
 
@@ -51,24 +49,24 @@ async def tenant_users(
     responses=errors(400, 503),
 )
 async def forget_any_user(
-    tenant: Name, user_id: Name, _: AdminDep, services: ServicesDep
+    tenant: Name, user_id: Name, _: AdminDep, memory: MemoryDep
 ) -> ForgottenTenantUser:
     """Forget a user of any tenant (queued writes included)."""
-    deleted = await services.memory.forget(Scope(tenant, user_id))
+    deleted = await memory.forget(Scope(tenant, user_id))
     return ForgottenTenantUser(tenant=tenant, user_id=user_id, deleted=deleted)
 
 
 @router.get("/outbox", response_model=OutboxStatus, responses=errors(400))
 async def outbox(
-    _: AdminDep, services: ServicesDep, limit: Annotated[int, Query(ge=0, le=1000)] = 100
+    _: AdminDep, memory: MemoryDep, limit: Annotated[int, Query(ge=0, le=1000)] = 100
 ) -> OutboxStatus:
     """Writes waiting, and those set aside because they can never be stored
     (``dead``: how many; ``dead_entries``: the latest, with their reasons)."""
-    entries = await asyncio.to_thread(services.outbox.dead_entries, limit)
+    report = await memory.outbox_report(limit)
     return OutboxStatus(
-        depth=services.outbox.depth,
-        dead=await asyncio.to_thread(services.outbox.dead_count),
-        dead_entries=[DeadWrite.model_validate(entry.to_json()) for entry in entries],
+        depth=report.depth,
+        dead=report.dead,
+        dead_entries=[DeadWrite.model_validate(entry.to_json()) for entry in report.dead_entries],
     )
 
 
@@ -129,11 +127,7 @@ async def register_model(
     registered all the same, and the health monitor brings it in when it answers).
     """
     router = services.router
-    existing = router.aliases.get(request.alias)
-    if existing is not None and existing.source != RouteSource.REGISTERED:
-        raise APIError(
-            409, f"alias {request.alias!r} is set in GATEWAY_CONFIG", code="alias_configured"
-        )
+    _not_configured(services, request.alias)
     registration = Registration(
         request.alias, str(request.upstream_url).rstrip("/"), request.model, request.api_key
     )
@@ -177,10 +171,14 @@ async def delete_model_by_query(
     return await _unregister(services, alias)
 
 
-async def _unregister(services: Services, alias: str) -> DeletedAlias:
-    route = services.router.aliases.get(alias)
-    if route is not None and route.source != RouteSource.REGISTERED:
+def _not_configured(services: Services, alias: str) -> None:
+    """409 for an alias ``GATEWAY_CONFIG`` sets: only the file changes it."""
+    if services.router.configured(alias):
         raise APIError(409, f"alias {alias!r} is set in GATEWAY_CONFIG", code="alias_configured")
+
+
+async def _unregister(services: Services, alias: str) -> DeletedAlias:
+    _not_configured(services, alias)
     deleted = await services.registrations.unregister(alias)
     if not deleted:
         raise APIError(404, f"no model alias {alias!r}", code="alias_not_found")

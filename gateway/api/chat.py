@@ -32,7 +32,6 @@ from gateway.exceptions import EmbedderRejected, MemoryRequired, MemoryUnavailab
 from gateway.memory.prompt import inject_memories, last_user_text, recall_query
 from gateway.openapi import KEYED, NO_MODEL, UPSTREAM, WITH_BODY, errors, json_body, relayed
 from gateway.services import Services, ServicesDep
-from gateway.upstream.http import Timeouts
 from gateway.upstream.pool import OpenedReply, Target
 from gateway.upstream.replica import CHAT, Call
 
@@ -80,7 +79,8 @@ def plan_memory(
     ``body`` is the request itself (already validated as ``chat``).
     """
     query = last_user_text(body["messages"])
-    return plan_turn(body, chat.memory, query, principal, services, param="messages")
+    top_k = services.settings.memory_top_k
+    return plan_turn(body, chat.memory, query, principal, top_k, param="messages")
 
 
 @router.post(
@@ -138,9 +138,11 @@ async def relay_turn(
     headers_timeout_s = settings.stream_idle_timeout_s if stream else settings.total_timeout_s
 
     async def send(outgoing: Outgoing) -> OpenedReply:
-        opened = await _open(
-            services, targets, outgoing.bytes_for, timeouts, headers_timeout_s, request_id, call
-        )
+        # Raises NoUpstreamAvailable or UpstreamFailed, answered as gateway.exceptions says.
+        opened = await services.pool.open_chat(
+            targets, outgoing.bytes_for, timeouts=timeouts,
+            headers_timeout_s=headers_timeout_s, request_id=request_id, call=call,
+        )  # fmt: skip
         if on_open is not None:
             on_open(opened.target)
         return opened
@@ -154,7 +156,14 @@ async def relay_turn(
             headers["x-memory-hits"] = str(injected)
             opened = await send(memories.outgoing())
         drop_usage = not outgoing.usage_asked
-        relay = Relay(services, opened, plan, started, model, drop_usage=drop_usage, wire=wire)
+        relay = Relay(
+            opened, plan, started, model,
+            model_label=services.router.metric_label(model), metrics=services.metrics,
+            pool=services.pool, memory=services.memory,
+            total_timeout_s=settings.total_timeout_s,
+            stream_idle_timeout_s=settings.stream_idle_timeout_s,
+            drop_usage=drop_usage, wire=wire,
+        )  # fmt: skip
         reply = opened.response
         # A pass-through endpoint streams when its upstream does; the others as asked.
         sse = reply.headers.get("content-type", "").startswith("text/event-stream")
@@ -173,26 +182,6 @@ async def relay_turn(
 def resolve_model(services: Services, model: str) -> list[Target]:
     """The model's targets; raises UnknownModel (404) when nothing serves it."""
     return services.router.resolve(model)
-
-
-async def _open(
-    services: Services,
-    targets: list[Target],
-    encode: Callable[[Target], bytes],
-    timeouts: Timeouts,
-    headers_timeout_s: float,
-    request_id: str | None,
-    call: Call = CHAT,
-) -> OpenedReply:
-    # Raises NoUpstreamAvailable or UpstreamFailed: answered as they say (gateway.exceptions).
-    return await services.pool.open_chat(
-        targets,
-        encode,
-        timeouts=timeouts,
-        headers_timeout_s=headers_timeout_s,
-        request_id=request_id,
-        call=call,
-    )
 
 
 async def _disconnected(request: Request) -> None:

@@ -51,31 +51,24 @@ async def readyz(request: Request, response: Response, services: ServicesDep) ->
     keys are configured at all (then ``/admin`` is open too).
     """
     llm = services.replicas.status()
-    embedder = services.embedder_monitor.state
-    store = services.store_monitor.state
+    memory = services.memory.status()
     disk_problem = services.disk.problem() if services.disk is not None else None
-    ready = (
-        llm == "healthy"
-        and services.embedder_monitor.healthy
-        and services.store_monitor.healthy
-        and disk_problem is None
-    )
-    backend = services.memory.store.name
+    ready = llm == "healthy" and memory.ready and disk_problem is None
     admin = is_admin_request(request)
     if admin:
         checks = Checks(
             llm=LlmCheck.model_validate({"status": llm, "upstreams": services.replicas.describe()}),
-            embedder=MonitorState.model_validate(redacted_state(services.embedder_monitor)),
+            embedder=MonitorState.model_validate(redacted_state(memory.embedder)),
             vector_store=StoreCheck.model_validate(
-                {**redacted_state(services.store_monitor), "backend": backend}
+                {**redacted_state(memory.store), "backend": memory.backend}
             ),
-            outbox=OutboxCheck(depth=services.outbox.depth),
+            outbox=OutboxCheck(depth=memory.outbox_depth),
         )
     else:
         checks = Checks(
             llm=LlmCheck(status=llm),
-            embedder=MonitorState(status=embedder.status),
-            vector_store=StoreCheck(status=store.status, backend=backend),
+            embedder=MonitorState(status=memory.embedder.state.status),
+            vector_store=StoreCheck(status=memory.store.state.status, backend=memory.backend),
         )
     if services.disk is not None:
         disk = DiskStatus.LOW if disk_problem else DiskStatus.OK

@@ -26,7 +26,6 @@ from gateway.api.schemas import MemoryOptions
 from gateway.auth import Principal
 from gateway.errors import APIError
 from gateway.memory.records import Scope, check_text
-from gateway.services import Services
 
 MAX_USER_ID = 256
 
@@ -62,12 +61,13 @@ def plan_turn(
     options: MemoryOptions | None,
     query: str,
     principal: Principal,
-    services: Services,
+    default_top_k: int,
     *,
     param: str,
 ) -> MemoryPlan:
     """What memory does for one conversation turn whose latest user text is
-    ``query``, found in the body's field ``param``."""
+    ``query``, found in the body's field ``param`` (``default_top_k``: how many
+    memories to recall unless the request says)."""
     user_id = memory_user(body, options)
     if not user_id or (options is not None and not options.enabled):
         return MemoryPlan()
@@ -77,7 +77,7 @@ def plan_turn(
     top_k = options.top_k if options and options.top_k is not None else None
     return MemoryPlan(
         scope=Scope(principal.tenant, user_id),
-        top_k=services.settings.memory_top_k if top_k is None else top_k,
+        top_k=default_top_k if top_k is None else top_k,
         store=options.store if options else True,
         session_id=options.session_id if options else None,
         query=query,

@@ -30,8 +30,9 @@ from gateway.memory.records import (
     parse_filters,
     parse_timestamp,
 )
+from gateway.memory.service import MemoryService
 from gateway.openapi import WITH_BODY, errors, keyed_router
-from gateway.services import Services, ServicesDep
+from gateway.services import MemoryDep, SettingsDep
 
 router = keyed_router("/v1/memories", "memories")
 NOT_FOUND = (404, "No such memory in the caller's tenant (or not the user's, with user_id)")
@@ -68,7 +69,8 @@ def _memory_id(value: str) -> str:
 )
 async def add_memories(
     principal: PrincipalDep,
-    services: ServicesDep,
+    memory: MemoryDep,
+    settings: SettingsDep,
     request: AddMemoriesRequest,
     response: Response,
 ) -> AddedMemories:
@@ -92,7 +94,7 @@ async def add_memories(
             param="timestamp",
         ) from None
     metadata = request.metadata or {}
-    problem = check_metadata(metadata, services.settings.max_metadata_bytes)
+    problem = check_metadata(metadata, settings.max_metadata_bytes)
     if problem:
         raise APIError(400, problem, code="invalid_metadata", param="metadata")
     items = (
@@ -105,7 +107,7 @@ async def add_memories(
         for role, text in items
     ]
     scope = Scope(principal.tenant, request.user_id)
-    outcome = await services.memory.add(scope, memories)
+    outcome = await memory.add(scope, memories)
     if outcome.queued:
         response.status_code = 202
     results = [AddedMemory(id=r.id, memory=r.memory, event=r.event) for r in outcome.results]
@@ -115,7 +117,7 @@ async def add_memories(
 @router.post("/search", response_model=SearchResults, responses={**WITH_BODY, **errors(503)})
 async def search_memories(
     principal: PrincipalDep,
-    services: ServicesDep,
+    memory: MemoryDep,
     request: SearchMemoriesRequest,
 ) -> SearchResults:
     try:
@@ -123,7 +125,7 @@ async def search_memories(
     except ValueError as exc:
         raise APIError(400, str(exc), code="invalid_filters", param="filters") from None
     scope = Scope(principal.tenant, request.user_id)
-    records = await services.memory.search(
+    records = await memory.search(
         scope, request.query, request.top_k, conditions, request.min_score
     )
     return SearchResults(results=[ScoredMemory.of(record) for record in records])
@@ -132,7 +134,7 @@ async def search_memories(
 @router.get("", response_model=MemoryPage, responses=errors(400, 503))
 async def list_memories(
     principal: PrincipalDep,
-    services: ServicesDep,
+    memory: MemoryDep,
     user_id: UserIdQuery,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(max_length=64)] = None,
@@ -140,7 +142,7 @@ async def list_memories(
     """A page of the user's memories; pass ``next_cursor`` back for the next page."""
     scope = Scope(principal.tenant, user_id)
     start = _memory_id(cursor) if cursor else None
-    records, next_cursor = await services.memory.store.list(scope, limit, start)
+    records, next_cursor = await memory.page(scope, limit, start)
     return MemoryPage(results=[Memory.of(r) for r in records], next_cursor=next_cursor)
 
 
@@ -148,11 +150,11 @@ OptionalUserId = Annotated[str | None, Query(min_length=1, max_length=256)]
 
 
 async def _owned(
-    services: Services, tenant: str, memory_id: str, user_id: str | None
+    memory: MemoryService, tenant: str, memory_id: str, user_id: str | None
 ) -> MemoryRecord:
     """The memory, if the caller's tenant (and ``user_id``, when given) owns it; else 404."""
     key = _memory_id(memory_id)
-    record = await services.memory.store.get(tenant, key)
+    record = await memory.get(tenant, key)
     if record is None or (user_id is not None and record.user_id != user_id):
         raise _not_found(memory_id)
     return record
@@ -163,28 +165,28 @@ BY_ID = errors(400, NOT_FOUND, 503)
 
 @router.get("/{memory_id}", response_model=Memory, responses=BY_ID)
 async def get_memory(
-    principal: PrincipalDep, services: ServicesDep, memory_id: str, user_id: OptionalUserId = None
+    principal: PrincipalDep, memory: MemoryDep, memory_id: str, user_id: OptionalUserId = None
 ) -> Memory:
     """A memory of the caller's tenant; with ``user_id``, only if it is that user's."""
-    record = await _owned(services, principal.tenant, memory_id, user_id)
+    record = await _owned(memory, principal.tenant, memory_id, user_id)
     return Memory.of(record)
 
 
 @router.delete("/{memory_id}", response_model=DeletedMemory, responses=BY_ID)
 async def delete_memory(
-    principal: PrincipalDep, services: ServicesDep, memory_id: str, user_id: OptionalUserId = None
+    principal: PrincipalDep, memory: MemoryDep, memory_id: str, user_id: OptionalUserId = None
 ) -> DeletedMemory:
-    record = await _owned(services, principal.tenant, memory_id, user_id)
-    await services.memory.store.delete(Scope(principal.tenant, record.user_id), record.id)
+    record = await _owned(memory, principal.tenant, memory_id, user_id)
+    await memory.delete(Scope(principal.tenant, record.user_id), record.id)
     return DeletedMemory(id=record.id, deleted=True)
 
 
 @router.delete("", response_model=ForgottenUser, responses=errors(400, 503))
 async def forget_user(
     principal: PrincipalDep,
-    services: ServicesDep,
+    memory: MemoryDep,
     user_id: UserIdQuery,
 ) -> ForgottenUser:
     """Forget a user: every memory of theirs in the caller's tenant."""
-    deleted = await services.memory.forget(Scope(principal.tenant, user_id))
+    deleted = await memory.forget(Scope(principal.tenant, user_id))
     return ForgottenUser(user_id=user_id, deleted=deleted)

@@ -34,11 +34,12 @@ from fastapi.responses import Response
 from gateway.api.wire import CHAT_WIRE, Wire
 from gateway.enums import TokenKind, UpstreamOutcome, WriteSource
 from gateway.errors import APIError, error_body
-from gateway.exceptions import OutboxFull
+from gateway.exceptions import OutboxFull, UpstreamBroke, UpstreamInvalid, UpstreamTimedOut
 from gateway.memory.records import NewMemory, Scope
-from gateway.services import Services
+from gateway.memory.service import MemoryService
+from gateway.metrics import GatewayMetrics
 from gateway.upstream.http import TimedOut, TransportError
-from gateway.upstream.pool import OpenedReply
+from gateway.upstream.pool import OpenedReply, UpstreamPool
 
 logger = logging.getLogger("gateway.chat")
 
@@ -84,23 +85,36 @@ def upstream_error(status: int, content: bytes) -> tuple[int, dict[str, Any]]:
 
 
 class Relay:
+    """One reply on its way to the client. It is handed what it uses: the
+    metrics, the pool (each reply's outcome feeds its replica's breaker), the
+    memory (a finished turn goes into its outbox) and the two deadlines."""
+
     def __init__(
         self,
-        services: Services,
         opened: OpenedReply,
         plan: MemoryPlan,
         started: float,
         client_model: str,
         *,
+        model_label: str,
+        metrics: GatewayMetrics,
+        pool: UpstreamPool,
+        memory: MemoryService,
+        total_timeout_s: float,
+        stream_idle_timeout_s: float,
         drop_usage: bool = False,
         wire: Wire = CHAT_WIRE,
     ) -> None:
-        self.services = services
+        self.metrics = metrics
+        self.pool = pool
+        self.memory = memory
+        self.total_timeout_s = total_timeout_s
+        self.stream_idle_timeout_s = stream_idle_timeout_s
         self.wire = wire
         sent_model = opened.target.model
         # The upstream knew the model by another name: give the client's back.
         self.rename_to = client_model if sent_model and sent_model != client_model else None
-        self.model_label = services.router.metric_label(client_model)
+        self.model_label = model_label
         self.drop_usage = drop_usage
         self.opened = opened
         self.plan = plan
@@ -110,14 +124,14 @@ class Relay:
     async def complete(self, headers: dict[str, str]) -> Response:
         response = self.opened.response
         try:
-            async with asyncio.timeout(self.services.settings.total_timeout_s):
+            async with asyncio.timeout(self.total_timeout_s):
                 content = await response.aread()
-        except (TimeoutError, TimedOut):
+        except (TimeoutError, TimedOut) as exc:
             self._finish(UpstreamOutcome.TIMEOUT)
-            raise APIError(504, "the LLM upstream timed out", code="upstream_timeout") from None
-        except TransportError:  # cut-off bodies, undecodable content-encoding, ...
+            raise UpstreamTimedOut(str(exc)) from None
+        except TransportError as exc:  # cut-off bodies, undecodable content-encoding, ...
             self._finish(UpstreamOutcome.STREAM_ERROR)
-            raise APIError(502, "the LLM upstream failed", code="upstream_error") from None
+            raise UpstreamBroke(f"{type(exc).__name__}: {exc}") from None
         except asyncio.CancelledError:
             self._finish(UpstreamOutcome.CLIENT_DISCONNECT)
             raise
@@ -140,9 +154,7 @@ class Relay:
             return Response(content, 200, headers={**headers, "content-type": kind})
         if completion is None:
             self._finish(UpstreamOutcome.HTTP_ERROR)
-            raise APIError(
-                502, "the LLM upstream answered with invalid JSON", code="upstream_invalid"
-            )
+            raise UpstreamInvalid(response.headers.get("content-type", "no content type"))
         self._finish(UpstreamOutcome.SUCCESS)
         self._count_tokens(completion.get("usage"))
         reply = self.wire.reply_text(completion)  # None: not a finished turn
@@ -164,7 +176,7 @@ class Relay:
             async for chunk in response.aiter_bytes():  # decoded, if the upstream compressed
                 if first:
                     first = False
-                    self.services.metrics.upstream_ttft.labels(self.name).observe(
+                    self.metrics.upstream_ttft.labels(self.name).observe(
                         time.perf_counter() - self.opened.sent_at
                     )
                 relayed = acc.feed(chunk)
@@ -191,7 +203,7 @@ class Relay:
                 )
         except TimedOut:
             outcome = UpstreamOutcome.TIMEOUT
-            idle = self.services.settings.stream_idle_timeout_s
+            idle = self.stream_idle_timeout_s
             failure = self.wire.error_event(
                 f"the LLM upstream sent nothing for {idle:g}s", "upstream_stream_idle_timeout"
             )
@@ -217,8 +229,8 @@ class Relay:
     def _finish(self, outcome: UpstreamOutcome) -> None:
         now = time.perf_counter()
         upstream_s = now - self.opened.sent_at
-        metrics = self.services.metrics
-        self.services.pool.record_outcome(self.opened.upstream, outcome)
+        metrics = self.metrics
+        self.pool.record_outcome(self.opened.upstream, outcome)
         metrics.model_requests.labels(self.model_label, self.name, outcome).inc()
         metrics.upstream_duration.labels(self.name).observe(upstream_s)
         metrics.overhead.labels(self.wire.route).observe(
@@ -232,7 +244,7 @@ class Relay:
         for kind, other in ((TokenKind.PROMPT, "input"), (TokenKind.COMPLETION, "output")):
             value = usage.get(f"{kind}_tokens", usage.get(f"{other}_tokens"))
             if isinstance(value, int) and value >= 0:
-                self.services.metrics.upstream_tokens.labels(self.name, kind).inc(value)
+                self.metrics.upstream_tokens.labels(self.name, kind).inc(value)
 
     async def _remember(self, reply: str) -> bool:
         """Put the turn in the durable outbox; False if it could not be (disk full).
@@ -256,7 +268,7 @@ class Relay:
             if text
         ]
         try:
-            await asyncio.shield(self.services.memory.enqueue(plan.scope, memories))
+            await asyncio.shield(self.memory.enqueue(plan.scope, memories))
         except OutboxFull as exc:
             logger.error("chat turn not remembered: %s", exc)
             return False

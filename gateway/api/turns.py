@@ -74,7 +74,8 @@ async def serve_turn(
     targets = resolve_model(services, turn.model)
     if narrow is not None:
         targets = narrow(turn, targets)
-    plan = plan_turn(body, turn.memory, api.query(body), principal, services, param=api.param)
+    top_k = services.settings.memory_top_k
+    plan = plan_turn(body, turn.memory, api.query(body), principal, top_k, param=api.param)
     headers: dict[str, str] = {}
     incoming = Incoming(raw, body, turn.model, api.inject)
     fit = await recall_fit(services, plan, headers, targets, incoming, api.as_chat(incoming.fields))

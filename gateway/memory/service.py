@@ -23,6 +23,7 @@ unavailable) are retried.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 import time
@@ -55,7 +56,7 @@ from gateway.memory.indexing import (
     index_texts,
     session_key,
 )
-from gateway.memory.outbox import Outbox
+from gateway.memory.outbox import DeadEntry, Outbox
 from gateway.memory.records import (
     Condition,
     MemoryRecord,
@@ -91,6 +92,31 @@ class WriteResult:
 
 
 @dataclass(frozen=True)
+class MemoryStatus:
+    """The memory side's state for ``/readyz``: each dependency's monitor, the
+    store's kind, and how many writes wait in the outbox."""
+
+    embedder: Monitor
+    store: Monitor
+    backend: str
+    outbox_depth: int
+
+    @property
+    def ready(self) -> bool:
+        return self.embedder.healthy and self.store.healthy
+
+
+@dataclass(frozen=True)
+class OutboxReport:
+    """Writes waiting, and those set aside because they can never be stored
+    (``dead``: how many; ``dead_entries``: the latest, with their reasons)."""
+
+    depth: int
+    dead: int
+    dead_entries: list[DeadEntry]
+
+
+@dataclass(frozen=True)
 class AddOutcome:
     results: list[WriteResult]
     queued: bool
@@ -115,7 +141,7 @@ class MemoryService:
         *,
         read_your_writes_s: float = READ_YOUR_WRITES_S,
     ) -> None:
-        self.store = store
+        self._store = store
         self._embedder = embedder
         self._outbox = outbox
         self._metrics = metrics
@@ -209,7 +235,7 @@ class MemoryService:
         results: list[list[WriteResult]] = []
         for scope, memories in batches:
             ids = [memory_id(scope, m.text) for m in memories]
-            existing = await self.store.existing_ids(scope, ids) if ids else set()
+            existing = await self._store.existing_ids(scope, ids) if ids else set()
             fresh = []
             for point_id, memory in zip(ids, memories, strict=True):
                 if point_id in existing:
@@ -218,7 +244,7 @@ class MemoryService:
                 if key not in windows:
                     cached = self._recent.get(key)
                     if cached is None:
-                        texts = await self.store.recent(scope, memory.session_id, WINDOW)
+                        texts = await self._store.recent(scope, memory.session_id, WINDOW)
                         cached = [(text, None) for text in texts]
                     windows[key] = cached
                 previous = windows[key]
@@ -252,7 +278,7 @@ class MemoryService:
                 points.append(StoredPoint(point_id, vectors_, memory, written_at))
                 written_at += 1
             if points:
-                await self.store.upsert(scope, points)
+                await self._store.upsert(scope, points)
         for key, recent in windows.items():
             self._recent.put(key, [(t, v if v is not None else vectors[t]) for t, v in recent])
         return results
@@ -276,9 +302,27 @@ class MemoryService:
         await self._replayer.progressed()
         self._recent.forget(scope.tenant, scope.user_id)
         self._vector_cache.clear()
-        return purged + await self.store.delete_scope(scope)
+        return purged + await self._store.delete_scope(scope)
 
     # -- reads ---------------------------------------------------------------
+
+    async def page(
+        self, scope: Scope, limit: int, cursor: str | None
+    ) -> tuple[list[MemoryRecord], str | None]:
+        """A page of the user's memories, and the cursor of the next (None: the last)."""
+        return await self._store.list(scope, limit, cursor)
+
+    async def get(self, tenant: str, memory_id: str) -> MemoryRecord | None:
+        """A memory by id, only when it belongs to ``tenant``."""
+        return await self._store.get(tenant, memory_id)
+
+    async def delete(self, scope: Scope, memory_id: str) -> bool:
+        """Delete one stored memory of this scope; False when it is not in the scope."""
+        return await self._store.delete(scope, memory_id)
+
+    async def users(self, tenant: str, limit: int) -> list[str]:
+        """The user ids of a tenant that have memories (admin)."""
+        return await self._store.users(tenant, limit)
 
     async def search(
         self,
@@ -292,7 +336,7 @@ class MemoryService:
             [vector] = await self._embedder.embed([query])
             self._vector_cache.put(query, vector)  # a chat turn stores this text next
             vectors = QueryVectors(vector, self._sparse.query(query))
-            return await self.store.search(scope, vectors, limit, conditions, min_score)
+            return await self._store.search(scope, vectors, limit, conditions, min_score)
         except (EmbedderUnavailable, StoreUnavailable) as exc:
             self._report(exc)
             raise MemoryUnavailable(str(exc)) from exc
@@ -322,6 +366,19 @@ class MemoryService:
         monitor = self._embedder_monitor if isinstance(exc, EmbedderUnavailable) else None
         monitor = monitor or self._store_monitor
         monitor.report_failure(str(exc))
+
+    # -- state ---------------------------------------------------------------
+
+    def status(self) -> MemoryStatus:
+        return MemoryStatus(
+            self._embedder_monitor, self._store_monitor, self._store.name, self._outbox.depth
+        )
+
+    async def outbox_report(self, dead_limit: int) -> OutboxReport:
+        """The outbox's depth and its dead entries, the latest ``dead_limit`` of them."""
+        entries = await asyncio.to_thread(self._outbox.dead_entries, dead_limit)
+        dead = await asyncio.to_thread(self._outbox.dead_count)
+        return OutboxReport(self._outbox.depth, dead, entries)
 
     # -- outbox replay (gateway.memory.replay) -------------------------------
 

@@ -2,8 +2,9 @@
 
 Upstreams are tried in order (the primary, then the fallback). One is
 eligible when its health monitor says healthy and its breaker lets a request
-through. When none is, the pool fails at once (the router answers 503 with
-``Retry-After``) instead of making the client wait on a dead server.
+through. When none is, the pool fails at once (``NoUpstreamAvailable``: a 503
+with ``Retry-After``, gateway.exceptions) instead of making the client wait
+on a dead server.
 
 Retries (tenacity) happen only where no generation can still be running
 upstream: the connection was refused or not made in time (the request was

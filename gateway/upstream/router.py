@@ -88,6 +88,15 @@ class ModelRouter:
         """Every alias, configured or registered (read-only: change it through the router)."""
         return MappingProxyType(self._aliases)
 
+    def configured(self, alias: str) -> bool:
+        """Whether ``alias`` is set in ``GATEWAY_CONFIG`` (registrations never change it)."""
+        route = self._aliases.get(alias)
+        return route is not None and route.source != RouteSource.REGISTERED
+
+    def registered(self) -> list[str]:
+        """The aliases registered at run time."""
+        return [a for a, route in self._aliases.items() if route.source == RouteSource.REGISTERED]
+
     # -- configuration -------------------------------------------------------
 
     def add_upstream(self, name: str, urls: Sequence[str], api_key: str | None) -> None:
@@ -120,8 +129,7 @@ class ModelRouter:
     async def unregister(self, alias: str) -> None:
         """Stop routing a registered alias, and drop its upstream (if it had one).
         A configured alias stays: only ``GATEWAY_CONFIG`` changes those."""
-        route = self._aliases.get(alias)
-        if route is not None and route.source != RouteSource.REGISTERED:
+        if self.configured(alias):
             return
         self._aliases.pop(alias, None)
         await self._replicas.remove(registered_group(alias))

@@ -15,7 +15,6 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from gateway.enums import RouteSource
 from gateway.exceptions import RegistryUnavailable
 from gateway.upstream.registry import ModelRegistry, Registration
 from gateway.upstream.router import ModelRouter
@@ -33,11 +32,6 @@ class Changes:
         return bool(self.added or self.removed or self.changed)
 
 
-def _configured(router: ModelRouter, alias: str) -> bool:
-    route = router.aliases.get(alias)
-    return route is not None and route.source != RouteSource.REGISTERED
-
-
 async def apply(
     router: ModelRouter,
     applied: dict[str, Registration],
@@ -46,7 +40,7 @@ async def apply(
     """Route one registration: ``added``, ``changed``, or None (nothing to do:
     routed like that already, or the alias is configured)."""
     alias = registration.alias
-    if _configured(router, alias):
+    if router.configured(alias):
         return None
     routed = alias in router.aliases
     current = applied.get(alias)
@@ -61,7 +55,7 @@ async def apply(
 
 async def drop(router: ModelRouter, applied: dict[str, Registration], alias: str) -> bool:
     """Stop routing a registered alias; False if it was not routed (or is configured)."""
-    if _configured(router, alias):
+    if router.configured(alias):
         return False
     applied.pop(alias, None)
     routed = alias in router.aliases
@@ -80,10 +74,7 @@ async def reconcile(
     """
     wanted = {r.alias: r for r in registrations}
     changes = Changes()
-    registered = [
-        a for a, route in router.aliases.items() if route.source == RouteSource.REGISTERED
-    ]
-    for alias in registered:
+    for alias in router.registered():
         if alias not in wanted and await drop(router, applied, alias):
             changes.removed.append(alias)
     for registration in wanted.values():

@@ -26,7 +26,11 @@ from gateway.exceptions import (
     RegistryUnavailable,
     StoreUnavailable,
     UnknownModel,
+    UpstreamBroke,
     UpstreamFailed,
+    UpstreamInvalid,
+    UpstreamReplyFailed,
+    UpstreamTimedOut,
 )
 
 CASES = [
@@ -77,6 +81,33 @@ def test_each_error_declares_its_answer(
 def test_the_cause_stays_the_bare_text(exc: GatewayError) -> None:
     # Monitors and logs show str(exc); only the client's message adds the context.
     assert str(exc) in exc.client_message() and str(exc) != exc.client_message()
+
+
+@pytest.mark.parametrize(
+    ("exc", "status", "code", "message"),
+    [
+        (UpstreamTimedOut("sock_read"), 504, "upstream_timeout", "the LLM upstream timed out"),
+        (
+            UpstreamBroke("PayloadError: cut"),
+            502,
+            "upstream_error",
+            "the LLM upstream failed",
+        ),
+        (
+            UpstreamInvalid("text/html"),
+            502,
+            "upstream_invalid",
+            "the LLM upstream answered with invalid JSON",
+        ),
+    ],
+)
+def test_a_broken_reply_names_no_cause_and_invites_no_retry(
+    exc: UpstreamReplyFailed, status: int, code: str, message: str
+) -> None:
+    # The request may have been served: no Retry-After, and the transport's
+    # detail stays in the gateway (str(exc)), not in the client's message.
+    assert (exc.status_code, exc.code, exc.client_message()) == (status, code, message)
+    assert exc.headers() == {} and str(exc) not in exc.client_message()
 
 
 def test_a_dependency_that_cannot_serve_says_when_to_retry() -> None:

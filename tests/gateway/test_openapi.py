@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from pydantic import BaseModel
 
 from gateway.app import create_app
-from gateway.openapi import ErrorDetail, ErrorResponse
+from gateway.openapi import ErrorDetail, ErrorResponse, keyed_router
 from gateway.settings import Settings
 
 
@@ -76,3 +78,28 @@ def test_the_declared_error_schema_fits_what_the_gateway_answers(tmp_path: Any) 
     assert response.status_code == 400
     ErrorResponse.model_validate(response.json())  # raises if the envelope differs
     assert set(response.json()["error"]) == set(ErrorDetail.model_fields)
+
+
+def test_keyed_routers_write_floats_as_json_dumps_does() -> None:
+    """Response models on the gateway's own routes change no byte: 1e-05 stays 1e-05
+    (FastAPI's default for a response model, Pydantic's JSON writer, says 1e-5)."""
+
+    class Scored(BaseModel):
+        score: float
+        metadata: dict[str, Any]
+
+    router = keyed_router("/t", "t")
+
+    @router.get("", response_model=Scored)
+    async def scored() -> Scored:
+        return Scored(score=1e-05, metadata={"big": 1e16, "text": "ü"})
+
+    app = FastAPI()
+    app.include_router(router)
+    with TestClient(app) as client:
+        raw = client.get("/t").content
+    assert raw == json.dumps(
+        {"score": 1e-05, "metadata": {"big": 1e16, "text": "ü"}},
+        ensure_ascii=False, separators=(",", ":"),
+    ).encode()  # fmt: skip
+    assert b"1e-05" in raw and b"1e+16" in raw

@@ -311,3 +311,46 @@ async def test_a_bulk_write_lets_queries_go_first(h: Harness) -> None:
     # One text per memory: the small write at a query's priority, the bulk one
     # behind, in parts (32 + 8 texts).
     assert [p for p, _ in h.embedder.seen] == [0, 1, 1]
+
+
+# -- what the memory API reads and deletes through the service ----------------
+
+
+async def test_the_api_pages_gets_and_deletes_within_a_scope(h: Harness) -> None:
+    bob = Scope("t", "bob")
+    await h.service.add(ALICE, memories("a", "b", "c"))
+    await h.service.add(bob, memories("bob's"))
+    first, cursor = await h.service.page(ALICE, 2, None)
+    rest, end = await h.service.page(ALICE, 2, cursor)
+    assert len(first) == 2 and len(rest) == 1 and end is None
+    assert sorted(r.text for r in first + rest) == ["a", "b", "c"]
+    record = first[0]
+    assert await h.service.get("t", record.id) == record
+    assert await h.service.get("other tenant", record.id) is None
+    assert not await h.service.delete(bob, record.id)  # not bob's: kept
+    assert await h.service.delete(ALICE, record.id)
+    assert await h.service.get("t", record.id) is None
+    assert sorted(await h.service.users("t", 10)) == ["alice", "bob"]
+
+
+async def test_status_says_what_readyz_shows(h: Harness) -> None:
+    h.embedder.up = False
+    await h.service.add(ALICE, memories("queued"))  # the embedder failed: into the outbox
+    status = h.service.status()
+    assert (status.backend, status.outbox_depth) == (h.store.name, 1)
+    assert not status.ready and status.embedder is h.embedder_monitor
+    h.embedder_monitor.report_success()
+    assert h.service.status().ready
+
+
+async def test_the_outbox_report_lists_dead_entries(h: Harness) -> None:
+    h.embedder.up = False
+    await h.service.add(ALICE, memories("poison 1"))
+    await h.service.add(ALICE, memories("poison 2"))
+    await h.service.add(ALICE, memories("waits"))
+    h.embedder.up, h.embedder.reject = True, "poison"
+    h.embedder_monitor.report_success()
+    await h.service.drain()
+    report = await h.service.outbox_report(1)
+    assert (report.depth, report.dead, len(report.dead_entries)) == (0, 2, 1)
+    assert report.dead_entries[0].error

@@ -10,8 +10,9 @@ from gateway.exceptions import UnknownModel
 from gateway.metrics import GatewayMetrics
 from gateway.upstream.config import load_upstreams_file
 from gateway.upstream.http import UpstreamHTTP
+from gateway.upstream.registry import Registration
 from gateway.upstream.replicas import Replicas
-from gateway.upstream.router import FALLBACK, PRIMARY, AliasRoute, ModelRouter
+from gateway.upstream.router import FALLBACK, PRIMARY, AliasRoute, ModelRouter, registered_group
 
 
 @pytest.fixture
@@ -119,3 +120,17 @@ async def test_metric_labels_stay_bounded(router: ModelRouter) -> None:
     assert router.metric_label("fast") == "fast"
     assert router.metric_label("llama") == "llama"
     assert router.metric_label("anything-a-client-sends") == "other"
+
+
+async def test_registration_gets_its_own_upstream_and_never_touches_configured_aliases(
+    router: ModelRouter,
+) -> None:
+    router.add_alias(AliasRoute("fast", "qwen", "qwen"))
+    router.register(Registration("vl", "http://x:8000/v1", "Qwen/VL", "k"))
+    assert router.registered() == ["vl"] and router.configured("fast")
+    assert not router.configured("vl") and not router.configured("nothing")
+    (replica,) = router.replicas.group(registered_group("vl"))
+    assert names(router.resolve("vl")) == [(replica.name, "Qwen/VL")]
+    await router.unregister("fast")  # configured: only GATEWAY_CONFIG changes it
+    await router.unregister("vl")
+    assert set(router.aliases) == {"fast"} and registered_group("vl") not in router.replicas

@@ -1,0 +1,81 @@
+"""``POST /v1/embeddings`` without FastAPI's routing and dependency machinery.
+
+Every chat turn with memory waits for one embedding request (its query), and
+on the embedder's one core the request's handling is serialised with the
+model. FastAPI's routing, dependency solving and body validation were a
+quarter of the HTTP handling's CPU: 1.22 ms per one-query request before,
+0.92 ms with this path (the model's encode: ~4.7 ms; measured on a loaded
+box, ``bench/results/recall_stages.md``). This middleware takes a well-formed
+request (a JSON body that ``EmbeddingRequest`` accepts) straight to the
+service's handler. Anything else (another route, another content type, a
+body the model refuses) goes to the FastAPI app with its body replayed, so
+every error answer stays exactly the app's own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from embedder.schemas import EmbeddingRequest
+
+PATH = "/v1/embeddings"
+
+Serve = Callable[[EmbeddingRequest, Request], Awaitable[Response]]
+
+
+def _is_json(scope: Scope) -> bool:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-type":
+            return bool(value.split(b";", 1)[0].strip().lower() == b"application/json")
+    return False
+
+
+class EmbeddingsFastPath:
+    def __init__(self, app: ASGIApp, serve: Serve) -> None:
+        self.app = app
+        self.serve = serve
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not (
+            scope["type"] == "http"
+            and scope["method"] == "POST"
+            and scope["path"] == PATH
+            and _is_json(scope)
+        ):
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # the client left before its request was in: nobody to answer
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        try:
+            request = EmbeddingRequest.model_validate_json(body)
+        except ValidationError:
+            await self.app(scope, _replay(body, receive), send)
+            return
+        response = await self.serve(request, Request(scope, receive))
+        await response(scope, receive, send)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive channel that hands over ``body`` first, then the client's own."""
+    pending = True
+
+    async def replayed() -> Message:
+        nonlocal pending
+        if pending:
+            pending = False
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replayed
