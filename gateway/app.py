@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry
 from gateway.api import admin, chat, health, memories, messages, models, passthrough, responses
 from gateway.auth import KeyCheck, KeyRing
 from gateway.datadir import MIB, DiskSpace
+from gateway.enums import Health
 from gateway.errors import install_error_handlers
 from gateway.limits import RequestLimits
 from gateway.memory.edge_store import EdgeStore
@@ -34,7 +35,7 @@ from gateway.memory.outbox import Outbox
 from gateway.memory.service import MemoryService
 from gateway.memory.store import VectorStore
 from gateway.metrics import GatewayMetrics
-from gateway.monitor import HEALTHY, Monitor
+from gateway.monitor import Monitor
 from gateway.observability import RequestContextMiddleware
 from gateway.services import Services
 from gateway.settings import Settings
@@ -130,8 +131,8 @@ async def _startup(settings: Settings, metrics: GatewayMetrics, stack: AsyncExit
 
     def readiness(name: str) -> Monitor:
         def changed(_: str, status: str) -> None:
-            metrics.dependency_ready.labels(name).set(status == HEALTHY)
-            if status == HEALTHY:
+            metrics.dependency_ready.labels(name).set(status == Health.HEALTHY)
+            if status == Health.HEALTHY:
                 memory.wake_replayer()
 
         probe = embedder.probe if name == "embedder" else store.ping

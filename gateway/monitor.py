@@ -30,8 +30,6 @@ from gateway.enums import Health
 
 logger = logging.getLogger("gateway.monitor")
 
-STARTING, HEALTHY, UNHEALTHY = Health.STARTING, Health.HEALTHY, Health.UNHEALTHY
-
 
 class ProbeFailed(Exception):
     """A probe's verdict. ``starting`` means "not listening or still loading"."""
@@ -52,7 +50,7 @@ def next_backoff(previous_s: float, *, base_s: float, cap_s: float) -> float:
 
 @dataclass
 class DependencyState:
-    status: Health = STARTING
+    status: Health = Health.STARTING
     since: datetime = field(default_factory=lambda: datetime.now(UTC))
     last_error: str | None = None
     last_success: datetime | None = None
@@ -90,7 +88,7 @@ class Monitor:
 
     @property
     def healthy(self) -> bool:
-        return self.state.status == HEALTHY
+        return self.state.status == Health.HEALTHY
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"monitor-{self.name}")
@@ -110,25 +108,25 @@ class Monitor:
         self._wake.set()
 
     def report_success(self) -> None:
-        self._set(HEALTHY, None)
+        self._set(Health.HEALTHY, None)
 
     def report_failure(self, error: str, *, starting: bool = False) -> None:
-        self._set(STARTING if starting else UNHEALTHY, error)
+        self._set(Health.STARTING if starting else Health.UNHEALTHY, error)
         self._wake.set()
 
     def _set(self, status: Health, error: str | None) -> None:
         now = datetime.now(UTC)
-        if status == HEALTHY:
+        if status == Health.HEALTHY:
             self.state.last_success = now
             self._was_up = True
-        elif status == STARTING and self._was_up:
-            status = UNHEALTHY
+        elif status == Health.STARTING and self._was_up:
+            status = Health.UNHEALTHY
         if error is not None:
             self.state.last_error = error
         if status != self.state.status:
             # Losing a dependency is what an operator looks for; the rest is routine.
             # Unhealthy is sticky until the next success, so this logs once per outage.
-            level = logging.WARNING if status == UNHEALTHY else logging.INFO
+            level = logging.WARNING if status == Health.UNHEALTHY else logging.INFO
             logger.log(
                 level, "%s: %s -> %s (%s)", self.name, self.state.status, status, error or "ok"
             )
@@ -141,11 +139,11 @@ class Monitor:
         try:
             await self._probe()
         except ProbeFailed as exc:
-            self._set(STARTING if exc.starting else UNHEALTHY, str(exc))
+            self._set(Health.STARTING if exc.starting else Health.UNHEALTHY, str(exc))
         except Exception as exc:  # a probe bug must not kill the monitor
-            self._set(UNHEALTHY, f"{type(exc).__name__}: {exc}")
+            self._set(Health.UNHEALTHY, f"{type(exc).__name__}: {exc}")
         else:
-            self._set(HEALTHY, None)
+            self._set(Health.HEALTHY, None)
 
     async def _run(self) -> None:
         delay = 0.0

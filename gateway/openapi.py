@@ -21,6 +21,15 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from gateway.exceptions import (
+    GatewayError,
+    NoUpstreamAvailable,
+    UnknownModel,
+    UpstreamBroke,
+    UpstreamInvalid,
+    UpstreamTimedOut,
+)
+
 Responses = dict[int | str, dict[str, Any]]
 
 
@@ -54,14 +63,31 @@ _WHY = {
 }
 
 
-def errors(*statuses: int | tuple[int, str]) -> Responses:
-    """Error responses in OpenAI's envelope; a ``(status, description)`` pair says
-    what that status means on this route."""
-    declared: Responses = {}
-    for item in statuses:
-        status, why = item if isinstance(item, tuple) else (item, _WHY[item])
-        declared[status] = {"model": ErrorResponse, "description": why}
-    return declared
+# A declared error: a status, one of the gateway's exceptions (its class holds
+# the status, gateway.exceptions), or either with what it means on the route.
+Declared = int | type[GatewayError] | tuple[int | type[GatewayError], str]
+
+
+def _status_and_meaning(item: Declared) -> tuple[int, str]:
+    what, why = item if isinstance(item, tuple) else (item, None)
+    if isinstance(what, int):
+        return what, why or _WHY[what]
+    summary = (what.__doc__ or "").strip().split("\n\n")[0]
+    return what.status_code, why or " ".join(summary.split())
+
+
+def errors(*declared: Declared) -> Responses:
+    """Error responses in OpenAI's envelope. An exception class declares its own
+    status, so the document follows gateway.exceptions; several that share a
+    status are described together."""
+    meanings: dict[int, list[str]] = {}
+    for item in declared:
+        status, why = _status_and_meaning(item)
+        meanings.setdefault(status, []).append(why)
+    return {
+        status: {"model": ErrorResponse, "description": " Or: ".join(whys)}
+        for status, whys in meanings.items()
+    }
 
 
 # Every route behind a tenant or admin key.
@@ -87,8 +113,10 @@ def keyed_router(prefix: str, tag: str) -> APIRouter:
 # Every route that takes a request body, besides its own 400s.
 WITH_BODY: Responses = errors(400, 408, 413)
 # Every route that sends the request to an LLM.
-UPSTREAM: Responses = errors(502, 503, 504)
-NO_MODEL = (404, "No model of that name here")
+UPSTREAM: Responses = errors(
+    UpstreamBroke, UpstreamInvalid, (NoUpstreamAvailable, _WHY[503]), UpstreamTimedOut
+)
+NO_MODEL = (UnknownModel, "No model of that name here")
 
 
 def _inlined(schema: dict[str, Any]) -> dict[str, Any]:

@@ -170,6 +170,8 @@ def resolve(image: str, opener: Opener = urllib.request.urlopen) -> str:
             if exc.code != 401 or not challenge.startswith("Bearer ") or "Authorization" in headers:
                 raise SystemExit(f"{image}: {url} answered {exc.code}") from exc
             headers["Authorization"] = f"Bearer {_bearer_token(challenge[7:], opener)}"
+        except urllib.error.URLError as exc:
+            raise SystemExit(f"{image}: cannot reach {url}: {exc.reason}") from exc
     raise AssertionError("unreachable")
 
 

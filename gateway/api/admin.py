@@ -19,6 +19,7 @@ from gateway.api.answers import (
 )
 from gateway.auth import AdminDep
 from gateway.errors import APIError
+from gateway.exceptions import RegistryUnavailable, StoreUnavailable
 from gateway.memory.records import Scope
 from gateway.openapi import WITH_BODY, errors, keyed_router
 from gateway.services import MemoryDep, Services, ServicesDep
@@ -31,7 +32,9 @@ router = keyed_router("/admin", "admin")
 Name = Annotated[str, Path(min_length=1, max_length=256)]
 
 
-@router.get("/tenants/{tenant}/users", response_model=TenantUsers, responses=errors(400, 503))
+@router.get(
+    "/tenants/{tenant}/users", response_model=TenantUsers, responses=errors(400, StoreUnavailable)
+)
 async def tenant_users(
     tenant: Name,
     _: AdminDep,
@@ -46,7 +49,7 @@ async def tenant_users(
 @router.delete(
     "/tenants/{tenant}/users/{user_id}",
     response_model=ForgottenTenantUser,
-    responses=errors(400, 503),
+    responses=errors(400, StoreUnavailable),
 )
 async def forget_any_user(
     tenant: Name, user_id: Name, _: AdminDep, memory: MemoryDep
@@ -108,7 +111,7 @@ def _registration_view(services: Services, alias: str) -> RegisteredModel:
 
 
 CONFIGURED = (409, "The alias is set in GATEWAY_CONFIG (or was deleted meanwhile)")
-REGISTRY_DOWN = (503, "The model registry cannot be read or written; retry after Retry-After")
+REGISTRY_DOWN = RegistryUnavailable
 
 
 @router.post(

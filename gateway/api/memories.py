@@ -22,6 +22,7 @@ from gateway.api.schemas import AddMemoriesRequest, SearchMemoriesRequest
 from gateway.auth import PrincipalDep
 from gateway.enums import WriteSource
 from gateway.errors import APIError
+from gateway.exceptions import MemoryUnavailable, OutboxFull, StoreUnavailable
 from gateway.memory.records import (
     MemoryRecord,
     NewMemory,
@@ -64,7 +65,7 @@ def _memory_id(value: str) -> str:
             "down); stored when they are back",
         },
         **WITH_BODY,
-        **errors(507),
+        **errors(OutboxFull),
     },
 )
 async def add_memories(
@@ -114,7 +115,9 @@ async def add_memories(
     return AddedMemories(results=results, queued=outcome.queued)
 
 
-@router.post("/search", response_model=SearchResults, responses={**WITH_BODY, **errors(503)})
+@router.post(
+    "/search", response_model=SearchResults, responses={**WITH_BODY, **errors(MemoryUnavailable)}
+)
 async def search_memories(
     principal: PrincipalDep,
     memory: MemoryDep,
@@ -131,7 +134,7 @@ async def search_memories(
     return SearchResults(results=[ScoredMemory.of(record) for record in records])
 
 
-@router.get("", response_model=MemoryPage, responses=errors(400, 503))
+@router.get("", response_model=MemoryPage, responses=errors(400, StoreUnavailable))
 async def list_memories(
     principal: PrincipalDep,
     memory: MemoryDep,
@@ -160,7 +163,7 @@ async def _owned(
     return record
 
 
-BY_ID = errors(400, NOT_FOUND, 503)
+BY_ID = errors(400, NOT_FOUND, StoreUnavailable)
 
 
 @router.get("/{memory_id}", response_model=Memory, responses=BY_ID)
@@ -181,7 +184,7 @@ async def delete_memory(
     return DeletedMemory(id=record.id, deleted=True)
 
 
-@router.delete("", response_model=ForgottenUser, responses=errors(400, 503))
+@router.delete("", response_model=ForgottenUser, responses=errors(400, StoreUnavailable))
 async def forget_user(
     principal: PrincipalDep,
     memory: MemoryDep,

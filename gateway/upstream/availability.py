@@ -24,7 +24,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from gateway.monitor import STARTING
+from gateway.enums import Health
 from gateway.upstream.replica import Upstream
 
 STARTING_CODE, UNREACHABLE_CODE, UNAVAILABLE_CODE = (
@@ -48,7 +48,7 @@ def _refused_for(upstream: Upstream, now: float) -> str:
 def why_unavailable(upstreams: Sequence[Upstream], now: float | None = None) -> Verdict:
     """The 503's code and message when none of ``upstreams`` can take a request."""
     now = time.monotonic() if now is None else now
-    starting = [u for u in upstreams if u.monitor and u.monitor.state.status == STARTING]
+    starting = [u for u in upstreams if u.monitor and u.monitor.state.status == Health.STARTING]
     if starting:
         first = starting[0]
         if first.refusing:

@@ -12,8 +12,6 @@ from collections.abc import Callable
 
 from gateway.enums import BreakerState
 
-CLOSED, OPEN, HALF_OPEN = BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN
-
 
 class CircuitBreaker:
     def __init__(
@@ -27,23 +25,26 @@ class CircuitBreaker:
         self._reset_timeout_s = reset_timeout_s
         self._clock = clock
         self._on_change = on_change
-        self._state = CLOSED
+        self._state = BreakerState.CLOSED
         self._failures = 0
         self._opened_at = 0.0
         self._trial_in_flight = False
 
     @property
     def state(self) -> BreakerState:
-        if self._state == OPEN and self._clock() - self._opened_at >= self._reset_timeout_s:
-            self._set(HALF_OPEN)
+        if (
+            self._state == BreakerState.OPEN
+            and self._clock() - self._opened_at >= self._reset_timeout_s
+        ):
+            self._set(BreakerState.HALF_OPEN)
         return self._state
 
     def allow(self) -> bool:
         """May a request go out now? In half-open, only one trial at a time."""
         state = self.state
-        if state == CLOSED:
+        if state == BreakerState.CLOSED:
             return True
-        if state == HALF_OPEN and not self._trial_in_flight:
+        if state == BreakerState.HALF_OPEN and not self._trial_in_flight:
             self._trial_in_flight = True
             return True
         return False
@@ -51,16 +52,18 @@ class CircuitBreaker:
     def would_allow(self) -> bool:
         """Like allow(), without claiming the half-open trial."""
         state = self.state
-        return state == CLOSED or (state == HALF_OPEN and not self._trial_in_flight)
+        return state == BreakerState.CLOSED or (
+            state == BreakerState.HALF_OPEN and not self._trial_in_flight
+        )
 
     def record_success(self) -> None:
         self._failures = 0
         self._trial_in_flight = False
-        self._set(CLOSED)
+        self._set(BreakerState.CLOSED)
 
     def record_failure(self) -> None:
         self._trial_in_flight = False
-        if self._state == HALF_OPEN:
+        if self._state == BreakerState.HALF_OPEN:
             self._open()
             return
         self._failures += 1
@@ -71,11 +74,11 @@ class CircuitBreaker:
         """The health monitor saw the upstream come back: trust it again."""
         self._failures = 0
         self._trial_in_flight = False
-        self._set(CLOSED)
+        self._set(BreakerState.CLOSED)
 
     def _open(self) -> None:
         self._opened_at = self._clock()
-        self._set(OPEN)
+        self._set(BreakerState.OPEN)
 
     def _set(self, state: BreakerState) -> None:
         if state != self._state:

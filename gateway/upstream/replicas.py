@@ -16,7 +16,7 @@ from typing import Any
 
 from gateway.enums import Availability, Health
 from gateway.metrics import GatewayMetrics
-from gateway.monitor import HEALTHY, STARTING, Monitor
+from gateway.monitor import Monitor
 from gateway.upstream.replica import Upstream
 from gateway.urls import redact_text, redact_url
 
@@ -25,7 +25,7 @@ def status_of(upstreams: Sequence[Upstream]) -> Availability:
     """healthy: one can serve; starting: none can, one is coming up; else unavailable."""
     if any(u.healthy for u in upstreams):
         return Availability.HEALTHY
-    if any(u.monitor is not None and u.monitor.state.status == STARTING for u in upstreams):
+    if any(u.monitor is not None and u.monitor.state.status == Health.STARTING for u in upstreams):
         return Availability.STARTING
     return Availability.UNAVAILABLE
 
@@ -76,7 +76,7 @@ class Replicas:
             on_change=self._state_listener(upstream),
         )
         self._metrics.init_upstream(upstream.name)
-        self._metrics.set_upstream_state(upstream.name, STARTING)
+        self._metrics.set_upstream_state(upstream.name, Health.STARTING)
         self._metrics.set_breaker_state(upstream.name, upstream.breaker.state)
         if self._running:
             upstream.monitor.start()
@@ -84,7 +84,7 @@ class Replicas:
     def _state_listener(self, upstream: Upstream) -> Callable[[Health, Health], None]:
         def changed(_: Health, status: Health) -> None:
             self._metrics.set_upstream_state(upstream.name, status)
-            if status == HEALTHY:
+            if status == Health.HEALTHY:
                 upstream.breaker.reset()
             self._metrics.set_breaker_state(upstream.name, upstream.breaker.state)
 

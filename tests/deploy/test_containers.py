@@ -386,12 +386,14 @@ def test_the_embedder_and_gateway_containers_serve(
             status, _ = http(f"{gateway.base_url}/v1/models")
             assert status == 401  # keys are required on the API
 
-            # The image's HEALTHCHECK (python, /livez) turns the container healthy.
-            def docker_healthy() -> bool:
-                state = engine.api.inspect_container(gateway.container.get_wrapped_container().id)
-                return bool(state["State"]["Health"]["Status"] == "healthy")
+            # Each image's HEALTHCHECK (python; /livez, /health) turns its container healthy.
+            for running in (gateway, embedder):
+                _until(lambda r=running: _docker_healthy(engine, r), 90, running.logs)
 
-            _until(docker_healthy, 90, gateway.logs)
+
+def _docker_healthy(engine: Any, running: Running) -> bool:
+    state = engine.api.inspect_container(running.container.get_wrapped_container().id)
+    return bool(state["State"]["Health"]["Status"] == "healthy")
 
 
 def _container_ip(running: Running) -> str:

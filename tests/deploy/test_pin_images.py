@@ -166,3 +166,13 @@ def test_resolve_asks_the_registry_for_the_tags_manifest_list_digest() -> None:
     )
     with pytest.raises(SystemExit, match="no digest"):
         pin.resolve("python:3.11-slim", opener=StandInRegistry("latest"))
+
+
+def test_an_unreachable_registry_is_one_clear_line() -> None:
+    def offline(request: urllib.request.Request) -> Any:
+        raise urllib.error.URLError("no such host")
+
+    with pytest.raises(
+        SystemExit, match=re.escape("python:3.11-slim: cannot reach https://registry-1")
+    ):
+        pin.resolve("python:3.11-slim", opener=offline)

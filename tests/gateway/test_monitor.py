@@ -5,7 +5,8 @@ from collections.abc import Callable
 
 import pytest
 
-from gateway.monitor import HEALTHY, STARTING, UNHEALTHY, Monitor, ProbeFailed, next_backoff
+from gateway.enums import Health
+from gateway.monitor import Monitor, ProbeFailed, next_backoff
 
 
 class Dependency:
@@ -44,13 +45,13 @@ async def test_states_follow_the_probe() -> None:
     monitor = Monitor("dep", dep.probe, interval_s=10,
                       on_change=lambda a, b: changes.append((a, b)))  # fmt: skip
     assert await monitor.check_now() is False
-    assert monitor.state.status == STARTING and monitor.state.last_error == "refused"
+    assert monitor.state.status == Health.STARTING and monitor.state.last_error == "refused"
     dep.failure = None
     assert await monitor.check_now() is True
     dep.failure = ProbeFailed("500")
     await monitor.check_now()
-    assert monitor.state.status == UNHEALTHY
-    assert changes == [(STARTING, HEALTHY), (HEALTHY, UNHEALTHY)]
+    assert monitor.state.status == Health.UNHEALTHY
+    assert changes == [(Health.STARTING, Health.HEALTHY), (Health.HEALTHY, Health.UNHEALTHY)]
 
 
 async def test_a_returning_dependency_is_seen_within_the_backoff_cap() -> None:
@@ -78,7 +79,7 @@ async def test_a_reported_failure_flips_state_and_wakes_the_probe() -> None:
         calls = dep.calls
         dep.failure = ProbeFailed("refused", starting=True)
         monitor.report_failure("connection refused", starting=True)
-        assert monitor.state.status == UNHEALTHY  # at once, not at the next interval
+        assert monitor.state.status == Health.UNHEALTHY  # at once, not at the next interval
         await wait_for(lambda: dep.calls > calls)  # woke up long before 30 s
     finally:
         await monitor.stop()
@@ -90,14 +91,16 @@ async def test_a_probe_that_crashes_does_not_kill_the_monitor() -> None:
 
     monitor = Monitor("dep", broken)
     assert await monitor.check_now() is False
-    assert monitor.state.status == UNHEALTHY and "KeyError" in (monitor.state.last_error or "")
+    assert monitor.state.status == Health.UNHEALTHY and "KeyError" in (
+        monitor.state.last_error or ""
+    )
 
 
 @pytest.mark.parametrize("starting", [True, False])
 async def test_report_failure_sets_the_matching_state(starting: bool) -> None:
     monitor = Monitor("dep", Dependency().probe)
     monitor.report_failure("x", starting=starting)
-    assert monitor.state.status == (STARTING if starting else UNHEALTHY)
+    assert monitor.state.status == (Health.STARTING if starting else Health.UNHEALTHY)
 
 
 async def test_a_dependency_that_was_up_and_went_down_stays_unhealthy_until_back(
@@ -114,16 +117,20 @@ async def test_a_dependency_that_was_up_and_went_down_stays_unhealthy_until_back
         dep.failure = ProbeFailed("connection refused", starting=True)
         for _ in range(3):
             await monitor.check_now()
-            assert monitor.state.status == UNHEALTHY
+            assert monitor.state.status == Health.UNHEALTHY
             monitor.report_failure("embedder answered 500")
-            assert monitor.state.status == UNHEALTHY
+            assert monitor.state.status == Health.UNHEALTHY
             monitor.report_failure("connection refused", starting=True)
-            assert monitor.state.status == UNHEALTHY
+            assert monitor.state.status == Health.UNHEALTHY
         dep.failure = None
         assert await monitor.check_now() is True
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert warnings == ["embedder: healthy -> unhealthy (connection refused)"]  # once
-    assert changes == [(STARTING, HEALTHY), (HEALTHY, UNHEALTHY), (UNHEALTHY, HEALTHY)]
+    assert changes == [
+        (Health.STARTING, Health.HEALTHY),
+        (Health.HEALTHY, Health.UNHEALTHY),
+        (Health.UNHEALTHY, Health.HEALTHY),
+    ]
 
 
 def test_losing_a_dependency_is_a_warning_and_its_return_is_info(

@@ -10,7 +10,8 @@ from fastapi.testclient import TestClient
 from pydantic import BaseModel
 
 from gateway.app import create_app
-from gateway.openapi import ErrorDetail, ErrorResponse, keyed_router
+from gateway.exceptions import MemoryUnavailable, OutboxFull, StoreUnavailable, UnknownModel
+from gateway.openapi import ErrorDetail, ErrorResponse, errors, keyed_router
 from gateway.settings import Settings
 
 
@@ -103,3 +104,24 @@ def test_keyed_routers_write_floats_as_json_dumps_does() -> None:
         ensure_ascii=False, separators=(",", ":"),
     ).encode()  # fmt: skip
     assert b"1e-05" in raw and b"1e+16" in raw
+
+
+def test_an_exception_class_declares_its_own_status_and_meaning() -> None:
+    declared = errors(OutboxFull, UnknownModel)
+    assert set(declared) == {OutboxFull.status_code, UnknownModel.status_code} == {507, 404}
+    assert declared[507]["model"] is ErrorResponse
+    assert declared[507]["description"].startswith("The outbox cannot take the write")
+
+
+def test_classes_sharing_a_status_are_described_together() -> None:
+    declared = errors(StoreUnavailable, MemoryUnavailable)
+    assert list(declared) == [503]
+    assert "vector store cannot be reached" in declared[503]["description"]
+    assert "Memory cannot be read right now" in declared[503]["description"]
+
+
+def test_a_meaning_given_on_the_route_wins_over_the_docstring() -> None:
+    assert errors((UnknownModel, "No model of that name here"))[404]["description"] == (
+        "No model of that name here"
+    )
+    assert errors(400)[400]["description"] == "Invalid input"

@@ -10,7 +10,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway.monitor import HEALTHY, UNHEALTHY, Monitor
+from gateway.enums import Health
+from gateway.monitor import Monitor
 from gateway.upstream.availability import why_unavailable
 from gateway.upstream.http import UpstreamHTTP
 from gateway.upstream.replica import Upstream
@@ -52,7 +53,7 @@ async def test_refused_past_the_grace_period_is_unreachable(http: UpstreamHTTP) 
     url = f"http://127.0.0.1:{free_port()}/v1"
     upstream = watched(Upstream("primary", url, http, start_grace_s=0.0))
     assert not await monitor(upstream).check_now()
-    assert monitor(upstream).state.status == UNHEALTHY
+    assert monitor(upstream).state.status == Health.UNHEALTHY
     assert upstream.refused_since is not None
     verdict = why_unavailable([upstream], now=upstream.refused_since + 42)
     assert verdict.code == "llm_unreachable"
@@ -68,7 +69,7 @@ async def test_a_server_that_was_up_and_went_away_is_unreachable_at_once(
         assert await monitor(upstream).check_now()
     # The same address, nobody listening any more (the grace period is for first starts).
     assert not await monitor(upstream).check_now()
-    assert monitor(upstream).state.status == UNHEALTHY
+    assert monitor(upstream).state.status == Health.UNHEALTHY
     assert why_unavailable([upstream]).code == "llm_unreachable"
 
 
@@ -79,7 +80,7 @@ async def test_a_server_that_answers_is_never_unreachable(http: UpstreamHTTP) ->
         assert not upstream.refusing
         monitor(upstream).report_failure("answered 500")
         assert why_unavailable([upstream]).code == "llm_unavailable"
-        assert monitor(upstream).state.status != HEALTHY
+        assert monitor(upstream).state.status != Health.HEALTHY
 
 
 async def test_one_answering_upstream_among_refusing_ones_is_not_unreachable(

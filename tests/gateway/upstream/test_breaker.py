@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from gateway.upstream.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
+from gateway.enums import BreakerState
+from gateway.upstream.breaker import CircuitBreaker
 
 
 class Clock:
@@ -18,9 +19,9 @@ def test_opens_after_consecutive_failures_only() -> None:
     breaker.record_success()  # resets the count
     breaker.record_failure()
     breaker.record_failure()
-    assert breaker.state == CLOSED and breaker.allow()
+    assert breaker.state == BreakerState.CLOSED and breaker.allow()
     breaker.record_failure()
-    assert breaker.state == OPEN and not breaker.allow()
+    assert breaker.state == BreakerState.OPEN and not breaker.allow()
 
 
 def test_half_open_lets_one_trial_through() -> None:
@@ -31,12 +32,12 @@ def test_half_open_lets_one_trial_through() -> None:
     clock.now = 4.9
     assert not breaker.allow()
     clock.now = 5.0
-    assert breaker.state == HALF_OPEN
+    assert breaker.state == BreakerState.HALF_OPEN
     assert breaker.allow() is True
     assert breaker.allow() is False  # one trial at a time
     breaker.record_success()
-    assert breaker.state == CLOSED and breaker.allow()
-    assert changes == [OPEN, HALF_OPEN, CLOSED]
+    assert breaker.state == BreakerState.CLOSED and breaker.allow()
+    assert changes == [BreakerState.OPEN, BreakerState.HALF_OPEN, BreakerState.CLOSED]
 
 
 def test_failed_trial_opens_again_for_a_full_timeout() -> None:
@@ -46,7 +47,7 @@ def test_failed_trial_opens_again_for_a_full_timeout() -> None:
     clock.now = 5.0
     assert breaker.allow()
     breaker.record_failure()
-    assert breaker.state == OPEN
+    assert breaker.state == BreakerState.OPEN
     clock.now = 9.9
     assert not breaker.allow()
     clock.now = 10.0
@@ -57,4 +58,4 @@ def test_reset_closes_at_once() -> None:
     breaker = CircuitBreaker(1, reset_timeout_s=60, clock=Clock())
     breaker.record_failure()
     breaker.reset()
-    assert breaker.state == CLOSED and breaker.would_allow()
+    assert breaker.state == BreakerState.CLOSED and breaker.would_allow()
