@@ -175,11 +175,7 @@ def main() -> None:
         data["results"] = uvloop.run(run(llm.base_url + "/v1/chat/completions", args))
     finally:
         llm.terminate()
-    data["loadavg_end"] = procs.loadavg()
-    procs.write_json(args.out, data)
-    md = markdown(data)
-    args.out.with_suffix(".md").write_text(md)
-    print(md)
+    procs.save_results(args.out, data, markdown)
 
 
 if __name__ == "__main__":

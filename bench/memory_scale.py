@@ -707,10 +707,7 @@ def main() -> None:
         asyncio.run(run(args, embedder.base_url + "/v1", data))
     finally:
         embedder.terminate()
-        data["loadavg_end"] = procs.loadavg()
-        procs.write_json(args.out, data)
-        args.out.with_suffix(".md").write_text(markdown(data))
-        print(markdown(data))
+        procs.save_results(args.out, data, markdown)
         shutil.rmtree(run_dir, ignore_errors=True)
 
 

@@ -445,11 +445,7 @@ def main() -> None:
             v["load_after"] = procs.loadavg()
         finally:
             stack.stop()
-    data["loadavg_end"] = procs.loadavg()
-    procs.write_json(args.out, data)
-    md = args.out.with_suffix(".md")
-    md.write_text(markdown(data))
-    print(md.read_text())
+    procs.save_results(args.out, data, markdown)
 
 
 if __name__ == "__main__":

@@ -420,10 +420,7 @@ def main() -> None:
     finally:
         for proc in reversed(started):
             proc.terminate()
-    data["loadavg_end"] = procs.loadavg()
-    procs.write_json(args.out, data)
-    args.out.with_suffix(".md").write_text(markdown(data))
-    print(markdown(data))
+    procs.save_results(args.out, data, markdown)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from harness.fake_llm import start_llm_server
 from harness.process import ROOT, Service, free_port, spawn
@@ -143,6 +145,18 @@ def git_rev() -> str:
 def write_json(path: Path, data: object) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def save_results(
+    out: Path, data: dict[str, Any], markdown: Callable[[dict[str, Any]], str]
+) -> None:
+    """Finish a run: the load average at its end, ``out`` (JSON) and the Markdown
+    beside it, which is also printed."""
+    data["loadavg_end"] = loadavg()
+    write_json(out, data)
+    text = markdown(data)
+    out.with_suffix(".md").write_text(text)
+    print(text)
 
 
 def tools_python() -> str:

@@ -215,10 +215,7 @@ def main() -> None:
     finally:
         embedder.terminate()
     data["encoder"] = encoder_stages(args.n)
-    data["loadavg_end"] = procs.loadavg()
-    procs.write_json(args.out, data)
-    args.out.with_suffix(".md").write_text(markdown(data))
-    print(markdown(data))
+    procs.save_results(args.out, data, markdown)
 
 
 if __name__ == "__main__":

@@ -208,11 +208,7 @@ def main() -> None:
     finally:
         for proc in reversed(started):
             proc.terminate()
-    data["loadavg_end"] = procs.loadavg()
-    procs.write_json(args.out, data)
-    md = args.out.with_suffix(".md")
-    md.write_text(markdown(data))
-    print(md.read_text())
+    procs.save_results(args.out, data, markdown)
 
 
 def markdown(data: dict[str, Any]) -> str:
