@@ -2,14 +2,13 @@
 
 Every chat turn with memory waits for one embedding request (its query), and
 on the embedder's one core the request's handling is serialised with the
-model. FastAPI's routing, dependency solving and body validation were a
-quarter of the HTTP handling's CPU: 1.22 ms per one-query request before,
-0.92 ms with this path (the model's encode: ~4.7 ms; measured on a loaded
-box, ``bench/results/recall_stages.md``). This middleware takes a well-formed
-request (a JSON body that ``EmbeddingRequest`` accepts) straight to the
-service's handler. Anything else (another route, another content type, a
-body the model refuses) goes to the FastAPI app with its body replayed, so
-every error answer stays exactly the app's own.
+model. FastAPI's routing, dependency solving and body validation were about a
+quarter of that handling's CPU (bench/README.md, "Where the recall's time
+goes"). This middleware takes a well-formed request (a JSON body that
+``EmbeddingRequest`` accepts) straight to the service's handler. Anything
+else (another route, another content type, a body the model refuses) goes to
+the FastAPI app with its body replayed, so every error answer stays exactly
+the app's own.
 """
 
 from __future__ import annotations

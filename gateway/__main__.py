@@ -18,14 +18,14 @@ from gateway.settings import Settings
 
 
 def freeze_startup_heap() -> int:
-    """Put what start-up built (modules, classes, the app: ~90k objects) out of the
-    garbage collector's sight, and return how many objects that is.
+    """Put what start-up built (modules, classes, the app) out of the garbage
+    collector's sight, and return how many objects that is.
 
-    They live as long as the process, yet each full collection walked them all:
-    measured 57 ms on a loaded box, once in 300 memory-on turns after seeding, a
-    pause of every request in flight, so a tail-latency figure of its own. After
-    this, collections walk only what serving allocates (none of the full
-    collections happened in the same run). ``gc.freeze`` as CPython documents it.
+    They live as long as the process, yet each full collection walked them all,
+    a pause of every request in flight that showed in the memory-on turns' tail
+    latency (bench/README.md, "Where the recall's time goes", has the
+    measurement). After this, collections walk only
+    what serving allocates. ``gc.freeze`` as CPython documents it.
     """
     gc.collect()
     gc.freeze()

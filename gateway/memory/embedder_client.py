@@ -12,9 +12,9 @@ a degraded recall, or a probe marking a healthy embedder down.
 Every chat turn with memory makes two calls (its query, then the replay of
 its reply), and the query's is on the turn's critical path, so the app sends
 them with aiohttp (``gateway.upstream.http.UpstreamHTTP``), as it does the
-LLM requests: about a third of httpx's CPU per call, measured against the
-real embedder (``bench/recall_stages.py``: 0.8 ms against 1.7 ms on the
-gateway's core under load), and no pool scan that grows with the number of
+LLM requests: a fraction of httpx's CPU per call, measured against the real
+embedder (``python -m bench.recall_stages``, bench/results/recall_stages.md),
+and no pool scan that grows with the number of
 calls in flight, which httpcore does on every request. An
 ``httpx.AsyncClient`` is accepted too (the unit tests' in-process fakes).
 
