@@ -17,6 +17,7 @@ import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -103,24 +104,44 @@ def chat_then_kill(gateway: Service, user: str, text: str, stream: bool) -> bool
 # -- gateway SIGKILL -----------------------------------------------------------
 
 
-def test_a_completed_turn_survives_sigkill_right_after_the_reply(
-    llm: RunningServer, embedder: Service, tmp_path: Path
+# A turn's text, and how to send it: True once its reply is complete and the
+# gateway SIGKILLed right after.
+Turn = tuple[str, Callable[[Service, str], bool]]
+
+
+def kill_after_each_reply(
+    llm: RunningServer,
+    embedder: Service,
+    data_dir: Path,
+    user: str,
+    turns: list[Turn],
 ) -> None:
-    data_dir = tmp_path / "data"
+    """Each turn's text through its ``send`` (which SIGKILLs the gateway the instant
+    the reply is complete), on a gateway restarted after each kill; then every
+    acknowledged message and echoed reply is stored exactly once."""
     gateway = start_gateway(data_dir, llm.url, embedder.url)
     acknowledged: list[str] = []
     try:
-        for i in range(10):
-            stream = i % 2 == 0
-            text = f"turn {i} ({'stream' if stream else 'plain'}): my locker code is {1000 + i}"
-            assert chat_then_kill(gateway, "kim", text, stream)
+        for text, send in turns:
+            assert send(gateway, text), text
             acknowledged += [text, f"echo: {text}"]
             gateway.proc.wait()
             gateway = start_gateway(data_dir, llm.url, embedder.url)
         wait_until(lambda: depth(gateway) == 0, 60, what="outbox drained")
-        exactly_once(all_memories(gateway, "kim"), acknowledged, "turns killed after the reply")
+        exactly_once(all_memories(gateway, user), acknowledged, "turns killed after the reply")
     finally:
         gateway.terminate()
+
+
+def test_a_completed_turn_survives_sigkill_right_after_the_reply(
+    llm: RunningServer, embedder: Service, tmp_path: Path
+) -> None:
+    turns: list[Turn] = []
+    for i in range(10):
+        stream = i % 2 == 0
+        text = f"turn {i} ({'stream' if stream else 'plain'}): my locker code is {1000 + i}"
+        turns.append((text, lambda g, t, s=stream: chat_then_kill(g, "kim", t, s)))
+    kill_after_each_reply(llm, embedder, tmp_path / "data", "kim", turns)
 
 
 # The other conversational APIs: their bodies, and the event that ends a stream.
@@ -159,22 +180,13 @@ def api_turn_then_kill(gateway: Service, api: str, user: str, text: str, stream:
 def test_a_completed_responses_or_messages_turn_survives_sigkill_right_after_the_reply(
     llm: RunningServer, embedder: Service, tmp_path: Path
 ) -> None:
-    data_dir = tmp_path / "data"
-    gateway = start_gateway(data_dir, llm.url, embedder.url)
-    acknowledged: list[str] = []
-    try:
-        for i, (api, stream) in enumerate(
-            (api, stream) for api in FINAL_EVENT for stream in (True, False)
-        ):
-            text = f"{api} turn {i} ({'stream' if stream else 'plain'}): my pin is {2000 + i}"
-            assert api_turn_then_kill(gateway, api, "ivo", text, stream), (api, stream)
-            acknowledged += [text, f"echo: {text}"]
-            gateway.proc.wait()
-            gateway = start_gateway(data_dir, llm.url, embedder.url)
-        wait_until(lambda: depth(gateway) == 0, 60, what="outbox drained")
-        exactly_once(all_memories(gateway, "ivo"), acknowledged, "API turns killed after the reply")
-    finally:
-        gateway.terminate()
+    turns: list[Turn] = []
+    for i, (api, stream) in enumerate(
+        (api, stream) for api in FINAL_EVENT for stream in (True, False)
+    ):
+        text = f"{api} turn {i} ({'stream' if stream else 'plain'}): my pin is {2000 + i}"
+        turns.append((text, lambda g, t, a=api, s=stream: api_turn_then_kill(g, a, "ivo", t, s)))
+    kill_after_each_reply(llm, embedder, tmp_path / "data", "ivo", turns)
 
 
 def test_sigkill_mid_writes_loses_and_duplicates_nothing_acknowledged(
