@@ -146,16 +146,25 @@ def chat_bodies(path: Path, n: int, users: int, memory: bool, seed: int) -> Path
     return path
 
 
+def conversation(
+    rng: random.Random, prefix: str, numbers: range, max_words: int
+) -> list[dict[str, str]]:
+    """Messages numbered ``numbers``, user and assistant in turn, of 8 to ``max_words`` words."""
+    return [
+        {"role": "user" if k % 2 == 0 else "assistant",
+         "content": f"{prefix}{k}: {sentence(rng, rng.randint(8, max_words))}"}
+        for k in numbers
+    ]  # fmt: skip
+
+
 def seed(gateway: str, users: int, per_user: int, batch: int = 16) -> None:
     rng = random.Random(1)
     with httpx.Client(base_url=gateway, timeout=600) as client:
         for u in range(users):
             for start in range(0, per_user, batch):
-                messages = [
-                    {"role": "user" if k % 2 == 0 else "assistant",
-                     "content": f"Memory {u}-{k}: {sentence(rng, rng.randint(8, 24))}"}
-                    for k in range(start, min(per_user, start + batch))
-                ]  # fmt: skip
+                messages = conversation(
+                    rng, f"Memory {u}-", range(start, min(per_user, start + batch)), 24
+                )
                 body = {"user_id": f"turns-user-{u}", "messages": messages,
                         "session_id": f"seed-{start}"}  # fmt: skip
                 r = client.post("/v1/memories", json=body)
@@ -318,11 +327,7 @@ def part_import(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     with httpx.Client(base_url=stack.url, timeout=600) as client:
         for start in range(0, total, batch):
-            messages = [
-                {"role": "user" if k % 2 == 0 else "assistant",
-                 "content": f"Imported {k}: {sentence(rng, rng.randint(8, 30))}"}
-                for k in range(start, min(total, start + batch))
-            ]  # fmt: skip
+            messages = conversation(rng, "Imported ", range(start, min(total, start + batch)), 30)
             r = client.post("/v1/memories", json={
                 "user_id": f"import-user-{start // 1000}", "messages": messages,
                 "session_id": f"import-{start // 1000}",
