@@ -127,11 +127,21 @@ async def _gateway_error(_: Request, exc: Exception) -> JSONResponse:
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     message, param = _describe_validation(exc)
-    return APIError(400, message, code="invalid_request", param=param).response()
+    errors = exc.errors()
+    code = "invalid_json" if errors and errors[0].get("type") == "json_invalid" else None
+    return APIError(400, message, code=code or "invalid_request", param=param).response()
+
+
+# FastAPI's answer to a body its JSON parser gave up on (invalid UTF-8, nesting
+# deeper than the recursion limit, an integer of more than 4300 digits).
+FASTAPI_UNPARSABLE = "There was an error parsing the body"
 
 
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400 and exc.detail == FASTAPI_UNPARSABLE:
+        # The same answer as chat's for the same input (gateway.api.chat).
+        return APIError(400, "request body is not valid JSON", code="invalid_json").response()
     code = _CODE_BY_STATUS.get(exc.status_code)
     return APIError(exc.status_code, str(exc.detail), code=code, headers=exc.headers).response()
 

@@ -45,6 +45,19 @@ def _not_found(memory_id: str) -> APIError:
     return APIError(404, f"memory {memory_id} not found", code="memory_not_found")
 
 
+def _cursor(value: str) -> str:
+    """A page's start: a ``next_cursor`` an earlier page gave (a memory's id)."""
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise APIError(
+            400,
+            "cursor must be the next_cursor of an earlier page",
+            code="invalid_cursor",
+            param="cursor",
+        ) from None
+
+
 def _memory_id(value: str) -> str:
     try:
         return str(uuid.UUID(value))
@@ -144,7 +157,7 @@ async def list_memories(
 ) -> MemoryPage:
     """A page of the user's memories; pass ``next_cursor`` back for the next page."""
     scope = Scope(principal.tenant, user_id)
-    start = _memory_id(cursor) if cursor else None
+    start = _cursor(cursor) if cursor else None
     records, next_cursor = await memory.page(scope, limit, start)
     return MemoryPage(results=[Memory.of(r) for r in records], next_cursor=next_cursor)
 

@@ -215,3 +215,11 @@ def test_a_url_that_does_not_decode_to_utf8_is_400_not_a_replacement_character(
     # Percent-encoded UTF-8 is text like any other.
     ok = httpx.get(f"{gateway.base_url}/v1/memories?user_id=%C3%A9l%C3%A8ve")
     assert ok.status_code == 200 and ok.json()["results"] == []
+
+
+def test_a_cursor_that_no_page_gave_is_named_as_the_cursor(gateway: Service) -> None:
+    for cursor in ("zzzz", "1", "%20"):
+        response = httpx.get(f"{gateway.url}/memories?user_id=u&cursor={cursor}")
+        assert response.status_code == 400, (cursor, response.text)
+        error = response.json()["error"]
+        assert (error["code"], error["param"]) == ("invalid_cursor", "cursor"), cursor

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from pydantic import BaseModel
 
 from gateway.errors import APIError, install_error_handlers
 from gateway.exceptions import (
@@ -135,3 +136,28 @@ def test_a_subclass_without_its_own_handler_is_still_translated(
     status, error, _ = _answer(raising, Novel("x"))
     assert (status, error["code"]) == (503, "store_unavailable")
     assert isinstance(Novel("x"), GatewayError)
+
+
+class Item(BaseModel):
+    n: int
+
+
+def test_a_body_fastapi_cannot_parse_is_invalid_json_as_in_chat() -> None:
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.post("/items")
+    async def add(item: Item) -> dict[str, int]:
+        return {"n": item.n}
+
+    with TestClient(app, raise_server_exceptions=False) as client:
+        for body in (b'{"n": 1, "s": "\xff"}', b'{"n": ' + b"9" * 5000 + b"}", b'{"n": 1'):
+            headers = {"content-type": "application/json"}
+            answer = client.post("/items", content=body, headers=headers)
+            assert answer.status_code == 400, body[:20]
+            assert answer.json()["error"] == {
+                "message": "request body is not valid JSON",
+                "type": "invalid_request_error",
+                "code": "invalid_json",
+                "param": None,
+            }, body[:20]
