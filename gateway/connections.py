@@ -185,8 +185,16 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         self._cancel_header_deadline()
-        if not self._serving():  # never write into an answer being sent
-            self.transport.write(error_response(status, message, code))
+        cycle = self.cycle
+        if self._serving():
+            if cycle.response_started:  # never write into an answer being sent
+                self.transport.close()
+                return
+            # The app has the request (a broken chunked body is found while it
+            # reads): it now reads a disconnect, and what it sends is dropped.
+            cycle.disconnected = True
+            cycle.message_event.set()
+        self.transport.write(error_response(status, message, code))
         self.transport.close()
 
     def _serving(self) -> bool:

@@ -164,6 +164,16 @@ def test_oversized_or_malformed_request_heads_get_an_openai_error(
         "type": "invalid_request_error",
         "code": "invalid_http_request",
     }
+    # A chunked body found broken while the app reads it: the same answer.
+    for chunk in (b"zz\r\nabc\r\n0\r\n\r\n", b"fffffffffffffffffff\r\nabc"):
+        broken = RawConnection(
+            gateway.port,
+            b"POST /v1/memories HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n" + chunk,
+        )
+        wait_until(broken.poll, 5, what="broken chunked body refused")
+        assert broken.status() == 400, broken.answer
+        assert broken.error()["code"] == "invalid_http_request"
     # Headers under the limit are served as ever.
     fits = httpx.get(f"{gateway.base_url}/livez", headers={"x-big": "a" * 3000}, timeout=5)
     assert fits.status_code == 200
