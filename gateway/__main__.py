@@ -10,6 +10,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from gateway.app import create_app
+from gateway.connections import guarded_protocol, make_fd_room
 from gateway.datadir import MIB, check_data_dir
 from gateway.exceptions import DataDirProblem
 from gateway.logs import configure_logging
@@ -41,6 +42,7 @@ def main() -> int:
         print(f"memgate: configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
+    make_fd_room(settings.max_connections)
     try:
         # Before anything opens a file there: one clear line instead of a
         # sqlite3 traceback (unwritable) or a SIGBUS (full disk).
@@ -61,6 +63,13 @@ def main() -> int:
         access_log=False,  # request logs come from our middleware, without content
         timeout_graceful_shutdown=30,
         lifespan="on",
+        # uvicorn's httptools protocol plus a header deadline and connection caps
+        # (gateway.connections), so slow-header clients cannot hold the server.
+        http=guarded_protocol(
+            header_timeout_s=settings.header_timeout_s,
+            max_header_bytes=settings.max_header_bytes,
+            max_connections=settings.max_connections,
+        ),
     )
     server = uvicorn.Server(config)
     freeze_startup_heap()

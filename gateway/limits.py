@@ -14,6 +14,7 @@ are exempt, so an overloaded gateway still reports its state.
 from __future__ import annotations
 
 import asyncio
+from urllib.parse import unquote_to_bytes
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -52,6 +53,27 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
+def undecodable_part(scope: Scope) -> str | None:
+    """``"path"`` or ``"query string"`` when that part of the URL does not
+    percent-decode to UTF-8 text (``?user_id=%ff``), else None.
+
+    Starlette and uvicorn decode such bytes to U+FFFD, so ``%ff`` and ``%fe``
+    would both name the user ``"\ufffd"``: a silent change of the client's id,
+    refused instead, as invalid UTF-8 in a JSON body is.
+    """
+    for name, raw in (
+        ("path", scope.get("raw_path") or b""),
+        ("query string", scope.get("query_string", b"")),
+    ):
+        if raw.isascii() and b"%" not in raw:
+            continue  # the common case: nothing to decode
+        try:
+            unquote_to_bytes(raw.replace(b"+", b" ")).decode("utf-8")
+        except UnicodeDecodeError:
+            return name
+    return None
+
+
 class RequestLimits:
     def __init__(
         self,
@@ -70,6 +92,13 @@ class RequestLimits:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in EXEMPT_PATHS:
             await self.app(scope, receive, send)
+            return
+        bad = undecodable_part(scope)
+        if bad is not None:
+            refused = APIError(
+                400, f"the URL's {bad} is not UTF-8 once percent-decoded", code="invalid_url"
+            )
+            await refused.response()(scope, receive, send)
             return
         length = _content_length(scope)
         if length is not None and length > self.max_body_bytes:

@@ -192,6 +192,25 @@ class Settings(BaseSettings):
         description="A request body not fully arrived this long after the request began, "
         "in seconds, gets 408.",
     )
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="A request line and headers not fully arrived this long, in seconds, "
+        "after the connection opened (or after a keep-alive request's first byte) get 408 "
+        "and the connection is closed (a connection that sent nothing is just closed).",
+    )
+    max_header_bytes: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        description="Larger request lines plus headers get 431 and the connection is closed.",
+    )
+    max_connections: int = Field(
+        default=2048,
+        ge=1,
+        description="Open client connections; one more closes the one that has waited "
+        "longest without a request in flight (docs/hardening.md). Keep it below the "
+        "process's open-file limit.",
+    )
     max_concurrency: int = Field(
         default=512,
         ge=1,

@@ -11,8 +11,24 @@ _URL_IN_TEXT = re.compile(r"""[A-Za-z][A-Za-z0-9+.-]*://[^\s'"<>`]+""")
 
 def service_root(base_url: str) -> str:
     """``http://host:8000/v1`` → ``http://host:8000``: where vLLM's and the embedder's
-    ``/health`` live, beside their OpenAI API."""
-    return base_url[: -len("/v1")] if base_url.endswith("/v1") else base_url
+    ``/health`` live, beside their OpenAI API. A query string stays (it may be what
+    the server, or a proxy in front of it, needs on every request)."""
+    head, sep, query = base_url.partition("?")
+    head = head.partition("#")[0].rstrip("/")
+    root = head[: -len("/v1")] if head.endswith("/v1") else head
+    return root + sep + query.partition("#")[0]
+
+
+def join_url(base_url: str, path: str, query: str = "") -> str:
+    """``path`` appended to ``base_url``'s path, its query string kept and ``query``
+    added after it: ``http://h/v1?api-version=x`` + ``/chat/completions`` →
+    ``http://h/v1/chat/completions?api-version=x``. Plain concatenation would put the
+    path inside the query (``?api-version=x/chat/completions``). No fragment: it is
+    never sent."""
+    head, _, base_query = base_url.partition("#")[0].partition("?")
+    url = head.rstrip("/") + path
+    merged = "&".join(q for q in (base_query, query) if q)
+    return f"{url}?{merged}" if merged else url
 
 
 def _redact_query(query: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -40,9 +41,33 @@ router = APIRouter(responses=KEYED)
 Body = TypeVar("Body", bound=BaseModel)
 
 
+class NotJsonNumber(ValueError):
+    """NaN, Infinity or a number beyond a double's range (``1e999``): Python's json
+    reads them, JSON has none of them, and re-encoding the body (memories in, an
+    alias's model name) would send the upstream ``Infinity``, which is not JSON."""
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise NotJsonNumber(text)
+    return value
+
+
+def _no_constant(name: str) -> float:
+    raise NotJsonNumber(name)
+
+
 def parse_json_object(raw: bytes) -> dict[str, Any]:
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_float=_finite, parse_constant=_no_constant)
+    except NotJsonNumber as exc:
+        raise APIError(
+            400,
+            f"request body holds {str(exc)[:40]}, which is not a JSON number "
+            "(NaN, Infinity and numbers beyond ±1.8e308 have no JSON meaning)",
+            code="invalid_json",
+        ) from None
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise APIError(400, "request body is not valid JSON", code="invalid_json") from None
     if not isinstance(body, dict):

@@ -46,7 +46,7 @@ from gateway.keepalive import resend_if_dropped
 from gateway.metrics import GatewayMetrics
 from gateway.monitor import ProbeFailed
 from gateway.upstream.http import ConnectFailed, TransportError, UpstreamHTTP, timeouts_for
-from gateway.urls import service_root
+from gateway.urls import join_url, service_root
 
 # Request priorities (lower first, as in vLLM's ``priority`` field): what a
 # user waits for goes ahead of the background replay of queued memory writes.
@@ -96,8 +96,8 @@ class EmbedderClient:
         connect_timeout_s: float = 2.0,
     ) -> None:
         self._http = http
-        self._url = f"{base_url}/embeddings"
-        self._health_url = f"{service_root(base_url)}/health"
+        self._url = join_url(base_url, "/embeddings")
+        self._health_url = join_url(service_root(base_url), "/health")
         self._dimension = dimension
         self._metrics = metrics
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}

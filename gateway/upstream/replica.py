@@ -18,7 +18,7 @@ from gateway.upstream.http import (
     UpstreamHTTP,
     timeouts_for,
 )
-from gateway.urls import service_root
+from gateway.urls import join_url, service_root
 
 # A health check that waits longer than this has failed: a server too busy to
 # answer /health in 10 s should not be sent more work.
@@ -84,12 +84,12 @@ class Upstream:
         self._sending = 0
         self._replies: weakref.WeakSet[Reply] = weakref.WeakSet()
         self._http = http
-        self._models_url = f"{base_url}/models"
+        self._models_url = join_url(base_url, "/models")
         self._headers = {"Content-Type": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._root = service_root(base_url)
-        self._health_url = f"{self._root}/health"
+        self._health_url = join_url(self._root, "/health")
         self.monitor: Monitor | None = None
 
     @property
@@ -130,9 +130,7 @@ class Upstream:
             headers = {**headers, "Content-Type": call.content_type}
             if request_id:
                 headers["X-Request-Id"] = request_id
-        url = (self._root if call.root else self.base_url) + call.path
-        if call.query:
-            url += "?" + call.query
+        url = join_url(self._root if call.root else self.base_url, call.path, call.query)
         self._sending += 1
         try:
             reply = await self._http.request(

@@ -54,6 +54,19 @@ BAD_BODIES = {
         "/v1/chat/completions",
         CHAT_HEAD + '"user": "s\\udc00r", "messages": [{"role": "user", "content": "hi"}]}',
     ),
+    "chat: 1e999, memory on (re-encoded, it would go as Infinity)": (
+        "/v1/chat/completions",
+        CHAT_HEAD + '"user": "sur", "temperature": 1e999, '
+        '"messages": [{"role": "user", "content": "hi"}]}',
+    ),
+    "chat: NaN, memory off": (
+        "/v1/chat/completions",
+        CHAT_HEAD + '"top_p": NaN, "messages": [{"role": "user", "content": "hi"}]}',
+    ),
+    "chat: -Infinity deep in a message": (
+        "/v1/chat/completions",
+        CHAT_HEAD + '"messages": [{"role": "user", "content": "hi", "x": [[-Infinity]]}]}',
+    ),
     "add: lone surrogate in text": (
         "/v1/memories",
         '{"user_id": "sur", "text": "poison \\ud800 pill"}',
@@ -183,3 +196,22 @@ def test_a_memory_cannot_break_out_of_the_quoted_block(
     assert block[-1] == "</memories>" and system["content"].count("</") == 1
     assert len(block) == 2 and block[0].startswith("- [")
     assert json.loads(block[0].partition("] ")[2]) == hostile  # the text itself, unchanged
+
+
+def test_a_url_that_does_not_decode_to_utf8_is_400_not_a_replacement_character(
+    gateway: Service,
+) -> None:
+    # Decoded with U+FFFD, %ff and %fe would both name the user "\ufffd".
+    for method, target in [
+        ("GET", "/v1/memories?user_id=%ff"),
+        ("DELETE", "/v1/memories?user_id=%ff%fe"),
+        ("GET", "/v1/memories?user_id=u&cursor=%c3%28"),
+        ("GET", "/v1/memories/%ff%fe?user_id=u"),
+        ("DELETE", "/v1/memories/%80?user_id=u"),
+    ]:
+        response = httpx.request(method, f"{gateway.base_url}{target}")
+        assert response.status_code == 400, (target, response.text)
+        assert response.json()["error"]["code"] == "invalid_url", target
+    # Percent-encoded UTF-8 is text like any other.
+    ok = httpx.get(f"{gateway.base_url}/v1/memories?user_id=%C3%A9l%C3%A8ve")
+    assert ok.status_code == 200 and ok.json()["results"] == []

@@ -1,12 +1,31 @@
 from __future__ import annotations
 
-from gateway.urls import redact_text, redact_url, service_root
+from gateway.urls import join_url, redact_text, redact_url, service_root
 
 
 def test_service_root_drops_the_api_prefix_only() -> None:
     assert service_root("http://vllm:8000/v1") == "http://vllm:8000"
     assert service_root("http://proxy/llm/v1") == "http://proxy/llm"
     assert service_root("http://vllm:8000") == "http://vllm:8000"
+
+
+def test_service_root_keeps_the_query_string() -> None:
+    assert service_root("http://h:8000/v1?api-version=x") == "http://h:8000?api-version=x"
+    assert service_root("http://h:8000/v1/?a=1#frag") == "http://h:8000?a=1"
+
+
+def test_a_path_goes_onto_the_path_and_the_query_string_stays_a_query_string() -> None:
+    base = "http://host:8000/v1?api-version=x"
+    assert (
+        join_url(base, "/chat/completions") == "http://host:8000/v1/chat/completions?api-version=x"
+    )
+    assert (
+        join_url(base, "/models", "limit=5") == "http://host:8000/v1/models?api-version=x&limit=5"
+    )
+    assert join_url("http://host/v1", "/models") == "http://host/v1/models"
+    assert join_url("http://host/v1/", "/models", "a=1") == "http://host/v1/models?a=1"
+    assert join_url("http://host/v1?", "/models") == "http://host/v1/models"
+    assert join_url("http://host/v1#x", "/models") == "http://host/v1/models"  # never sent
 
 
 def test_credentials_never_survive_redaction() -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from gateway.monitor import ProbeFailed
 from gateway.upstream.http import Disconnected, UpstreamHTTP, timeouts_for
-from gateway.upstream.replica import Upstream
+from gateway.upstream.replica import Call, Upstream
 from tests.support.dropping_server import Json, dropping_server
 
 TIMEOUTS = timeouts_for(read_s=5.0, connect_s=5.0)
@@ -114,4 +114,35 @@ async def test_a_server_without_health_is_not_asked_for_its_models_while_it_answ
     assert not upstream.busy
     await upstream.probe()
     assert server.asked[-2:] == ["health", "models"]
+    await server.aclose()
+
+
+class RecordingServer(UpstreamHTTP):
+    """Answers everything 200 and records each URL asked for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[str] = []
+
+    async def request(self, method: str, url: str, **_: Any) -> Any:
+        self.urls.append(url)
+        return FakeReply(200, b'{"data": [{"id": "m"}]}')
+
+
+async def test_a_base_url_with_a_query_string_gets_paths_on_its_path() -> None:
+    server = RecordingServer()
+    upstream = Upstream("azure", "http://h:8000/v1?api-version=x", server)
+    await upstream.probe()
+    await upstream.send_chat(b"{}", request_id=None, timeouts=TIMEOUTS)
+    await upstream.send(Call("/tokenize", root=True), b"{}", request_id=None, timeouts=TIMEOUTS)
+    await upstream.send(
+        Call("/models", "GET", query="a=1"), None, request_id=None, timeouts=TIMEOUTS
+    )
+    assert server.urls == [
+        "http://h:8000/health?api-version=x",
+        "http://h:8000/v1/models?api-version=x",
+        "http://h:8000/v1/chat/completions?api-version=x",
+        "http://h:8000/tokenize?api-version=x",
+        "http://h:8000/v1/models?api-version=x&a=1",
+    ]
     await server.aclose()

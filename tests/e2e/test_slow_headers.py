@@ -1,0 +1,169 @@
+"""Clients that hold connections before their request is one (gateway.connections).
+
+Slowloris: connections that send their request line and headers a byte a
+second, or nothing at all, against a real gateway process, with raw sockets
+(no client library sends that slowly on purpose). Without the header deadline
+uvicorn holds them for ever; without the connection cap, enough of them run
+the process out of file descriptors.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+import pytest
+
+from harness.fake_llm import RunningServer
+from harness.process import Service, wait_until
+from tests.conftest import GatewayFactory
+
+pytestmark = pytest.mark.e2e
+
+
+class RawConnection:
+    """One client socket: what it sent, what came back, and whether it was closed."""
+
+    def __init__(self, port: int, first: bytes = b"") -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.answer = b""
+        self.closed = False
+        self.lock = threading.Lock()
+        if first:
+            self.sock.sendall(first)
+
+    def send(self, data: bytes) -> None:
+        with self.lock:
+            if not self.closed:
+                try:
+                    self.sock.sendall(data)
+                except OSError:
+                    self.closed = True
+
+    def poll(self) -> bool:
+        """Read what is there without blocking long; whether the gateway closed it."""
+        with self.lock:
+            while not self.closed:
+                self.sock.settimeout(0.02)
+                try:
+                    data = self.sock.recv(65536)
+                except TimeoutError:
+                    break
+                except OSError:
+                    self.closed = True
+                    break
+                self.answer += data
+                self.closed = not data
+            return self.closed
+
+    def status(self) -> int:
+        return int(self.answer.split(b" ", 2)[1]) if self.answer else 0
+
+    def error(self) -> dict[str, object]:
+        return dict(json.loads(self.answer.partition(b"\r\n\r\n")[2])["error"])
+
+    def close(self) -> None:
+        with self.lock:
+            self.sock.close()
+
+
+@contextmanager
+def dripping(connections: list[RawConnection], byte: bytes = b"a") -> Iterator[None]:
+    """Each connection sends one more header byte a second while the block runs."""
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.wait(1.0):
+            for connection in connections:
+                connection.send(byte)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        for connection in connections:
+            connection.close()
+
+
+def _served(gateway: Service) -> None:
+    assert httpx.get(f"{gateway.base_url}/livez", timeout=5).status_code == 200
+    assert httpx.get(f"{gateway.url}/models", timeout=5).status_code == 200
+
+
+def test_slow_headers_are_cut_off_at_the_deadline_while_others_are_served(
+    gateway_factory: GatewayFactory, llm: RunningServer, embedder: Service
+) -> None:
+    gateway = gateway_factory(llm.url, embedder.url, GATEWAY_HEADER_TIMEOUT_S="2")
+    started = time.monotonic()
+    # A request line, then a header that never ends, a byte a second.
+    slow = [RawConnection(gateway.port, b"GET /v1/models HTTP/1.1\r\nX-Slow: ") for _ in range(10)]
+    silent = [RawConnection(gateway.port) for _ in range(3)]
+    # A keep-alive connection whose second request is slow: its own deadline.
+    again = RawConnection(gateway.port, b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+    wait_until(lambda: b"\r\n\r\n" in again.answer or again.poll(), 5, what="first answer")
+    assert again.status() == 200 and not again.closed
+    again.answer = b""
+    again.send(b"GET /livez HTTP/1.1\r\nX-Slow: ")
+    everyone = [*slow, *silent, again]
+    with dripping([*slow, again]):
+        _served(gateway)  # while all of them are open
+        assert not any(c.poll() for c in everyone), "closed before the deadline"
+        wait_until(lambda: all(c.poll() for c in everyone), 10, what="every slow client closed")
+        assert time.monotonic() - started >= 2.0
+        for connection in [*slow, again]:
+            assert connection.status() == 408, connection.answer
+            assert connection.error()["code"] == "request_timeout"
+            assert b"connection: close" in connection.answer.lower()
+        assert [c.answer for c in silent] == [b""] * len(silent)  # nothing to answer
+        _served(gateway)
+
+
+def test_a_flood_of_silent_connections_ages_out_at_the_connection_cap(
+    gateway_factory: GatewayFactory, llm: RunningServer, embedder: Service
+) -> None:
+    # A deadline far off, so only the cap can close anything during the test.
+    gateway = gateway_factory(
+        llm.url, embedder.url, GATEWAY_HEADER_TIMEOUT_S="120", GATEWAY_MAX_CONNECTIONS="8"
+    )
+    flood = []
+    for _ in range(20):
+        flood.append(RawConnection(gateway.port))
+        # One at a time, so which ones are the oldest is not up to the scheduler.
+        wait_until(lambda: sum(not c.poll() for c in flood) <= 8, 5, what="room made")
+    try:
+        assert [c.closed for c in flood] == [True] * 12 + [False] * 8  # the oldest went
+        _served(gateway)  # a client sending its request at once still gets in
+        assert sum(c.poll() for c in flood) >= 12 + 1
+    finally:
+        for connection in flood:
+            connection.close()
+
+
+def test_oversized_or_malformed_request_heads_get_an_openai_error(
+    gateway_factory: GatewayFactory, llm: RunningServer, embedder: Service
+) -> None:
+    gateway = gateway_factory(llm.url, embedder.url, GATEWAY_MAX_HEADER_BYTES="4096")
+    huge = RawConnection(gateway.port, b"GET /livez HTTP/1.1\r\nX-Big: " + b"a" * 20_000)
+    wait_until(huge.poll, 5, what="huge headers refused")
+    assert huge.status() == 431, huge.answer
+    assert huge.error()["code"] == "request_headers_too_large"
+    garbage = RawConnection(gateway.port, b"\x00\x01 not http\r\n\r\n")
+    wait_until(garbage.poll, 5, what="garbage refused")
+    assert garbage.status() == 400, garbage.answer
+    assert garbage.error() == {
+        "message": "malformed HTTP request",
+        "type": "invalid_request_error",
+        "code": "invalid_http_request",
+    }
+    # Headers under the limit are served as ever.
+    fits = httpx.get(f"{gateway.base_url}/livez", headers={"x-big": "a" * 3000}, timeout=5)
+    assert fits.status_code == 200
+    _served(gateway)
