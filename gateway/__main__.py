@@ -69,6 +69,7 @@ def main() -> int:
             header_timeout_s=settings.header_timeout_s,
             max_header_bytes=settings.max_header_bytes,
             max_connections=settings.max_connections,
+            send_timeout_s=settings.send_timeout_s,
         ),
     )
     server = uvicorn.Server(config)

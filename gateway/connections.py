@@ -22,6 +22,13 @@ HTTP with a small subclass of uvicorn's own httptools protocol that adds:
   silent connections ages out instead of locking out clients that send their
   requests at once. Only when every connection has a request in flight is the
   new one refused;
+- **a send deadline** (``send_timeout_s``): once the answer fills the
+  connection's buffers, the client must read enough of it to drain them
+  within that time, or the connection is dropped (aborted: what is buffered
+  for it is discarded). Without it a client that asks for a long stream and
+  never reads holds a concurrency slot, an upstream connection and the
+  generation behind it for ever; uvicorn's flow control only makes the app
+  wait;
 - its malformed-request answer in OpenAI's envelope instead of uvicorn's
   plain-text 400.
 
@@ -66,12 +73,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     header_timeout_s: float = 10.0
     max_header_bytes: int = 64 * 1024
     max_connections: int = 2048
+    send_timeout_s: float = 60.0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         # Per-connection state, set here rather than in __init__ so that the
         # signature uvicorn calls stays its own.
         self._header_timer: asyncio.TimerHandle | None = None
+        self._send_timer: asyncio.TimerHandle | None = None
         self._header_bytes = 0
         self._in_headers = True  # waiting for a request line and headers
         self._begun = False  # some byte of the current request arrived
@@ -81,6 +90,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_header_deadline()
+        self._cancel_send_deadline()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -122,7 +132,28 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def send_400_response(self, msg: str) -> None:
         self._refuse(400, "malformed HTTP request", "invalid_http_request")
 
-    # The deadline.
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._send_timer is None:
+            self._send_timer = self.loop.call_later(self.send_timeout_s, self._not_reading)
+
+    def resume_writing(self) -> None:
+        self._cancel_send_deadline()
+        super().resume_writing()
+
+    # The deadlines.
+
+    def _cancel_send_deadline(self) -> None:
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+
+    def _not_reading(self) -> None:
+        self._send_timer = None
+        logger.info("connection dropped: its answer unread for %g s", self.send_timeout_s)
+        # abort, not close: close waits to flush a buffer this client will not read.
+        # connection_lost follows, which tells the app the client is gone.
+        self.transport.abort()
 
     def _arm_header_deadline(self) -> None:
         self._header_timer = self.loop.call_later(self.header_timeout_s, self._headers_late)
@@ -218,7 +249,11 @@ def make_fd_room(max_connections: int) -> int:
 
 
 def guarded_protocol(
-    *, header_timeout_s: float, max_header_bytes: int, max_connections: int
+    *,
+    header_timeout_s: float,
+    max_header_bytes: int,
+    max_connections: int,
+    send_timeout_s: float = 60.0,
 ) -> type[GuardedHttpToolsProtocol]:
     """A protocol class for ``uvicorn.Config(http=...)`` with these limits."""
     return type(
@@ -228,5 +263,6 @@ def guarded_protocol(
             "header_timeout_s": header_timeout_s,
             "max_header_bytes": max_header_bytes,
             "max_connections": max_connections,
+            "send_timeout_s": send_timeout_s,
         },
     )

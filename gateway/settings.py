@@ -211,6 +211,13 @@ class Settings(BaseSettings):
         "longest without a request in flight (docs/hardening.md). Keep it below the "
         "process's open-file limit.",
     )
+    send_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="A client that leaves its answer unread this long, in seconds, once the "
+        "connection's buffers are full, has its connection dropped and its request's slot "
+        "freed (a stream it asked for and does not read).",
+    )
     max_concurrency: int = Field(
         default=512,
         ge=1,

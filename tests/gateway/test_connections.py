@@ -1,7 +1,7 @@
 """gateway.connections' pure parts: the answer it writes, its classes, the open-file limit.
 
 The protocol's behaviour on real sockets is tested against a real gateway
-process in tests/e2e/test_slow_headers.py.
+process in tests/e2e/test_slow_clients.py.
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ def test_the_gateway_serves_with_the_guarded_protocol_and_its_settings(
     monkeypatch.setenv("GATEWAY_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("GATEWAY_HEADER_TIMEOUT_S", "3.5")
     monkeypatch.setenv("GATEWAY_MAX_CONNECTIONS", "99")
+    monkeypatch.setenv("GATEWAY_SEND_TIMEOUT_S", "7")
     monkeypatch.setattr(entry, "make_fd_room", lambda n: n)
     monkeypatch.setattr(uvicorn.Server, "run", lambda self: configs.append(self.config))
     monkeypatch.setattr(entry, "freeze_startup_heap", lambda: 0)
@@ -71,3 +72,4 @@ def test_the_gateway_serves_with_the_guarded_protocol_and_its_settings(
     protocol = configs[0].http
     assert isinstance(protocol, type) and issubclass(protocol, GuardedHttpToolsProtocol)
     assert (protocol.header_timeout_s, protocol.max_connections) == (3.5, 99)
+    assert protocol.send_timeout_s == 7.0

@@ -1,10 +1,11 @@
-"""Clients that hold connections before their request is one (gateway.connections).
+"""Clients that hold connections by being slow (gateway.connections).
 
 Slowloris: connections that send their request line and headers a byte a
-second, or nothing at all, against a real gateway process, with raw sockets
-(no client library sends that slowly on purpose). Without the header deadline
-uvicorn holds them for ever; without the connection cap, enough of them run
-the process out of file descriptors.
+second, or nothing at all; and a client that asks for a long stream and never
+reads it. Against a real gateway process, with raw sockets (no client library
+is that slow on purpose). Without the header deadline uvicorn holds the first
+kind for ever; without the connection cap, enough of them run the process out
+of file descriptors; without the send deadline the reader holds its slot.
 """
 
 from __future__ import annotations
@@ -167,3 +168,39 @@ def test_oversized_or_malformed_request_heads_get_an_openai_error(
     fits = httpx.get(f"{gateway.base_url}/livez", headers={"x-big": "a" * 3000}, timeout=5)
     assert fits.status_code == 200
     _served(gateway)
+
+
+def test_a_client_that_never_reads_its_stream_is_dropped_and_frees_its_slot(
+    gateway_factory: GatewayFactory, llm: RunningServer, embedder: Service
+) -> None:
+    gateway = gateway_factory(
+        llm.url, embedder.url, GATEWAY_SEND_TIMEOUT_S="2", GATEWAY_MAX_CONCURRENCY="1"
+    )
+    llm.set_behavior(reply="word " * 100_000, times=1)  # some 20 MB of events
+    body = json.dumps(
+        {"model": "fake-model", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    ).encode()
+    reader = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills at once
+    reader.connect(("127.0.0.1", gateway.port))
+    reader.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    reader.settimeout(5)
+    assert reader.recv(12).startswith(b"HTTP/1.1 200")  # the stream began; now read no more
+    chat = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]}
+
+    def slot_free() -> bool:
+        answer = httpx.post(f"{gateway.url}/chat/completions", json=chat, timeout=10)
+        assert answer.status_code in (200, 429), answer.text
+        return answer.status_code == 200
+
+    try:
+        assert not slot_free()  # the reader holds the only slot...
+        started = time.monotonic()
+        wait_until(slot_free, 15, interval=0.2, what="the unread stream's slot freed")
+        assert time.monotonic() - started >= 1.0  # ...until the send deadline, not at once
+    finally:
+        reader.close()
