@@ -48,7 +48,7 @@ from typing import Any
 
 import httpx
 
-from bench import procs
+from bench import procs, turn_breakdown
 from bench.procs import WORK
 from harness.process import ROOT, Service, free_port, pinned, spawn
 
@@ -264,8 +264,11 @@ def part_recall(stack: Stack, run_dir: Path, args: argparse.Namespace) -> dict[s
         for mode in ("off", "on"):
             bodies = chat_bodies(run_dir / f"recall-{mode}-{r}.jsonl", n, args.users,
                                  mode == "on", seed=100 + r)  # fmt: skip
-            before = stack.counters()
+            before, hist = stack.counters(), turn_breakdown.snapshot(stack.url)
             row[mode] = loadgen(url, bodies, args.recall_rate, args.seconds, args.gen_cpus)
+            row[f"{mode}_breakdown"] = turn_breakdown.per_turn(
+                hist, turn_breakdown.snapshot(stack.url)
+            )
             row[f"{mode}_drain_s"] = wait_outbox_empty(stack.url, 300)
             row[f"{mode}_counters"] = delta(before, stack.counters())
         rounds.append(row)
@@ -373,6 +376,7 @@ def markdown(data: dict[str, Any]) -> str:
                 out.append(f"| {i + 1} | {off['p50']:.2f} / {off['p99']:.2f} | "
                            f"{on['p50']:.2f} / {on['p99']:.2f} |")  # fmt: skip
             out.append("")
+            out += turn_breakdown.markdown(r["rounds"])
         if "sustained" in v:
             s = v["sustained"]
             out.append(
