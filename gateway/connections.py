@@ -41,6 +41,8 @@ import asyncio
 import json
 import logging
 import resource
+from collections import OrderedDict
+from typing import ClassVar
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -74,6 +76,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     max_header_bytes: int = 64 * 1024
     max_connections: int = 2048
     send_timeout_s: float = 60.0
+    # The connections without a request in flight, longest waiting first: the
+    # candidates to close at the cap, found in O(1) however many are open (a
+    # scan of them all on every accept would make a flood cost CPU too). One
+    # per class that guarded_protocol makes, i.e. per server; entries that have
+    # since got a request are skipped when met.
+    waiting: ClassVar[OrderedDict[GuardedHttpToolsProtocol, None]]
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -84,11 +92,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._header_bytes = 0
         self._in_headers = True  # waiting for a request line and headers
         self._begun = False  # some byte of the current request arrived
-        self._waiting_since = self.loop.time()
         self._arm_header_deadline()
         self._make_room()
+        self.waiting[self] = None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.waiting.pop(self, None)
         self._cancel_header_deadline()
         self._cancel_send_deadline()
         super().connection_lost(exc)
@@ -115,6 +124,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._arm_header_deadline()
 
     def on_headers_complete(self) -> None:
+        self.waiting.pop(self, None)
         self._cancel_header_deadline()
         self._in_headers = False
         self._header_bytes = 0
@@ -127,7 +137,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        self._waiting_since = self.loop.time()
+        if not self.transport.is_closing():
+            self.waiting[self] = None
+            self.waiting.move_to_end(self)
 
     def send_400_response(self, msg: str) -> None:
         self._refuse(400, "malformed HTTP request", "invalid_http_request")
@@ -208,20 +220,18 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def _make_room(self) -> None:
         if len(self.connections) <= self.max_connections:
             return
-        waiting = [
-            c
-            for c in self.connections
-            if c is not self and isinstance(c, GuardedHttpToolsProtocol) and c._evictable()
-        ]
-        if not waiting:
-            logger.warning("connection refused: %d open, all serving", len(self.connections))
-            self.transport.close()
-            return
-        oldest = min(waiting, key=lambda c: c._waiting_since)
-        if oldest._begun:
-            oldest._refuse(408, "closed to make room for a new connection", "request_timeout")
-        else:
-            oldest.transport.close()
+        while self.waiting:
+            oldest, _ = self.waiting.popitem(last=False)
+            if oldest._evictable():
+                if oldest._begun:
+                    oldest._refuse(
+                        408, "closed to make room for a new connection", "request_timeout"
+                    )
+                else:
+                    oldest.transport.close()
+                return
+        logger.warning("connection refused: %d open, all serving", len(self.connections))
+        self.transport.close()
 
 
 # Descriptors beyond client connections: upstream and embedder pools, the
@@ -272,5 +282,6 @@ def guarded_protocol(
             "max_header_bytes": max_header_bytes,
             "max_connections": max_connections,
             "send_timeout_s": send_timeout_s,
+            "waiting": OrderedDict(),
         },
     )

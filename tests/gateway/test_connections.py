@@ -36,6 +36,7 @@ def test_each_configuration_gets_its_own_class() -> None:
     assert issubclass(a, GuardedHttpToolsProtocol) and a is not b
     assert (a.header_timeout_s, a.max_header_bytes, a.max_connections) == (1.5, 2048, 3)
     assert GuardedHttpToolsProtocol.header_timeout_s == 10.0  # the base is untouched
+    assert a.waiting is not b.waiting and not a.waiting  # each server its own waiting list
 
 
 def test_the_soft_open_file_limit_is_raised_to_fit_the_connections(
