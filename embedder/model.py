@@ -7,6 +7,7 @@ inference thread: all torch work of the process happens on that one thread.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -15,6 +16,8 @@ import numpy as np
 import numpy.typing as npt
 
 from embedder.settings import DEFAULT_MODEL, EmbedderSettings
+
+log = logging.getLogger("embedder")
 
 
 @dataclass(frozen=True)
@@ -90,13 +93,27 @@ def load_encoder(settings: EmbedderSettings) -> Encoder:
         import torch
 
         torch.set_num_threads(settings.threads)
-    return load_sentence_transformer(settings.model, settings.device, settings.batch_size)
+    return load_sentence_transformer(
+        settings.model, settings.device, settings.batch_size, cuda_graphs=settings.cuda_graphs
+    )
 
 
-def load_sentence_transformer(model: str, device: str, batch_size: int) -> Encoder:
+def load_sentence_transformer(
+    model: str, device: str, batch_size: int, *, cuda_graphs: bool = False
+) -> Encoder:
+    """sentence-transformers' ``encode``; on CUDA with ``cuda_graphs``, its forward
+    replayed from CUDA graphs (embedder.cuda_graphs), or ``encode`` again, with a
+    warning, for a model whose forward cannot be captured."""
     from sentence_transformers import SentenceTransformer
 
     path = resolve_model_path(model)
     st_model = SentenceTransformer(path, device=device)
     name = Path(model).name if model != DEFAULT_MODEL else DEFAULT_MODEL
+    if cuda_graphs and device.startswith("cuda"):
+        from embedder.cuda_graphs import GraphEncoder
+
+        try:
+            return GraphEncoder(st_model, name, batch_size)
+        except Exception as error:  # any capture failure: the plain path still works
+            log.warning("CUDA graphs unavailable for %r, encoding eagerly: %r", name, error)
     return SentenceTransformerEncoder(st_model, name, batch_size)

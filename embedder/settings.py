@@ -51,6 +51,14 @@ class EmbedderSettings(BaseSettings):
         description="Where the ONNX export is cached, keyed by the model's files (made on "
         "the first start; the CPU image's holds the default model's).",
     )
+    # One encode call costs milliseconds of Python and kernel launches on a GPU, a graph
+    # replay a fraction of one (bench/results/gpu.md).
+    cuda_graphs: bool = Field(
+        default=True,
+        description="On a GPU (torch backend): run the model from CUDA graphs captured at "
+        "start for padded batch and sequence sizes, instead of sentence-transformers' "
+        "`encode` call by call; same vectors. `false`: `encode` as is.",
+    )
     threads: int | None = Field(
         default=None,
         ge=1,
