@@ -38,7 +38,8 @@ def model() -> Any:
 
 def sample() -> list[str]:
     rng = random.Random(11)
-    words = "my sister Ana moved to Porto last May and adopted a grey cat called Miso".split()
+    sentence = "my sister Ana moved to Porto last May and adopted a grey cat called Miso"
+    words = sentence.split(" ")
     varied = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 220))) for _ in range(21)]
     # Surrounding whitespace (encode strips it), unicode, one character, one past truncation.
     return [*varied, "  padded with spaces \n", "Zoë parle français 🙂", "x", "word " * 600]
