@@ -57,7 +57,9 @@ class EmbedderSettings(BaseSettings):
         default=True,
         description="On a GPU (torch backend): run the model from CUDA graphs captured at "
         "start for padded batch and sequence sizes, instead of sentence-transformers' "
-        "`encode` call by call; same vectors. `false`: `encode` as is.",
+        "`encode` call by call; same vectors. The graphs keep the GPU memory of the largest "
+        "shape (the batch size times the model's max_seq_length) for good. `false`: `encode` "
+        "as is.",
     )
     threads: int | None = Field(
         default=None,
