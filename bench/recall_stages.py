@@ -169,7 +169,7 @@ def encoder_stages(n: int) -> dict[str, Any]:
         out[f"encode_batches_of_8_{name}_cpu_ms_per_text"] = (
             1000 * (time.process_time() - c0) / len(texts)
         )
-    # The same query costs more after a pause: the weights have left the caches.
+    # The same query costs more after a pause: most likely the weights have left the caches.
     for name, pause in (("back_to_back", 0.0), ("after_50ms_idle", 0.05)):
         out[f"encode_one_query_wall_p50_ms_{name}"] = _wall_p50(encoder, queries[:100], pause)
     return out

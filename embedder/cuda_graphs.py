@@ -2,7 +2,7 @@
 
 On a GPU, a sentence-transformers ``encode`` call costs milliseconds whatever its
 size (bench/results/gpu.md): it moves the module to its device and sets eval mode on
-every call, and launches a few hundred small kernels one by one from Python, while
+every call, and launches ~90 small kernels one by one from Python, while
 the GPU's own work for a short text is a fraction of a millisecond. Recall embeds one
 short query per chat turn, so that fixed cost is the recall's latency and caps the
 service's requests per second.
