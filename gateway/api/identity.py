@@ -40,6 +40,9 @@ def _user_field(value: Any, param: str) -> str | None:
             code="invalid_request",
             param=param,
         )
+    # It names the scope that is searched and stored: text only, as for memory.user_id.
+    if problem := check_text(value, param):
+        raise APIError(400, problem, code="invalid_text", param=param)
     return value
 
 

@@ -112,8 +112,17 @@ def read_request(raw: bytes, content_type: str) -> tuple[str | None, bool, Outgo
     return None, False, Outgoing(raw)
 
 
+def _check_path(path: str) -> None:
+    """Refuse dot segments: joined to the upstream's URL, ``/v1/../x`` (or its
+    ``%2e%2e`` form, which the server decodes) would reach paths outside its
+    ``/v1``, or outside the prefix of a base URL, with the operator's key."""
+    if any(segment in (".", "..") for segment in path.split("/")):
+        raise APIError(400, "the path holds a '.' or '..' segment", code="invalid_path")
+
+
 async def pass_through(request: Request, services: Services, wire: Wire, *, root: bool) -> Response:
     started = time.perf_counter()
+    _check_path(request.url.path)
     raw = await request.body()
     content_type = request.headers.get("content-type", "")
     model, stream, outgoing = read_request(raw, content_type)

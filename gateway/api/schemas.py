@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool
 
 from gateway.memory.records import lone_surrogate
 
@@ -49,7 +49,9 @@ class ChatRequest(BaseModel):
 
     model: str = Field(min_length=1, max_length=256)
     messages: list[ChatMessage] = Field(min_length=1, max_length=2048)
-    stream: bool | None = False
+    # Strict: the body goes upstream as sent, so a lax `"stream": 1` would be a
+    # stream here and, to an upstream that reads it strictly, a plain answer.
+    stream: StrictBool | None = False
     user: Text | None = Field(default=None, max_length=256)
     memory: MemoryOptions | None = None
 

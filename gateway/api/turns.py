@@ -17,7 +17,7 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from gateway.api.chat import parse_json_object, recall_fit, relay_turn, resolve_model, validated
 from gateway.api.identity import plan_turn
@@ -36,7 +36,9 @@ class TurnRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     model: str = Field(min_length=1, max_length=256)
-    stream: bool | None = False
+    # Strict: the body goes upstream as sent, so a lax `"stream": 1` would be a
+    # stream here and, to an upstream that reads it strictly, a plain answer.
+    stream: StrictBool | None = False
     memory: MemoryOptions | None = None
 
 

@@ -2,7 +2,11 @@
 
 closed → open after ``failure_threshold`` consecutive failures; open → half_open
 once ``reset_timeout_s`` has passed, letting exactly one trial request through;
-the trial's success closes the breaker, its failure opens it again.
+the trial's success closes the breaker, its failure opens it again, and an
+outcome that says nothing of the upstream's health (a 4xx or 429 answer, a client
+that left) ends the trial without a verdict, so the next request is the trial.
+A trial that never reports (a bug, a task cancelled in between) stops counting
+after ``reset_timeout_s``: the half-open breaker can never wedge shut.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ class CircuitBreaker:
         self._failures = 0
         self._opened_at = 0.0
         self._trial_in_flight = False
+        self._trial_started = 0.0
 
     @property
     def state(self) -> BreakerState:
@@ -44,8 +49,9 @@ class CircuitBreaker:
         state = self.state
         if state == BreakerState.CLOSED:
             return True
-        if state == BreakerState.HALF_OPEN and not self._trial_in_flight:
+        if state == BreakerState.HALF_OPEN and not self._trial_pending():
             self._trial_in_flight = True
+            self._trial_started = self._clock()
             return True
         return False
 
@@ -53,13 +59,20 @@ class CircuitBreaker:
         """Like allow(), without claiming the half-open trial."""
         state = self.state
         return state == BreakerState.CLOSED or (
-            state == BreakerState.HALF_OPEN and not self._trial_in_flight
+            state == BreakerState.HALF_OPEN and not self._trial_pending()
         )
+
+    def _trial_pending(self) -> bool:
+        return self._trial_in_flight and self._clock() - self._trial_started < self._reset_timeout_s
 
     def record_success(self) -> None:
         self._failures = 0
         self._trial_in_flight = False
         self._set(BreakerState.CLOSED)
+
+    def record_neutral(self) -> None:
+        """An outcome that proves nothing either way: the trial, if any, is over."""
+        self._trial_in_flight = False
 
     def record_failure(self) -> None:
         self._trial_in_flight = False

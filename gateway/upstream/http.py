@@ -163,7 +163,9 @@ class UpstreamHTTP:
             cookie_jar=aiohttp.DummyCookieJar(),
             raise_for_status=False,
         )
-        self._proxies: dict[str, str | None] = {}  # by URL: upstreams have a few each
+        # By scheme and host: the proxy depends on nothing else, and a passthrough's
+        # path and query are the client's (a cache by URL would grow with them).
+        self._proxies: dict[tuple[str, str], str | None] = {}
 
     async def aclose(self) -> None:
         await self._session.close()
@@ -198,10 +200,12 @@ class UpstreamHTTP:
         timeouts: Timeouts,
         body: bytes | None,
     ) -> Reply:
+        parts = urllib.parse.urlsplit(url)
+        origin = (parts.scheme, parts.netloc)
         try:
-            proxy = self._proxies[url]
+            proxy = self._proxies[origin]
         except KeyError:
-            proxy = self._proxies[url] = proxy_for(url)
+            proxy = self._proxies[origin] = proxy_for(url)
         with _translated():
             response = await self._session.request(
                 method,

@@ -222,7 +222,9 @@ class UpstreamPool:
             finally:
                 await response.aclose()
             self._metrics.upstream_requests.labels(upstream.name, UpstreamOutcome.HTTP_ERROR).inc()
-            if response.status_code != 429:  # 429 is load, not a broken upstream
+            if response.status_code == 429:  # load, not a broken upstream
+                upstream.breaker.record_neutral()
+            else:
                 upstream.breaker.record_failure()
                 self._metrics.set_breaker_state(upstream.name, upstream.breaker.state)
             message = f"LLM upstream {upstream.name} answered {response.status_code}"
@@ -253,4 +255,6 @@ class UpstreamPool:
             upstream.breaker.record_failure()
             if upstream.monitor is not None:
                 upstream.monitor.wake()  # died mid-stream? find out now
+        else:  # its 4xx answer, or a client that left: no verdict, but the trial is over
+            upstream.breaker.record_neutral()
         self._metrics.set_breaker_state(upstream.name, upstream.breaker.state)

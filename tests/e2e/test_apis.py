@@ -8,6 +8,7 @@ tenants), and the stand-in LLM speaking each API as vLLM does; the official
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import re
 import struct
@@ -296,6 +297,24 @@ def test_embeddings_pass_through_unchanged(gateway: Service, upstream: RunningSe
         json={"model": MODEL, "input": "abc", "encoding_format": "base64"},
     ).json()  # fmt: skip
     assert struct.unpack("<4f", base64.b64decode(raw["data"][0]["embedding"]))[0] == 3.0
+
+
+@pytest.mark.parametrize(
+    "path", ["/v1/../_control/stats", "/v1/%2e%2e/_control/stats", "/v1/a/%2E/b"]
+)
+def test_a_path_with_dot_segments_is_refused_and_never_forwarded(
+    gateway: Service, upstream: RunningServer, path: str
+) -> None:
+    # http.client sends the path as written (httpx would resolve the dots first).
+    url = httpx.URL(gateway.url)
+    connection = http.client.HTTPConnection(url.host, url.port, timeout=10)
+    upstream.clear_requests()
+    connection.request("GET", path, headers=auth(A))
+    answer = connection.getresponse()
+    body = json.loads(answer.read())
+    connection.close()
+    assert answer.status == 400 and body["error"]["code"] == "invalid_path"
+    assert upstream.requests() == []
 
 
 def test_multipart_tokenize_count_tokens_and_unknown_endpoints(

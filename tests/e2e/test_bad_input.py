@@ -54,6 +54,29 @@ BAD_BODIES = {
         "/v1/chat/completions",
         CHAT_HEAD + '"user": "s\\udc00r", "messages": [{"role": "user", "content": "hi"}]}',
     ),
+    "chat: lone surrogate in safety_identifier": (
+        "/v1/chat/completions",
+        CHAT_HEAD
+        + '"safety_identifier": "\\ud800", "messages": [{"role": "user", "content": "hi"}]}',
+    ),
+    "chat: lone surrogate in safety_identifier, memory.top_k 0": (
+        "/v1/chat/completions",
+        CHAT_HEAD + '"safety_identifier": "\\ud800", "memory": {"top_k": 0}, "stream": true, '
+        '"messages": [{"role": "user", "content": "hi"}]}',
+    ),
+    "messages: lone surrogate in metadata.user_id": (
+        "/v1/messages",
+        CHAT_HEAD + '"max_tokens": 8, "metadata": {"user_id": "x\\udfff"}, '
+        '"messages": [{"role": "user", "content": "hi"}]}',
+    ),
+    "chat: stream as a number (it goes upstream as sent)": (
+        "/v1/chat/completions",
+        CHAT_HEAD + '"stream": 1, "messages": [{"role": "user", "content": "hi"}]}',
+    ),
+    "responses: stream as a string": (
+        "/v1/responses",
+        CHAT_HEAD + '"stream": "yes", "input": "hi"}',
+    ),
     "chat: 1e999, memory on (re-encoded, it would go as Infinity)": (
         "/v1/chat/completions",
         CHAT_HEAD + '"user": "sur", "temperature": 1e999, '

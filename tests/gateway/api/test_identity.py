@@ -29,7 +29,14 @@ def test_precedence_memory_then_safety_identifier_then_user_then_metadata() -> N
 
 @pytest.mark.parametrize(
     "body",
-    [{"safety_identifier": 7}, {"user": "u" * 257}, {"metadata": {"user_id": ["x"]}}],
+    [
+        {"safety_identifier": 7},
+        {"user": "u" * 257},
+        {"metadata": {"user_id": ["x"]}},
+        {"safety_identifier": "a\ud800b"},  # not Unicode: it could not be a scope
+        {"user": "\udc00"},
+        {"metadata": {"user_id": "x\udfff"}},
+    ],
 )
 def test_a_malformed_user_field_is_a_400_naming_it(body: dict[str, Any]) -> None:
     with pytest.raises(APIError) as caught:

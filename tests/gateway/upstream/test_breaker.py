@@ -59,3 +59,27 @@ def test_reset_closes_at_once() -> None:
     breaker.record_failure()
     breaker.reset()
     assert breaker.state == BreakerState.CLOSED and breaker.would_allow()
+
+
+def test_a_trial_without_a_verdict_frees_the_half_open_breaker_for_the_next() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(1, reset_timeout_s=5, clock=clock)
+    breaker.record_failure()
+    clock.now = 5.0
+    assert breaker.allow()
+    breaker.record_neutral()  # a 4xx answer, a 429, a client that left
+    assert breaker.state == BreakerState.HALF_OPEN
+    assert breaker.would_allow() and breaker.allow()  # the next request is the trial
+
+
+def test_a_trial_that_never_reports_stops_blocking_after_the_reset_timeout() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(1, reset_timeout_s=5, clock=clock)
+    breaker.record_failure()
+    clock.now = 5.0
+    assert breaker.allow()
+    clock.now = 9.9
+    assert not breaker.allow()
+    clock.now = 10.0  # the trial is lost (cancelled, never recorded): another may go
+    assert breaker.allow()
+    assert not breaker.allow()

@@ -93,6 +93,14 @@ async def test_no_proxy_hosts_are_reached_directly(monkeypatch: pytest.MonkeyPat
         assert llm.heads[0].startswith("POST /v1/chat/completions ")
 
 
+async def test_the_proxy_is_looked_up_once_per_origin_whatever_the_path() -> None:
+    # A passthrough's path and query are the client's: a cache by URL would grow with them.
+    async with recorder() as llm, UpstreamHTTP() as http:
+        for n in range(20):
+            assert await post(http, f"{llm.url}/v1/anything/{n}?q={n}") == (200, b"{}")
+        assert len(http._proxies) == 1
+
+
 def test_proxy_for_reads_the_scheme_and_the_exceptions(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HTTP_PROXY", "http://proxy:3128")
     monkeypatch.setenv("HTTPS_PROXY", "http://user:pw@secure-proxy:3128")

@@ -318,3 +318,33 @@ async def test_how_a_relay_ended_reaches_the_breaker_and_the_monitor(
     assert replica.breaker.state == state
     assert cast(Watching, replica.monitor).woken is woken  # probe now: died mid-stream?
     assert pool.value("upstream_requests_total", upstream="r", outcome=outcome) == 1
+
+
+@pytest.mark.parametrize("outcome", [UpstreamOutcome.HTTP_ERROR, UpstreamOutcome.CLIENT_DISCONNECT])
+async def test_a_half_open_trial_without_a_verdict_lets_the_next_request_be_the_trial(
+    outcome: UpstreamOutcome,
+) -> None:
+    now = [0.0]
+    pool = Counted(attempts=1)
+    replica = Scripted("r", 200, 200)
+    replica.breaker = CircuitBreaker(failure_threshold=1, reset_timeout_s=5, clock=lambda: now[0])
+    replica.breaker.record_failure()
+    now[0] = 5.0
+    trial = await pool.open(*targets(replica))
+    pool.pool.record_outcome(trial.upstream, outcome)  # e.g. the upstream's 400, relayed
+    await pool.open(*targets(replica))  # not wedged: the next one is the trial
+    assert len(replica.bodies) == 2
+
+
+async def test_a_429_to_a_half_open_trial_lets_the_next_request_be_the_trial() -> None:
+    now = [0.0]
+    pool = Counted(attempts=1)
+    replica = Scripted("r", 429, 200)
+    replica.breaker = CircuitBreaker(failure_threshold=1, reset_timeout_s=5, clock=lambda: now[0])
+    replica.breaker.record_failure()
+    now[0] = 5.0
+    with pytest.raises(UpstreamFailed):
+        await pool.open(*targets(replica))
+    assert replica.breaker.state == BreakerState.HALF_OPEN
+    await pool.open(*targets(replica))
+    assert len(replica.bodies) == 2
