@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.errors import APIError
 from gateway.upstream.pool import Target
 
 Json = dict[str, Any]
@@ -78,7 +79,7 @@ class Outgoing:
             start, end = self.model_at
             return self.content[:start] + name.encode() + self.content[end:]
         if self.body is not None:
-            return json.dumps({**self.body, "model": name}).encode()
+            return encoded({**self.body, "model": name})
         return self.content
 
 
@@ -124,5 +125,17 @@ class Incoming:
                     changed = True
                 else:
                     raw = spliced
-        content = json.dumps(fields).encode() if changed else raw
+        content = encoded(fields) if changed else raw
         return Outgoing(content, self.model, fields, usage_asked=usage_asked)
+
+
+def encoded(body: Json) -> bytes:
+    """``body`` as JSON bytes; a 400 when it is nested too deeply to encode. The
+    parser takes a little more depth than the encoder has stack left for deep in
+    a request's handling (~950 levels: a RecursionError, which would be a 500)."""
+    try:
+        return json.dumps(body).encode()
+    except RecursionError:
+        raise APIError(
+            400, "request body is nested too deeply to forward", code="invalid_json"
+        ) from None

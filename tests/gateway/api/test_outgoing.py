@@ -13,6 +13,7 @@ from gateway.api.chat import into_messages
 from gateway.api.messages import add_to_system
 from gateway.api.outgoing import USAGE_MEMBER, Incoming, Inject, Json, Outgoing, ask_for_usage
 from gateway.api.responses import add_memories
+from gateway.errors import APIError
 from gateway.upstream.pool import Target
 from gateway.upstream.replica import Upstream
 
@@ -166,3 +167,16 @@ def test_each_api_puts_memories_in_its_system_prompt_without_changing_the_body(
     before = copy.deepcopy(body)
     assert inject(body, "M")[field] == expected
     assert body == before
+
+
+def test_a_body_too_deep_to_re_encode_is_a_400_not_a_recursion_error() -> None:
+    deep: Json = {}
+    for _ in range(5000):  # deeper than any stack: built here, as no parser would
+        deep = {"x": deep}
+    body: Json = {"model": "m", "memory": {}, "messages": [], "x": deep}
+    request = Incoming(b"{}", body, "m", into_messages)
+    with pytest.raises(APIError) as caught:
+        request.outgoing("a memory")
+    assert caught.value.status_code == 400
+    with pytest.raises(APIError):
+        Outgoing(b"{}", "m", {"model": "m", "x": deep}).bytes_for(target("other"))
