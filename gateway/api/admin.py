@@ -59,6 +59,22 @@ async def forget_any_user(
     return ForgottenTenantUser(tenant=tenant, user_id=user_id, deleted=deleted)
 
 
+@router.delete(
+    "/tenants/{tenant}/users",
+    response_model=ForgottenTenantUser,
+    responses=errors(400, StoreUnavailable),
+)
+async def forget_any_user_by_query(
+    tenant: Name,
+    user_id: Annotated[str, Query(min_length=1, max_length=256)],
+    admin: AdminDep,
+    memory: MemoryDep,
+) -> ForgottenTenantUser:
+    """The same, for any user id: one that holds ``/`` or is ``.`` or ``..`` cannot be
+    a path segment (the server decodes ``%2F`` and resolves dot segments first)."""
+    return await forget_any_user(tenant, user_id, admin, memory)
+
+
 @router.get("/outbox", response_model=OutboxStatus, responses=errors(400))
 async def outbox(
     _: AdminDep, memory: MemoryDep, limit: Annotated[int, Query(ge=0, le=1000)] = 100

@@ -39,7 +39,7 @@ search or a chat sees *every* memory in its scope: each check is an exact set eq
 | GET /admin/tenants/{t}/users     | admin only (no key 401, bad key 401, tenant key 403);      |
 |                                  | exactly that tenant's users, variants distinct             |
 | DELETE /admin/tenants/{t}/users/ | admin only; deletes that (tenant, user) only               |
-|   {user_id}                      |                                                            |
+|   {user_id}, ?user_id=           |   (the query form: ids with "/", ".", "..")                |
 | GET /admin/outbox, /upstreams    | admin only (401/403 otherwise)                             |
 | /v1/* with the admin key         | refused (401/403), no tenant data                          |
 | keys                             | no key (tenant, admin, LLM, embedder, nor tenant-b's       |
@@ -403,6 +403,7 @@ def test_forgetting_a_user_forgets_exactly_that_scope(gateway: Service) -> None:
 ADMIN_ENDPOINTS = [
     ("GET", f"/admin/tenants/{A}/users"),
     ("DELETE", f"/admin/tenants/{A}/users/alice"),
+    ("DELETE", f"/admin/tenants/{A}/users?user_id=alice"),
     ("GET", "/admin/outbox"),
     ("GET", "/admin/upstreams"),
 ]
@@ -472,6 +473,22 @@ def test_admin_forgets_one_user_of_one_tenant(gateway: Service) -> None:
     assert list_all(gateway, A, erin, 100) == []
     assert len(list_all(gateway, B, erin, 100)) == 1
     assert len(list_all(gateway, A, erin.upper(), 100)) == 1
+
+
+@pytest.mark.parametrize("odd", ["org/42", "..", "."])
+def test_admin_forgets_a_user_whose_id_cannot_be_a_path_segment(gateway: Service, odd: str) -> None:
+    user = f"{odd}" if odd in (".", "..") else f"{odd}-{uuid.uuid4().hex[:6]}"
+    add(gateway, A, user, [f"{user} remembers this"])
+    add(gateway, B, user, [f"{user} remembers this too"])
+    response = CLIENT.delete(
+        f"{gateway.base_url}/admin/tenants/{A}/users",
+        params={"user_id": user},
+        headers=auth(ADMIN_KEY),
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["user_id"] == user and response.json()["deleted"] >= 1
+    assert list_all(gateway, A, user, 100) == []
+    assert len(list_all(gateway, B, user, 100)) >= 1
 
 
 def test_admin_status_endpoints_answer(gateway: Service) -> None:
