@@ -142,7 +142,9 @@ class Settings(BaseSettings):
         default=0.1,
         ge=-1.0,
         le=1.0,
-        description="Cosine similarity below which a memory is not recalled.",
+        description="Cosine similarity to the query below which a memory is not found by "
+        "meaning (the two dense lists); the keyword (BM25) lists have no threshold, so a "
+        "memory sharing a rare word with the query is still recalled.",
     )
     memory_required: bool = Field(
         default=False,

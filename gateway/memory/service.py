@@ -332,6 +332,10 @@ class MemoryService:
         conditions: Sequence[Condition] = (),
         min_score: float | None = None,
     ) -> list[MemoryRecord]:
+        # Known down: answer 503 now rather than hold the request (and its concurrency
+        # slot) for a whole embedder timeout; the monitors' probes notice the return.
+        if not self.available:
+            raise MemoryUnavailable("memory dependencies are down")
         try:
             [vector] = await self._embedder.embed([query])
             self._vector_cache.put(query, vector)  # a chat turn stores this text next

@@ -174,6 +174,16 @@ async def test_embedder_down_keeps_entries_until_it_returns(h: Harness) -> None:
     assert await h.service.drain() == 1 and await h.texts() == ["x"]
 
 
+async def test_a_search_while_a_dependency_is_known_down_fails_at_once(h: Harness) -> None:
+    h.embedder_monitor.report_failure("stopped")
+    calls = h.embedder.calls
+    with pytest.raises(MemoryUnavailable):
+        await h.service.search(ALICE, "where do I live", 5)
+    assert h.embedder.calls == calls  # not sent: no wait for the embedder's timeout
+    h.embedder_monitor.report_success()
+    assert await h.service.search(ALICE, "where do I live", 5) == []
+
+
 async def test_forget_purges_queued_writes(h: Harness) -> None:
     await h.service.add(ALICE, memories("stored"))
     h.embedder.up = False
