@@ -8,6 +8,13 @@ the store unavailable) stops a drain and is retried, with backoff; an entry
 that fails for any other reason can never be stored as it is: it is set
 aside in the outbox's ``dead`` table with its reason, and the rest go on.
 
+Forget: a user forgotten while the replayer waits on the embedder for a
+batch that holds their entries must not be stored once the embedder answers.
+The write (MemoryService.write_batches) therefore stores a batch under the
+lock that ``forget`` holds around its purge and delete, and first asks the
+batch's ``Claim`` which entries are still queued: a purged entry was
+forgotten and is skipped; the stored ones leave the outbox under that lock.
+
 Read-your-writes: ``wait_stored`` waits until a user's queued entries are
 stored. While someone waits for a user, that user's entries are replayed
 first, alone, at a query's priority.
@@ -43,13 +50,34 @@ R = TypeVar("R")  # what a write answers for one entry
 Batch = list[tuple[Scope, Sequence[NewMemory]]]
 
 
+class Claim:
+    """The outbox rows behind a replayed batch, for its write to check and
+    settle under the store lock that ``forget`` also holds: ``still_queued``
+    just before storing (an entry purged since the batch was read belongs to a
+    forgotten user and must be skipped), ``stored`` right after (the stored
+    entries leave the outbox before forget can run again)."""
+
+    def __init__(self, outbox: Outbox, entries: Sequence[OutboxEntry]) -> None:
+        self._outbox = outbox
+        self._entries = entries
+        self.kept: list[bool] | None = None  # set by still_queued
+
+    def still_queued(self) -> list[bool]:
+        self.kept = [self._outbox.is_pending(e.seq) for e in self._entries]
+        return self.kept
+
+    async def stored(self) -> None:
+        kept = self.kept if self.kept is not None else [True] * len(self._entries)
+        await self._outbox.done([e.seq for e, k in zip(self._entries, kept, strict=True) if k])
+
+
 class Replayer(Generic[R]):
     def __init__(
         self,
         outbox: Outbox,
         metrics: GatewayMetrics,
         *,
-        write: Callable[[Batch, int], Awaitable[list[R]]],
+        write: Callable[[Batch, int, Claim], Awaitable[list[R]]],
         available: Callable[[], bool],
         report: Callable[[Exception], None],
         count: Callable[[Sequence[NewMemory], R], None],
@@ -127,8 +155,11 @@ class Replayer(Generic[R]):
                 # at the priority of a query, not behind the embedder's bulk work.
                 entries = [e for e in entries if e.scope in self._wanted]
                 priority = INTERACTIVE
+            claim = Claim(self._outbox, entries)
             try:
-                results = await self._write([(e.scope, e.memories) for e in entries], priority)
+                results = await self._write(
+                    [(e.scope, e.memories) for e in entries], priority, claim
+                )
             except OUTAGES as exc:
                 await self._retry_later(entries[0], exc)
                 break
@@ -140,10 +171,7 @@ class Replayer(Generic[R]):
                     continue
                 await self._set_aside(entries[0], exc)
             else:
-                await self._outbox.done([e.seq for e in entries])
-                for entry, written in zip(entries, results, strict=True):
-                    self._replayed(entry, written)
-                applied += len(entries)
+                applied += await self._settled(claim, entries, results)
             finally:
                 await self.progressed()
         return applied
@@ -152,17 +180,31 @@ class Replayer(Generic[R]):
         """A batch failed, not for an outage: find the entries at fault, apply the others."""
         applied = 0
         for entry in entries:
+            claim = Claim(self._outbox, [entry])
             try:
-                [written] = await self._write([(entry.scope, entry.memories)], BACKGROUND)
+                results = await self._write([(entry.scope, entry.memories)], BACKGROUND, claim)
             except OUTAGES as exc:
                 await self._retry_later(entry, exc)
                 return applied
             except Exception as exc:  # not an outage: this entry is at fault
                 await self._set_aside(entry, exc)
                 continue
-            await self._outbox.done([entry.seq])
-            self._replayed(entry, written)
-            applied += 1
+            applied += await self._settled(claim, [entry], results)
+        return applied
+
+    async def _settled(
+        self, claim: Claim, entries: Sequence[OutboxEntry], results: Sequence[R]
+    ) -> int:
+        """Count a written batch: the entries it stored (not those forgotten
+        meanwhile). A write that never claimed the batch stored all of it."""
+        if claim.kept is None:
+            await claim.stored()
+        kept = claim.kept if claim.kept is not None else [True] * len(entries)
+        applied = 0
+        for entry, written, k in zip(entries, results, kept, strict=True):
+            if k:
+                self._replayed(entry, written)
+                applied += 1
         return applied
 
     async def _retry_later(self, entry: OutboxEntry, exc: Exception) -> None:

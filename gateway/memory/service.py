@@ -65,7 +65,7 @@ from gateway.memory.records import (
     dedupe_texts,
     memory_id,
 )
-from gateway.memory.replay import OUTAGES, Replayer
+from gateway.memory.replay import OUTAGES, Claim, Replayer
 from gateway.memory.sparse import Bm25Encoder
 from gateway.memory.storable import unstorable_reason
 from gateway.memory.store import (
@@ -122,6 +122,24 @@ class AddOutcome:
     queued: bool
 
 
+class _Watch:
+    """A direct write in flight: the users forgotten since it began."""
+
+    def __init__(self) -> None:
+        self.forgotten: set[Scope] = set()
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A prepared write (``MemoryService._prepare``): per batch its new points'
+    ids, memories, index texts and windows; the windows to cache; the vectors."""
+
+    plans: list[tuple[Scope, list[tuple[str, NewMemory, IndexTexts, list[Recent]]]]]
+    windows: dict[SessionKey, list[Recent]]
+    vectors: dict[str, list[float]]
+    results: list[list[WriteResult]]
+
+
 def _write_priority(memories: Sequence[NewMemory]) -> int:
     """A bulk write (more texts than one embedder request carries: two per
     memory) goes at background priority, so chat queries overtake it at the
@@ -151,6 +169,13 @@ class MemoryService:
         self._recent = RecentTexts()
         self._vector_cache = VectorCache()
         self._read_your_writes_s = read_your_writes_s
+        # Forget vs. writes: forget purges the outbox and deletes the store
+        # under this lock, and every write stores (and the replayer settles
+        # its outbox rows) under it, after its embedder call, which is made
+        # without it. So a write whose vectors come back after a forget sees
+        # that forget (Claim.still_queued, _Watch) and does not revive the user.
+        self._store_lock = asyncio.Lock()
+        self._watches: set[_Watch] = set()  # direct writes in flight
         self._replayer = Replayer(
             outbox, metrics,
             write=self.write_batches, available=lambda: self.available,
@@ -222,14 +247,47 @@ class MemoryService:
         return results
 
     async def write_batches(
-        self, batches: Sequence[tuple[Scope, Sequence[NewMemory]]], priority: int = INTERACTIVE
+        self,
+        batches: Sequence[tuple[Scope, Sequence[NewMemory]]],
+        priority: int = INTERACTIVE,
+        claim: Claim | None = None,
     ) -> list[list[WriteResult]]:
         """Several writes (of one or more users) with one embedder call for all.
 
         Each memory is indexed with its session's previous memories
         (gateway.memory.indexing); writes to one session are expected in order,
         as the outbox replays them.
+
+        The replayer passes the ``claim`` of its outbox rows: a batch whose row
+        was purged (its user forgotten) while this waited on the embedder is
+        not stored. A direct write (no claim) whose user was forgotten
+        meanwhile starts over: its windows and duplicate checks were read
+        before the forget and may hold the forgotten memories' texts.
         """
+        while True:
+            watch = _Watch()
+            self._watches.add(watch)
+            try:
+                plan = await self._prepare(batches, priority)
+                async with self._store_lock:
+                    if claim is not None:
+                        keep = claim.still_queued()
+                    elif watch.forgotten & {scope for scope, _ in batches}:
+                        continue  # forgotten meanwhile: as a write after the forget
+                    else:
+                        keep = [True] * len(batches)
+                    await self._store_prepared(plan, keep)
+                    if claim is not None:
+                        await claim.stored()
+                    return plan.results
+            finally:
+                self._watches.discard(watch)
+
+    async def _prepare(
+        self, batches: Sequence[tuple[Scope, Sequence[NewMemory]]], priority: int
+    ) -> _Plan:
+        """What to store: the points' texts and windows, their vectors (the
+        embedder call), and the results."""
         windows: dict[SessionKey, list[Recent]] = {}
         plans: list[tuple[Scope, list[tuple[str, NewMemory, IndexTexts, list[Recent]]]]] = []
         results: list[list[WriteResult]] = []
@@ -260,11 +318,17 @@ class MemoryService:
             )
         texts = [it.dense for _, fresh in plans for _, _, it, _ in fresh]
         texts += [t for _, fresh in plans for *_, prev in fresh for t, v in prev if v is None]
-        if not texts:
-            return results
-        vectors = await self._embed_once(texts, priority)
+        vectors = await self._embed_once(texts, priority) if texts else {}
+        return _Plan(plans, windows, vectors, results)
+
+    async def _store_prepared(self, plan: _Plan, keep: Sequence[bool]) -> None:
+        """Store the batches of ``plan`` that ``keep`` says (under the store lock)."""
+        vectors, windows = plan.vectors, plan.windows
+        skipped = {scope for (scope, _), k in zip(plan.plans, keep, strict=True) if not k}
         written_at = time.time_ns()
-        for scope, fresh in plans:
+        for (scope, fresh), k in zip(plan.plans, keep, strict=True):
+            if not k:
+                continue
             points = []
             for point_id, memory, it, previous in fresh:
                 window = [(t, v if v is not None else vectors[t]) for t, v in previous]
@@ -280,8 +344,9 @@ class MemoryService:
             if points:
                 await self._store.upsert(scope, points)
         for key, recent in windows.items():
+            if Scope(key[0], key[1]) in skipped:
+                continue  # a forgotten user's texts stay out of the cache
             self._recent.put(key, [(t, v if v is not None else vectors[t]) for t, v in recent])
-        return results
 
     async def _embed_once(self, texts: Sequence[str], priority: int) -> dict[str, list[float]]:
         """Vectors of ``texts``: each distinct text embedded once, none that a
@@ -297,12 +362,19 @@ class MemoryService:
         return vectors
 
     async def forget(self, scope: Scope) -> int:
-        """Delete a user's memories, queued ones included, so replay cannot revive them."""
-        purged = await self._outbox.purge(scope)
+        """Delete a user's memories, queued ones included, so replay cannot revive them.
+
+        Under the store lock, so that no write embedded before it stores
+        after it (see ``write_batches``)."""
+        async with self._store_lock:
+            purged = await self._outbox.purge(scope)
+            for watch in self._watches:
+                watch.forgotten.add(scope)
+            self._recent.forget(scope.tenant, scope.user_id)
+            self._vector_cache.clear()
+            deleted = await self._store.delete_scope(scope)
         await self._replayer.progressed()
-        self._recent.forget(scope.tenant, scope.user_id)
-        self._vector_cache.clear()
-        return purged + await self._store.delete_scope(scope)
+        return purged + deleted
 
     # -- reads ---------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from gateway.exceptions import EmbedderUnavailable
 from gateway.memory.embedder_client import BACKGROUND
 from gateway.memory.outbox import Outbox
 from gateway.memory.records import NewMemory, Scope
-from gateway.memory.replay import Batch, Replayer
+from gateway.memory.replay import Batch, Claim, Replayer
 from gateway.metrics import GatewayMetrics
 
 WHEN = datetime(2024, 1, 1, tzinfo=UTC)
@@ -29,7 +29,7 @@ class Writes:
         self.poison = "poison"
         self.calls: list[tuple[int, list[str]]] = []
 
-    async def __call__(self, batch: Batch, priority: int) -> list[int]:
+    async def __call__(self, batch: Batch, priority: int, claim: Claim) -> list[int]:
         texts = [m.text for _, memories in batch for m in memories]
         self.calls.append((priority, texts))
         if self.down:

@@ -3,6 +3,7 @@ MockTransport (unit level; the e2e tests use the real embedder process)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -18,6 +19,7 @@ from prometheus_client import CollectorRegistry
 from gateway.exceptions import MemoryUnavailable
 from gateway.memory.edge_store import EdgeStore
 from gateway.memory.embedder_client import EmbedderClient
+from gateway.memory.indexing import session_key
 from gateway.memory.outbox import Outbox
 from gateway.memory.records import NewMemory, Scope
 from gateway.memory.service import MemoryService
@@ -43,6 +45,16 @@ class Embedder:
         self.priorities: list[int] = []
         self.inputs: list[str] = []  # every text embedded, in order
         self.seen: list[tuple[int, list[str]]] = []  # (priority, texts) of each call
+        # While ``hold`` is set and not yet released, each call waits on it
+        # (after setting ``held``): a write stopped between its reads and its store.
+        self.hold: asyncio.Event | None = None
+        self.held = asyncio.Event()
+
+    async def handle_async(self, request: httpx.Request) -> httpx.Response:
+        if self.hold is not None and not self.hold.is_set():
+            self.held.set()
+            await self.hold.wait()
+        return self.handle(request)
 
     def handle(self, request: httpx.Request) -> httpx.Response:
         if not self.up:
@@ -70,7 +82,7 @@ def encoded(floats: list[float]) -> str:
 class Harness:
     def __init__(self, tmp_path: Path) -> None:
         self.embedder = Embedder()
-        self.http = httpx.AsyncClient(transport=httpx.MockTransport(self.embedder.handle))
+        self.http = httpx.AsyncClient(transport=httpx.MockTransport(self.embedder.handle_async))
         self.metrics = GatewayMetrics(CollectorRegistry())
         self.client = EmbedderClient(self.http, "http://embedder/v1", DIM, self.metrics)
         self.store = EdgeStore(tmp_path / "edge", DIM)
@@ -193,6 +205,48 @@ async def test_forget_purges_queued_writes(h: Harness) -> None:
     h.embedder_monitor.report_success()
     await h.service.drain()
     assert await h.texts() == []
+
+
+async def test_forget_while_the_replayer_waits_on_the_embedder_stores_nothing(
+    h: Harness,
+) -> None:
+    # A chat turn's memories are queued; the replayer has read them and waits
+    # on the embedder when the user is forgotten: they must not be stored
+    # once the embedder answers.
+    h.embedder.up = False
+    await h.service.add(ALICE, memories("turn question"))
+    await h.service.add(ALICE, memories("turn answer"))
+    assert h.outbox.depth == 2
+    h.embedder.up = True
+    h.embedder_monitor.report_success()
+    h.embedder.hold = asyncio.Event()
+    drain = asyncio.create_task(h.service.drain())
+    await h.embedder.held.wait()  # the batch is read, its embedder call waits
+    assert await h.service.forget(ALICE) == 2
+    h.embedder.hold.set()
+    applied = await drain
+    assert await h.texts() == [] and h.outbox.depth == 0
+    assert applied == 0  # both entries were forgotten, none counts as replayed
+    assert await h.service.drain() == 0 and await h.texts() == []
+
+
+async def test_a_direct_write_forgotten_meanwhile_keeps_nothing_of_the_forgotten(
+    h: Harness,
+) -> None:
+    # An API write waits on the embedder when its user is forgotten: it is
+    # stored as a write after the forget, with none of the forgotten memories
+    # in its session window (neither in its point nor in the window cache).
+    await h.service.add(ALICE, [NewMemory("forgotten", WHEN, session_id="s")])
+    h.embedder.hold = asyncio.Event()
+    write = asyncio.create_task(h.service.add(ALICE, [NewMemory("later", WHEN, session_id="s")]))
+    await h.embedder.held.wait()
+    assert await h.service.forget(ALICE) == 1
+    h.embedder.hold.set()
+    outcome = await write
+    assert not outcome.queued and [r.event for r in outcome.results] == ["ADD"]
+    assert await h.texts() == ["later"]
+    window = h.service._recent.get(session_key(ALICE, "s"))
+    assert window is not None and [text for text, _ in window] == ["later"]
 
 
 async def test_a_rejected_entry_is_set_aside_and_the_rest_replayed(h: Harness) -> None:
