@@ -320,16 +320,20 @@ async def test_how_a_relay_ended_reaches_the_breaker_and_the_monitor(
     assert pool.value("upstream_requests_total", upstream="r", outcome=outcome) == 1
 
 
+def half_open(replica: Scripted) -> Scripted:
+    """``replica`` with a breaker that failed once and whose reset timeout has passed."""
+    now = [0.0]
+    replica.breaker = CircuitBreaker(failure_threshold=1, reset_timeout_s=5, clock=lambda: now[0])
+    replica.breaker.record_failure()
+    now[0] = 5.0
+    return replica
+
+
 @pytest.mark.parametrize("outcome", [UpstreamOutcome.HTTP_ERROR, UpstreamOutcome.CLIENT_DISCONNECT])
 async def test_a_half_open_trial_without_a_verdict_lets_the_next_request_be_the_trial(
     outcome: UpstreamOutcome,
 ) -> None:
-    now = [0.0]
-    pool = Counted(attempts=1)
-    replica = Scripted("r", 200, 200)
-    replica.breaker = CircuitBreaker(failure_threshold=1, reset_timeout_s=5, clock=lambda: now[0])
-    replica.breaker.record_failure()
-    now[0] = 5.0
+    pool, replica = Counted(attempts=1), half_open(Scripted("r", 200, 200))
     trial = await pool.open(*targets(replica))
     pool.pool.record_outcome(trial.upstream, outcome)  # e.g. the upstream's 400, relayed
     await pool.open(*targets(replica))  # not wedged: the next one is the trial
@@ -337,12 +341,7 @@ async def test_a_half_open_trial_without_a_verdict_lets_the_next_request_be_the_
 
 
 async def test_a_429_to_a_half_open_trial_lets_the_next_request_be_the_trial() -> None:
-    now = [0.0]
-    pool = Counted(attempts=1)
-    replica = Scripted("r", 429, 200)
-    replica.breaker = CircuitBreaker(failure_threshold=1, reset_timeout_s=5, clock=lambda: now[0])
-    replica.breaker.record_failure()
-    now[0] = 5.0
+    pool, replica = Counted(attempts=1), half_open(Scripted("r", 429, 200))
     with pytest.raises(UpstreamFailed):
         await pool.open(*targets(replica))
     assert replica.breaker.state == BreakerState.HALF_OPEN
