@@ -54,7 +54,8 @@ _TYPES = {400: "invalid_request_error", 408: "invalid_request_error", 431: "inva
 
 def error_response(status: int, message: str, code: str) -> bytes:
     """A whole HTTP/1.1 answer in OpenAI's envelope that closes the connection."""
-    body = json.dumps({"error": {"message": message, "type": _TYPES[status], "code": code}})
+    error = {"message": message, "type": _TYPES[status], "param": None, "code": code}
+    body = json.dumps({"error": error})
     head = (
         f"HTTP/1.1 {status} ".encode() + _REASONS[status] + b"\r\n"
         b"content-type: application/json\r\n"

@@ -162,6 +162,7 @@ def test_oversized_or_malformed_request_heads_get_an_openai_error(
     assert garbage.error() == {
         "message": "malformed HTTP request",
         "type": "invalid_request_error",
+        "param": None,
         "code": "invalid_http_request",
     }
     # A chunked body found broken while the app reads it: the same answer.

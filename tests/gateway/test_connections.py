@@ -25,8 +25,13 @@ def test_the_error_answer_is_a_whole_closing_response_in_openais_envelope() -> N
     assert lines[0] == b"HTTP/1.1 408 Request Timeout"
     assert b"connection: close" in lines and b"content-type: application/json" in lines
     assert f"content-length: {len(body)}".encode() in lines
-    assert json.loads(body) == {
-        "error": {"message": "late", "type": "invalid_request_error", "code": "request_timeout"}
+    assert json.loads(body) == {  # every key of the envelope, as the app's own errors
+        "error": {
+            "message": "late",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "request_timeout",
+        }
     }
 
 
