@@ -32,8 +32,7 @@ class CircuitBreaker:
         self._state = BreakerState.CLOSED
         self._failures = 0
         self._opened_at = 0.0
-        self._trial_in_flight = False
-        self._trial_started = 0.0
+        self._trial_started: float | None = None  # when the half-open trial went out
 
     @property
     def state(self) -> BreakerState:
@@ -50,7 +49,6 @@ class CircuitBreaker:
         if state == BreakerState.CLOSED:
             return True
         if state == BreakerState.HALF_OPEN and not self._trial_pending():
-            self._trial_in_flight = True
             self._trial_started = self._clock()
             return True
         return False
@@ -63,19 +61,20 @@ class CircuitBreaker:
         )
 
     def _trial_pending(self) -> bool:
-        return self._trial_in_flight and self._clock() - self._trial_started < self._reset_timeout_s
+        started = self._trial_started
+        return started is not None and self._clock() - started < self._reset_timeout_s
 
     def record_success(self) -> None:
         self._failures = 0
-        self._trial_in_flight = False
+        self._trial_started = None
         self._set(BreakerState.CLOSED)
 
     def record_neutral(self) -> None:
         """An outcome that proves nothing either way: the trial, if any, is over."""
-        self._trial_in_flight = False
+        self._trial_started = None
 
     def record_failure(self) -> None:
-        self._trial_in_flight = False
+        self._trial_started = None
         if self._state == BreakerState.HALF_OPEN:
             self._open()
             return
@@ -86,7 +85,7 @@ class CircuitBreaker:
     def reset(self) -> None:
         """The health monitor saw the upstream come back: trust it again."""
         self._failures = 0
-        self._trial_in_flight = False
+        self._trial_started = None
         self._set(BreakerState.CLOSED)
 
     def _open(self) -> None:
