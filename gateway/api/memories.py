@@ -24,14 +24,12 @@ from gateway.enums import WriteSource
 from gateway.errors import APIError
 from gateway.exceptions import MemoryUnavailable, OutboxFull, StoreUnavailable
 from gateway.memory.records import (
-    MemoryRecord,
     NewMemory,
     Scope,
     check_metadata,
     parse_filters,
     parse_timestamp,
 )
-from gateway.memory.service import MemoryService
 from gateway.openapi import WITH_BODY, errors, keyed_router
 from gateway.services import MemoryDep, SettingsDep
 
@@ -165,17 +163,6 @@ async def list_memories(
 OptionalUserId = Annotated[str | None, Query(min_length=1, max_length=256)]
 
 
-async def _owned(
-    memory: MemoryService, tenant: str, memory_id: str, user_id: str | None
-) -> MemoryRecord:
-    """The memory, if the caller's tenant (and ``user_id``, when given) owns it; else 404."""
-    key = _memory_id(memory_id)
-    record = await memory.get(tenant, key)
-    if record is None or (user_id is not None and record.user_id != user_id):
-        raise _not_found(memory_id)
-    return record
-
-
 BY_ID = errors(400, NOT_FOUND, StoreUnavailable)
 
 
@@ -183,8 +170,11 @@ BY_ID = errors(400, NOT_FOUND, StoreUnavailable)
 async def get_memory(
     principal: PrincipalDep, memory: MemoryDep, memory_id: str, user_id: OptionalUserId = None
 ) -> Memory:
-    """A memory of the caller's tenant; with ``user_id``, only if it is that user's."""
-    record = await _owned(memory, principal.tenant, memory_id, user_id)
+    """A memory of the caller's tenant, stored or still queued (answered 202);
+    with ``user_id``, only if it is that user's."""
+    record = await memory.get(principal.tenant, _memory_id(memory_id), user_id)
+    if record is None:
+        raise _not_found(memory_id)
     return Memory.of(record)
 
 
@@ -192,9 +182,12 @@ async def get_memory(
 async def delete_memory(
     principal: PrincipalDep, memory: MemoryDep, memory_id: str, user_id: OptionalUserId = None
 ) -> DeletedMemory:
-    record = await _owned(memory, principal.tenant, memory_id, user_id)
-    await memory.delete(Scope(principal.tenant, record.user_id), record.id)
-    return DeletedMemory(id=record.id, deleted=True)
+    """Delete a memory of the caller's tenant, stored or still queued (a replay
+    never brings it back); with ``user_id``, only if it is that user's."""
+    key = _memory_id(memory_id)
+    if not await memory.delete(principal.tenant, key, user_id):
+        raise _not_found(memory_id)
+    return DeletedMemory(id=key, deleted=True)
 
 
 @router.delete("", response_model=ForgottenUser, responses=errors(400, StoreUnavailable))

@@ -15,6 +15,12 @@ dropped silently and never left blocking the rest.
 The outbox keeps, in memory, which entries of which user are waiting, so the
 memory service can tell whether a user has writes not stored yet (for
 read-your-writes) without touching the disk.
+
+A queued memory has its final id already (the API answered it with 202), so
+it can be fetched (``find``) and deleted (``drop``) by id before it is stored.
+Dropping one memory of an entry rewrites the entry and bumps its in-memory
+``revision``: a replay that read the entry before (and is embedding it) sees
+that it is not current any more and leaves it for the next round.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from gateway.memory.records import NewMemory, Scope
+from gateway.memory.records import MemoryRecord, NewMemory, Scope, memory_id
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -64,6 +70,7 @@ class OutboxEntry:
     scope: Scope
     memories: list[NewMemory]
     attempts: int
+    revision: int = 0  # bumped in memory whenever the row is rewritten (``drop``)
 
     @property
     def chars(self) -> int:
@@ -134,6 +141,7 @@ class Outbox:
         # Waiting entries: seq -> scope, and how many each scope has (both under _lock).
         self._pending: dict[int, Scope] = {}
         self._per_scope: Counter[Scope] = Counter()
+        self._revisions: dict[int, int] = {}  # seq -> revision, for rewritten rows only
 
     def open(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)
@@ -152,6 +160,7 @@ class Outbox:
     def _untrack(self, seqs: Iterable[int]) -> None:
         for seq in seqs:
             scope = self._pending.pop(seq, None)
+            self._revisions.pop(seq, None)
             if scope is not None:
                 self._per_scope[scope] -= 1
                 if self._per_scope[scope] <= 0:
@@ -192,24 +201,30 @@ class Outbox:
         ``first`` before the others (each user's in order). With ``max_chars``,
         entries stop once their texts total that many characters (at least one
         entry comes back, however large)."""
-        rows: list[Any] = []
-        for scope in first:
-            rows += self._execute(
-                "SELECT seq, tenant, user_id, memories, attempts FROM outbox "
-                "WHERE tenant = ? AND user_id = ? ORDER BY seq LIMIT ?",
-                (scope.tenant, scope.user_id, limit),
-            )
-        rows += self._execute(
-            "SELECT seq, tenant, user_id, memories, attempts FROM outbox ORDER BY seq LIMIT ?",
-            (min(limit, _HEAD_SCAN),),
-        )
+        with self._lock:  # rows and their revisions read together
+            if self._conn is None:
+                raise RuntimeError("outbox is closed")
+            rows: list[Any] = []
+            for scope in first:
+                rows += self._conn.execute(
+                    "SELECT seq, tenant, user_id, memories, attempts FROM outbox "
+                    "WHERE tenant = ? AND user_id = ? ORDER BY seq LIMIT ?",
+                    (scope.tenant, scope.user_id, limit),
+                ).fetchall()
+            rows += self._conn.execute(
+                "SELECT seq, tenant, user_id, memories, attempts FROM outbox ORDER BY seq LIMIT ?",
+                (min(limit, _HEAD_SCAN),),
+            ).fetchall()
+            revisions = {seq: self._revisions.get(seq, 0) for seq, *_ in rows}
         entries: list[OutboxEntry] = []
         seen: set[int] = set()
         total = 0
         for seq, tenant, user_id, memories, attempts in rows:
             if seq in seen:
                 continue
-            entry = OutboxEntry(seq, Scope(tenant, user_id), decode_memories(memories), attempts)
+            entry = OutboxEntry(
+                seq, Scope(tenant, user_id), decode_memories(memories), attempts, revisions[seq]
+            )
             if entries and (
                 len(entries) >= limit or (max_chars is not None and total + entry.chars > max_chars)
             ):
@@ -258,20 +273,76 @@ class Outbox:
 
         await asyncio.to_thread(move)
 
-    async def purge(self, scope: Scope) -> int:
-        """Drop a user's queued writes (they asked to be forgotten)."""
+    async def purge(self, scope: Scope) -> set[str]:
+        """Drop a user's queued writes (they asked to be forgotten); the ids of
+        the memories they held."""
 
-        def delete() -> int:
+        def delete() -> set[str]:
             with self._lock:
                 assert self._conn is not None
-                cursor = self._conn.execute(
-                    "DELETE FROM outbox WHERE tenant = ? AND user_id = ?",
+                rows = self._conn.execute(
+                    "DELETE FROM outbox WHERE tenant = ? AND user_id = ? RETURNING memories",
                     (scope.tenant, scope.user_id),
-                )
+                ).fetchall()
                 self._untrack([seq for seq, s in self._pending.items() if s == scope])
-                return int(cursor.rowcount)
+                return {memory_id(scope, m.text) for (raw,) in rows for m in decode_memories(raw)}
 
         return await asyncio.to_thread(delete)
+
+    def _queued_rows(self, tenant: str, user_id: str | None) -> list[Any]:
+        """The tenant's rows (one user's, with ``user_id``); under ``_lock``."""
+        assert self._conn is not None
+        if user_id is None:
+            sql, params = "SELECT seq, user_id, memories FROM outbox WHERE tenant = ?", [tenant]
+        else:
+            sql = "SELECT seq, user_id, memories FROM outbox WHERE tenant = ? AND user_id = ?"
+            params = [tenant, user_id]
+        return self._conn.execute(sql + " ORDER BY seq", params).fetchall()
+
+    def _find_sync(self, tenant: str, wanted: str, user_id: str | None) -> MemoryRecord | None:
+        with self._lock:
+            rows = self._queued_rows(tenant, user_id)
+        for _, user, raw in rows:
+            for m in decode_memories(raw):
+                if memory_id(Scope(tenant, user), m.text) == wanted:
+                    return MemoryRecord(
+                        wanted, m.text, user, m.created_at, m.metadata, m.session_id, m.role
+                    )
+        return None
+
+    async def find(
+        self, tenant: str, wanted: str, user_id: str | None = None
+    ) -> MemoryRecord | None:
+        """The queued memory with this id in the tenant (one user's, with ``user_id``)."""
+        return await asyncio.to_thread(self._find_sync, tenant, wanted, user_id)
+
+    def _drop_sync(self, tenant: str, wanted: str, user_id: str | None) -> str | None:
+        with self._lock:
+            conn = self._conn
+            assert conn is not None
+            owner: str | None = None
+            for seq, user, raw in self._queued_rows(tenant, user_id):
+                scope = Scope(tenant, user)
+                memories = decode_memories(raw)
+                kept = [m for m in memories if memory_id(scope, m.text) != wanted]
+                if len(kept) == len(memories):
+                    continue
+                owner = user
+                if kept:
+                    conn.execute(
+                        "UPDATE outbox SET memories = ? WHERE seq = ?",
+                        (encode_memories(kept), seq),
+                    )
+                    self._revisions[seq] = self._revisions.get(seq, 0) + 1
+                else:
+                    conn.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+                    self._untrack([seq])
+            return owner
+
+    async def drop(self, tenant: str, wanted: str, user_id: str | None = None) -> str | None:
+        """Delete the queued memory with this id from every entry that holds it
+        (an entry left empty goes); the user it belonged to, or None."""
+        return await asyncio.to_thread(self._drop_sync, tenant, wanted, user_id)
 
     @property
     def depth(self) -> int:
@@ -288,6 +359,13 @@ class Outbox:
 
     def is_pending(self, seq: int) -> bool:
         return seq in self._pending
+
+    def is_current(self, entry: OutboxEntry) -> bool:
+        """The entry still waits, unchanged since it was read."""
+        with self._lock:
+            return (
+                entry.seq in self._pending and self._revisions.get(entry.seq, 0) == entry.revision
+            )
 
     def dead_count(self) -> int:
         return int(self._execute("SELECT COUNT(*) FROM dead")[0][0])

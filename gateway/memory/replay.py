@@ -13,7 +13,9 @@ batch that holds their entries must not be stored once the embedder answers.
 The write (MemoryService.write_batches) therefore stores a batch under the
 lock that ``forget`` holds around its purge and delete, and first asks the
 batch's ``Claim`` which entries are still queued: a purged entry was
-forgotten and is skipped; the stored ones leave the outbox under that lock.
+forgotten and is skipped, and so is one rewritten since (a memory of it was
+deleted by id: ``Outbox.drop``), which the next round replays as it is now;
+the stored ones leave the outbox under that lock.
 
 Read-your-writes: ``wait_stored`` waits until a user's queued entries are
 stored. While someone waits for a user, that user's entries are replayed
@@ -52,10 +54,11 @@ Batch = list[tuple[Scope, Sequence[NewMemory]]]
 
 class Claim:
     """The outbox rows behind a replayed batch, for its write to check and
-    settle under the store lock that ``forget`` also holds: ``still_queued``
-    just before storing (an entry purged since the batch was read belongs to a
-    forgotten user and must be skipped), ``stored`` right after (the stored
-    entries leave the outbox before forget can run again)."""
+    settle under the store lock that ``forget`` and ``delete`` also hold:
+    ``still_queued`` just before storing (an entry purged since the batch was
+    read belongs to a forgotten user and must be skipped; one rewritten since
+    waits for the next round), ``stored`` right after (the stored entries
+    leave the outbox before forget can run again)."""
 
     def __init__(self, outbox: Outbox, entries: Sequence[OutboxEntry]) -> None:
         self._outbox = outbox
@@ -63,8 +66,17 @@ class Claim:
         self.kept: list[bool] | None = None  # set by still_queued
 
     def still_queued(self) -> list[bool]:
-        self.kept = [self._outbox.is_pending(e.seq) for e in self._entries]
-        return self.kept
+        kept: list[bool] = []
+        behind: set[Scope] = set()  # users with an entry that does not go now
+        for entry in self._entries:
+            # After a skipped entry, the user's later ones wait too: a user's
+            # entries are stored in order, each with the window of those before.
+            keep = entry.scope not in behind and self._outbox.is_current(entry)
+            if not keep:
+                behind.add(entry.scope)
+            kept.append(keep)
+        self.kept = kept
+        return kept
 
     async def stored(self) -> None:
         kept = self.kept if self.kept is not None else [True] * len(self._entries)

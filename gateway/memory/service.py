@@ -362,19 +362,43 @@ class MemoryService:
         return vectors
 
     async def forget(self, scope: Scope) -> int:
-        """Delete a user's memories, queued ones included, so replay cannot revive them.
+        """Delete a user's memories, queued ones included, so replay cannot revive
+        them; how many distinct memories went.
 
         Under the store lock, so that no write embedded before it stores
         after it (see ``write_batches``)."""
         async with self._store_lock:
-            purged = await self._outbox.purge(scope)
+            queued = await self._outbox.purge(scope)
             for watch in self._watches:
                 watch.forgotten.add(scope)
             self._recent.forget(scope.tenant, scope.user_id)
             self._vector_cache.clear()
+            # A queued memory may be a text the user has stored already: count it once.
+            also_stored = await self._store.existing_ids(scope, sorted(queued)) if queued else set()
             deleted = await self._store.delete_scope(scope)
         await self._replayer.progressed()
-        return purged + deleted
+        return deleted + len(queued - also_stored)
+
+    async def delete(self, tenant: str, memory_id: str, user_id: str | None = None) -> bool:
+        """Delete a memory of the tenant (of ``user_id``'s, when given), stored or
+        still queued; False when there is none.
+
+        Under the store lock, like ``forget``: a replay that read the queued
+        memory before stores its batch without it (``Claim``)."""
+        async with self._store_lock:
+            record = await self._store.get(tenant, memory_id)
+            if record is not None and user_id is not None and record.user_id != user_id:
+                record = None
+            owner = await self._outbox.drop(tenant, memory_id, user_id)
+            if record is not None:
+                owner = record.user_id
+                await self._store.delete(Scope(tenant, owner), memory_id)
+            if owner is not None:
+                # The text may sit in a cached session window: later writes of the
+                # session read their window from the store again.
+                self._recent.forget(tenant, owner)
+        await self._replayer.progressed()
+        return owner is not None
 
     # -- reads ---------------------------------------------------------------
 
@@ -384,13 +408,17 @@ class MemoryService:
         """A page of the user's memories, and the cursor of the next (None: the last)."""
         return await self._store.list(scope, limit, cursor)
 
-    async def get(self, tenant: str, memory_id: str) -> MemoryRecord | None:
-        """A memory by id, only when it belongs to ``tenant``."""
-        return await self._store.get(tenant, memory_id)
-
-    async def delete(self, scope: Scope, memory_id: str) -> bool:
-        """Delete one stored memory of this scope; False when it is not in the scope."""
-        return await self._store.delete(scope, memory_id)
+    async def get(
+        self, tenant: str, memory_id: str, user_id: str | None = None
+    ) -> MemoryRecord | None:
+        """A memory by id, stored or still queued, only when it belongs to
+        ``tenant`` (and to ``user_id``, when given)."""
+        record = await self._store.get(tenant, memory_id)
+        if record is not None and (user_id is None or record.user_id == user_id):
+            return record
+        if self._outbox.depth == 0:
+            return None
+        return await self._outbox.find(tenant, memory_id, user_id)
 
     async def users(self, tenant: str, limit: int) -> list[str]:
         """The user ids of a tenant that have memories (admin)."""

@@ -256,6 +256,15 @@ def test_embedder_down_degrades_chat_queues_writes_and_replays(
     queued = httpx.post(f"{gateway.url}/memories",
                         json={"user_id": "carol", "text": "Carol speaks Basque"})  # fmt: skip
     assert queued.status_code == 202 and queued.json()["queued"] is True
+    # A queued memory's id works at once, and one deleted is never replayed.
+    doomed = httpx.post(f"{gateway.url}/memories",
+                        json={"user_id": "carol", "text": "Carol's PIN is 4711"})  # fmt: skip
+    assert doomed.status_code == 202
+    doomed_url = f"{gateway.url}/memories/{doomed.json()['results'][0]['id']}"
+    assert httpx.get(doomed_url).json()["memory"] == "Carol's PIN is 4711"
+    assert httpx.delete(doomed_url, params={"user_id": "bob"}).status_code == 404
+    assert httpx.delete(doomed_url).json()["deleted"] is True
+    assert httpx.get(doomed_url).status_code == 404
     assert outbox_depth(gateway) >= 2
     search = httpx.post(f"{gateway.url}/memories/search", json={"user_id": "carol", "query": "x"})
     assert search.status_code == 503 and "retry-after" in search.headers

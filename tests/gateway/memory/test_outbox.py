@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from gateway.memory.outbox import Outbox, decode_memories, encode_memories
-from gateway.memory.records import NewMemory, Scope
+from gateway.memory.records import NewMemory, Scope, memory_id
 
 WHEN = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
 ALICE, BOB = Scope("t", "alice"), Scope("t", "bob")
@@ -69,10 +69,36 @@ async def test_purge_drops_only_that_user(tmp_path: Path) -> None:
     await box.put(ALICE, [memory("a1")])
     await box.put(BOB, [memory("b1")])
     await box.put(ALICE, [memory("a2")])
-    assert await box.purge(ALICE) == 2
+    assert await box.purge(ALICE) == {memory_id(ALICE, "a1"), memory_id(ALICE, "a2")}
     assert box.depth == 1
     [head] = await box.head()
     assert head.scope == BOB
+
+
+async def test_a_queued_memory_is_found_and_dropped_by_id(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.sqlite3")
+    box.open()
+    both = await box.put(ALICE, [memory("keep"), memory("drop")])
+    alone = await box.put(ALICE, [memory("drop")])  # queued twice: both go
+    await box.put(BOB, [memory("drop")])  # Bob's text has another id
+    wanted = memory_id(ALICE, "drop")
+    [before] = [e for e in await box.head(10) if e.seq == both]
+    found = await box.find("t", wanted)
+    assert found is not None and (found.user_id, found.text, found.id) == ("alice", "drop", wanted)
+    assert await box.find("t", wanted, user_id="bob") is None
+    assert await box.find("other tenant", wanted) is None
+    assert await box.drop("t", wanted, user_id="bob") is None  # not Bob's: nothing changes
+    assert await box.drop("t", wanted) == "alice"
+    assert await box.find("t", wanted) is None and await box.drop("t", wanted) is None
+    assert not box.is_pending(alone) and (box.pending(ALICE), box.depth) == (1, 2)
+    [after] = [e for e in await box.head(10) if e.seq == both]
+    assert [m.text for m in after.memories] == ["keep"]
+    # A replay that read the entry before the drop sees it is not current any more.
+    assert not box.is_current(before) and box.is_current(after)
+    box.close()
+    again = Outbox(tmp_path / "o.sqlite3")
+    again.open()
+    assert [[m.text for m in e.memories] for e in await again.head(10)] == [["keep"], ["drop"]]
 
 
 async def test_the_depth_stays_exact_while_writes_and_replays_overlap(tmp_path: Path) -> None:
@@ -110,7 +136,7 @@ async def test_pending_is_counted_per_user_and_survives_reopen(tmp_path: Path) -
     again = Outbox(tmp_path / "o.sqlite3")
     again.open()
     assert (again.pending(ALICE), again.pending(BOB), again.depth) == (1, 1, 2)
-    assert await again.purge(ALICE) == 1
+    assert await again.purge(ALICE) == {memory_id(ALICE, "a2")}
     assert (again.pending(ALICE), again.depth) == (0, 1)
 
 

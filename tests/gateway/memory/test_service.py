@@ -199,7 +199,10 @@ async def test_a_search_while_a_dependency_is_known_down_fails_at_once(h: Harnes
 async def test_forget_purges_queued_writes(h: Harness) -> None:
     await h.service.add(ALICE, memories("stored"))
     h.embedder.up = False
+    await h.service.add(ALICE, memories("queued", "stored"))
     await h.service.add(ALICE, memories("queued"))
+    # Two memories: the queued copies of a text are one, and so is a queued
+    # text the user has stored already.
     assert await h.service.forget(ALICE) == 2
     h.embedder.up = True
     h.embedder_monitor.report_success()
@@ -228,6 +231,49 @@ async def test_forget_while_the_replayer_waits_on_the_embedder_stores_nothing(
     assert await h.texts() == [] and h.outbox.depth == 0
     assert applied == 0  # both entries were forgotten, none counts as replayed
     assert await h.service.drain() == 0 and await h.texts() == []
+
+
+async def test_a_queued_memory_can_be_read_and_deleted_by_its_id(h: Harness) -> None:
+    # The API answered 202 with the id: the id works before the memory is stored,
+    # and a deleted queued memory is never stored by the replay.
+    h.embedder.up = False
+    outcome = await h.service.add(ALICE, memories("keep", "delete me"))
+    assert outcome.queued
+    keep, gone = (r.id for r in outcome.results)
+    record = await h.service.get("t", gone)
+    assert record is not None and (record.text, record.user_id) == ("delete me", "alice")
+    assert await h.service.get("t", gone, user_id="bob") is None
+    assert not await h.service.delete("t", gone, user_id="bob")
+    assert await h.service.delete("t", gone)
+    assert await h.service.get("t", gone) is None and not await h.service.delete("t", gone)
+    h.embedder.up = True
+    h.embedder_monitor.report_success()
+    assert await h.service.drain() == 1
+    assert await h.texts() == ["keep"] and h.outbox.depth == 0
+    stored = await h.service.get("t", keep)
+    assert stored is not None and stored.text == "keep"
+
+
+async def test_a_memory_deleted_while_the_replayer_embeds_it_is_not_stored(h: Harness) -> None:
+    h.embedder.up = False
+    outcome = await h.service.add(ALICE, memories("keep", "delete me"))
+    await h.service.add(ALICE, memories("only me"))
+    h.embedder.up = True
+    h.embedder_monitor.report_success()
+    h.embedder.hold = asyncio.Event()
+    drain = asyncio.create_task(h.service.drain())
+    await h.embedder.held.wait()  # both entries are read, their embedder call waits
+    assert await h.service.delete("t", outcome.results[1].id)
+    only = await h.outbox.find("t", outcome.results[0].id)
+    assert only is not None
+    h.embedder.hold.set()
+    await drain
+    # The rewritten entry, and the user's later one with it, are stored in a
+    # later round, as they are now: nothing of the deleted text is indexed.
+    assert await h.texts() == ["keep", "only me"] and h.outbox.depth == 0
+    assert not any("delete me" in text for _, texts in h.embedder.seen[1:] for text in texts)
+    window = h.service._recent.get(session_key(ALICE, None)) or []
+    assert [text for text, _ in window] == ["keep", "only me"]
 
 
 async def test_a_direct_write_forgotten_meanwhile_keeps_nothing_of_the_forgotten(
@@ -391,9 +437,12 @@ async def test_the_api_pages_gets_and_deletes_within_a_scope(h: Harness) -> None
     record = first[0]
     assert await h.service.get("t", record.id) == record
     assert await h.service.get("other tenant", record.id) is None
-    assert not await h.service.delete(bob, record.id)  # not bob's: kept
-    assert await h.service.delete(ALICE, record.id)
+    assert await h.service.get("t", record.id, user_id="bob") is None
+    assert not await h.service.delete("t", record.id, user_id="bob")  # not bob's: kept
+    assert not await h.service.delete("other tenant", record.id)
+    assert await h.service.delete("t", record.id, user_id="alice")
     assert await h.service.get("t", record.id) is None
+    assert not await h.service.delete("t", record.id)
     assert sorted(await h.service.users("t", 10)) == ["alice", "bob"]
 
 
