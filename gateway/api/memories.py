@@ -91,8 +91,9 @@ async def add_memories(
     201 when stored (and searchable); 202 when accepted into the durable
     outbox because a dependency is down (the ids are final either way). A
     write waits briefly for the same user's queued writes, never for other
-    users'. Repeating a text the user already has is event ``NONE`` with the
-    existing id. 400 for what could never be stored; 507 when the disk is full.
+    users'. ``results`` has one entry per message, in order; repeating a text
+    the user already has (or one earlier in the same batch) is event ``NONE``
+    with the existing id. 400 for what could never be stored; 507 when the disk is full.
     """
     if (request.messages is None) == (request.text is None):
         raise APIError(400, "give exactly one of 'messages' or 'text'", code="invalid_request")

@@ -147,6 +147,22 @@ def _write_priority(memories: Sequence[NewMemory]) -> int:
     return BACKGROUND if 2 * len(memories) > PART_TEXTS else INTERACTIVE
 
 
+def _per_memory(memories: Sequence[NewMemory], unique: Sequence[WriteResult]) -> list[WriteResult]:
+    """One result per memory given, in order (so a client can pair them with its
+    messages): a text repeated within the batch is one memory, ``NONE`` after
+    its first time."""
+    by_text = {result.memory: result for result in unique}
+    seen: set[str] = set()
+    results = []
+    for memory in memories:
+        result = by_text[memory.text]
+        results.append(
+            result if memory.text not in seen else WriteResult(result.id, result.memory, NONE)
+        )
+        seen.add(memory.text)
+    return results
+
+
 class MemoryService:
     def __init__(
         self,
@@ -217,10 +233,10 @@ class MemoryService:
                 for result in results:
                     outcome = WriteOutcome.STORED if result.event == ADD else WriteOutcome.DUPLICATE
                     self._metrics.memory_writes.labels(source, outcome).inc()
-                return AddOutcome(results, queued=False)
+                return AddOutcome(_per_memory(memories, results), queued=False)
         await self.enqueue(scope, unique)
         results = [WriteResult(memory_id(scope, m.text), m.text, ADD) for m in unique]
-        return AddOutcome(results, queued=True)
+        return AddOutcome(_per_memory(memories, results), queued=True)
 
     async def enqueue(self, scope: Scope, memories: Sequence[NewMemory]) -> None:
         """Put the memories in the durable outbox (committed when this returns)."""

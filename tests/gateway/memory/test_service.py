@@ -116,8 +116,15 @@ def memories(*texts: str) -> list[NewMemory]:
 
 async def test_a_batch_is_embedded_in_one_call_and_deduplicated(h: Harness) -> None:
     outcome = await h.service.add(ALICE, memories("a", "b", "a"))
-    assert not outcome.queued and [r.event for r in outcome.results] == ["ADD", "ADD"]
+    # One result per memory given, in order: the repeat is the same memory.
+    assert [(r.memory, r.event) for r in outcome.results] == [
+        ("a", "ADD"),
+        ("b", "ADD"),
+        ("a", "NONE"),
+    ]
+    assert not outcome.queued and outcome.results[0].id == outcome.results[2].id
     assert h.embedder.calls == 1
+    assert await h.texts() == ["a", "b"]
     again = await h.service.add(ALICE, memories("a", "c"))
     assert [r.event for r in again.results] == ["NONE", "ADD"]
     assert h.embedder.calls == 2  # only "c" was embedded
