@@ -269,8 +269,7 @@ class Relay:
         ]
         try:
             await asyncio.shield(self.memory.enqueue(plan.scope, memories))
-        except OutboxFull as exc:
-            logger.error("chat turn not remembered: %s", exc)
+        except OutboxFull:  # logged where it happened (MemoryService.enqueue)
             return False
         return True
 

@@ -245,6 +245,12 @@ class MemoryService:
         try:
             await self._outbox.put(scope, memories)
         except sqlite3.Error as exc:  # SQLITE_FULL, an I/O error, a read-only file
+            # The operator's one line (the client gets 507, or a chat reply
+            # marked x-memory-status: not_stored).
+            logger.error(
+                "%d memories of tenant %s not accepted, the outbox cannot take them: %s",
+                len(memories), scope.tenant, exc,
+            )  # fmt: skip
             self._metrics.memory_writes.labels(memories[0].source, WriteOutcome.FAILED).inc(
                 len(memories)
             )

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from gateway.exceptions import MemoryUnavailable
+from gateway.exceptions import MemoryUnavailable, OutboxFull
 from gateway.memory.edge_store import EdgeStore
 from gateway.memory.embedder_client import EmbedderClient
 from gateway.memory.indexing import session_key
@@ -238,6 +238,20 @@ async def test_forget_while_the_replayer_waits_on_the_embedder_stores_nothing(
     assert await h.texts() == [] and h.outbox.depth == 0
     assert applied == 0  # both entries were forgotten, none counts as replayed
     assert await h.service.drain() == 0 and await h.texts() == []
+
+
+async def test_a_full_outbox_refuses_the_write_and_says_so_in_the_log(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    h.embedder.up = False  # the write has to queue
+    assert h.outbox._conn is not None
+    pages = h.outbox._conn.execute("PRAGMA page_count").fetchone()[0]
+    h.outbox._conn.execute(f"PRAGMA max_page_count = {pages}")  # SQLite's own "disk full"
+    with pytest.raises(OutboxFull, match="full"):
+        await h.service.add(ALICE, memories("x" * 20_000))
+    [line] = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert "1 memories of tenant t not accepted" in line.getMessage()
+    assert h.outbox.depth == 0
 
 
 async def test_a_queued_memory_can_be_read_and_deleted_by_its_id(h: Harness) -> None:
