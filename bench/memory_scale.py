@@ -8,7 +8,7 @@ For each store and size, in this (pinned) process:
   * bulk load: N memories spread round-robin over --users users (10k; with
     1k memories, 1k of the users have one each), one ``store.upsert`` per user
     (the gateway writes per user). Each point is built the way
-    ``MemoryService.write_batches`` builds it: id ``memory_id(scope, text)``,
+    ``gateway.memory.writes.Writer.write`` builds it: id ``memory_id(scope, text)``,
     ``index_texts`` of the memory with the two before it in its session, the
     real BM25 sparse vectors (``Bm25Encoder.document``) of the dated text and
     of the session window, ``written_at`` in write order, and the real payload
@@ -326,7 +326,7 @@ def user_points(
     scope: Scope, count: int, u: int, gen: TextGen, bm25: Bm25Encoder,
     rng: np.random.Generator, written_at: int,
 ) -> list[StoredPoint]:  # fmt: skip
-    """A user's ``count`` memories as MemoryService.write_batches would store them,
+    """A user's ``count`` memories as ``Writer.write`` (gateway.memory.writes) stores them,
     but with random unit dense vectors in place of the embedder's."""
     texts: set[str] = set()
     dense = iter(unit_vectors(rng, 2 * count))

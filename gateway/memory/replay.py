@@ -10,7 +10,7 @@ aside in the outbox's ``dead`` table with its reason, and the rest go on.
 
 Forget: a user forgotten while the replayer waits on the embedder for a
 batch that holds their entries must not be stored once the embedder answers.
-The write (MemoryService.write_batches) therefore stores a batch under the
+The write (``Writer.write``, gateway.memory.writes) stores a batch under the
 lock that ``forget`` holds around its purge and delete, and first asks the
 batch's ``Claim`` which entries are still queued: a purged entry was
 forgotten and is skipped, and so is one rewritten since (a memory of it was

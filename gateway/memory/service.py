@@ -45,17 +45,7 @@ from gateway.memory.embedder_client import (
     PART_TEXTS,
     EmbedderClient,
 )
-from gateway.memory.indexing import (
-    WINDOW,
-    IndexTexts,
-    Recent,
-    RecentTexts,
-    SessionKey,
-    VectorCache,
-    compose,
-    index_texts,
-    session_key,
-)
+from gateway.memory.indexing import RecentTexts, VectorCache
 from gateway.memory.outbox import DeadEntry, Outbox
 from gateway.memory.records import (
     Condition,
@@ -65,15 +55,11 @@ from gateway.memory.records import (
     dedupe_texts,
     memory_id,
 )
-from gateway.memory.replay import OUTAGES, Claim, Replayer
+from gateway.memory.replay import OUTAGES, Replayer
 from gateway.memory.sparse import Bm25Encoder
 from gateway.memory.storable import unstorable_reason
-from gateway.memory.store import (
-    PointVectors,
-    QueryVectors,
-    StoredPoint,
-    VectorStore,
-)
+from gateway.memory.store import QueryVectors, VectorStore
+from gateway.memory.writes import Writer, WriteResult
 from gateway.metrics import GatewayMetrics
 from gateway.monitor import Monitor
 
@@ -82,13 +68,6 @@ logger = logging.getLogger("gateway.memory")
 ADD, NONE = MemoryEvent.ADD, MemoryEvent.NONE
 # How long a recall (or an API write) waits for the user's own queued writes.
 READ_YOUR_WRITES_S = 2.0
-
-
-@dataclass(frozen=True)
-class WriteResult:
-    id: str
-    memory: str
-    event: MemoryEvent  # ADD: new; NONE: this text was already stored for the user
 
 
 @dataclass(frozen=True)
@@ -120,24 +99,6 @@ class OutboxReport:
 class AddOutcome:
     results: list[WriteResult]
     queued: bool
-
-
-class _Watch:
-    """A direct write in flight: the users forgotten since it began."""
-
-    def __init__(self) -> None:
-        self.forgotten: set[Scope] = set()
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """A prepared write (``MemoryService._prepare``): per batch its new points'
-    ids, memories, index texts and windows; the windows to cache; the vectors."""
-
-    plans: list[tuple[Scope, list[tuple[str, NewMemory, IndexTexts, list[Recent]]]]]
-    windows: dict[SessionKey, list[Recent]]
-    vectors: dict[str, list[float]]
-    results: list[list[WriteResult]]
 
 
 def _write_priority(memories: Sequence[NewMemory]) -> int:
@@ -185,16 +146,13 @@ class MemoryService:
         self._recent = RecentTexts()
         self._vector_cache = VectorCache()
         self._read_your_writes_s = read_your_writes_s
-        # Forget vs. writes: forget purges the outbox and deletes the store
-        # under this lock, and every write stores (and the replayer settles
-        # its outbox rows) under it, after its embedder call, which is made
-        # without it. So a write whose vectors come back after a forget sees
-        # that forget (Claim.still_queued, _Watch) and does not revive the user.
-        self._store_lock = asyncio.Lock()
-        self._watches: set[_Watch] = set()  # direct writes in flight
+        # Forget and delete remove under the writer's lock, which every write
+        # stores under (gateway.memory.writes): no write embedded before a
+        # removal stores the removed memories after it.
+        self._writer = Writer(store, embedder, self._recent, self._vector_cache)
         self._replayer = Replayer(
             outbox, metrics,
-            write=self.write_batches, available=lambda: self.available,
+            write=self._writer.write, available=lambda: self.available,
             report=self._report, count=self._count_written,
         )  # fmt: skip
 
@@ -265,134 +223,18 @@ class MemoryService:
         self, scope: Scope, memories: Sequence[NewMemory], priority: int = INTERACTIVE
     ) -> list[WriteResult]:
         """Embed and store the memories not stored yet, in one embedder call."""
-        [results] = await self.write_batches([(scope, memories)], priority)
+        [results] = await self._writer.write([(scope, memories)], priority)
         return results
-
-    async def write_batches(
-        self,
-        batches: Sequence[tuple[Scope, Sequence[NewMemory]]],
-        priority: int = INTERACTIVE,
-        claim: Claim | None = None,
-    ) -> list[list[WriteResult]]:
-        """Several writes (of one or more users) with one embedder call for all.
-
-        Each memory is indexed with its session's previous memories
-        (gateway.memory.indexing); writes to one session are expected in order,
-        as the outbox replays them.
-
-        The replayer passes the ``claim`` of its outbox rows: a batch whose row
-        was purged (its user forgotten) while this waited on the embedder is
-        not stored. A direct write (no claim) whose user was forgotten
-        meanwhile starts over: its windows and duplicate checks were read
-        before the forget and may hold the forgotten memories' texts.
-        """
-        while True:
-            watch = _Watch()
-            self._watches.add(watch)
-            try:
-                plan = await self._prepare(batches, priority)
-                async with self._store_lock:
-                    if claim is not None:
-                        keep = claim.still_queued()
-                    elif watch.forgotten & {scope for scope, _ in batches}:
-                        continue  # forgotten meanwhile: as a write after the forget
-                    else:
-                        keep = [True] * len(batches)
-                    await self._store_prepared(plan, keep)
-                    if claim is not None:
-                        await claim.stored()
-                    return plan.results
-            finally:
-                self._watches.discard(watch)
-
-    async def _prepare(
-        self, batches: Sequence[tuple[Scope, Sequence[NewMemory]]], priority: int
-    ) -> _Plan:
-        """What to store: the points' texts and windows, their vectors (the
-        embedder call), and the results."""
-        windows: dict[SessionKey, list[Recent]] = {}
-        plans: list[tuple[Scope, list[tuple[str, NewMemory, IndexTexts, list[Recent]]]]] = []
-        results: list[list[WriteResult]] = []
-        for scope, memories in batches:
-            ids = [memory_id(scope, m.text) for m in memories]
-            existing = await self._store.existing_ids(scope, ids) if ids else set()
-            fresh = []
-            for point_id, memory in zip(ids, memories, strict=True):
-                if point_id in existing:
-                    continue
-                key = session_key(scope, memory.session_id)
-                if key not in windows:
-                    cached = self._recent.get(key)
-                    if cached is None:
-                        texts = await self._store.recent(scope, memory.session_id, WINDOW)
-                        cached = [(text, None) for text in texts]
-                    windows[key] = cached
-                previous = windows[key]
-                it = index_texts(memory, [text for text, _ in previous])
-                fresh.append((point_id, memory, it, previous))
-                windows[key] = [*previous, (memory.text, None)][-WINDOW:]
-            plans.append((scope, fresh))
-            results.append(
-                [
-                    WriteResult(i, m.text, NONE if i in existing else ADD)
-                    for i, m in zip(ids, memories, strict=True)
-                ]
-            )
-        texts = [it.dense for _, fresh in plans for _, _, it, _ in fresh]
-        texts += [t for _, fresh in plans for *_, prev in fresh for t, v in prev if v is None]
-        vectors = await self._embed_once(texts, priority) if texts else {}
-        return _Plan(plans, windows, vectors, results)
-
-    async def _store_prepared(self, plan: _Plan, keep: Sequence[bool]) -> None:
-        """Store the batches of ``plan`` that ``keep`` says (under the store lock)."""
-        vectors, windows = plan.vectors, plan.windows
-        skipped = {scope for (scope, _), k in zip(plan.plans, keep, strict=True) if not k}
-        written_at = time.time_ns()
-        for (scope, fresh), k in zip(plan.plans, keep, strict=True):
-            if not k:
-                continue
-            points = []
-            for point_id, memory, it, previous in fresh:
-                window = [(t, v if v is not None else vectors[t]) for t, v in previous]
-                own = vectors[it.dense]
-                vectors_ = PointVectors(
-                    own,
-                    compose([*window, (it.dense, own)]),
-                    self._sparse.document(it.sparse_text),
-                    self._sparse.document(it.sparse_context),
-                )
-                points.append(StoredPoint(point_id, vectors_, memory, written_at))
-                written_at += 1
-            if points:
-                await self._store.upsert(scope, points)
-        for key, recent in windows.items():
-            if Scope(key[0], key[1]) in skipped:
-                continue  # a forgotten user's texts stay out of the cache
-            self._recent.put(key, [(t, v if v is not None else vectors[t]) for t, v in recent])
-
-    async def _embed_once(self, texts: Sequence[str], priority: int) -> dict[str, list[float]]:
-        """Vectors of ``texts``: each distinct text embedded once, none that a
-        recent query embedded already (``VectorCache``)."""
-        vectors: dict[str, list[float]] = {}
-        for text in texts:
-            if text not in vectors and (cached := self._vector_cache.get(text)) is not None:
-                vectors[text] = cached
-        missing = list(dict.fromkeys(t for t in texts if t not in vectors))
-        if missing:
-            embedded = await self._embedder.embed(missing, priority=priority)
-            vectors.update(zip(missing, embedded, strict=True))
-        return vectors
 
     async def forget(self, scope: Scope) -> int:
         """Delete a user's memories, queued ones included, so replay cannot revive
         them; how many distinct memories went.
 
         Under the store lock, so that no write embedded before it stores
-        after it (see ``write_batches``)."""
-        async with self._store_lock:
+        after it (gateway.memory.writes)."""
+        async with self._writer.lock:
             queued = await self._outbox.purge(scope)
-            for watch in self._watches:
-                watch.forgotten.add(scope)
+            self._writer.removed(scope)
             self._recent.forget(scope.tenant, scope.user_id)
             self._vector_cache.clear()
             # A queued memory may be a text the user has stored already: count it once.
@@ -407,7 +249,7 @@ class MemoryService:
 
         Under the store lock, like ``forget``: a replay that read the queued
         memory before stores its batch without it (``Claim``)."""
-        async with self._store_lock:
+        async with self._writer.lock:
             record = await self._store.get(tenant, memory_id)
             if record is not None and user_id is not None and record.user_id != user_id:
                 record = None
@@ -416,9 +258,10 @@ class MemoryService:
                 owner = record.user_id
                 await self._store.delete(Scope(tenant, owner), memory_id)
             if owner is not None:
-                # The text may sit in a cached session window: later writes of the
-                # session read their window from the store again.
+                # The text may sit in a cached session window (and in one a direct
+                # write in flight read): later writes read their window again.
                 self._recent.forget(tenant, owner)
+                self._writer.removed(Scope(tenant, owner))
         await self._replayer.progressed()
         return owner is not None
 

@@ -1,117 +1,17 @@
-"""MemoryService with a real Qdrant Edge store and an embedder behind httpx's
-MockTransport (unit level; the e2e tests use the real embedder process)."""
+"""MemoryService: writes now or queued, replay, forget and delete, search and
+recall, status (with tests.gateway.memory.harness)."""
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import hashlib
-import json
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
-from prometheus_client import CollectorRegistry
 
 from gateway.exceptions import MemoryUnavailable, OutboxFull
-from gateway.memory.edge_store import EdgeStore
-from gateway.memory.embedder_client import EmbedderClient
-from gateway.memory.indexing import session_key
-from gateway.memory.outbox import Outbox
 from gateway.memory.records import NewMemory, Scope
-from gateway.memory.service import MemoryService
-from gateway.metrics import GatewayMetrics
-from gateway.monitor import Monitor
-
-DIM = 8
-ALICE = Scope("t", "alice")
-WHEN = datetime(2024, 1, 1, tzinfo=UTC)
-
-
-def vector(text: str) -> list[float]:
-    digest = hashlib.sha256(text.encode()).digest()
-    return [b / 255 for b in digest[:DIM]]
-
-
-class Embedder:
-    def __init__(self) -> None:
-        self.up = True
-        self.calls = 0
-        self.reject: str | None = None
-        self.floats_only = False  # an embedder that ignores encoding_format
-        self.priorities: list[int] = []
-        self.inputs: list[str] = []  # every text embedded, in order
-        self.seen: list[tuple[int, list[str]]] = []  # (priority, texts) of each call
-        # While ``hold`` is set and not yet released, each call waits on it
-        # (after setting ``held``): a write stopped between its reads and its store.
-        self.hold: asyncio.Event | None = None
-        self.held = asyncio.Event()
-
-    async def handle_async(self, request: httpx.Request) -> httpx.Response:
-        if self.hold is not None and not self.hold.is_set():
-            self.held.set()
-            await self.hold.wait()
-        return self.handle(request)
-
-    def handle(self, request: httpx.Request) -> httpx.Response:
-        if not self.up:
-            raise httpx.ConnectError("refused", request=request)
-        self.calls += 1
-        body = json.loads(request.content)
-        texts = body["input"]
-        self.inputs += texts
-        self.priorities.append(body.get("priority", 0))
-        self.seen.append((body.get("priority", 0), texts))
-        if any(self.reject and self.reject in t for t in texts):
-            return httpx.Response(400, json={"error": {"message": "input too long"}})
-        as_base64 = body.get("encoding_format") == "base64" and not self.floats_only
-        data = [
-            {"index": i, "embedding": encoded(vector(t)) if as_base64 else vector(t)}
-            for i, t in enumerate(texts)
-        ]
-        return httpx.Response(200, json={"data": data})
-
-
-def encoded(floats: list[float]) -> str:
-    return base64.b64encode(np.asarray(floats, dtype="<f4").tobytes()).decode()
-
-
-class Harness:
-    def __init__(self, tmp_path: Path) -> None:
-        self.embedder = Embedder()
-        self.http = httpx.AsyncClient(transport=httpx.MockTransport(self.embedder.handle_async))
-        self.metrics = GatewayMetrics(CollectorRegistry())
-        self.client = EmbedderClient(self.http, "http://embedder/v1", DIM, self.metrics)
-        self.store = EdgeStore(tmp_path / "edge", DIM)
-        self.outbox = Outbox(tmp_path / "outbox.sqlite3")
-        self.embedder_monitor = Monitor("embedder", self.client.probe)
-        self.store_monitor = Monitor("vector_store", self.store.ping)
-        self.service = MemoryService(self.store, self.client, self.outbox, self.metrics,
-                                     self.embedder_monitor, self.store_monitor)  # fmt: skip
-
-    async def texts(self) -> list[str]:
-        page, _ = await self.store.list(ALICE, 100, None)
-        return sorted(r.text for r in page)
-
-
-@pytest.fixture
-async def h(tmp_path: Path) -> AsyncIterator[Harness]:
-    harness = Harness(tmp_path)
-    harness.outbox.open()
-    await harness.store.open()
-    harness.embedder_monitor.report_success()
-    harness.store_monitor.report_success()
-    yield harness
-    await harness.store.close()
-    harness.outbox.close()
-    await harness.http.aclose()
-
-
-def memories(*texts: str) -> list[NewMemory]:
-    return [NewMemory(t, WHEN) for t in texts]
+from tests.gateway.memory.harness import ALICE, WHEN, Harness, memories, vector
 
 
 async def test_a_batch_is_embedded_in_one_call_and_deduplicated(h: Harness) -> None:
@@ -129,35 +29,6 @@ async def test_a_batch_is_embedded_in_one_call_and_deduplicated(h: Harness) -> N
     assert [r.event for r in again.results] == ["NONE", "ADD"]
     assert h.embedder.calls == 2  # only "c" was embedded
     assert await h.texts() == ["a", "b", "c"]
-
-
-async def test_each_text_is_embedded_once_and_windows_need_no_encoder_pass(h: Harness) -> None:
-    # A chat turn: the query is embedded for recall, then the user's message
-    # and the reply are stored. The message's vector is the query's, and the
-    # session windows are composed from the memories' own vectors.
-    turn = [
-        NewMemory("did you go to the group?", WHEN, session_id="s"),
-        NewMemory("yes, last week!", WHEN, session_id="s"),
-    ]
-    await h.service.search(ALICE, "did you go to the group?", 5)
-    await h.service.add(ALICE, turn)
-    assert h.embedder.inputs == ["did you go to the group?", "yes, last week!"]
-    await h.service.add(ALICE, [NewMemory("how was it?", WHEN, session_id="s")])
-    assert h.embedder.inputs[2:] == ["how was it?"]
-
-
-async def test_after_a_restart_the_window_texts_from_the_store_are_embedded_once(
-    h: Harness,
-) -> None:
-    await h.service.add(ALICE, [NewMemory(t, WHEN, session_id="s") for t in ("one", "two")])
-    fresh = MemoryService(h.store, h.client, h.outbox, h.metrics,
-                          h.embedder_monitor, h.store_monitor)  # fmt: skip
-    h.embedder.inputs.clear()
-    await fresh.add(ALICE, [NewMemory("three", WHEN, session_id="s")])
-    assert sorted(h.embedder.inputs) == ["one", "three", "two"]
-    h.embedder.inputs.clear()
-    await fresh.add(ALICE, [NewMemory("four", WHEN, session_id="s")])
-    assert h.embedder.inputs == ["four"]
 
 
 async def test_store_down_queues_then_replays_exactly_once(h: Harness, tmp_path: Path) -> None:
@@ -217,29 +88,6 @@ async def test_forget_purges_queued_writes(h: Harness) -> None:
     assert await h.texts() == []
 
 
-async def test_forget_while_the_replayer_waits_on_the_embedder_stores_nothing(
-    h: Harness,
-) -> None:
-    # A chat turn's memories are queued; the replayer has read them and waits
-    # on the embedder when the user is forgotten: they must not be stored
-    # once the embedder answers.
-    h.embedder.up = False
-    await h.service.add(ALICE, memories("turn question"))
-    await h.service.add(ALICE, memories("turn answer"))
-    assert h.outbox.depth == 2
-    h.embedder.up = True
-    h.embedder_monitor.report_success()
-    h.embedder.hold = asyncio.Event()
-    drain = asyncio.create_task(h.service.drain())
-    await h.embedder.held.wait()  # the batch is read, its embedder call waits
-    assert await h.service.forget(ALICE) == 2
-    h.embedder.hold.set()
-    applied = await drain
-    assert await h.texts() == [] and h.outbox.depth == 0
-    assert applied == 0  # both entries were forgotten, none counts as replayed
-    assert await h.service.drain() == 0 and await h.texts() == []
-
-
 async def test_a_full_outbox_refuses_the_write_and_says_so_in_the_log(
     h: Harness, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -273,47 +121,6 @@ async def test_a_queued_memory_can_be_read_and_deleted_by_its_id(h: Harness) -> 
     assert await h.texts() == ["keep"] and h.outbox.depth == 0
     stored = await h.service.get("t", keep)
     assert stored is not None and stored.text == "keep"
-
-
-async def test_a_memory_deleted_while_the_replayer_embeds_it_is_not_stored(h: Harness) -> None:
-    h.embedder.up = False
-    outcome = await h.service.add(ALICE, memories("keep", "delete me"))
-    await h.service.add(ALICE, memories("only me"))
-    h.embedder.up = True
-    h.embedder_monitor.report_success()
-    h.embedder.hold = asyncio.Event()
-    drain = asyncio.create_task(h.service.drain())
-    await h.embedder.held.wait()  # both entries are read, their embedder call waits
-    assert await h.service.delete("t", outcome.results[1].id)
-    only = await h.outbox.find("t", outcome.results[0].id)
-    assert only is not None
-    h.embedder.hold.set()
-    await drain
-    # The rewritten entry, and the user's later one with it, are stored in a
-    # later round, as they are now: nothing of the deleted text is indexed.
-    assert await h.texts() == ["keep", "only me"] and h.outbox.depth == 0
-    assert not any("delete me" in text for _, texts in h.embedder.seen[1:] for text in texts)
-    window = h.service._recent.get(session_key(ALICE, None)) or []
-    assert [text for text, _ in window] == ["keep", "only me"]
-
-
-async def test_a_direct_write_forgotten_meanwhile_keeps_nothing_of_the_forgotten(
-    h: Harness,
-) -> None:
-    # An API write waits on the embedder when its user is forgotten: it is
-    # stored as a write after the forget, with none of the forgotten memories
-    # in its session window (neither in its point nor in the window cache).
-    await h.service.add(ALICE, [NewMemory("forgotten", WHEN, session_id="s")])
-    h.embedder.hold = asyncio.Event()
-    write = asyncio.create_task(h.service.add(ALICE, [NewMemory("later", WHEN, session_id="s")]))
-    await h.embedder.held.wait()
-    assert await h.service.forget(ALICE) == 1
-    h.embedder.hold.set()
-    outcome = await write
-    assert not outcome.queued and [r.event for r in outcome.results] == ["ADD"]
-    assert await h.texts() == ["later"]
-    window = h.service._recent.get(session_key(ALICE, "s"))
-    assert window is not None and [text for text, _ in window] == ["later"]
 
 
 async def test_a_rejected_entry_is_set_aside_and_the_rest_replayed(h: Harness) -> None:

@@ -1,0 +1,126 @@
+"""The write path (gateway.memory.writes): each text embedded once, and
+writes that race a forget or a delete (with tests.gateway.memory.harness)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from gateway.memory.indexing import session_key
+from gateway.memory.records import NewMemory
+from gateway.memory.service import MemoryService
+from tests.gateway.memory.harness import ALICE, WHEN, Harness, memories
+
+
+async def test_each_text_is_embedded_once_and_windows_need_no_encoder_pass(h: Harness) -> None:
+    # A chat turn: the query is embedded for recall, then the user's message
+    # and the reply are stored. The message's vector is the query's, and the
+    # session windows are composed from the memories' own vectors.
+    turn = [
+        NewMemory("did you go to the group?", WHEN, session_id="s"),
+        NewMemory("yes, last week!", WHEN, session_id="s"),
+    ]
+    await h.service.search(ALICE, "did you go to the group?", 5)
+    await h.service.add(ALICE, turn)
+    assert h.embedder.inputs == ["did you go to the group?", "yes, last week!"]
+    await h.service.add(ALICE, [NewMemory("how was it?", WHEN, session_id="s")])
+    assert h.embedder.inputs[2:] == ["how was it?"]
+
+
+async def test_after_a_restart_the_window_texts_from_the_store_are_embedded_once(
+    h: Harness,
+) -> None:
+    await h.service.add(ALICE, [NewMemory(t, WHEN, session_id="s") for t in ("one", "two")])
+    fresh = MemoryService(h.store, h.client, h.outbox, h.metrics,
+                          h.embedder_monitor, h.store_monitor)  # fmt: skip
+    h.embedder.inputs.clear()
+    await fresh.add(ALICE, [NewMemory("three", WHEN, session_id="s")])
+    assert sorted(h.embedder.inputs) == ["one", "three", "two"]
+    h.embedder.inputs.clear()
+    await fresh.add(ALICE, [NewMemory("four", WHEN, session_id="s")])
+    assert h.embedder.inputs == ["four"]
+
+
+async def test_forget_while_the_replayer_waits_on_the_embedder_stores_nothing(
+    h: Harness,
+) -> None:
+    # A chat turn's memories are queued; the replayer has read them and waits
+    # on the embedder when the user is forgotten: they must not be stored
+    # once the embedder answers.
+    h.embedder.up = False
+    await h.service.add(ALICE, memories("turn question"))
+    await h.service.add(ALICE, memories("turn answer"))
+    assert h.outbox.depth == 2
+    h.embedder.up = True
+    h.embedder_monitor.report_success()
+    h.embedder.hold = asyncio.Event()
+    drain = asyncio.create_task(h.service.drain())
+    await h.embedder.held.wait()  # the batch is read, its embedder call waits
+    assert await h.service.forget(ALICE) == 2
+    h.embedder.hold.set()
+    applied = await drain
+    assert await h.texts() == [] and h.outbox.depth == 0
+    assert applied == 0  # both entries were forgotten, none counts as replayed
+    assert await h.service.drain() == 0 and await h.texts() == []
+
+
+async def test_a_memory_deleted_while_the_replayer_embeds_it_is_not_stored(h: Harness) -> None:
+    h.embedder.up = False
+    outcome = await h.service.add(ALICE, memories("keep", "delete me"))
+    await h.service.add(ALICE, memories("only me"))
+    h.embedder.up = True
+    h.embedder_monitor.report_success()
+    h.embedder.hold = asyncio.Event()
+    drain = asyncio.create_task(h.service.drain())
+    await h.embedder.held.wait()  # both entries are read, their embedder call waits
+    assert await h.service.delete("t", outcome.results[1].id)
+    only = await h.outbox.find("t", outcome.results[0].id)
+    assert only is not None
+    h.embedder.hold.set()
+    await drain
+    # The rewritten entry, and the user's later one with it, are stored in a
+    # later round, as they are now: nothing of the deleted text is indexed.
+    assert await h.texts() == ["keep", "only me"] and h.outbox.depth == 0
+    assert not any("delete me" in text for _, texts in h.embedder.seen[1:] for text in texts)
+    window = h.service._recent.get(session_key(ALICE, None)) or []
+    assert [text for text, _ in window] == ["keep", "only me"]
+
+
+async def test_a_direct_write_forgotten_meanwhile_keeps_nothing_of_the_forgotten(
+    h: Harness,
+) -> None:
+    # An API write waits on the embedder when its user is forgotten: it is
+    # stored as a write after the forget, with none of the forgotten memories
+    # in its session window (neither in its point nor in the window cache).
+    await h.service.add(ALICE, [NewMemory("forgotten", WHEN, session_id="s")])
+    h.embedder.hold = asyncio.Event()
+    write = asyncio.create_task(h.service.add(ALICE, [NewMemory("later", WHEN, session_id="s")]))
+    await h.embedder.held.wait()
+    assert await h.service.forget(ALICE) == 1
+    h.embedder.hold.set()
+    outcome = await write
+    assert not outcome.queued and [r.event for r in outcome.results] == ["ADD"]
+    assert await h.texts() == ["later"]
+    window = h.service._recent.get(session_key(ALICE, "s"))
+    assert window is not None and [text for text, _ in window] == ["later"]
+
+
+async def test_a_direct_write_whose_neighbour_is_deleted_meanwhile_is_indexed_without_it(
+    h: Harness,
+) -> None:
+    # The write read its session window ("kept", "deleted") before the delete:
+    # it starts over, so the deleted text is in neither its point nor the cache.
+    added = await h.service.add(
+        ALICE, [NewMemory(t, WHEN, session_id="s") for t in ("kept", "deleted")]
+    )
+    calls = len(h.embedder.seen)
+    h.embedder.hold = asyncio.Event()
+    write = asyncio.create_task(h.service.add(ALICE, [NewMemory("later", WHEN, session_id="s")]))
+    await h.embedder.held.wait()
+    assert await h.service.delete("t", added.results[1].id)
+    h.embedder.hold.set()
+    await write
+    assert await h.texts() == ["kept", "later"]
+    window = h.service._recent.get(session_key(ALICE, "s"))
+    assert window is not None and [text for text, _ in window] == ["kept", "later"]
+    [_, (_, again)] = h.embedder.seen[calls:]  # the write started over once
+    assert "later" in again and not any("deleted" in text for text in again)
