@@ -133,12 +133,16 @@ class Outbox:
     def __init__(self, path: Path) -> None:
         self._path = path
         self._conn: sqlite3.Connection | None = None
-        # One connection shared by worker threads; sqlite3 objects are not thread-safe.
-        # The lock also guards the in-memory view of what waits, which changes in the
-        # thread that changed the table, in the same critical section: never as
-        # ``depth -= await ...``, which would lose the writes that land meanwhile.
+        # One connection shared by worker threads; sqlite3 objects are not thread-safe,
+        # so ``_lock`` guards it. The in-memory view of what waits changes in the
+        # thread that changed the table, in the same critical section (never as
+        # ``depth -= await ...``, which would lose the writes that land meanwhile),
+        # under ``_view`` as well, taken inside ``_lock``. The event loop reads the
+        # view under ``_view`` alone: a commit that waits on the disk, or on another
+        # process's lock on the file (SQLite's busy timeout), never stalls the loop.
         self._lock = threading.Lock()
-        # Waiting entries: seq -> scope, and how many each scope has (both under _lock).
+        self._view = threading.Lock()
+        # Waiting entries: seq -> scope, and how many each scope has (under _view).
         self._pending: dict[int, Scope] = {}
         self._per_scope: Counter[Scope] = Counter()
         self._revisions: dict[int, int] = {}  # seq -> revision, for rewritten rows only
@@ -154,17 +158,19 @@ class Outbox:
             self._track(int(seq), Scope(tenant, user_id))
 
     def _track(self, seq: int, scope: Scope) -> None:
-        self._pending[seq] = scope
-        self._per_scope[scope] += 1
+        with self._view:
+            self._pending[seq] = scope
+            self._per_scope[scope] += 1
 
     def _untrack(self, seqs: Iterable[int]) -> None:
-        for seq in seqs:
-            scope = self._pending.pop(seq, None)
-            self._revisions.pop(seq, None)
-            if scope is not None:
-                self._per_scope[scope] -= 1
-                if self._per_scope[scope] <= 0:
-                    del self._per_scope[scope]
+        with self._view:
+            for seq in seqs:
+                scope = self._pending.pop(seq, None)
+                self._revisions.pop(seq, None)
+                if scope is not None:
+                    self._per_scope[scope] -= 1
+                    if self._per_scope[scope] <= 0:
+                        del self._per_scope[scope]
 
     def close(self) -> None:
         with self._lock:
@@ -215,7 +221,8 @@ class Outbox:
                 "SELECT seq, tenant, user_id, memories, attempts FROM outbox ORDER BY seq LIMIT ?",
                 (min(limit, _HEAD_SCAN),),
             ).fetchall()
-            revisions = {seq: self._revisions.get(seq, 0) for seq, *_ in rows}
+            with self._view:
+                revisions = {seq: self._revisions.get(seq, 0) for seq, *_ in rows}
         entries: list[OutboxEntry] = []
         seen: set[int] = set()
         total = 0
@@ -284,7 +291,7 @@ class Outbox:
                     "DELETE FROM outbox WHERE tenant = ? AND user_id = ? RETURNING memories",
                     (scope.tenant, scope.user_id),
                 ).fetchall()
-                self._untrack([seq for seq, s in self._pending.items() if s == scope])
+                self._untrack(self.pending_seqs(scope))
                 return {memory_id(scope, m.text) for (raw,) in rows for m in decode_memories(raw)}
 
         return await asyncio.to_thread(delete)
@@ -333,7 +340,8 @@ class Outbox:
                         "UPDATE outbox SET memories = ? WHERE seq = ?",
                         (encode_memories(kept), seq),
                     )
-                    self._revisions[seq] = self._revisions.get(seq, 0) + 1
+                    with self._view:
+                        self._revisions[seq] = self._revisions.get(seq, 0) + 1
                 else:
                     conn.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
                     self._untrack([seq])
@@ -354,7 +362,7 @@ class Outbox:
         return self._per_scope.get(scope, 0)
 
     def pending_seqs(self, scope: Scope) -> set[int]:
-        with self._lock:
+        with self._view:
             return {seq for seq, s in self._pending.items() if s == scope}
 
     def is_pending(self, seq: int) -> bool:
@@ -362,7 +370,7 @@ class Outbox:
 
     def is_current(self, entry: OutboxEntry) -> bool:
         """The entry still waits, unchanged since it was read."""
-        with self._lock:
+        with self._view:
             return (
                 entry.seq in self._pending and self._revisions.get(entry.seq, 0) == entry.revision
             )

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
@@ -50,6 +51,14 @@ OUTAGES = (EmbedderUnavailable, StoreUnavailable)
 
 R = TypeVar("R")  # what a write answers for one entry
 Batch = list[tuple[Scope, Sequence[NewMemory]]]
+
+
+def _outbox_busy(exc: sqlite3.Error) -> None:
+    """The outbox itself failed (locked by another process, an I/O error): an
+    outage of the gateway's own disk, not the entries' fault. What was stored
+    stays stored (ids are idempotent), the rows stay queued, and the drain is
+    retried with backoff."""
+    logger.warning("outbox replay paused, the outbox cannot be written: %s", exc)
 
 
 class Claim:
@@ -175,6 +184,9 @@ class Replayer(Generic[R]):
             except OUTAGES as exc:
                 await self._retry_later(entries[0], exc)
                 break
+            except sqlite3.Error as exc:
+                _outbox_busy(exc)
+                break
             except Exception as exc:  # anything but an outage is about the entries
                 if len(entries) > 1:
                     applied += await self._one_by_one(entries)
@@ -197,6 +209,9 @@ class Replayer(Generic[R]):
                 results = await self._write([(entry.scope, entry.memories)], BACKGROUND, claim)
             except OUTAGES as exc:
                 await self._retry_later(entry, exc)
+                return applied
+            except sqlite3.Error as exc:
+                _outbox_busy(exc)
                 return applied
             except Exception as exc:  # not an outage: this entry is at fault
                 await self._set_aside(entry, exc)

@@ -101,6 +101,26 @@ async def test_a_queued_memory_is_found_and_dropped_by_id(tmp_path: Path) -> Non
     assert [[m.text for m in e.memories] for e in await again.head(10)] == [["keep"], ["drop"]]
 
 
+async def test_a_locked_file_never_stalls_what_the_event_loop_reads(tmp_path: Path) -> None:
+    # Another process (a backup, an operator's sqlite3 shell) holds a write lock
+    # on the file: a put's thread waits out SQLite's busy timeout holding the
+    # connection's lock (held here by the test). What the loop reads about
+    # waiting entries must not wait with it.
+    box = Outbox(tmp_path / "o.sqlite3")
+    box.open()
+    first = await box.put(ALICE, [memory("a1")])
+    [entry] = await box.head()
+
+    def reads() -> tuple[set[int], bool, int, int]:
+        return box.pending_seqs(ALICE), box.is_current(entry), box.pending(ALICE), box.depth
+
+    with box._lock:
+        # In a thread, so that a reader stuck on the lock fails the test, not hangs it.
+        answered = await asyncio.wait_for(asyncio.to_thread(reads), 5)
+    assert answered == ({first}, True, 1, 1)
+    box.close()
+
+
 async def test_the_depth_stays_exact_while_writes_and_replays_overlap(tmp_path: Path) -> None:
     # Found by the soak: the in-memory depth read before awaiting the delete
     # thread lost the puts that landed meanwhile, and went negative.

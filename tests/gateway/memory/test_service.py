@@ -3,6 +3,8 @@ recall, status (with tests.gateway.memory.harness)."""
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 from datetime import datetime
 from pathlib import Path
 
@@ -121,6 +123,34 @@ async def test_a_queued_memory_can_be_read_and_deleted_by_its_id(h: Harness) -> 
     assert await h.texts() == ["keep"] and h.outbox.depth == 0
     stored = await h.service.get("t", keep)
     assert stored is not None and stored.text == "keep"
+
+
+async def test_a_locked_outbox_pauses_the_replay_and_sets_nothing_aside(
+    h: Harness, tmp_path: Path
+) -> None:
+    # Another process holds a write lock on the outbox while the replayer stores
+    # a batch: settling its rows fails. That is an outage of the outbox, not the
+    # entries' fault: they stay queued (not dead) and are settled once it ends.
+    h.embedder.up = False
+    await h.service.add(ALICE, memories("one"))
+    await h.service.add(ALICE, memories("two"))
+    h.embedder.up = True
+    h.embedder_monitor.report_success()
+    assert h.outbox._conn is not None
+    h.outbox._conn.execute("PRAGMA busy_timeout = 50")
+    other = sqlite3.connect(tmp_path / "outbox.sqlite3", isolation_level=None)
+    h.embedder.hold = asyncio.Event()
+    drain = asyncio.create_task(h.service.drain())
+    await h.embedder.held.wait()  # the rows are read: now the file is locked
+    other.execute("BEGIN IMMEDIATE")
+    h.embedder.hold.set()
+    assert await drain == 0
+    assert h.outbox.dead_count() == 0 and h.outbox.depth == 2
+    other.execute("ROLLBACK")
+    other.close()
+    assert await h.service.drain() == 2
+    assert h.outbox.depth == 0 and h.outbox.dead_count() == 0
+    assert await h.texts() == ["one", "two"]
 
 
 async def test_a_rejected_entry_is_set_aside_and_the_rest_replayed(h: Harness) -> None:
