@@ -11,9 +11,10 @@ from pydantic import ValidationError
 
 from gateway.app import create_app
 from gateway.connections import guarded_protocol, make_fd_room
-from gateway.datadir import MIB, check_data_dir
+from gateway.datadir import MIB, check_data_dir, check_database
 from gateway.exceptions import DataDirProblem
 from gateway.logs import configure_logging
+from gateway.memory.outbox import OUTBOX_FILE
 from gateway.secret_strength import check_secrets
 from gateway.settings import Settings
 
@@ -47,6 +48,9 @@ def main() -> int:
         # Before anything opens a file there: one clear line instead of a
         # sqlite3 traceback (unwritable) or a SIGBUS (full disk).
         check_data_dir(settings.data_dir, settings.disk_reserve_mb * MIB)
+        check_database(settings.data_dir / OUTBOX_FILE, "the memory writes not stored yet")
+        if not settings.qdrant_url:  # else registered models live on the Qdrant server
+            check_database(settings.model_registry_path, "the models registered at run time")
     except DataDirProblem as exc:
         print(f"memgate: {exc}", file=sys.stderr)
         return 3

@@ -31,7 +31,7 @@ from gateway.errors import install_error_handlers
 from gateway.limits import RequestLimits
 from gateway.memory.edge_store import EdgeStore
 from gateway.memory.embedder_client import EmbedderClient
-from gateway.memory.outbox import Outbox
+from gateway.memory.outbox import OUTBOX_FILE, Outbox
 from gateway.memory.service import MemoryService
 from gateway.memory.store import VectorStore
 from gateway.metrics import GatewayMetrics
@@ -96,7 +96,7 @@ def build_registry(settings: Settings) -> ModelRegistry:
 
 
 async def _startup(settings: Settings, metrics: GatewayMetrics, stack: AsyncExitStack) -> Services:
-    outbox = Outbox(settings.data_dir / "outbox.sqlite3")
+    outbox = Outbox(settings.data_dir / OUTBOX_FILE)
     outbox.open()
     stack.callback(outbox.close)
 

@@ -16,12 +16,18 @@ Edge store asks before each write: below the reserve, it refuses the write
 (the memory waits in the outbox, a small SQLite file that fails cleanly
 when the disk is full) and reports why in ``/readyz``, instead of letting
 the engine run the disk dry under its mmaps.
+
+The SQLite files kept there (the outbox, the model registry) are checked at
+start the same way (``check_database``): one that is damaged, or that another
+process holds a write lock on, stops start-up with one line saying which file
+and what to do, rather than a traceback, or a wait out SQLite's busy timeout.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import sqlite3
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +35,8 @@ from pathlib import Path
 from gateway.exceptions import DataDirProblem
 
 MIB = 1 << 20
+# How long start-up waits for another process's write lock on a database to end.
+LOCK_WAIT_S = 2.0
 
 
 def _who() -> str:
@@ -90,6 +98,37 @@ def check_data_dir(path: Path, reserve_bytes: int) -> None:
             f"at least {reserve_bytes / MIB:.0f} MiB there to run safely "
             "(GATEWAY_DISK_RESERVE_MB): free space or give it a larger volume"
         )
+
+
+def check_database(path: Path, holds: str) -> None:
+    """Raise DataDirProblem unless ``path`` (if it exists) is an SQLite database
+    this process can write now; ``holds`` says what is in it, for the message."""
+    if not path.exists():
+        return
+    try:
+        conn = sqlite3.connect(path, timeout=LOCK_WAIT_S, isolation_level=None)
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            conn.execute("BEGIN IMMEDIATE")  # a write lock, as the gateway will need
+            conn.execute("ROLLBACK")
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise DataDirProblem(database_message(path, holds, exc)) from exc
+
+
+def database_message(path: Path, holds: str, exc: sqlite3.Error) -> str:
+    """What to tell the operator when the database at ``path`` cannot be used."""
+    if getattr(exc, "sqlite_errorname", "") in ("SQLITE_BUSY", "SQLITE_LOCKED"):
+        return (
+            f"{path} ({holds}) is locked by another process ({exc}): stop it (a second "
+            "gateway on the same data dir, a backup, an open sqlite3 shell) and start again"
+        )
+    return (
+        f"{path} ({holds}) cannot be read as an SQLite database ({exc}): stop the "
+        f"gateway, move the file aside (keep it: it holds {holds}; `sqlite3 FILE "
+        ".recover` may save its rows) and start again with none"
+    )
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,7 @@ CREATE TABLE IF NOT EXISTS dead (
 );
 CREATE INDEX IF NOT EXISTS outbox_by_user ON outbox (tenant, user_id, seq);
 """
+OUTBOX_FILE = "outbox.sqlite3"  # under the data dir
 # How many rows ``head`` reads ahead to fill a batch up to its size budget.
 _HEAD_SCAN = 256
 

@@ -227,3 +227,19 @@ def test_the_permission_message_says_what_to_do(tmp_path: Path) -> None:
     assert "fsGroup" in message and "chown" in message and "GATEWAY_DATA_DIR" in message
     with pytest.raises(DataDirProblem, match="MiB free"):
         check_data_dir(tmp_path / "d", reserve_bytes=1 << 62)
+
+
+def test_a_damaged_outbox_stops_start_up_with_one_line_and_keeps_the_file(
+    tmp_path: Path, llm: RunningServer, embedder: Service
+) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    outbox = data_dir / "outbox.sqlite3"
+    damaged = os.urandom(8192)
+    outbox.write_bytes(damaged)
+    code, log = start_failing(data_dir, llm.url, embedder.url)
+    lines = [line for line in log.splitlines() if str(outbox) in line]
+    print(f"\nexit {code}: {lines}")
+    assert code == 3 and len(lines) == 1 and "move the file aside" in lines[0], log[-2000:]
+    assert "Traceback" not in log
+    assert outbox.read_bytes() == damaged  # the queued writes in it are the operator's to save

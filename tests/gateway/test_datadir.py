@@ -1,0 +1,56 @@
+"""The SQLite files under the data dir are checked at start: damaged or locked
+ones stop it with one line naming the file and what to do."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from gateway import __main__ as entry
+from gateway.datadir import check_database
+from gateway.exceptions import DataDirProblem
+
+
+def test_a_missing_or_sound_database_passes(tmp_path: Path) -> None:
+    check_database(tmp_path / "none.sqlite3", "nothing")
+    sqlite3.connect(tmp_path / "ok.sqlite3").execute("CREATE TABLE t (x)").connection.close()
+    check_database(tmp_path / "ok.sqlite3", "rows")
+
+
+def test_a_damaged_database_names_the_file_and_says_move_it_aside(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    path.write_bytes(b"\x00not sqlite at all" * 100)
+    with pytest.raises(DataDirProblem) as raised:
+        check_database(path, "the memory writes not stored yet")
+    message = str(raised.value)
+    assert str(path) in message and "move the file aside" in message
+    assert "the memory writes not stored yet" in message and "\n" not in message
+
+
+def test_a_database_another_process_locks_says_which_and_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("CREATE TABLE t (x)")
+    other.execute("BEGIN IMMEDIATE")
+    monkeypatch.setattr("gateway.datadir.LOCK_WAIT_S", 0.05)
+    try:
+        with pytest.raises(DataDirProblem, match="locked by another process"):
+            check_database(path, "queued writes")
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    check_database(path, "queued writes")  # the lock is gone: fine
+
+
+def test_start_up_stops_with_exit_3_and_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("GATEWAY_DATA_DIR", str(tmp_path))
+    (tmp_path / "models.sqlite3").write_bytes(b"garbage" * 1000)
+    assert entry.main() == 3
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("memgate: ") and str(tmp_path / "models.sqlite3") in line
