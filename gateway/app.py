@@ -217,8 +217,12 @@ def create_app(
             CORSMiddleware,
             allow_origins=origins,
             allow_methods=["GET", "POST", "DELETE"],
-            allow_headers=["Authorization", "X-Api-Key", "Content-Type", "X-Request-Id"],
-            expose_headers=["X-Request-Id", "X-Memory-Hits", "X-Memory-Status"],
+            # Any request header: the official SDKs send their own (openai's
+            # x-stainless-*, anthropic-version, ...), and which headers a page may
+            # send guards nothing here: the origin list does, and the key is a
+            # header, never a cookie (no credentials are allowed).
+            allow_headers=["*"],
+            expose_headers=["X-Request-Id", "X-Memory-Hits", "X-Memory-Status", "Retry-After"],
         )
     # Added last, so it runs first: every answer, 413 and 429 included, is counted.
     app.add_middleware(RequestContextMiddleware, metrics=metrics, access_log=settings.access_log)

@@ -232,8 +232,8 @@ class Settings(BaseSettings):
     )
     cors_origins: str | None = Field(
         default=None,
-        description="Comma-separated browser origins allowed to call the API; unset: no "
-        "CORS headers at all.",
+        description="Comma-separated browser origins allowed to call the API (any request "
+        "header, no cookies: the key is a header); unset: no CORS headers at all.",
     )
     access_log: bool = Field(
         default=True,

@@ -114,6 +114,19 @@ def test_no_cors_headers_unless_configured(
     allowed = httpx.options(f"{cors.url}/chat/completions",
                             headers={**preflight, "Origin": "https://app.example"})  # fmt: skip
     assert allowed.headers["access-control-allow-origin"] == "https://app.example"
+    assert "access-control-allow-credentials" not in allowed.headers
+    # What the official browser SDKs send (openai's JS SDK, Anthropic's) passes the preflight.
+    sdk_headers = (
+        "authorization,content-type,x-stainless-lang,x-stainless-os,x-stainless-retry-count,"
+        "anthropic-version,anthropic-dangerous-direct-browser-access,x-api-key"
+    )
+    sdk = httpx.options(f"{cors.url}/chat/completions", headers={
+        **preflight, "Origin": "https://app.example", "Access-Control-Request-Headers": sdk_headers,
+    })  # fmt: skip
+    assert sdk.status_code == 200, sdk.text
+    from_evil = {**preflight, "Access-Control-Request-Headers": sdk_headers}
+    evil = httpx.options(f"{cors.url}/chat/completions", headers=from_evil)
+    assert "access-control-allow-origin" not in evil.headers
 
 
 @pytest.mark.parametrize(
