@@ -46,7 +46,10 @@ def test_messages_become_one_memory_each_and_repeats_are_not_stored(
                 {"role": "user", "content": "I play the cello"}]  # fmt: skip
     first = add(stack_gateway, user_id=user, messages=messages)
     assert first.status_code == 201
-    assert [r["event"] for r in first.json()["results"]] == ["ADD", "ADD"]
+    results = first.json()["results"]
+    # one result per message, in order: the repeat is NONE and names the first one's id
+    assert [r["event"] for r in results] == ["ADD", "ADD", "NONE"]
+    assert results[2]["id"] == results[0]["id"] != results[1]["id"]
     again = add(stack_gateway, user_id=user, text="I play the cello")
     [repeat] = again.json()["results"]
     assert repeat["event"] == "NONE" and repeat["id"] == first.json()["results"][0]["id"]
