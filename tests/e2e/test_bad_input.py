@@ -7,6 +7,7 @@ Infinity are what JSON parsers accept and JSON encoders refuse to write.
 
 from __future__ import annotations
 
+import gzip
 import http.client
 import json
 from collections.abc import Iterator
@@ -246,3 +247,29 @@ def test_a_cursor_that_no_page_gave_is_named_as_the_cursor(gateway: Service) -> 
         assert response.status_code == 400, (cursor, response.text)
         error = response.json()["error"]
         assert (error["code"], error["param"]) == ("invalid_cursor", "cursor"), cursor
+
+
+def test_a_compressed_body_is_415_not_invalid_json_and_never_forwarded(
+    gateway: Service, shared_llm: RunningServer
+) -> None:
+    shared_llm.reset()
+    shared_llm.clear_requests()
+    chat = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]}
+    for path, body in [
+        ("/v1/chat/completions", chat),
+        ("/v1/memories", {"user_id": "zip", "text": "compressed"}),
+        ("/v1/completions", {"model": "fake-model", "prompt": "hi"}),
+        ("/v1/embeddings", {"model": "fake-model", "input": "hi"}),
+    ]:
+        response = httpx.post(
+            f"{gateway.base_url}{path}",
+            content=gzip.compress(json.dumps(body).encode()),
+            headers={"content-type": "application/json", "content-encoding": "gzip"},
+        )
+        assert response.status_code == 415, (path, response.text)
+        error = response.json()["error"]
+        assert error["code"] == "unsupported_media_type", path
+        assert "'gzip'" in error["message"] and "identity" in error["message"], path
+    assert shared_llm.requests() == []
+    memories = httpx.get(f"{gateway.url}/memories", params={"user_id": "zip"}).json()
+    assert memories["results"] == []
