@@ -273,3 +273,28 @@ def test_a_compressed_body_is_415_not_invalid_json_and_never_forwarded(
     assert shared_llm.requests() == []
     memories = httpx.get(f"{gateway.url}/memories", params={"user_id": "zip"}).json()
     assert memories["results"] == []
+
+
+@pytest.mark.parametrize("kind", ["text/plain", None])
+def test_a_pass_through_body_is_json_whatever_its_content_type(
+    gateway: Service, shared_llm: RunningServer, kind: str | None
+) -> None:
+    # As chat reads its body: text/plain or no content type, it is JSON all the same.
+    shared_llm.clear_requests()
+    headers = {} if kind is None else {"content-type": kind}
+    bad = b'{"model": "fake-model", "prompt": "hi", "temperature": NaN}'
+    for path in ("/v1/completions", "/v1/embeddings"):
+        refused = httpx.post(f"{gateway.base_url}{path}", content=bad, headers=headers)
+        assert refused.status_code == 400, (path, refused.text)
+        assert refused.json()["error"]["code"] == "invalid_json", path
+    unknown = httpx.post(
+        f"{gateway.base_url}/v1/completions", content=b'{"model": "nope"}', headers=headers
+    )
+    assert unknown.status_code == 404, unknown.text  # the model was resolved
+    assert shared_llm.requests() == []  # none of them went upstream
+    body = b'{"model": "fake-model", "input": "hi"}'
+    served = httpx.post(f"{gateway.base_url}/v1/embeddings", content=body, headers=headers)
+    assert served.status_code == 200, served.text
+    (sent,) = shared_llm.requests()
+    assert sent["body"] == {"model": "fake-model", "input": "hi"}
+    assert {k.lower(): v for k, v in sent["headers"].items()}["content-type"] == "application/json"
