@@ -48,11 +48,11 @@ from gateway.auth import PrincipalDep
 from gateway.errors import APIError
 from gateway.services import Services, ServicesDep
 from gateway.upstream.replica import Call
-from gateway.upstream.sse import StreamAccumulator, error_event
+from gateway.upstream.sse import StreamAccumulator
 
 router = APIRouter()
 
-PASS_WIRE = Wire("/v1/{path}", StreamAccumulator, lambda _: None, error_event, json_only=False)
+PASS_WIRE = Wire("/v1/{path}", StreamAccumulator, lambda _: None, json_only=False)
 # vLLM's endpoints under its OpenAI base URL, and beside it (at the server's root).
 V1_PATHS = (
     "/v1/completions", "/v1/embeddings", "/v1/audio/transcriptions",
