@@ -298,3 +298,24 @@ def test_a_pass_through_body_is_json_whatever_its_content_type(
     (sent,) = shared_llm.requests()
     assert sent["body"] == {"model": "fake-model", "input": "hi"}
     assert {k.lower(): v for k, v in sent["headers"].items()}["content-type"] == "application/json"
+
+
+def test_error_messages_say_what_is_wrong(gateway: Service) -> None:
+    deep = "request body is nested too deeply: JSON arrays and objects may nest 512 levels at most"
+    chat_head = '{"model": "fake-model", "messages": [{"role": "user", "content": "hi"}], '
+    for path, body, message in [
+        ("/v1/memories", '{"user_id": "u", "text": "t", "metadata": ' + nested(100_000) + "}",
+         deep),
+        ("/v1/chat/completions", chat_head + '"metadata": ' + nested(100_000) + "}", deep),
+        ("/v1/memories", '{"user_id": "u", "text": "' + "x" * 16_001 + '"}',
+         "text: String should have at most 16000 characters"),
+        ("/v1/chat/completions", chat_head + '"user": "' + "x" * 300 + '"}',
+         "user: String should have at most 256 characters"),
+    ]:  # fmt: skip
+        answer = httpx.post(
+            f"{gateway.base_url}{path}",
+            content=body.encode(),
+            headers={"content-type": "application/json"},
+        )
+        assert answer.status_code == 400, (path, answer.text)
+        assert answer.json()["error"]["message"] == message, path
