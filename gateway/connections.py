@@ -15,7 +15,11 @@ HTTP with a small subclass of uvicorn's own httptools protocol that adds:
   connection that sent nothing is closed without an answer (what Apache's
   mod_reqtimeout does: there is no request to answer);
 - **a cap on the header block** (``max_header_bytes``): 431 beyond it, since
-  httptools would buffer a header of any length in memory;
+  httptools would buffer a header of any length in memory. Counted twice over,
+  since neither count alone sees every head: the bytes each read adds while a
+  head is incomplete (what httptools holds for a header not yet ended), and
+  what the parser found in the head (its URL, each header's name and value),
+  which sees a head that arrives whole in one read;
 - **a cap on open connections** (``max_connections``): when one more opens,
   the connection that has waited longest without a request in flight (slow
   headers, or an idle keep-alive) is closed to make room, so a flood of
@@ -90,7 +94,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         # signature uvicorn calls stays its own.
         self._header_timer: asyncio.TimerHandle | None = None
         self._send_timer: asyncio.TimerHandle | None = None
-        self._header_bytes = 0
+        self._header_bytes = 0  # bytes read while the head is incomplete
+        self._head_parsed = 0  # the head's size as the parser found it
+        self._head_refused = False  # 431 sent: the rest of what was read is ignored
         self._in_headers = True  # waiting for a request line and headers
         self._begun = False  # some byte of the current request arrived
         self._arm_header_deadline()
@@ -109,29 +115,48 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().data_received(data)
         # Checked after feeding, since one read may hold the end of the headers
         # and then the body; a read is bounded (the transport's buffer), so a
-        # header block grows to max_header_bytes plus one read at most.
+        # header block grows to max_header_bytes plus one read at most. A head
+        # that ends in this read was reset to 0 here: the parser's count
+        # (_count_head) is what refuses that one.
         if self._in_headers and self._header_bytes > self.max_header_bytes:
-            self._refuse(
-                431,
-                f"the request line and headers exceed {self.max_header_bytes} bytes",
-                "request_headers_too_large",
-            )
+            self._head_too_large()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_headers = True
         self._begun = True
+        self._head_parsed = 0
         if self._header_timer is None:  # a later request: its deadline starts now
             self._arm_header_deadline()
 
+    def on_url(self, url: bytes) -> None:
+        if self._head_refused:
+            return
+        super().on_url(url)
+        self._count_head(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._head_refused:
+            return  # a refused head's headers are not kept
+        super().on_header(name, value)
+        self._count_head(len(name) + len(value) + 4)  # ": " and CRLF
+
     def on_headers_complete(self) -> None:
+        if self._head_refused:
+            return  # refused: no request cycle, the app never sees it
         self.waiting.pop(self, None)
         self._cancel_header_deadline()
         self._in_headers = False
         self._header_bytes = 0
         super().on_headers_complete()
 
+    def on_body(self, body: bytes) -> None:
+        if not self._head_refused:  # else: the body of a request that has no cycle
+            super().on_body(body)
+
     def on_message_complete(self) -> None:
+        if self._head_refused:
+            return
         super().on_message_complete()
         self._in_headers = True
         self._begun = False
@@ -153,6 +178,28 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def resume_writing(self) -> None:
         self._cancel_send_deadline()
         super().resume_writing()
+
+    # The cap on the head.
+
+    def _count_head(self, size: int) -> None:
+        # The parser's count sees a head that arrived whole in one read, which
+        # the per-read count cannot (the head is complete, and reset, by the
+        # time that read is checked). The request line's method and version
+        # and optional spaces are not counted: a few bytes either way.
+        self._head_parsed += size
+        if self._head_parsed > self.max_header_bytes:
+            self._head_too_large()
+
+    def _head_too_large(self) -> None:
+        # The parser goes on with what is left of this read (httptools cannot be
+        # stopped from a callback without it reporting a parse error); the
+        # callbacks above ignore it, and the connection is closing.
+        self._head_refused = True
+        self._refuse(
+            431,
+            f"the request line and headers exceed {self.max_header_bytes} bytes",
+            "request_headers_too_large",
+        )
 
     # The deadlines.
 

@@ -30,6 +30,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.exceptions import GatewayError
+from gateway.json_depth import TOO_DEEP
 
 logger = logging.getLogger("gateway.errors")
 
@@ -101,6 +102,24 @@ def translated(exc: GatewayError) -> APIError:
     )  # fmt: skip
 
 
+def validation_message(error: Mapping[str, Any]) -> str:
+    """Pydantic's message for one error, unless it misstates it.
+
+    A length limit on an optional annotated string (``Text | None =
+    Field(max_length=...)``, Text being ``str`` with a validator) is checked on
+    the union, not the string, and pydantic then counts "items":
+    "Value should have at most 16000 items after validation". For a string
+    that is characters, said as pydantic says it of a plain ``str``.
+    """
+    kind, ctx = error.get("type"), error.get("ctx") or {}
+    if kind in ("too_long", "too_short") and isinstance(error.get("input"), str):
+        bound = "most" if kind == "too_long" else "least"
+        limit = ctx.get("max_length" if kind == "too_long" else "min_length")
+        unit = "character" if limit == 1 else "characters"
+        return f"String should have at {bound} {limit} {unit}"
+    return str(error.get("msg", "invalid value"))
+
+
 def _describe_validation(exc: RequestValidationError) -> tuple[str, str | None]:
     errors = exc.errors()
     if not errors:
@@ -110,7 +129,7 @@ def _describe_validation(exc: RequestValidationError) -> tuple[str, str | None]:
     where = ".".join(loc)
     if first.get("type") == "json_invalid":
         return "request body is not valid JSON", None
-    message = str(first.get("msg", "invalid value"))
+    message = validation_message(first)
     return (f"{where}: {message}" if where else message), (where or None)
 
 
@@ -140,7 +159,11 @@ FASTAPI_UNPARSABLE = "There was an error parsing the body"
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     if exc.status_code == 400 and exc.detail == FASTAPI_UNPARSABLE:
-        # The same answer as chat's for the same input (gateway.api.chat).
+        # The same answer as chat's for the same input (gateway.api.chat). FastAPI
+        # raises this one from the parser's error: a RecursionError is a body
+        # nested deeper than the parser goes, so deeper than MAX_JSON_DEPTH too.
+        if isinstance(exc.__cause__, RecursionError):
+            return APIError(400, TOO_DEEP, code="invalid_json").response()
         return APIError(400, "request body is not valid JSON", code="invalid_json").response()
     code = _CODE_BY_STATUS.get(exc.status_code)
     return APIError(exc.status_code, str(exc.detail), code=code, headers=exc.headers).response()

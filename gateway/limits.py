@@ -5,7 +5,9 @@ so a request without a valid key never gets this far). A body over the limit
 is refused with 413 (from ``Content-Length`` before reading, or while reading
 a chunked body); a body that has not fully arrived ``body_timeout_s`` after
 the request began is refused with 408 and its connection closed, so a client
-sending a byte a second holds its slot for that long at most; when
+sending a byte a second holds its slot for that long at most; a body in a
+``Content-Encoding`` other than identity (gzip, say) is refused with 415,
+since nothing behind this reads a compressed body; when
 ``max_concurrency`` requests are already being served, the next one gets 429
 with ``Retry-After`` instead of queueing without bound. Probes and metrics
 are exempt, so an overloaded gateway still reports its state.
@@ -51,6 +53,25 @@ def _content_length(scope: Scope) -> int | None:
             except ValueError:
                 return None
     return None
+
+
+def content_coding(scope: Scope) -> str | None:
+    """The request's ``Content-Encoding`` when it names a coding other than
+    identity (``"gzip"``, ``"br, gzip"``), else None.
+
+    Refused rather than decoded: the JSON endpoints would read gzip bytes as
+    broken JSON (a misleading 400), a pass-through would forward them with a
+    JSON content type and no encoding, and decoding would let a 1 MiB body
+    inflate to gigabytes (a decompression bomb) past the body-size limit.
+    """
+    named: list[str] = []
+    for name, value in scope.get("headers", ()):
+        if name == b"content-encoding":
+            named += value.decode("latin-1").split(",")
+    codings = [c.strip() for c in named if c.strip()]
+    if all(c.lower() == "identity" for c in codings):
+        return None
+    return ", ".join(codings)[:64]
 
 
 def undecodable_part(scope: Scope) -> str | None:
@@ -99,6 +120,18 @@ class RequestLimits:
                 400, f"the URL's {bad} is not UTF-8 once percent-decoded", code="invalid_url"
             )
             await refused.response()(scope, receive, send)
+            return
+        coding = content_coding(scope)
+        if coding is not None:
+            unsupported = APIError(
+                415,
+                f"request body has Content-Encoding {coding!r}; only identity "
+                "(an uncompressed body) is accepted",
+                code="unsupported_media_type",
+                # RFC 9110 §15.5.16: a 415 for a content coding names the ones accepted.
+                headers={"Accept-Encoding": "identity"},
+            )
+            await unsupported.response()(scope, receive, send)
             return
         length = _content_length(scope)
         if length is not None and length > self.max_body_bytes:

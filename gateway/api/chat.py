@@ -28,8 +28,9 @@ from gateway.api.relay import MemoryPlan, Relay
 from gateway.api.schemas import ChatRequest
 from gateway.api.wire import CHAT_WIRE, Wire
 from gateway.auth import Principal, PrincipalDep
-from gateway.errors import APIError
+from gateway.errors import APIError, validation_message
 from gateway.exceptions import EmbedderRejected, MemoryRequired, MemoryUnavailable
+from gateway.json_depth import TOO_DEEP, nests_deeper
 from gateway.memory.prompt import inject_memories, last_user_text, recall_query
 from gateway.openapi import KEYED, NO_MODEL, UPSTREAM, WITH_BODY, errors, json_body, relayed
 from gateway.services import Services, ServicesDep
@@ -61,6 +62,8 @@ def _no_constant(name: str) -> float:
 def parse_json_object(raw: bytes) -> dict[str, Any]:
     try:
         body = json.loads(raw, parse_float=_finite, parse_constant=_no_constant)
+    except RecursionError:
+        raise APIError(400, TOO_DEEP, code="invalid_json") from None
     except NotJsonNumber as exc:
         raise APIError(
             400,
@@ -68,8 +71,10 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
             "(NaN, Infinity and numbers beyond ±1.8e308 have no JSON meaning)",
             code="invalid_json",
         ) from None
-    except (ValueError, UnicodeDecodeError, RecursionError):
+    except (ValueError, UnicodeDecodeError):
         raise APIError(400, "request body is not valid JSON", code="invalid_json") from None
+    if nests_deeper(raw):  # parsed, but deeper than the gateway's own limit
+        raise APIError(400, TOO_DEEP, code="invalid_json")
     if not isinstance(body, dict):
         raise APIError(400, "request body must be a JSON object", code="invalid_request")
     return body
@@ -87,7 +92,7 @@ def validated(schema: type[Body], body: dict[str, Any]) -> Body:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
         raise APIError(
-            400, f"{where}: {first['msg']}", code="invalid_request", param=where
+            400, f"{where}: {validation_message(first)}", code="invalid_request", param=where
         ) from None
 
 

@@ -29,7 +29,7 @@ from gateway.memory.prompt import last_user_text
 from gateway.openapi import KEYED, NO_MODEL, UPSTREAM, WITH_BODY, errors, json_body, relayed
 from gateway.services import ServicesDep
 from gateway.upstream.replica import Call
-from gateway.upstream.sse_apis import MessagesStream, message_error_event, message_text
+from gateway.upstream.sse_apis import MessagesStream, message_text
 
 router = APIRouter(responses=KEYED)
 ROUTE = "/v1/messages"
@@ -69,7 +69,7 @@ def as_chat(body: Json) -> Json:
 MESSAGES = TurnAPI(
     MessagesRequest, Call("/messages"), "messages", latest_user_text, add_to_system, as_chat
 )
-MESSAGES_WIRE = Wire(ROUTE, MessagesStream, message_text, message_error_event)
+MESSAGES_WIRE = Wire(ROUTE, MessagesStream, message_text)
 
 
 @router.post(

@@ -10,11 +10,18 @@ everything a chat request gets: the tenant's key, the body and concurrency
 limits, health-aware routing with fallback, the pool's retry policy (never
 once the upstream may have started work), metrics and the error envelope.
 
-The body goes as the client sent it, bytes and content type alike; only an
-alias that the upstream knows by another name changes the ``model`` value
-(in place, in a form too). The answer comes back as the upstream sent it:
-JSON, text, or an SSE stream relayed as it arrives. An upstream without the
-endpoint answers its own 404, which the client gets as a 404.
+The body goes as the client sent it, byte for byte; only an alias that the
+upstream knows by another name changes the ``model`` value (in place, in a
+form too). A body that is not a multipart form is read as JSON whatever its
+content type says, as chat reads its body (text/plain, a missing type,
+anything else): so its model is always resolved, NaN and Infinity never go
+upstream, and an upstream that ignores the content type cannot be handed a
+body the gateway did not check. It goes as ``application/json``, or as the
+JSON type the client named; a form goes as its own type.
+
+The answer comes back as the upstream sent it: JSON, text, or an SSE stream
+relayed as it arrives. An upstream without the endpoint answers its own 404,
+which the client gets as a 404.
 
 Routes: vLLM's known paths each have their own (so metrics name them), and
 any other ``/v1/…`` path goes upstream too, except the gateway's own paths
@@ -41,11 +48,11 @@ from gateway.auth import PrincipalDep
 from gateway.errors import APIError
 from gateway.services import Services, ServicesDep
 from gateway.upstream.replica import Call
-from gateway.upstream.sse import StreamAccumulator, error_event
+from gateway.upstream.sse import StreamAccumulator
 
 router = APIRouter()
 
-PASS_WIRE = Wire("/v1/{path}", StreamAccumulator, lambda _: None, error_event, json_only=False)
+PASS_WIRE = Wire("/v1/{path}", StreamAccumulator, lambda _: None, json_only=False)
 # vLLM's endpoints under its OpenAI base URL, and beside it (at the server's root).
 V1_PATHS = (
     "/v1/completions", "/v1/embeddings", "/v1/audio/transcriptions",
@@ -57,6 +64,7 @@ ROOT_PATHS = (
     "/v2/rerank", "/invocations",
 )  # fmt: skip
 MAX_MODEL = 256
+FORM = "multipart/form-data"
 _FORM_NAME = r'(?:^|[;\s])name="{}"'
 
 
@@ -94,7 +102,7 @@ def _model_name(value: Any) -> str:
 def read_request(raw: bytes, content_type: str) -> tuple[str | None, bool, Outgoing]:
     """The model a body names (None: none), whether it asks for a stream, and
     what goes upstream (the client's bytes, unless an alias is renamed)."""
-    if content_type.startswith("multipart/form-data"):
+    if _media_type(content_type) == FORM:
         span = form_field(raw, content_type, "model")
         if span is None:
             return None, False, Outgoing(raw)
@@ -103,13 +111,29 @@ def read_request(raw: bytes, content_type: str) -> tuple[str | None, bool, Outgo
         stream = form_field(raw, content_type, "stream")
         streams = stream is not None and raw[stream[0] : stream[1]].strip() == b"true"
         return model, streams, Outgoing(raw, model, model_at=span)
-    if raw and (not content_type or "json" in content_type):
-        body = parse_json_object(raw)
-        if "model" in body:
-            model = _model_name(body["model"])
-            return model, body.get("stream") is True, Outgoing(raw, model, body)
-        return None, body.get("stream") is True, Outgoing(raw)
-    return None, False, Outgoing(raw)
+    if not raw:
+        return None, False, Outgoing(raw)
+    # Every other body is JSON, as chat's is, whatever its content type says
+    # (see the module's docstring).
+    body = parse_json_object(raw)
+    if "model" in body:
+        model = _model_name(body["model"])
+        return model, body.get("stream") is True, Outgoing(raw, model, body)
+    return None, body.get("stream") is True, Outgoing(raw)
+
+
+def _media_type(content_type: str) -> str:
+    """``text/plain`` of ``Text/Plain; charset=utf-8`` (media types ignore case)."""
+    return content_type.partition(";")[0].strip().lower()
+
+
+def upstream_content_type(content_type: str) -> str:
+    """The content type sent upstream: a form's or a JSON type as the client
+    gave it; ``application/json`` for the rest, which was read as JSON."""
+    media = _media_type(content_type)
+    if media in (FORM, "application/json") or media.endswith("+json"):
+        return content_type
+    return "application/json"
 
 
 def _check_path(path: str) -> None:
@@ -128,7 +152,8 @@ async def pass_through(request: Request, services: Services, wire: Wire, *, root
     model, stream, outgoing = read_request(raw, content_type)
     targets = resolve_model(services, model) if model else services.router.default_targets()
     path = request.url.path if root else request.url.path.removeprefix("/v1")
-    call = Call(path, request.method, content_type or "application/json", request.url.query, root)
+    kind = upstream_content_type(content_type)
+    call = Call(path, request.method, kind, request.url.query, root)
     return await relay_turn(
         request, services, targets, outgoing, MemoryPlan(), started, model or "", {},
         stream=stream, wire=wire, call=call,

@@ -197,21 +197,19 @@ class Relay:
             if acc.completed:
                 outcome = UpstreamOutcome.SUCCESS
             else:
-                failure = self.wire.error_event(
+                failure = acc.error_event(
                     "the LLM upstream closed the stream before finishing",
                     "upstream_stream_incomplete",
                 )
         except TimedOut:
             outcome = UpstreamOutcome.TIMEOUT
             idle = self.stream_idle_timeout_s
-            failure = self.wire.error_event(
+            failure = acc.error_event(
                 f"the LLM upstream sent nothing for {idle:g}s", "upstream_stream_idle_timeout"
             )
         except TransportError as exc:
             logger.warning("stream from %s broke: %s", self.name, exc)
-            failure = self.wire.error_event(
-                "the LLM upstream failed mid-stream", "upstream_stream_error"
-            )
+            failure = acc.error_event("the LLM upstream failed mid-stream", "upstream_stream_error")
         except asyncio.CancelledError:
             outcome = UpstreamOutcome.CLIENT_DISCONNECT
             raise

@@ -3,8 +3,10 @@
 Chat Completions, the Responses API and Anthropic's Messages API all go
 through one relay (``gateway.api.relay``): the same timeouts, metrics,
 breaker bookkeeping and memory writes. A ``Wire`` holds the few things that
-differ: how a stream is read as it passes, where the reply's text is in a
-plain answer, and how an error is written into a stream that broke off.
+differ: how a stream is read as it passes (and how an error is written into
+one that broke off: the stream's reader writes it, since a Responses error
+event continues the stream's sequence numbers), and where the reply's text
+is in a plain answer.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from gateway.upstream.sse import StreamAccumulator, error_event, reply_text
+from gateway.upstream.sse import StreamAccumulator, reply_text
 
 
 class Accumulate(Protocol):
@@ -29,8 +31,7 @@ class Wire:
     route: str
     accumulator: Accumulate
     reply_text: Callable[[dict[str, Any]], str | None]  # None: not a finished turn
-    error_event: Callable[[str, str], bytes]
     json_only: bool = True
 
 
-CHAT_WIRE = Wire("/v1/chat/completions", StreamAccumulator, reply_text, error_event)
+CHAT_WIRE = Wire("/v1/chat/completions", StreamAccumulator, reply_text)

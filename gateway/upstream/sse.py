@@ -124,6 +124,11 @@ class StreamAccumulator:
                 self.finish_reason = str(choice["finish_reason"])
         return True
 
+    def error_event(self, message: str, code: str) -> bytes:
+        """The event that ends this stream when it broke off: each API's own
+        (Responses and Messages override it)."""
+        return error_event(message, code)
+
     def rename(self, event: dict[str, Any], model: str) -> bool:
         """Give ``event`` the client's model name; False when it names none."""
         if "model" not in event:

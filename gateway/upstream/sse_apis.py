@@ -71,10 +71,12 @@ def _event(kind: str, payload: Json) -> bytes:
     return f"event: {kind}\ndata: ".encode() + json.dumps(payload).encode() + b"\n\n"
 
 
-def response_error_event(message: str, code: str) -> bytes:
-    """A Responses API ``error`` event (the stream's own way to say it failed)."""
+def response_error_event(message: str, code: str, sequence_number: int = 0) -> bytes:
+    """A Responses API ``error`` event (the stream's own way to say it failed).
+    ``sequence_number`` is the event's place in its stream: every event of a
+    Responses stream has one, each one more than the last."""
     payload = {"type": "error", "code": code, "message": message, "param": None}
-    return _event("error", {**payload, "sequence_number": 0})
+    return _event("error", {**payload, "sequence_number": sequence_number})
 
 
 def message_error_event(message: str, code: str) -> bytes:
@@ -99,9 +101,13 @@ class ResponsesStream(StreamAccumulator):
         super().__init__(rename_to=rename_to)  # Responses has no usage-only event
         self._on_id = on_id
         self.finished = False
+        self.last_sequence: int | None = None  # of the last event seen
 
     def observe(self, event: Json) -> bool:
         kind = event.get("type")
+        number = event.get("sequence_number")
+        if isinstance(number, int) and not isinstance(number, bool):
+            self.last_sequence = number
         response = _dict(event.get("response"))
         if kind == "response.created" and isinstance(response.get("id"), str):
             if self._on_id is not None:
@@ -117,6 +123,13 @@ class ResponsesStream(StreamAccumulator):
         elif kind == "error":
             self.error = event
         return True
+
+    def error_event(self, message: str, code: str) -> bytes:
+        # The gateway's error event continues the stream's numbering: a client
+        # that orders or deduplicates events by sequence_number would take a
+        # 0 here for an event from before response.created.
+        following = 0 if self.last_sequence is None else self.last_sequence + 1
+        return response_error_event(message, code, following)
 
     def rename(self, event: Json, model: str) -> bool:
         return _rename_in(event, "response", model)
@@ -150,6 +163,9 @@ class MessagesStream(StreamAccumulator):
         elif kind == "error":
             self.error = _dict(event.get("error")) or {"message": "error event"}
         return True
+
+    def error_event(self, message: str, code: str) -> bytes:
+        return message_error_event(message, code)
 
     def _add_usage(self, usage: Any) -> None:
         # Input tokens come with message_start, the output count with message_delta.

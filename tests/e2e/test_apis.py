@@ -213,6 +213,8 @@ def test_a_stalled_stream_ends_in_each_apis_own_error_event_and_is_not_remembere
     )
     assert events[0].type == "response.created"
     assert events[-1].type == "error" and events[-1].code == "upstream_stream_idle_timeout"
+    # The gateway's error event continues the stream's numbering.
+    assert events[-1].sequence_number == events[-2].sequence_number + 1
 
     with pytest.raises(anthropic.APIStatusError, match="sent nothing for 2s"):
         list(claude(gateway).messages.create(

@@ -7,6 +7,7 @@ Infinity are what JSON parsers accept and JSON encoders refuse to write.
 
 from __future__ import annotations
 
+import gzip
 import http.client
 import json
 from collections.abc import Iterator
@@ -246,3 +247,75 @@ def test_a_cursor_that_no_page_gave_is_named_as_the_cursor(gateway: Service) -> 
         assert response.status_code == 400, (cursor, response.text)
         error = response.json()["error"]
         assert (error["code"], error["param"]) == ("invalid_cursor", "cursor"), cursor
+
+
+def test_a_compressed_body_is_415_not_invalid_json_and_never_forwarded(
+    gateway: Service, shared_llm: RunningServer
+) -> None:
+    shared_llm.reset()
+    shared_llm.clear_requests()
+    chat = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]}
+    for path, body in [
+        ("/v1/chat/completions", chat),
+        ("/v1/memories", {"user_id": "zip", "text": "compressed"}),
+        ("/v1/completions", {"model": "fake-model", "prompt": "hi"}),
+        ("/v1/embeddings", {"model": "fake-model", "input": "hi"}),
+    ]:
+        response = httpx.post(
+            f"{gateway.base_url}{path}",
+            content=gzip.compress(json.dumps(body).encode()),
+            headers={"content-type": "application/json", "content-encoding": "gzip"},
+        )
+        assert response.status_code == 415, (path, response.text)
+        error = response.json()["error"]
+        assert error["code"] == "unsupported_media_type", path
+        assert "'gzip'" in error["message"] and "identity" in error["message"], path
+    assert shared_llm.requests() == []
+    memories = httpx.get(f"{gateway.url}/memories", params={"user_id": "zip"}).json()
+    assert memories["results"] == []
+
+
+@pytest.mark.parametrize("kind", ["text/plain", None])
+def test_a_pass_through_body_is_json_whatever_its_content_type(
+    gateway: Service, shared_llm: RunningServer, kind: str | None
+) -> None:
+    # As chat reads its body: text/plain or no content type, it is JSON all the same.
+    shared_llm.clear_requests()
+    headers = {} if kind is None else {"content-type": kind}
+    bad = b'{"model": "fake-model", "prompt": "hi", "temperature": NaN}'
+    for path in ("/v1/completions", "/v1/embeddings"):
+        refused = httpx.post(f"{gateway.base_url}{path}", content=bad, headers=headers)
+        assert refused.status_code == 400, (path, refused.text)
+        assert refused.json()["error"]["code"] == "invalid_json", path
+    unknown = httpx.post(
+        f"{gateway.base_url}/v1/completions", content=b'{"model": "nope"}', headers=headers
+    )
+    assert unknown.status_code == 404, unknown.text  # the model was resolved
+    assert shared_llm.requests() == []  # none of them went upstream
+    body = b'{"model": "fake-model", "input": "hi"}'
+    served = httpx.post(f"{gateway.base_url}/v1/embeddings", content=body, headers=headers)
+    assert served.status_code == 200, served.text
+    (sent,) = shared_llm.requests()
+    assert sent["body"] == {"model": "fake-model", "input": "hi"}
+    assert {k.lower(): v for k, v in sent["headers"].items()}["content-type"] == "application/json"
+
+
+def test_error_messages_say_what_is_wrong(gateway: Service) -> None:
+    deep = "request body is nested too deeply: JSON arrays and objects may nest 512 levels at most"
+    chat_head = '{"model": "fake-model", "messages": [{"role": "user", "content": "hi"}], '
+    for path, body, message in [
+        ("/v1/memories", '{"user_id": "u", "text": "t", "metadata": ' + nested(100_000) + "}",
+         deep),
+        ("/v1/chat/completions", chat_head + '"metadata": ' + nested(100_000) + "}", deep),
+        ("/v1/memories", '{"user_id": "u", "text": "' + "x" * 16_001 + '"}',
+         "text: String should have at most 16000 characters"),
+        ("/v1/chat/completions", chat_head + '"user": "' + "x" * 300 + '"}',
+         "user: String should have at most 256 characters"),
+    ]:  # fmt: skip
+        answer = httpx.post(
+            f"{gateway.base_url}{path}",
+            content=body.encode(),
+            headers={"content-type": "application/json"},
+        )
+        assert answer.status_code == 400, (path, answer.text)
+        assert answer.json()["error"]["message"] == message, path

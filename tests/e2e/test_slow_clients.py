@@ -156,6 +156,12 @@ def test_oversized_or_malformed_request_heads_get_an_openai_error(
     wait_until(huge.poll, 5, what="huge headers refused")
     assert huge.status() == 431, huge.answer
     assert huge.error()["code"] == "request_headers_too_large"
+    # A whole head, its end included, sent at once (read at once): refused all the same.
+    whole = RawConnection(
+        gateway.port, b"GET /livez HTTP/1.1\r\nX-Big: " + b"a" * 120_000 + b"\r\n\r\n"
+    )
+    wait_until(whole.poll, 5, what="a whole huge head refused")
+    assert whole.status() == 431, whole.answer[:200]
     garbage = RawConnection(gateway.port, b"\x00\x01 not http\r\n\r\n")
     wait_until(garbage.poll, 5, what="garbage refused")
     assert garbage.status() == 400, garbage.answer

@@ -11,8 +11,10 @@ from collections.abc import Iterator
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
+from gateway.api.chat import validated
+from gateway.api.schemas import Text
 from gateway.errors import APIError, install_error_handlers
 from gateway.exceptions import (
     DimensionMismatch,
@@ -23,6 +25,7 @@ from gateway.exceptions import (
     UnknownModel,
     UpstreamFailed,
 )
+from gateway.json_depth import MAX_JSON_DEPTH
 
 
 def _app(raised: list[BaseException]) -> FastAPI:
@@ -161,3 +164,56 @@ def test_a_body_fastapi_cannot_parse_is_invalid_json_as_in_chat() -> None:
                 "code": "invalid_json",
                 "param": None,
             }, body[:20]
+
+
+class Note(BaseModel):
+    # As the gateway's optional strings are declared (Text | None, constrained):
+    # pydantic checks the limit on the union and says "items".
+    text: Text | None = Field(default=None, min_length=1, max_length=16_000)
+    tags: list[str] = Field(default=[], max_length=2)
+
+
+def _notes_app() -> FastAPI:
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.post("/notes")
+    async def add(note: Note) -> dict[str, str]:
+        return {"ok": "yes"}
+
+    return app
+
+
+def test_a_body_nested_past_the_parser_says_so_with_the_limit() -> None:
+    with TestClient(_notes_app(), raise_server_exceptions=False) as client:
+        deep = b'{"text": "t", "meta": ' + b'{"d": ' * 100_000 + b"1" + b"}" * 100_000 + b"}"
+        answer = client.post("/notes", content=deep, headers={"content-type": "application/json"})
+    assert answer.status_code == 400
+    assert answer.json()["error"] == {
+        "message": "request body is nested too deeply: JSON arrays and objects may nest "
+        f"{MAX_JSON_DEPTH} levels at most",
+        "type": "invalid_request_error",
+        "code": "invalid_json",
+        "param": None,
+    }
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"text": "x" * 16_001}, "text: String should have at most 16000 characters"),
+        ({"text": ""}, "text: String should have at least 1 character"),
+        ({"tags": ["a", "b", "c"]}, "tags: List should have at most 2 items after validation"),
+    ],
+)
+def test_a_length_limit_names_characters_for_text_and_items_for_lists(
+    body: dict[str, object], message: str
+) -> None:
+    with TestClient(_notes_app(), raise_server_exceptions=False) as client:
+        answer = client.post("/notes", json=body)
+    assert answer.status_code == 400
+    assert answer.json()["error"]["message"].startswith(message), answer.json()
+    # Chat, Responses and Messages validate their bodies themselves: the same words.
+    with pytest.raises(APIError) as caught:
+        validated(Note, body)
+    assert caught.value.message.startswith(message)

@@ -7,7 +7,7 @@ import json
 import httpx
 import pytest
 
-from gateway.api.passthrough import form_field, read_request
+from gateway.api.passthrough import form_field, read_request, upstream_content_type
 from gateway.errors import APIError
 from gateway.upstream.pool import Target
 from gateway.upstream.replica import Upstream
@@ -49,7 +49,29 @@ def test_json_bodies_go_as_sent_unless_an_alias_is_renamed() -> None:
     assert json.loads(outgoing.bytes_for(target("org/small-v2")))["model"] == "org/small-v2"
     model, _, outgoing = read_request(b'{"prompt": "a b"}', "")
     assert model is None and outgoing.bytes_for(target("fallback-model")) == b'{"prompt": "a b"}'
-    assert read_request(b"anything", "text/plain")[0] is None
+
+
+@pytest.mark.parametrize(
+    "kind", ["text/plain", "Text/Plain; charset=utf-8", "", "application/octet-stream"]
+)
+def test_a_body_that_is_no_form_is_read_as_json_whatever_its_content_type(kind: str) -> None:
+    # As chat reads its body: so the model is resolved, and nothing unchecked goes upstream.
+    model, stream, outgoing = read_request(b'{"model": "small", "stream": true}', kind)
+    assert (model, stream) == ("small", True)
+    assert json.loads(outgoing.bytes_for(target("org/small-v2")))["model"] == "org/small-v2"
+    assert upstream_content_type(kind) == "application/json"  # what it was read as
+    for raw in (b'{"model": "small", "temperature": NaN}', b'{"x": [Infinity]}', b"anything"):
+        with pytest.raises(APIError) as caught:
+            read_request(raw, kind)
+        assert (caught.value.status_code, caught.value.code) == (400, "invalid_json"), raw
+
+
+def test_json_and_form_content_types_go_upstream_as_the_client_named_them() -> None:
+    for kind in ("application/json", "application/json; charset=utf-8", "application/x+json"):
+        assert upstream_content_type(kind) == kind
+    _, form = multipart(model="whisper")
+    assert upstream_content_type(form) == form
+    assert read_request(b"", "text/plain")[0] is None  # no body: nothing to read
 
 
 @pytest.mark.parametrize("raw", [b'{"model": 3}', b'{"model": ""}', b"[1]", b"{nope"])

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from gateway.upstream.sse import StreamAccumulator
+from gateway.upstream.sse import StreamAccumulator, error_event
 from gateway.upstream.sse_apis import (
     MessagesStream,
     ResponsesStream,
@@ -87,6 +87,28 @@ def test_the_error_events_are_each_apis_own() -> None:
         "type": "error",
         "error": {"type": "api_error", "message": "boom"},
     }
+
+
+@pytest.mark.parametrize("size", [1, 64, 1 << 20])
+def test_a_responses_error_event_continues_the_streams_sequence(size: int) -> None:
+    events = responses_answer(BASE, REPLY, USAGE, True, {})
+    acc = ResponsesStream()
+    feed_in_pieces(acc, b"".join(events[:-1]), size)  # cut before response.completed
+    last = json.loads(events[-2].split(b"data: ", 1)[1])["sequence_number"]
+    assert last > 0  # the test means something: some events were numbered
+    kind, data = acc.error_event("boom", "upstream_stream_error").split(b"\n")[:2]
+    assert kind == b"event: error"
+    assert json.loads(data[5:])["sequence_number"] == last + 1
+    # Before any numbered event (or in a stream without numbers) it is the first.
+    assert (
+        json.loads(ResponsesStream().error_event("b", "c").split(b"data: ")[1])["sequence_number"]
+        == 0
+    )
+
+
+def test_each_streams_reader_writes_its_apis_error_event() -> None:
+    assert StreamAccumulator().error_event("boom", "x") == error_event("boom", "x")
+    assert MessagesStream().error_event("boom", "x") == message_error_event("boom", "x")
 
 
 def test_an_alias_gets_the_clients_model_name_back_in_streams() -> None:
