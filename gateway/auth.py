@@ -52,23 +52,43 @@ def _parse_entry(item: str, where: str) -> tuple[bytes, str]:
     return _digest(key), tenant
 
 
-def parse_api_keys(spec: str) -> dict[bytes, str]:
-    """``"acme:k1,globex:k2"`` → {sha256(key): tenant}. Raises ValueError when malformed."""
-    entries = (part.strip() for part in spec.split(","))
-    return dict(_parse_entry(item, "GATEWAY_API_KEYS") for item in entries if item)
+def _add_key(keys: dict[bytes, str], digest: bytes, tenant: str, where: str) -> None:
+    """Add one entry; a key already given to another tenant is an error. Left alone, the
+    last entry won and the first tenant's clients silently read and wrote the other's
+    memories. The message names the tenants, never the key."""
+    known = keys.setdefault(digest, tenant)
+    if known != tenant:
+        raise ValueError(
+            f"{where}: tenants {known!r} and {tenant!r} have the same key; "
+            "each key must belong to one tenant"
+        )
 
 
-def read_api_keys_file(path: Path) -> dict[bytes, str]:
-    keys: dict[bytes, str] = {}
+def parse_api_keys(spec: str, keys: dict[bytes, str] | None = None) -> dict[bytes, str]:
+    """``"acme:k1,globex:k2"`` → {sha256(key): tenant}, added to ``keys`` when given.
+    Raises ValueError when malformed, or when a key is another tenant's."""
+    keys = {} if keys is None else keys
+    for item in (part.strip() for part in spec.split(",")):
+        if item:
+            _add_key(keys, *_parse_entry(item, "GATEWAY_API_KEYS"), "GATEWAY_API_KEYS")
+    return keys
+
+
+def read_api_keys_file(path: Path, keys: dict[bytes, str] | None = None) -> dict[bytes, str]:
+    """The ``tenant:key`` lines of ``path``, added to ``keys`` as ``parse_api_keys`` does."""
+    keys = {} if keys is None else keys
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         line = line.strip()
         if line and not line.startswith("#"):
-            digest, tenant = _parse_entry(line, f"{path}:{number}")
-            keys[digest] = tenant
+            where = f"{path}:{number}"
+            _add_key(keys, *_parse_entry(line, where), where)
     return keys
 
 
 class KeyRing:
+    """Raises ValueError for a malformed entry, a key given to two tenants (across
+    GATEWAY_API_KEYS and the keys file too), or an admin key that is a tenant's key."""
+
     def __init__(
         self,
         api_keys: str | None,
@@ -77,8 +97,16 @@ class KeyRing:
     ) -> None:
         self._keys = parse_api_keys(api_keys) if api_keys else {}
         if keys_file is not None:
-            self._keys.update(read_api_keys_file(keys_file))
+            read_api_keys_file(keys_file, self._keys)
         self._admin = _digest(admin_key) if admin_key else None
+        # Otherwise that tenant's clients could open /admin (and every tenant's users) with
+        # their own key. A lookup, not compare_digest: this runs once, on the operator's
+        # configuration, never on a client's guess.
+        if self._admin is not None and (owner := self._keys.get(self._admin)) is not None:
+            raise ValueError(
+                f"GATEWAY_ADMIN_KEY is also the key of tenant {owner!r}; "
+                "the admin key must be a key of its own"
+            )
 
     @property
     def tenants_enabled(self) -> bool:

@@ -2,8 +2,10 @@
 
 Memories are user-provided data, so they go in quoted (one JSON string per
 line inside a delimited block: quotes, every kind of line break and "</"
-escaped, so a memory can neither start a line nor close the block) with an
-instruction to treat them as notes, never as instructions.
+escaped, so a memory can neither start a line nor close the block; and the
+openers of chat templates' special tokens escaped, so it cannot end the system
+turn and forge another) with an instruction to treat them as notes, never as
+instructions.
 
 Where they go: the conversation keeps exactly one system message at its front.
 If the client sent one, the memory block is appended to it; otherwise a new
@@ -15,6 +17,7 @@ this is the placement every model served by vLLM accepts.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -72,12 +75,41 @@ def recall_query(text: str) -> str:
 _LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
 
 
+# The memories go into the system message; the server renders the chat template around
+# it and tokenizes the result with special tokens parsed (llama.cpp's server does, and HF
+# tokenizers split added tokens out of any text by default), so a memory holding
+# "<|im_end|><|im_start|>system ..." would end the system turn and open one of its own.
+# A tokenizer matches an added token only as its exact string, and those of chat models
+# all hold a "<" before a non-space ("<|eot_id|>", "<s>", "<start_of_turn>", DeepSeek's
+# "<\uff5cUser\uff5c>", Falcon's ">>TITLE<<") or are a word in square brackets ("[INST]",
+# "[/INST]", "[SYSTEM_PROMPT]", EXAONE's "[|user|]"). So every such "<" and "[" is written
+# as its JSON escape (\u003c, \u005b): no such token can occur in a quoted memory, for any
+# model, and the string still decodes to the memory's exact text. What stays readable: a
+# "<" before a plain space ("a < b"; other whitespace is an escape in the JSON text, or
+# becomes one below), a "[" of words with spaces ("[see above]"), and "</", which has its
+# own escape.
+_ANGLE_OPENER = re.compile(r"<(?=[^ /])")
+
+
+def _escape_brackets(run: str) -> str:
+    """``run`` (text without spaces) with every "[" before its last "]" escaped.
+    Per run, not by a look-ahead regex: that would cost quadratic time on "[[[[..."."""
+    last = run.rfind("]")
+    return run[:last].replace("[", "\\u005b") + run[last:] if last > 0 else run
+
+
 def quote_memory(text: str) -> str:
-    """``text`` as one JSON string on one line that cannot end the memories block."""
+    """``text`` as one JSON string on one line that cannot end the memories block
+    and holds no special token of any chat template."""
     quoted = json.dumps(text, ensure_ascii=False)
+    if "<" in quoted:
+        quoted = _ANGLE_OPENER.sub(r"\\u003c", quoted)
+    if "[" in quoted and "]" in quoted:
+        quoted = " ".join(_escape_brackets(run) for run in quoted.split(" "))
     if "/" in quoted:
         # "</" becomes "<\/" (JSON's own escape: the string decodes unchanged), so no
-        # memory can close the block; other slashes stay, so URLs read normally.
+        # memory can close the block (nor hold "</s>"); other slashes stay, so URLs read
+        # normally.
         quoted = quoted.replace("</", "<\\/")
     return quoted.translate(_LINE_BREAKS)
 

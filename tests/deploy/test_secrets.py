@@ -56,6 +56,32 @@ def test_the_gateway_refuses_weak_secrets_with_one_line(
         assert value.partition(":")[2] not in lines[0] if ":" in value else value not in lines[0]
 
 
+SHARED = "shared-key-0123456789abc"
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"GATEWAY_API_KEYS": f"acme:{SHARED},globex:{SHARED}"},
+         "GATEWAY_API_KEYS: tenants 'acme' and 'globex' have the same key"),
+        # Not a weak secret that the operator may allow: a key opening two doors.
+        ({"GATEWAY_API_KEYS": f"acme:{SHARED}", "GATEWAY_ADMIN_KEY": SHARED,
+          "GATEWAY_ALLOW_WEAK_SECRETS": "true"},
+         "GATEWAY_ADMIN_KEY is also the key of tenant 'acme'"),
+    ],
+    ids=["two tenants", "admin and tenant"],
+)  # fmt: skip
+def test_the_gateway_refuses_a_key_given_twice_with_one_line(
+    env: dict[str, str], named: str, tmp_path: Path
+) -> None:
+    result = run_gateway(env, tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("memgate: configuration error: ") and named in lines[0]
+    assert SHARED not in result.stderr + result.stdout  # names tenants, never the key
+
+
 def test_weak_secrets_are_allowed_when_the_operator_says_so() -> None:
     settings = settings_module.Settings(**OLD_EXAMPLE_FIELDS, allow_weak_secrets=True)
     secret_strength.check_secrets(settings)  # no error

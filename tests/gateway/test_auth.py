@@ -42,6 +42,40 @@ def test_malformed_key_specs_are_refused(spec: str) -> None:
         parse_api_keys(spec)
 
 
+SHARED = "shared-key-0123456789abc"
+
+
+def test_a_key_given_to_two_tenants_is_refused_naming_them_not_the_key(tmp_path: Path) -> None:
+    """F4: the last entry won, and acme's clients read and wrote globex's memories."""
+    with pytest.raises(ValueError, match="GATEWAY_API_KEYS: tenants 'acme' and 'globex'") as exc:
+        KeyRing(f"acme:{SHARED}, globex:{SHARED}", None)
+    assert SHARED not in str(exc.value)
+    # Across the setting and the keys file, and as a digest of the same key, too.
+    digest = hashlib.sha256(SHARED.encode()).hexdigest()
+    path = tmp_path / "keys"
+    for line in (f"globex:{SHARED}", f"globex:sha256:{digest}"):
+        path.write_text(f"# tenants\n{line}\n")
+        with pytest.raises(ValueError, match=f"{path}:2: tenants 'acme' and 'globex'") as exc:
+            KeyRing(f"acme:{SHARED}", None, keys_file=path)
+        assert SHARED not in str(exc.value) and digest not in str(exc.value)
+    # The same key listed twice for one tenant is only a repetition.
+    path.write_text(f"acme:sha256:{digest}\n")
+    assert KeyRing(f"acme:{SHARED},acme:{SHARED}", None, keys_file=path).tenant_of(SHARED) == "acme"
+
+
+def test_an_admin_key_that_is_a_tenants_key_is_refused(tmp_path: Path) -> None:
+    """F4: that tenant's key opened /admin."""
+    with pytest.raises(
+        ValueError, match="GATEWAY_ADMIN_KEY is also the key of tenant 'acme'"
+    ) as exc:
+        KeyRing(f"acme:{SHARED},globex:other-key-0123456789", admin_key=SHARED)
+    assert SHARED not in str(exc.value)
+    path = tmp_path / "keys"
+    path.write_text(f"globex:sha256:{hashlib.sha256(SHARED.encode()).hexdigest()}\n")
+    with pytest.raises(ValueError, match="tenant 'globex'"):
+        KeyRing(None, admin_key=SHARED, keys_file=path)
+
+
 def test_no_keys_means_auth_disabled() -> None:
     ring = KeyRing(None, None)
     assert not ring.tenants_enabled and not ring.admin_enabled
