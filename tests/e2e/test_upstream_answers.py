@@ -1,0 +1,54 @@
+"""What an upstream answers, as the client and the memory see it.
+
+A real gateway process on the stand-in LLM (which records what it was sent
+and can answer odd shapes) and the real embedder.
+"""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from harness.fake_llm import RunningServer
+from harness.process import Service
+
+pytestmark = pytest.mark.e2e
+
+MODEL = "fake-model"
+
+
+def chat(user: str, text: str, **extra: object) -> dict[str, object]:
+    return {"model": MODEL, "user": user, "messages": [{"role": "user", "content": text}], **extra}
+
+
+def metric_sum(gateway: Service, name: str, **labels: str) -> float:
+    """The sum of ``name`` over the series whose labels include ``labels``."""
+    total = 0.0
+    for line in httpx.get(f"{gateway.base_url}/metrics", timeout=5).text.splitlines():
+        series, _, value = line.rpartition(" ")
+        if series.startswith(name + "{") and all(f'{k}="{v}"' in series for k, v in labels.items()):
+            total += float(value)
+    return total
+
+
+def sse_data(text: str) -> list[str]:
+    return [line[5:].strip() for line in text.splitlines() if line.startswith("data:")]
+
+
+def test_a_stream_with_stream_options_null_still_counts_its_tokens(
+    gateway: Service, llm: RunningServer
+) -> None:
+    # null is the client saying nothing: the gateway's include_usage must reach the
+    # upstream (a splice before the client's null lost to it), and the client, who
+    # did not ask for usage, still gets no usage event.
+    body = chat("u-null", "count me", stream=True, stream_options=None)
+    with httpx.stream("POST", f"{gateway.url}/chat/completions", json=body, timeout=30) as reply:
+        assert reply.status_code == 200
+        events = sse_data(reply.read().decode())
+    assert events[-1] == "[DONE]"
+    assert not any('"usage"' in e for e in events)
+    assert llm.requests()[-1]["body"]["stream_options"] == {"include_usage": True}
+    assert metric_sum(gateway, "memgate_upstream_tokens_total", kind="completion") > 0
+    assert json.loads(events[0])["choices"]
