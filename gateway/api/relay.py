@@ -40,11 +40,13 @@ from gateway.memory.service import MemoryService
 from gateway.metrics import GatewayMetrics
 from gateway.upstream.http import TimedOut, TransportError
 from gateway.upstream.pool import OpenedReply, UpstreamPool
+from gateway.upstream.sse import MAX_REPLY_CHARS
 
 logger = logging.getLogger("gateway.chat")
 
-# Memories from chat are clipped: a pasted document is not a memory.
-MAX_CHAT_MEMORY_CHARS = 4000
+# Memories from chat are clipped: a pasted document is not a memory (and a
+# stream's reader keeps no more than that of the reply).
+MAX_CHAT_MEMORY_CHARS = MAX_REPLY_CHARS
 LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 # The upstream's verdicts on the request itself, which the client should see as such.
 RELAYED_CLIENT_ERRORS = frozenset({400, 404, 413, 422})
