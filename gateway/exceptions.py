@@ -22,7 +22,8 @@ The hierarchy::
     ├── UpstreamReplyFailed         the LLM answered, and its answer broke before it was relayed
     │   ├── UpstreamTimedOut            504 upstream_timeout
     │   ├── UpstreamBroke               502 upstream_error
-    │   └── UpstreamInvalid             502 upstream_invalid   a 200 that is no JSON object
+    │   ├── UpstreamInvalid             502 upstream_invalid   a 200 that is no JSON object
+    │   └── UpstreamTooLarge            502 upstream_response_too_large
     ├── InputRejected               400: text that can never be embedded or stored
     │   ├── EmbedderRejected            invalid_text
     │   └── MemoryRejected              unstorable
@@ -184,6 +185,16 @@ class UpstreamInvalid(UpstreamReplyFailed):
 
     code = "upstream_invalid"
     template = "the LLM upstream answered with invalid JSON"
+
+
+class UpstreamTooLarge(UpstreamReplyFailed):
+    """An answer larger than the gateway holds (GATEWAY_MAX_UPSTREAM_BODY_BYTES)."""
+
+    code = "upstream_response_too_large"
+    template = (
+        "the LLM upstream's answer is larger than this gateway takes "
+        "(GATEWAY_MAX_UPSTREAM_BODY_BYTES)"
+    )
 
 
 class InputRejected(GatewayError):

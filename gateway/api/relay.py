@@ -34,11 +34,17 @@ from fastapi.responses import Response
 from gateway.api.wire import CHAT_WIRE, Wire
 from gateway.enums import TokenKind, UpstreamOutcome, WriteSource
 from gateway.errors import APIError, error_body
-from gateway.exceptions import OutboxFull, UpstreamBroke, UpstreamInvalid, UpstreamTimedOut
+from gateway.exceptions import (
+    OutboxFull,
+    UpstreamBroke,
+    UpstreamInvalid,
+    UpstreamTimedOut,
+    UpstreamTooLarge,
+)
 from gateway.memory.records import NewMemory, Scope
 from gateway.memory.service import MemoryService
 from gateway.metrics import GatewayMetrics
-from gateway.upstream.http import TimedOut, TransportError
+from gateway.upstream.http import BodyTooLarge, TimedOut, TransportError
 from gateway.upstream.pool import OpenedReply, UpstreamPool
 from gateway.upstream.sse import MAX_REPLY_CHARS
 
@@ -131,6 +137,11 @@ class Relay:
         except (TimeoutError, TimedOut) as exc:
             self._finish(UpstreamOutcome.TIMEOUT)
             raise UpstreamTimedOut(str(exc)) from None
+        except BodyTooLarge as exc:
+            # The upstream's fault, but a client can ask for a huge honest answer (n,
+            # logprobs), so it must not trip the breaker all tenants share: neutral.
+            self._finish(UpstreamOutcome.HTTP_ERROR)
+            raise UpstreamTooLarge(str(exc)) from None
         except TransportError as exc:  # cut-off bodies, undecodable content-encoding, ...
             self._finish(UpstreamOutcome.STREAM_ERROR)
             raise UpstreamBroke(f"{type(exc).__name__}: {exc}") from None

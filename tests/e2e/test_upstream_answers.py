@@ -13,6 +13,8 @@ import pytest
 
 from harness.fake_llm import RunningServer
 from harness.process import Service
+from tests.conftest import GatewayFactory
+from tests.e2e.conftest import memories_of
 
 pytestmark = pytest.mark.e2e
 
@@ -31,6 +33,10 @@ def metric_sum(gateway: Service, name: str, **labels: str) -> float:
         if series.startswith(name + "{") and all(f'{k}="{v}"' in series for k, v in labels.items()):
             total += float(value)
     return total
+
+
+def queued(gateway: Service) -> int:
+    return int(httpx.get(f"{gateway.base_url}/admin/outbox", timeout=5).json()["depth"])
 
 
 def sse_data(text: str) -> list[str]:
@@ -52,3 +58,26 @@ def test_a_stream_with_stream_options_null_still_counts_its_tokens(
     assert llm.requests()[-1]["body"]["stream_options"] == {"include_usage": True}
     assert metric_sum(gateway, "memgate_upstream_tokens_total", kind="completion") > 0
     assert json.loads(events[0])["choices"]
+
+
+def test_an_answer_over_the_body_cap_is_a_502_and_leaves_the_breaker_closed(
+    gateway_factory: GatewayFactory, llm: RunningServer, embedder: Service
+) -> None:
+    # 200 MB from an upstream used to cost the gateway 3x that in memory. Past the
+    # cap the read stops: 502, nothing stored; the failure is counted but, since a
+    # client can ask for a huge honest answer, the breaker all tenants share stays closed.
+    gateway = gateway_factory(llm.url, embedder.url, GATEWAY_MAX_UPSTREAM_BODY_BYTES="100000")
+    llm.set_behavior(reply="x" * 200_000, times=6)
+    for _ in range(6):  # more than the breaker's 5 consecutive failures
+        reply = httpx.post(
+            f"{gateway.url}/chat/completions", json=chat("u-big", "a lot please"), timeout=30
+        )
+        assert reply.status_code == 502, reply.text[:200]
+        assert reply.json()["error"]["code"] == "upstream_response_too_large"
+    assert memories_of(gateway, "u-big") == [] and queued(gateway) == 0
+    requests = "memgate_upstream_requests_total"
+    assert metric_sum(gateway, requests, upstream="primary", outcome="http_error") == 6
+    breaker = "memgate_upstream_breaker_state"
+    assert metric_sum(gateway, breaker, upstream="primary", state="closed") == 1
+    ok = httpx.post(f"{gateway.url}/chat/completions", json=chat("u-big", "a little"), timeout=30)
+    assert ok.status_code == 200

@@ -31,6 +31,7 @@ from gateway.exceptions import (
     UpstreamInvalid,
     UpstreamReplyFailed,
     UpstreamTimedOut,
+    UpstreamTooLarge,
 )
 
 CASES = [
@@ -98,6 +99,13 @@ def test_the_cause_stays_the_bare_text(exc: GatewayError) -> None:
             502,
             "upstream_invalid",
             "the LLM upstream answered with invalid JSON",
+        ),
+        (
+            UpstreamTooLarge("the body exceeds 1024 bytes"),
+            502,
+            "upstream_response_too_large",
+            "the LLM upstream's answer is larger than this gateway takes "
+            "(GATEWAY_MAX_UPSTREAM_BODY_BYTES)",
         ),
     ],
 )
