@@ -23,6 +23,8 @@ The hierarchy::
     │   ├── UpstreamTimedOut            504 upstream_timeout
     │   ├── UpstreamBroke               502 upstream_error
     │   ├── UpstreamInvalid             502 upstream_invalid   a 200 that is no JSON object
+    │   │   ├── UpstreamNoReply         upstream_invalid       a 200 without the API's answer
+    │   │   └── UpstreamNotStream       upstream_invalid       a stream request answered otherwise
     │   └── UpstreamTooLarge            502 upstream_response_too_large
     ├── InputRejected               400: text that can never be embedded or stored
     │   ├── EmbedderRejected            invalid_text
@@ -185,6 +187,19 @@ class UpstreamInvalid(UpstreamReplyFailed):
 
     code = "upstream_invalid"
     template = "the LLM upstream answered with invalid JSON"
+
+
+class UpstreamNoReply(UpstreamInvalid):
+    """A 200 whose JSON object is not the API's answer (a completion without
+    ``choices``): nothing to relay, nor to remember."""
+
+    template = "the LLM upstream answered 200 without a reply"
+
+
+class UpstreamNotStream(UpstreamInvalid):
+    """A stream request answered 200 with something else (HTML, JSON)."""
+
+    template = "the LLM upstream answered a stream request without an event stream"
 
 
 class UpstreamTooLarge(UpstreamReplyFailed):

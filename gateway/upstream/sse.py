@@ -177,6 +177,16 @@ def error_event(message: str, code: str, type: str = "upstream_error") -> bytes:
     return b"data: " + json.dumps(payload).encode() + b"\n\n"
 
 
+def is_completion(body: dict[str, Any]) -> bool:
+    """Whether ``body`` is a chat completion: a first choice with a message (whose
+    content may be null, as with tool calls). A 200 without one (``{"id": ...}``
+    alone, say) has no reply to relay or to remember."""
+    choices = body.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return False
+    return isinstance(choices[0].get("message"), dict)
+
+
 def reply_text(completion: Any) -> str:
     """The assistant's text in a non-streamed chat completion, or ''."""
     try:

@@ -81,3 +81,49 @@ def test_an_answer_over_the_body_cap_is_a_502_and_leaves_the_breaker_closed(
     assert metric_sum(gateway, breaker, upstream="primary", state="closed") == 1
     ok = httpx.post(f"{gateway.url}/chat/completions", json=chat("u-big", "a little"), timeout=30)
     assert ok.status_code == 200
+
+
+def test_a_200_without_choices_is_a_502_and_stores_no_turn(
+    gateway: Service, llm: RunningServer
+) -> None:
+    # It used to be relayed as a 200 and counted as a finished turn: the user's
+    # message was remembered though no reply ever came.
+    llm.set_behavior(mode="raw", body=json.dumps({"id": "x", "model": MODEL}), times=1)
+    reply = httpx.post(
+        f"{gateway.url}/chat/completions", json=chat("u-nochoices", "remember me"), timeout=30
+    )
+    assert reply.status_code == 502
+    assert reply.json()["error"]["code"] == "upstream_invalid"
+    assert memories_of(gateway, "u-nochoices") == [] and queued(gateway) == 0
+
+
+def test_a_200_carrying_an_error_is_relayed_as_that_error(
+    gateway: Service, llm: RunningServer
+) -> None:
+    error = {"error": {"message": "quota exceeded", "type": "insufficient_quota", "code": "quota"}}
+    for stream in (False, True):
+        llm.set_behavior(mode="raw", body=json.dumps(error), times=1)
+        body = chat("u-200-error", "hello", stream=stream)
+        reply = httpx.post(f"{gateway.url}/chat/completions", json=body, timeout=30)
+        assert reply.status_code == 502
+        assert reply.headers["content-type"] == "application/json"
+        assert reply.json()["error"]["message"] == "quota exceeded"
+        assert reply.json()["error"]["code"] == "quota"
+    assert memories_of(gateway, "u-200-error") == [] and queued(gateway) == 0
+
+
+def test_a_stream_answered_with_a_page_is_a_502_not_an_event_stream(
+    gateway: Service, llm: RunningServer
+) -> None:
+    # It used to reach the client as 200 text/event-stream holding the raw HTML.
+    page = "<html><body>502 Bad Gateway</body></html>"
+    llm.set_behavior(mode="raw", body=page, content_type="text/html", times=1)
+    body = chat("u-html", "stream me", stream=True)
+    reply = httpx.post(f"{gateway.url}/chat/completions", json=body, timeout=30)
+    assert reply.status_code == 502
+    assert reply.headers["content-type"] == "application/json"
+    assert reply.json()["error"]["code"] == "upstream_invalid"
+    assert "<html>" not in reply.text
+    assert memories_of(gateway, "u-html") == [] and queued(gateway) == 0
+    ok = httpx.post(f"{gateway.url}/chat/completions", json=body, timeout=30)  # the next is fine
+    assert ok.status_code == 200 and sse_data(ok.text)[-1] == "[DONE]"

@@ -29,6 +29,8 @@ from gateway.exceptions import (
     UpstreamBroke,
     UpstreamFailed,
     UpstreamInvalid,
+    UpstreamNoReply,
+    UpstreamNotStream,
     UpstreamReplyFailed,
     UpstreamTimedOut,
     UpstreamTooLarge,
@@ -99,6 +101,18 @@ def test_the_cause_stays_the_bare_text(exc: GatewayError) -> None:
             502,
             "upstream_invalid",
             "the LLM upstream answered with invalid JSON",
+        ),
+        (
+            UpstreamNoReply("keys ['id']"),
+            502,
+            "upstream_invalid",
+            "the LLM upstream answered 200 without a reply",
+        ),
+        (
+            UpstreamNotStream("text/html"),
+            502,
+            "upstream_invalid",
+            "the LLM upstream answered a stream request without an event stream",
         ),
         (
             UpstreamTooLarge("the body exceeds 1024 bytes"),

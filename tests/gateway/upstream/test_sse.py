@@ -10,6 +10,7 @@ from gateway.upstream.sse import (
     StreamAccumulator,
     TextPrefix,
     error_event,
+    is_completion,
     reply_text,
 )
 from gateway.upstream.sse_apis import MessagesStream, ResponsesStream
@@ -148,3 +149,11 @@ def test_the_usage_event_is_dropped_but_still_read() -> None:
     assert acc.usage == {"prompt_tokens": 1}
     kept = StreamAccumulator(drop_usage=False, rename_to="x").feed(usage_event())
     assert b'"usage"' in kept
+
+
+def test_a_completion_has_a_first_choice_with_a_message() -> None:
+    tool_call = {"role": "assistant", "content": None, "tool_calls": []}
+    assert is_completion({"choices": [{"index": 0, "message": tool_call}]})
+    for body in ({"id": "x"}, {"choices": []}, {"choices": None}, {"choices": [1]},
+                 {"choices": [{"index": 0}]}, {"choices": [{"message": "text"}]}):  # fmt: skip
+        assert not is_completion(body), body
