@@ -108,7 +108,7 @@ async def _startup(settings: Settings, metrics: GatewayMetrics, stack: AsyncExit
     # request, the embedder's two calls per chat turn with memory: both
     # aiohttp (see gateway.upstream.http and gateway.memory.embedder_client).
     # Idle connections are dropped before the servers drop them (gateway.keepalive).
-    llm_http = UpstreamHTTP()
+    llm_http = UpstreamHTTP(max_body_bytes=settings.max_upstream_body_bytes)
     stack.push_async_callback(llm_http.aclose)
     embedder_http = UpstreamHTTP()
     stack.push_async_callback(embedder_http.aclose)

@@ -22,7 +22,10 @@ The hierarchy::
     ├── UpstreamReplyFailed         the LLM answered, and its answer broke before it was relayed
     │   ├── UpstreamTimedOut            504 upstream_timeout
     │   ├── UpstreamBroke               502 upstream_error
-    │   └── UpstreamInvalid             502 upstream_invalid   a 200 that is no JSON object
+    │   ├── UpstreamInvalid             502 upstream_invalid   a 200 that is no JSON object
+    │   │   ├── UpstreamNoReply         upstream_invalid       a 200 without the API's answer
+    │   │   └── UpstreamNotStream       upstream_invalid       a stream request answered otherwise
+    │   └── UpstreamTooLarge            502 upstream_response_too_large
     ├── InputRejected               400: text that can never be embedded or stored
     │   ├── EmbedderRejected            invalid_text
     │   └── MemoryRejected              unstorable
@@ -184,6 +187,29 @@ class UpstreamInvalid(UpstreamReplyFailed):
 
     code = "upstream_invalid"
     template = "the LLM upstream answered with invalid JSON"
+
+
+class UpstreamNoReply(UpstreamInvalid):
+    """A 200 whose JSON object is not the API's answer (a completion without
+    ``choices``): nothing to relay, nor to remember."""
+
+    template = "the LLM upstream answered 200 without a reply"
+
+
+class UpstreamNotStream(UpstreamInvalid):
+    """A stream request answered 200 with something else (HTML, JSON)."""
+
+    template = "the LLM upstream answered a stream request without an event stream"
+
+
+class UpstreamTooLarge(UpstreamReplyFailed):
+    """An answer larger than the gateway holds (GATEWAY_MAX_UPSTREAM_BODY_BYTES)."""
+
+    code = "upstream_response_too_large"
+    template = (
+        "the LLM upstream's answer is larger than this gateway takes "
+        "(GATEWAY_MAX_UPSTREAM_BODY_BYTES)"
+    )
 
 
 class InputRejected(GatewayError):

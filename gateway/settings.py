@@ -66,6 +66,14 @@ class Settings(BaseSettings):
         gt=0,
         description="A stream silent this long, in seconds, is ended with an error event.",
     )
+    max_upstream_body_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        description="Largest non-streamed answer, in bytes (decoded), the gateway takes from "
+        "an LLM upstream, pass-through endpoints included; a larger one is answered 502 "
+        "`upstream_response_too_large`. Raise it for very large embedding batches or "
+        "`logprobs` answers. Streams are relayed as they arrive, whatever their length.",
+    )
     retry_attempts: int = Field(
         default=3,
         ge=1,

@@ -196,9 +196,15 @@ async def relay_turn(
         )  # fmt: skip
         reply = opened.response
         # A pass-through endpoint streams when its upstream does; the others as asked.
-        sse = reply.headers.get("content-type", "").startswith("text/event-stream")
+        kind = reply.headers.get("content-type")
+        sse = (kind or "").startswith("text/event-stream")
         if reply.status_code != 200 or not (stream or (sse and not wire.json_only)):
             return await relay.complete(headers)  # a completion, or an error answer
+        if wire.json_only and kind is not None and not sse:
+            # Asked for a stream, answered with a page or a JSON body: a 502 (or the
+            # error it carries), never raw bytes labelled an event stream. No content
+            # type at all is read as the stream it was asked for.
+            return await relay.complete(headers, stream_asked=True)
         return StreamingResponse(
             relay.stream(), media_type="text/event-stream",
             headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},

@@ -69,7 +69,14 @@ def as_chat(body: Json) -> Json:
 MESSAGES = TurnAPI(
     MessagesRequest, Call("/messages"), "messages", latest_user_text, add_to_system, as_chat
 )
-MESSAGES_WIRE = Wire(ROUTE, MessagesStream, message_text)
+
+
+def is_message(body: Json) -> bool:
+    """An Anthropic message has its ``content`` blocks (a 200 without is no reply)."""
+    return isinstance(body.get("content"), list)
+
+
+MESSAGES_WIRE = Wire(ROUTE, MessagesStream, message_text, is_reply=is_message)
 
 
 @router.post(

@@ -39,7 +39,8 @@ USAGE_MEMBER = b'"stream_options":{"include_usage":true},'
 
 
 def ask_for_usage(raw: bytes) -> bytes | None:
-    """``raw``, a JSON object without ``stream_options``, with that member added
+    """``raw``, a JSON object without a ``stream_options`` member (not even
+    ``null``), with that member added
     in front of its first: the client's bytes stay as they were, and a long
     conversation is not re-encoded. None when ``raw`` is not UTF-8 text that
     starts with ``{`` (json also reads UTF-16 and UTF-32, and a BOM); then the
@@ -119,8 +120,11 @@ class Incoming:
             options = fields.get("stream_options")
             usage_asked = isinstance(options, dict) and options.get("include_usage") is True
             if not usage_asked and (options is None or isinstance(options, dict)):
+                # A splice only where the client sent no member at all: after ours, a
+                # client's own ``"stream_options": null`` would win (JSON's last value).
+                given = "stream_options" in fields
                 fields["stream_options"] = {**(options or {}), "include_usage": True}
-                spliced = None if changed or options is not None else ask_for_usage(raw)
+                spliced = None if changed or given else ask_for_usage(raw)
                 if spliced is None:
                     changed = True
                 else:

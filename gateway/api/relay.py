@@ -34,17 +34,27 @@ from fastapi.responses import Response
 from gateway.api.wire import CHAT_WIRE, Wire
 from gateway.enums import TokenKind, UpstreamOutcome, WriteSource
 from gateway.errors import APIError, error_body
-from gateway.exceptions import OutboxFull, UpstreamBroke, UpstreamInvalid, UpstreamTimedOut
+from gateway.exceptions import (
+    OutboxFull,
+    UpstreamBroke,
+    UpstreamInvalid,
+    UpstreamNoReply,
+    UpstreamNotStream,
+    UpstreamTimedOut,
+    UpstreamTooLarge,
+)
 from gateway.memory.records import NewMemory, Scope
 from gateway.memory.service import MemoryService
 from gateway.metrics import GatewayMetrics
-from gateway.upstream.http import TimedOut, TransportError
+from gateway.upstream.http import BodyTooLarge, TimedOut, TransportError
 from gateway.upstream.pool import OpenedReply, UpstreamPool
+from gateway.upstream.sse import MAX_REPLY_CHARS
 
 logger = logging.getLogger("gateway.chat")
 
-# Memories from chat are clipped: a pasted document is not a memory.
-MAX_CHAT_MEMORY_CHARS = 4000
+# Memories from chat are clipped: a pasted document is not a memory (and a
+# stream's reader keeps no more than that of the reply).
+MAX_CHAT_MEMORY_CHARS = MAX_REPLY_CHARS
 LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 # The upstream's verdicts on the request itself, which the client should see as such.
 RELAYED_CLIENT_ERRORS = frozenset({400, 404, 413, 422})
@@ -69,8 +79,11 @@ def _json_object(content: bytes) -> dict[str, Any] | None:
 
 def upstream_error(status: int, content: bytes) -> tuple[int, dict[str, Any]]:
     """The client's status and OpenAI error body for an upstream's non-200 answer."""
+    return _error_of(status, _json_object(content))
+
+
+def _error_of(status: int, body: dict[str, Any] | None) -> tuple[int, dict[str, Any]]:
     client_status = status if status in RELAYED_CLIENT_ERRORS else 502
-    body = _json_object(content)
     if body is not None and isinstance(body.get("error"), dict):
         error = body["error"]
         message = error.get("message")
@@ -121,7 +134,9 @@ class Relay:
         self.started = started
         self.name = opened.upstream.name
 
-    async def complete(self, headers: dict[str, str]) -> Response:
+    async def complete(self, headers: dict[str, str], *, stream_asked: bool = False) -> Response:
+        """Relay a whole answer. ``stream_asked``: the client asked for a stream and
+        the upstream's 200 is none (HTML, JSON): never relayed as if it were."""
         response = self.opened.response
         try:
             async with asyncio.timeout(self.total_timeout_s):
@@ -129,6 +144,11 @@ class Relay:
         except (TimeoutError, TimedOut) as exc:
             self._finish(UpstreamOutcome.TIMEOUT)
             raise UpstreamTimedOut(str(exc)) from None
+        except BodyTooLarge as exc:
+            # The upstream's fault, but a client can ask for a huge honest answer (n,
+            # logprobs), so it must not trip the breaker all tenants share: neutral.
+            self._finish(UpstreamOutcome.HTTP_ERROR)
+            raise UpstreamTooLarge(str(exc)) from None
         except TransportError as exc:  # cut-off bodies, undecodable content-encoding, ...
             self._finish(UpstreamOutcome.STREAM_ERROR)
             raise UpstreamBroke(f"{type(exc).__name__}: {exc}") from None
@@ -147,6 +167,10 @@ class Relay:
                 type=body["error"]["type"],
             )
         completion = _json_object(content)
+        kind = response.headers.get("content-type", "no content type")
+        if stream_asked:
+            self._finish(UpstreamOutcome.HTTP_ERROR)
+            raise _not_a_reply(completion, UpstreamNotStream(kind))
         if completion is None and not self.wire.json_only:
             # Another kind of body (a transcription as text, say): relayed as it came.
             self._finish(UpstreamOutcome.SUCCESS)
@@ -154,7 +178,12 @@ class Relay:
             return Response(content, 200, headers={**headers, "content-type": kind})
         if completion is None:
             self._finish(UpstreamOutcome.HTTP_ERROR)
-            raise UpstreamInvalid(response.headers.get("content-type", "no content type"))
+            raise UpstreamInvalid(kind)
+        if not self.wire.is_reply(completion):
+            # Relayed, it would read as a finished turn (and be remembered) and
+            # break the client's code that reads its reply; it is the upstream failing.
+            self._finish(UpstreamOutcome.HTTP_ERROR)
+            raise _not_a_reply(completion, UpstreamNoReply(f"keys {sorted(completion)[:8]}"))
         self._finish(UpstreamOutcome.SUCCESS)
         self._count_tokens(completion.get("usage"))
         reply = self.wire.reply_text(completion)  # None: not a finished turn
@@ -270,6 +299,16 @@ class Relay:
         except OutboxFull:  # logged where it happened (MemoryService.enqueue)
             return False
         return True
+
+
+def _not_a_reply(body: dict[str, Any] | None, otherwise: Exception) -> Exception:
+    """What a 200 that carries no reply is answered with: the upstream's own
+    error when it sent one in OpenAI's envelope (some proxies answer errors
+    with 200), as a 502; else ``otherwise``."""
+    if body is None or not isinstance(body.get("error"), dict):
+        return otherwise
+    inner = _error_of(502, body)[1]["error"]
+    return APIError(502, inner["message"], code=inner["code"], type=inner["type"])
 
 
 def _done_at(relayed: bytes, end_event: bytes) -> int:

@@ -48,7 +48,7 @@ from gateway.openapi import KEYED, UPSTREAM, WITH_BODY, errors, json_body, relay
 from gateway.services import Services, ServicesDep
 from gateway.upstream.pool import Target
 from gateway.upstream.replica import Call
-from gateway.upstream.sse_apis import ResponsesStream, response_text
+from gateway.upstream.sse_apis import ResponsesStream, is_response, response_text
 
 router = APIRouter(responses=KEYED)
 ROUTE = "/v1/responses"
@@ -108,7 +108,7 @@ def _wire(services: Services, tenant: str, upstream: list[str]) -> Wire:
         return response_text(response)
 
     stream = functools.partial(ResponsesStream, on_id=record)
-    return Wire(ROUTE, stream, reply_text)
+    return Wire(ROUTE, stream, reply_text, is_reply=is_response)
 
 
 def _owned(services: Services, principal: Principal, response_id: str) -> Target:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from gateway.upstream.sse import StreamAccumulator, reply_text
+from gateway.upstream.sse import StreamAccumulator, is_completion, reply_text
 
 
 class Accumulate(Protocol):
@@ -26,12 +26,15 @@ class Accumulate(Protocol):
 class Wire:
     """One API's shape. ``route`` labels the overhead metric (a bounded set);
     ``json_only``: a 200 answer that is not a JSON object is the upstream
-    failing (chat), or just another body to relay as it is (pass-through)."""
+    failing (chat), or just another body to relay as it is (pass-through);
+    ``is_reply``: whether a 200's JSON object is this API's answer at all (one
+    that is not is the upstream failing: a 502, and no turn)."""
 
     route: str
     accumulator: Accumulate
     reply_text: Callable[[dict[str, Any]], str | None]  # None: not a finished turn
     json_only: bool = True
+    is_reply: Callable[[dict[str, Any]], bool] = lambda _: True
 
 
-CHAT_WIRE = Wire("/v1/chat/completions", StreamAccumulator, reply_text)
+CHAT_WIRE = Wire("/v1/chat/completions", StreamAccumulator, reply_text, is_reply=is_completion)

@@ -20,7 +20,9 @@ did with httpx:
 - idle connections dropped after ``KEEPALIVE_EXPIRY_S`` (gateway.keepalive),
   and a request whose pooled connection the server had just closed sent once
   more on a fresh one;
-- compressed bodies decoded.
+- compressed bodies decoded;
+- a body read whole is capped (``max_body_bytes``): the upstream may be a third
+  party's, and one answer must not be able to take the gateway's memory.
 """
 
 from __future__ import annotations
@@ -68,6 +70,10 @@ class ConnectTimedOut(TimedOut):
     """No connection within the connect timeout: the request was never sent."""
 
 
+class BodyTooLarge(TransportError):
+    """The answer's body is larger than this client holds (``max_body_bytes``)."""
+
+
 def _translate(exc: aiohttp.ClientError) -> TransportError:
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return ConnectTimedOut(str(exc) or type(exc).__name__)
@@ -106,18 +112,48 @@ def _received_unread(content: aiohttp.StreamReader) -> bytes:
 
 
 class Reply:
-    """An answer whose status and headers are in; the body is read on demand."""
+    """An answer whose status and headers are in; the body is read on demand,
+    whole (``aread``, at most ``max_body_bytes`` of it) or as it arrives."""
 
-    __slots__ = ("__weakref__", "_response", "headers", "status_code")
+    __slots__ = ("__weakref__", "_body", "_max_body_bytes", "_response", "headers", "status_code")
 
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, max_body_bytes: int | None = None) -> None:
         self._response = response
+        self._max_body_bytes = max_body_bytes
+        # What aread found, kept: a caller may read the body again (the relay after
+        # the context-overflow check), and a body found too large stays too large.
+        self._body: bytes | BodyTooLarge | None = None
         self.status_code: int = response.status
         self.headers: Mapping[str, str] = response.headers  # case-insensitive
 
     async def aread(self) -> bytes:
+        """The whole body, decoded; ``BodyTooLarge`` as soon as more than
+        ``max_body_bytes`` arrived (counted decoded, so a compressed body cannot
+        slip by), having held no more than that and one chunk."""
+        if self._body is None:
+            try:
+                self._body = await self._read_whole()
+            except BodyTooLarge as exc:
+                self._body = exc
+        if isinstance(self._body, BodyTooLarge):
+            raise self._body
+        return self._body
+
+    async def _read_whole(self) -> bytes:
+        limit = self._max_body_bytes
+        if limit is None:
+            with _translated():
+                return await self._response.read()
+        parts: list[bytes] = []
+        size = 0
+        content = self._response.content
         with _translated():
-            return await self._response.read()
+            while chunk := await content.readany():
+                size += len(chunk)
+                if size > limit:
+                    raise BodyTooLarge(f"the body exceeds {limit} bytes")
+                parts.append(chunk)
+        return b"".join(parts)
 
     async def aiter_bytes(self) -> AsyncIterator[bytes]:
         """The body as it arrives, decoded; if it breaks off, all that arrived
@@ -154,7 +190,10 @@ def proxy_for(url: str) -> str | None:
 class UpstreamHTTP:
     """A pool of connections to the LLM upstreams. Create it inside the event loop."""
 
-    def __init__(self, *, max_connections: int = 1000) -> None:
+    def __init__(self, *, max_connections: int = 1000, max_body_bytes: int | None = None) -> None:
+        """``max_body_bytes`` caps what ``Reply.aread`` holds of one answer
+        (None: no cap); a stream read as it arrives is not capped here."""
+        self._max_body_bytes = max_body_bytes
         connector = aiohttp.TCPConnector(
             limit=max_connections, keepalive_timeout=KEEPALIVE_EXPIRY_S
         )
@@ -216,4 +255,4 @@ class UpstreamHTTP:
                 allow_redirects=False,
                 proxy=proxy,
             )
-        return Reply(response)
+        return Reply(response, self._max_body_bytes)

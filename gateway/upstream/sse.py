@@ -10,6 +10,38 @@ from __future__ import annotations
 import json
 from typing import Any
 
+# Memories from chat are clipped: a pasted document is not a memory. So a stream's
+# reader keeps no more of the reply than that, however long the stream runs.
+MAX_REPLY_CHARS = 4000
+
+
+class TextPrefix:
+    """The first ``limit`` characters of a text that arrives in parts, from its
+    first non-blank one (the turn is stored stripped); the rest is let go, so
+    an endless stream costs no memory for its text. ``append`` as a list's:
+    the readers of every API add their deltas to ``StreamAccumulator._parts``."""
+
+    __slots__ = ("_limit", "_parts", "_size")
+
+    def __init__(self, limit: int = MAX_REPLY_CHARS) -> None:
+        self._limit = limit
+        self._parts: list[str] = []
+        self._size = 0
+
+    def append(self, part: str) -> None:
+        room = self._limit - self._size
+        if room <= 0:
+            return
+        if not self._size:
+            part = part.lstrip()
+        part = part[:room]
+        if part:
+            self._parts.append(part)
+            self._size += len(part)
+
+    def __str__(self) -> str:
+        return "".join(self._parts)
+
 
 class StreamAccumulator:
     """Reads an OpenAI chat stream as it passes; optionally rewrites it on the way.
@@ -41,7 +73,7 @@ class StreamAccumulator:
         self._drop_usage = drop_usage
         self._rewrites = rename_to is not None or drop_usage
         self._skipping = False
-        self._parts: list[str] = []
+        self._parts = TextPrefix()
         self.done = False
         self.finish_reason: str | None = None
         self.usage: dict[str, Any] | None = None
@@ -49,7 +81,9 @@ class StreamAccumulator:
 
     @property
     def text(self) -> str:
-        return "".join(self._parts)
+        """The reply's text so far, from its first non-blank character, at most
+        ``MAX_REPLY_CHARS`` of it (all a turn stores)."""
+        return str(self._parts)
 
     def feed(self, chunk: bytes) -> bytes:
         passthrough = b""
@@ -146,6 +180,16 @@ def error_event(message: str, code: str, type: str = "upstream_error") -> bytes:
     """An SSE event carrying an OpenAI-style error object (no [DONE] follows it)."""
     payload = {"error": {"message": message, "type": type, "code": code, "param": None}}
     return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+
+def is_completion(body: dict[str, Any]) -> bool:
+    """Whether ``body`` is a chat completion: a first choice with a message (whose
+    content may be null, as with tool calls). A 200 without one (``{"id": ...}``
+    alone, say) has no reply to relay or to remember."""
+    choices = body.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return False
+    return isinstance(choices[0].get("message"), dict)
 
 
 def reply_text(completion: Any) -> str:

@@ -53,6 +53,12 @@ def response_text(response: Json) -> str | None:
     )
 
 
+def is_response(body: Json) -> bool:
+    """A Responses API response has its ``output`` list (empty while queued);
+    a 200 without one is no reply."""
+    return isinstance(body.get("output"), list)
+
+
 def message_text(message: Json) -> str:
     """The text of a (non-streamed) Anthropic message, or ''."""
     return "".join(_texts(message.get("content"), "text"))

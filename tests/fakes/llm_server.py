@@ -26,6 +26,9 @@ nothing; otherwise nothing) | die_mid_stream (streams: `chunks_before_death` eve
 then os._exit(1); otherwise exit at once) | die (exit on the next chat request) | slow (sleep
 `delay_s` before each stream event or the whole answer). `reply` replaces the echo; `times` limits
 the behavior to the next N chat requests; `health_status` applies to /health and /v1/models.
+mode raw answers any generating request (stream or not) with `status` (default 200), `body` (a
+string) and `content_type` (default application/json) exactly: an upstream that answers a
+stream request with a page, or a 200 that is no completion.
 A client abandoning a stalled or slow answer cancels it and counts in "disconnects".
 
 A raw asyncio HTTP/1.1 server (keep-alive; Content-Length or chunked request bodies) rather than
@@ -56,9 +59,9 @@ from tests.fakes import llm_protocols as api
 Json = api.Json
 dumps = api.dumps
 Pending = Coroutine[Any, Any, None]
-MODES = {"normal", "fail", "stall", "die_mid_stream", "die", "slow"}
+MODES = {"normal", "fail", "stall", "die_mid_stream", "die", "slow", "raw"}
 NUMBERS = {"status", "retry_after", "delay_s", "chunks_before_death", "times", "health_status"}
-FIELDS = NUMBERS | {"mode", "reply"}
+FIELDS = NUMBERS | {"mode", "reply", "body", "content_type"}
 PHRASES = {s.value: s.phrase for s in HTTPStatus}
 # The generating endpoints: the conversation a request amounts to, and the answer's shape.
 GENERATORS = {
@@ -215,6 +218,11 @@ class FakeLLM:
             status = int(b.get("status", 503))
             extra = [("retry-after", str(b["retry_after"]))] if "retry_after" in b else []
             conn.send(status, error_body(status, "fake-llm: injected failure", req.path), extra)
+            return None
+        if mode == "raw":
+            data = str(b.get("body", "")).encode()
+            ctype = str(b.get("content_type", "application/json"))
+            conn.transport.write(head(int(b.get("status", 200)), ctype, len(data), []) + data)
             return None
 
         users = [api.text_of(m.get("content")) for m in turn if m.get("role") == "user"]

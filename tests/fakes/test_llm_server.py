@@ -145,6 +145,15 @@ def test_fail_mode_status_and_retry_after(llm: RunningServer) -> None:
     assert set(exc5.value.response.json()["error"]) == {"message", "type", "code"}
 
 
+def test_raw_mode_answers_exactly_the_bytes_given(llm: RunningServer) -> None:
+    llm.set_behavior(mode="raw", body="<html>oops</html>", content_type="text/html", times=1)
+    body = {"model": "m", "messages": USER, "stream": True}
+    reply = httpx.post(f"{llm.url}/chat/completions", json=body, timeout=5)
+    assert (reply.status_code, reply.headers["content-type"]) == (200, "text/html")
+    assert reply.text == "<html>oops</html>"
+    assert llm.stats()["chat_requests"] == 1
+
+
 def test_times_reverts_to_normal(llm: RunningServer) -> None:
     assert llm.set_behavior(mode="fail", status=500, times=2)["times"] == 2
     oc = client(llm)

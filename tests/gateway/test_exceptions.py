@@ -29,8 +29,11 @@ from gateway.exceptions import (
     UpstreamBroke,
     UpstreamFailed,
     UpstreamInvalid,
+    UpstreamNoReply,
+    UpstreamNotStream,
     UpstreamReplyFailed,
     UpstreamTimedOut,
+    UpstreamTooLarge,
 )
 
 CASES = [
@@ -98,6 +101,25 @@ def test_the_cause_stays_the_bare_text(exc: GatewayError) -> None:
             502,
             "upstream_invalid",
             "the LLM upstream answered with invalid JSON",
+        ),
+        (
+            UpstreamNoReply("keys ['id']"),
+            502,
+            "upstream_invalid",
+            "the LLM upstream answered 200 without a reply",
+        ),
+        (
+            UpstreamNotStream("text/html"),
+            502,
+            "upstream_invalid",
+            "the LLM upstream answered a stream request without an event stream",
+        ),
+        (
+            UpstreamTooLarge("the body exceeds 1024 bytes"),
+            502,
+            "upstream_response_too_large",
+            "the LLM upstream's answer is larger than this gateway takes "
+            "(GATEWAY_MAX_UPSTREAM_BODY_BYTES)",
         ),
     ],
 )

@@ -101,6 +101,7 @@ def test_a_stream_asks_for_usage_in_the_clients_bytes() -> None:
             False,
         ),
         ({"include_usage": False}, {"include_usage": True}, False),
+        (None, {"include_usage": True}, False),  # null: as if absent, never a splice before it
         ("nonsense", "nonsense", False),  # not ours to fix: the upstream answers it
     ],
 )

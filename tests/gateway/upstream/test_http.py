@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import socket
 import struct
 from collections.abc import AsyncIterator
@@ -15,6 +16,7 @@ import aiohttp
 import pytest
 
 from gateway.upstream.http import (
+    BodyTooLarge,
     ConnectFailed,
     Disconnected,
     TimedOut,
@@ -229,3 +231,60 @@ async def test_a_redirect_is_answered_not_followed() -> None:
     async with listener, UpstreamHTTP() as http:
         status, body = await post(http, f"http://127.0.0.1:{port}/v1/chat/completions")
     assert (status, body, len(seen)) == (307, b"", 1)
+
+
+CAP = 64 * 1024
+
+
+async def test_an_endless_body_is_too_large_once_past_the_cap_and_never_reused() -> None:
+    """An upstream answering without end (or with 200 MB) used to be read whole
+    into memory; past ``max_body_bytes`` the read stops, and the connection,
+    its body unread, goes instead of back to the pool."""
+    connections = 0
+
+    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        with contextlib.suppress(ConnectionError):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+            while True:  # until the client closes the connection
+                writer.write(b"4000\r\n" + b"x" * 0x4000 + b"\r\n")
+                await writer.drain()
+
+    listener = await asyncio.start_server(endless, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{listener.sockets[0].getsockname()[1]}/v1"
+    async with listener, UpstreamHTTP(max_body_bytes=CAP) as http:
+        for _ in range(2):
+            reply = await http.request("GET", url, headers=JSON, timeouts=TIMEOUTS)
+            try:
+                with pytest.raises(BodyTooLarge):
+                    await reply.aread()
+                with pytest.raises(BodyTooLarge):  # read again: the same verdict
+                    await reply.aread()
+            finally:
+                await reply.aclose()
+        assert connections == 2
+
+
+async def test_the_cap_counts_the_decoded_body() -> None:
+    # 1 MiB of zeros compresses to about 1 kB: a compressed answer cannot slip by.
+    packed = gzip.compress(b"0" * (1 << 20))
+    head = f"content-encoding: gzip\r\ncontent-length: {len(packed)}\r\n\r\n".encode()
+    async with recorder(head + packed) as llm, UpstreamHTTP(max_body_bytes=CAP) as http:
+        with pytest.raises(BodyTooLarge):
+            await post(http, llm.url)
+
+
+async def test_a_body_within_the_cap_is_read_whole_and_read_again_the_same() -> None:
+    body = b"y" * CAP
+    reply_bytes = f"content-length: {len(body)}\r\n\r\n".encode() + body
+    async with recorder(reply_bytes) as llm, UpstreamHTTP(max_body_bytes=CAP) as http:
+        reply = await http.request("POST", llm.url, body=b"{}", headers=JSON, timeouts=TIMEOUTS)
+        try:
+            assert await reply.aread() == body
+            assert await reply.aread() == body
+        finally:
+            await reply.aclose()
+        assert await post(http, llm.url) == (200, body)
+        assert len(llm.heads) == 2

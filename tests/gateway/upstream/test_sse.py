@@ -1,8 +1,19 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
-from gateway.upstream.sse import StreamAccumulator, error_event, reply_text
+import pytest
+
+from gateway.upstream.sse import (
+    MAX_REPLY_CHARS,
+    StreamAccumulator,
+    TextPrefix,
+    error_event,
+    is_completion,
+    reply_text,
+)
+from gateway.upstream.sse_apis import MessagesStream, ResponsesStream
 
 
 def event(obj: object) -> bytes:
@@ -25,6 +36,46 @@ def test_reassembles_text_across_arbitrary_splits() -> None:
         assert acc.text == "Hello wörld"
         assert acc.completed and acc.done and acc.finish_reason == "stop"
         assert acc.usage == {"prompt_tokens": 3, "completion_tokens": 2}
+
+
+def responses_delta(text: str) -> bytes:
+    return b"event: response.output_text.delta\n" + event(
+        {"type": "response.output_text.delta", "delta": text}
+    )
+
+
+def messages_delta(text: str) -> bytes:
+    delta = {"type": "text_delta", "text": text}
+    return b"event: content_block_delta\n" + event({"type": "content_block_delta", "delta": delta})
+
+
+@pytest.mark.parametrize(
+    ("reader", "delta"),
+    [
+        (StreamAccumulator, chunk),
+        (ResponsesStream, responses_delta),
+        (MessagesStream, messages_delta),
+    ],
+)
+def test_an_endless_stream_is_relayed_whole_but_only_what_is_stored_is_kept(
+    reader: type[StreamAccumulator], delta: Callable[[str], bytes]
+) -> None:
+    # A stream that never ends (a hostile or runaway upstream) used to grow the
+    # gateway by everything relayed; only the first MAX_REPLY_CHARS are ever stored.
+    acc = reader()
+    words = [f"word{i} " for i in range(3000)]  # 22,890 characters
+    for word in words:
+        piece = delta(word)
+        assert acc.feed(piece) == piece  # every byte still reaches the client
+    assert acc.text == "".join(words)[:MAX_REPLY_CHARS]
+
+
+def test_the_kept_prefix_starts_at_the_first_non_blank_character() -> None:
+    # The turn is stored stripped: leading blanks must not use up the prefix.
+    text = TextPrefix(limit=5)
+    for part in ("  ", "\n", " ab", "cdefgh"):
+        text.append(part)
+    assert str(text) == "abcde"
 
 
 def test_a_stream_cut_short_is_not_completed() -> None:
@@ -98,3 +149,11 @@ def test_the_usage_event_is_dropped_but_still_read() -> None:
     assert acc.usage == {"prompt_tokens": 1}
     kept = StreamAccumulator(drop_usage=False, rename_to="x").feed(usage_event())
     assert b'"usage"' in kept
+
+
+def test_a_completion_has_a_first_choice_with_a_message() -> None:
+    tool_call = {"role": "assistant", "content": None, "tool_calls": []}
+    assert is_completion({"choices": [{"index": 0, "message": tool_call}]})
+    for body in ({"id": "x"}, {"choices": []}, {"choices": None}, {"choices": [1]},
+                 {"choices": [{"index": 0}]}, {"choices": [{"message": "text"}]}):  # fmt: skip
+        assert not is_completion(body), body

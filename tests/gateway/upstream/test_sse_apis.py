@@ -11,6 +11,7 @@ from gateway.upstream.sse import StreamAccumulator, error_event
 from gateway.upstream.sse_apis import (
     MessagesStream,
     ResponsesStream,
+    is_response,
     message_error_event,
     message_text,
     response_error_event,
@@ -133,6 +134,13 @@ def test_text_of_plain_replies() -> None:
     # A background response answers at once, unfinished: no turn to remember yet.
     assert response_text({"status": "queued", "output": []}) is None
     assert response_text({"status": "incomplete", "output": []}) == ""
+
+
+def test_a_response_without_output_is_no_reply() -> None:
+    assert is_response(responses_answer(BASE, REPLY, USAGE, False, {}))
+    assert is_response({"status": "queued", "output": []})
+    for body in ({"id": "resp_1", "object": "response"}, {"output": None}, {"output": "x"}):
+        assert not is_response(body), body
 
 
 @pytest.mark.parametrize(
