@@ -210,7 +210,9 @@ def create_app(
     )
     # Wraps the limits: the key is checked before a slot is taken or a body read.
     routes = [route for router in routers for route in router.routes]
-    app.add_middleware(KeyCheck, keyring=app.state.keyring, routes=routes)
+    app.add_middleware(
+        KeyCheck, keyring=app.state.keyring, routes=routes, tenant_paths=passthrough.ROOT_PATHS
+    )
     if settings.cors_origins:
         origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
         app.add_middleware(

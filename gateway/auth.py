@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -225,21 +225,30 @@ class KeyCheck:
     it sends it, so it can never hold a slot a tenant needs. The decision is left
     in the request's state for the endpoint's dependency.
 
-    ``/v1/*`` needs a tenant's key and ``/admin/*`` the admin key; other paths
-    (probes, metrics, the API docs) are open, as before.
+    ``/v1/*`` and the ``tenant_paths`` outside it (vLLM's root endpoints the
+    gateway passes through) need a tenant's key, ``/admin/*`` the admin key;
+    other paths (probes, metrics, the API docs) are open, as before.
     """
 
-    def __init__(self, app: ASGIApp, *, keyring: KeyRing, routes: Sequence[BaseRoute] = ()) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        keyring: KeyRing,
+        routes: Sequence[BaseRoute] = (),
+        tenant_paths: Collection[str] = (),
+    ) -> None:
         self.app = app
         self.keyring = keyring
         self.routes = routes  # to name the route of a refused request in logs and metrics
+        self.tenant_paths = frozenset(tenant_paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and self.keyring.any_keys:
             path: str = scope["path"]
             check = (
                 tenant_principal
-                if path.startswith("/v1/") or path == "/v1"
+                if path.startswith("/v1/") or path == "/v1" or path in self.tenant_paths
                 else admin_principal
                 if path.startswith("/admin/") or path == "/admin"
                 else None

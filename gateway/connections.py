@@ -26,6 +26,13 @@ HTTP with a small subclass of uvicorn's own httptools protocol that adds:
   silent connections ages out instead of locking out clients that send their
   requests at once. Only when every connection has a request in flight is the
   new one refused;
+- **a deadline for a body answered early** (``header_timeout_s`` again): an
+  app that answers before it has read the whole body (a refused key, a probe
+  sent a body) leaves the rest unread, and uvicorn then waits for it with no
+  timer at all (each byte that arrives cancels its keep-alive timeout), so a
+  client dripping a chunked body held the connection for ever. The rest must
+  now arrive within that time, or the connection is closed; meanwhile it
+  counts as waiting, so the cap can close it too;
 - **a send deadline** (``send_timeout_s``): once the answer fills the
   connection's buffers, the client must read enough of it to drain them
   within that time, or the connection is dropped (aborted: what is buffered
@@ -94,6 +101,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         # signature uvicorn calls stays its own.
         self._header_timer: asyncio.TimerHandle | None = None
         self._send_timer: asyncio.TimerHandle | None = None
+        self._drain_timer: asyncio.TimerHandle | None = None  # answered, body unfinished
         self._header_bytes = 0  # bytes read while the head is incomplete
         self._head_parsed = 0  # the head's size as the parser found it
         self._head_refused = False  # 431 sent: the rest of what was read is ignored
@@ -107,6 +115,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.waiting.pop(self, None)
         self._cancel_header_deadline()
         self._cancel_send_deadline()
+        self._cancel_drain_deadline()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -160,12 +169,16 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_complete()
         self._in_headers = True
         self._begun = False
+        self._cancel_drain_deadline()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if not self.transport.is_closing():
-            self.waiting[self] = None
-            self.waiting.move_to_end(self)
+        if self.transport.is_closing():
+            return
+        if not self._in_headers:  # answered before the request's body ended
+            self._drain_timer = self.loop.call_later(self.header_timeout_s, self._body_abandoned)
+        self.waiting[self] = None
+        self.waiting.move_to_end(self)
 
     def send_400_response(self, msg: str) -> None:
         self._refuse(400, "malformed HTTP request", "invalid_http_request")
@@ -215,6 +228,19 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         # connection_lost follows, which tells the app the client is gone.
         self.transport.abort()
 
+    def _cancel_drain_deadline(self) -> None:
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
+            self._drain_timer = None
+
+    def _body_abandoned(self) -> None:
+        self._drain_timer = None
+        logger.info(
+            "connection closed: the rest of an answered request's body did not arrive within %g s",
+            self.header_timeout_s,
+        )
+        self.transport.close()  # the answer is out already: nothing more to say
+
     def _arm_header_deadline(self) -> None:
         self._header_timer = self.loop.call_later(self.header_timeout_s, self._headers_late)
 
@@ -263,7 +289,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     # The cap on connections.
 
     def _evictable(self) -> bool:
-        return self._in_headers and not self._serving() and not self.transport.is_closing()
+        waiting = self._in_headers or self._drain_timer is not None
+        return waiting and not self._serving() and not self.transport.is_closing()
 
     def _make_room(self) -> None:
         if len(self.connections) <= self.max_connections:
@@ -271,7 +298,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         while self.waiting:
             oldest, _ = self.waiting.popitem(last=False)
             if oldest._evictable():
-                if oldest._begun:
+                if oldest._begun and oldest._drain_timer is None:
                     oldest._refuse(
                         408, "closed to make room for a new connection", "request_timeout"
                     )

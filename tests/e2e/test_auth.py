@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,27 @@ def test_v1_needs_a_valid_key(keyed_gateway: Service, headers: dict[str, str]) -
         assert response.json()["error"]["type"] == "authentication_error"
     with pytest.raises(AuthenticationError):
         OpenAI(base_url=keyed_gateway.url, api_key="wrong", max_retries=0).models.list()
+
+
+@pytest.mark.parametrize("path", ["/tokenize", "/v2/rerank", "/v1/chat/completions"])
+def test_a_wrong_key_is_refused_before_the_body_and_the_connection_closed(
+    keyed_gateway: Service, path: str
+) -> None:
+    # vLLM's root endpoints (passed through) were keyed only by the endpoint:
+    # its 401 kept the connection open while the refused client went on
+    # sending its chunked body, however slowly (a connection each, for ever).
+    head = (f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer wrong\r\n"
+            "Transfer-Encoding: chunked\r\nContent-Type: application/json\r\n\r\n")  # fmt: skip
+    with socket.create_connection(("127.0.0.1", keyed_gateway.port), timeout=5) as sock:
+        sock.sendall(head.encode())  # and no body at all
+        answer = b""
+        while chunk := sock.recv(65536):  # to EOF: the gateway closes it
+            answer += chunk
+    status_line, _, rest = answer.partition(b"\r\n")
+    headers, _, body = rest.partition(b"\r\n\r\n")
+    assert status_line.split(b" ")[1] == b"401", answer
+    assert b"connection: close" in headers.lower().split(b"\r\n")
+    assert json.loads(body)["error"]["type"] == "authentication_error"
 
 
 def test_probes_stay_open(keyed_gateway: Service) -> None:

@@ -148,6 +148,57 @@ def test_a_flood_of_silent_connections_ages_out_at_the_connection_cap(
             connection.close()
 
 
+CHUNKED_PROBE = b"GET /livez HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n"
+CHUNK = b"1\r\na\r\n"
+
+
+def answered(connection: RawConnection) -> bool:
+    connection.poll()
+    return b"\r\n\r\n" in connection.answer
+
+
+def test_a_body_left_unread_by_an_early_answer_must_end_by_the_deadline(
+    gateway_factory: GatewayFactory, llm: RunningServer, embedder: Service
+) -> None:
+    # A probe answers at once, before the chunked body it was sent has ended.
+    # uvicorn then waited for the rest with no timer (each chunk cancelled its
+    # keep-alive timeout): a client dripping chunks held the connection for ever.
+    gateway = gateway_factory(llm.url, embedder.url, GATEWAY_HEADER_TIMEOUT_S="2")
+    drippers = [RawConnection(gateway.port, CHUNKED_PROBE) for _ in range(3)]
+    finisher = RawConnection(gateway.port, CHUNKED_PROBE)
+    wait_until(lambda: all(answered(c) for c in [*drippers, finisher]), 5, what="answers")
+    answered_at = time.monotonic()
+    assert [c.status() for c in [*drippers, finisher]] == [200] * 4
+    finisher.send(b"0\r\n\r\n")  # its body ends in time: kept alive for the next request
+    finisher.answer = b""
+    finisher.send(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+    wait_until(lambda: answered(finisher), 5, what="the next request's answer")
+    assert finisher.status() == 200 and not finisher.closed
+    with dripping(drippers, CHUNK):
+        wait_until(lambda: all(c.poll() for c in drippers), 10, what="every dripper closed")
+        assert time.monotonic() - answered_at >= 1.5  # not before the deadline
+        assert not finisher.poll()
+        _served(gateway)
+    finisher.close()
+
+
+def test_connections_answered_before_their_body_ended_age_out_at_the_cap(
+    gateway_factory: GatewayFactory, llm: RunningServer, embedder: Service
+) -> None:
+    gateway = gateway_factory(
+        llm.url, embedder.url, GATEWAY_HEADER_TIMEOUT_S="120", GATEWAY_MAX_CONNECTIONS="8"
+    )
+    flood: list[RawConnection] = []
+    with dripping(flood, CHUNK):
+        for _ in range(20):
+            flood.append(RawConnection(gateway.port, CHUNKED_PROBE))
+            # Each answered before the next opens, so which are the oldest is known.
+            wait_until(lambda: answered(flood[-1]), 5, what="answer")
+            wait_until(lambda: sum(not c.poll() for c in flood) <= 8, 5, what="room made")
+        assert [c.closed for c in flood] == [True] * 12 + [False] * 8  # the oldest went
+        _served(gateway)  # a client sending its request at once still gets in
+
+
 def test_oversized_or_malformed_request_heads_get_an_openai_error(
     gateway_factory: GatewayFactory, llm: RunningServer, embedder: Service
 ) -> None:

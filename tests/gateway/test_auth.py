@@ -113,7 +113,8 @@ def _http_scope(path: str, headers: list[tuple[bytes, bytes]]) -> dict[str, obje
 @pytest.mark.parametrize(
     ("path", "key", "status"),
     [("/v1/memories/search", b"bogus", 401), ("/v1/chat/completions", None, 401),
-     ("/admin/models", b"k-acme", 403), ("/v1/memories", b"k-admin", 403)],
+     ("/admin/models", b"k-acme", 403), ("/v1/memories", b"k-admin", 403),
+     ("/tokenize", b"bogus", 401), ("/v2/rerank", None, 401)],
 )  # fmt: skip
 async def test_key_check_refuses_before_the_body_or_the_app(
     path: str, key: bytes | None, status: int
@@ -136,7 +137,8 @@ async def test_key_check_refuses_before_the_body_or_the_app(
     headers = [(b"content-length", b"100000")]
     if key is not None:
         headers.append((b"authorization", b"Bearer " + key))
-    await KeyCheck(app, keyring=ring)(_http_scope(path, headers), receive, send)  # type: ignore[arg-type]
+    check = KeyCheck(app, keyring=ring, tenant_paths=("/tokenize", "/v2/rerank"))
+    await check(_http_scope(path, headers), receive, send)  # type: ignore[arg-type]
     assert sent[0]["status"] == status
     assert (b"connection", b"close") in sent[0]["headers"]  # type: ignore[operator]
 
