@@ -28,7 +28,7 @@ from gateway.auth import KeyCheck, KeyRing
 from gateway.datadir import MIB, DiskSpace
 from gateway.enums import Health
 from gateway.errors import install_error_handlers
-from gateway.limits import RequestLimits
+from gateway.limits import RequestLimits, tenant_share
 from gateway.memory.edge_store import EdgeStore
 from gateway.memory.embedder_client import EmbedderClient
 from gateway.memory.outbox import OUTBOX_FILE, Outbox
@@ -207,6 +207,11 @@ def create_app(
         max_body_bytes=settings.max_body_bytes,
         max_concurrency=settings.max_concurrency,
         body_timeout_s=settings.body_timeout_s,
+        max_per_tenant=tenant_share(
+            settings.max_concurrency,
+            settings.max_concurrency_per_tenant,
+            app.state.keyring.tenant_count,
+        ),
     )
     # Wraps the limits: the key is checked before a slot is taken or a body read.
     routes = [route for router in routers for route in router.routes]

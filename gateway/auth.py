@@ -113,6 +113,10 @@ class KeyRing:
         return bool(self._keys)
 
     @property
+    def tenant_count(self) -> int:
+        return len(set(self._keys.values()))
+
+    @property
     def admin_enabled(self) -> bool:
         return self._admin is not None
 

@@ -9,8 +9,10 @@ sending a byte a second holds its slot for that long at most; a body in a
 ``Content-Encoding`` other than identity (gzip, say) is refused with 415,
 since nothing behind this reads a compressed body; when
 ``max_concurrency`` requests are already being served, the next one gets 429
-with ``Retry-After`` instead of queueing without bound. Probes and metrics
-are exempt, so an overloaded gateway still reports its state.
+with ``Retry-After`` instead of queueing without bound, and so does a
+tenant's request beyond its share (``max_per_tenant``), so that one tenant
+cannot take every slot. Probes and metrics are exempt, so an overloaded
+gateway still reports its state.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from urllib.parse import unquote_to_bytes
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.auth import PRINCIPAL_KEY
 from gateway.errors import APIError
 
 EXEMPT_PATHS = frozenset({"/livez", "/readyz", "/metrics"})
@@ -95,6 +98,27 @@ def undecodable_part(scope: Scope) -> str | None:
     return None
 
 
+def tenant_share(max_concurrency: int, configured: int | None, tenants: int) -> int:
+    """The requests one tenant may have in flight: ``configured`` when set, else
+    half the cap when there are tenants to share it with, else all of it.
+
+    Half, not an equal split: tenants are rarely busy at once, and one tenant
+    may use much of an idle gateway; what matters is that another always
+    finds room.
+    """
+    if configured is not None:
+        return min(configured, max_concurrency)
+    return max(1, max_concurrency // 2) if tenants > 1 else max_concurrency
+
+
+def _tenant(scope: Scope) -> str | None:
+    """The tenant whose key ``KeyCheck`` accepted (None: no keys, or the admin)."""
+    principal = scope.get("state", {}).get(PRINCIPAL_KEY)
+    if principal is None or principal.admin:
+        return None
+    return str(principal.tenant)
+
+
 class RequestLimits:
     def __init__(
         self,
@@ -103,12 +127,15 @@ class RequestLimits:
         max_body_bytes: int,
         max_concurrency: int,
         body_timeout_s: float = 30.0,
+        max_per_tenant: int | None = None,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.max_concurrency = max_concurrency
         self.body_timeout_s = body_timeout_s
+        self.max_per_tenant = max_per_tenant or max_concurrency
         self.in_flight = 0
+        self.in_flight_by_tenant: dict[str, int] = {}  # only tenants with some in flight
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in EXEMPT_PATHS:
@@ -140,10 +167,18 @@ class RequestLimits:
             )
             await too_large.response()(scope, receive, send)
             return
-        if self.in_flight >= self.max_concurrency:
+        tenant = _tenant(scope)
+        tenant_load = self.in_flight_by_tenant.get(tenant, 0) if tenant is not None else 0
+        if tenant_load >= self.max_per_tenant or self.in_flight >= self.max_concurrency:
+            reason = (
+                f"this key's tenant has {tenant_load} requests in flight, its share of the "
+                "gateway's concurrency"
+                if tenant_load >= self.max_per_tenant
+                else "the gateway is at its concurrency limit"
+            )
             busy = APIError(
                 429,
-                "the gateway is at its concurrency limit; retry shortly",
+                f"{reason}; retry shortly",
                 code="too_many_concurrent_requests",
                 headers={"Retry-After": "1"},
             )
@@ -172,7 +207,15 @@ class RequestLimits:
             return message
 
         self.in_flight += 1
+        if tenant is not None:
+            self.in_flight_by_tenant[tenant] = tenant_load + 1
         try:
             await self.app(scope, counted_receive, send)
         finally:
             self.in_flight -= 1
+            if tenant is not None:
+                left = self.in_flight_by_tenant[tenant] - 1
+                if left:
+                    self.in_flight_by_tenant[tenant] = left
+                else:
+                    del self.in_flight_by_tenant[tenant]

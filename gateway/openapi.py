@@ -55,7 +55,8 @@ _WHY = {
     408: "The request body did not arrive in time (GATEWAY_BODY_TIMEOUT_S)",
     409: "Conflict",
     413: "The request body is larger than GATEWAY_MAX_BODY_BYTES",
-    429: "Too many requests in flight (GATEWAY_MAX_CONCURRENCY), or the LLM's rate limit",
+    429: "Too many requests in flight (GATEWAY_MAX_CONCURRENCY, or the tenant's share of it), "
+    "or the LLM's rate limit",
     502: "The LLM upstream failed",
     503: "A dependency cannot serve now; retry after ``Retry-After`` seconds",
     504: "The LLM upstream timed out",

@@ -233,6 +233,14 @@ class Settings(BaseSettings):
         ge=1,
         description="Requests served at once; more get 429 with Retry-After.",
     )
+    max_concurrency_per_tenant: int | None = Field(
+        default=None,
+        ge=1,
+        description="Requests one tenant may have served at once, its share of "
+        "GATEWAY_MAX_CONCURRENCY, so that one tenant's long streams (or a leaked key) "
+        "cannot give every other tenant 429; more get 429 with Retry-After. Unset: half "
+        "of GATEWAY_MAX_CONCURRENCY when the keys name two or more tenants, else all of it.",
+    )
     max_metadata_bytes: int = Field(
         default=8192,
         ge=64,

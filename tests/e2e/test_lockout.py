@@ -26,6 +26,7 @@ from tests.conftest import GatewayFactory
 pytestmark = pytest.mark.e2e
 
 KEY = "acme-key-1"
+GLOBEX = "globex-key-1"
 ADMIN = "admin-key-1"
 ROUTES = ["/v1/memories/search", "/v1/memories", "/v1/chat/completions", "/admin/models"]
 
@@ -114,8 +115,8 @@ def dripping(clients: list[SlowClient]) -> Iterator[None]:
             client.close()
 
 
-def _legitimate_calls_succeed(gateway: Service) -> None:
-    headers = {"Authorization": f"Bearer {KEY}"}
+def _legitimate_calls_succeed(gateway: Service, key: str = KEY) -> None:
+    headers = {"Authorization": f"Bearer {key}"}
     base = gateway.url
     added = httpx.post(f"{base}/memories", headers=headers,
                        json={"user_id": "ann", "text": "Ann keeps bees"}, timeout=20)  # fmt: skip
@@ -148,6 +149,28 @@ def test_slow_clients_without_a_key_lock_nobody_out(
         # ...and tenants are served meanwhile.
         _legitimate_calls_succeed(gateway)
     assert llm.stats()["chat_requests"] == 1  # only the tenant's chat went upstream
+
+
+def test_one_tenant_holds_at_most_its_share_of_the_slots(
+    gateway_factory: GatewayFactory, llm: RunningServer, embedder: Service
+) -> None:
+    # With one counter for everyone, acme's slow requests (or long streams, or a
+    # leaked key) could take every slot and give globex 429 for as long as they last.
+    gateway = gateway_factory(
+        llm.url, embedder.url, GATEWAY_API_KEYS=f"acme:{KEY},globex:{GLOBEX}",
+        GATEWAY_ADMIN_KEY=ADMIN, GATEWAY_MAX_CONCURRENCY="4",
+    )  # fmt: skip
+    hogs = [SlowClient(gateway.port, "/v1/memories/search", KEY) for _ in range(3)]
+    with dripping(hogs):
+        # Two tenants: each may hold half of the 4 slots, so one of the three is refused.
+        wait_until(lambda: any(h.poll() for h in hogs), 10, what="acme over its share")
+        refused = [h for h in hogs if h.poll()]
+        assert len(refused) == 1 and refused[0].status() == 429
+        assert refused[0].error()["code"] == "too_many_concurrent_requests"
+        assert "its share" in str(refused[0].error()["message"])
+        assert b"retry-after: 1" in refused[0].answer.lower()
+        _legitimate_calls_succeed(gateway, GLOBEX)  # globex still finds room
+        assert not any(h.poll() for h in hogs if h is not refused[0])  # acme's two still held
 
 
 def test_a_slow_body_gets_408_and_frees_its_slot(

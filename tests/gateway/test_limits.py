@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gzip
 
 import pytest
@@ -10,8 +12,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
+from starlette.types import Message, Receive, Scope, Send
 
-from gateway.limits import RequestLimits, content_coding
+from gateway.auth import PRINCIPAL_KEY, Principal
+from gateway.limits import RequestLimits, content_coding, tenant_share
 
 
 def client() -> tuple[TestClient, list[bytes]]:
@@ -57,3 +61,56 @@ def test_every_content_encoding_header_counts() -> None:
     scope = {"headers": [(b"content-encoding", b"identity"), (b"content-encoding", b"gzip")]}
     assert content_coding(scope) == "identity, gzip"
     assert content_coding({"headers": [(b"content-encoding", b"identity")]}) is None
+
+
+@pytest.mark.parametrize(
+    ("configured", "tenants", "share"),
+    [(None, 0, 512), (None, 1, 512), (None, 2, 256), (None, 9, 256), (10, 2, 10),
+     (1000, 2, 512)],
+)  # fmt: skip
+def test_a_tenants_share_of_the_slots(configured: int | None, tenants: int, share: int) -> None:
+    assert tenant_share(512, configured, tenants) == share
+    assert tenant_share(1, None, 3) == 1  # never none at all
+
+
+async def test_each_tenant_is_counted_apart_and_released() -> None:
+    """Tenant a at its share is refused while b and the admin are served; a's slot
+    is free again once its request ends, failed or not."""
+    release, holding = asyncio.Event(), asyncio.Event()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["path"] == "/hold":
+            holding.set()
+            await release.wait()
+        if scope["path"] == "/fail":
+            raise RuntimeError("the app failed")
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    limits = RequestLimits(app, max_body_bytes=1024, max_concurrency=4, max_per_tenant=1)
+
+    async def call(path: str, principal: Principal) -> int:
+        scope = {"type": "http", "path": path, "headers": [], "query_string": b"",
+                 "state": {PRINCIPAL_KEY: principal}}  # fmt: skip
+        sent: list[Message] = []
+
+        async def receive() -> Message:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: Message) -> None:
+            sent.append(message)
+
+        with contextlib.suppress(RuntimeError):
+            await limits(scope, receive, send)
+        return int(sent[0]["status"]) if sent else 0
+
+    held = asyncio.create_task(call("/hold", Principal("a")))
+    await holding.wait()
+    assert await call("/x", Principal("a")) == 429
+    assert await call("/x", Principal("b")) == 200
+    assert await call("/x", Principal("admin", admin=True)) == 200
+    release.set()
+    assert await held == 200
+    assert await call("/fail", Principal("a")) == 0  # failed: its slot is released all the same
+    assert await call("/x", Principal("a")) == 200
+    assert limits.in_flight == 0 and limits.in_flight_by_tenant == {}
