@@ -15,10 +15,12 @@ Nothing here edits the generated document; the routes declare it all:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Coroutine
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from pydantic import BaseModel
 
 from gateway.exceptions import (
@@ -98,16 +100,51 @@ KEYED: Responses = {
 }
 
 
+_JSON = b"application/json"
+
+
+class JSONBodyRoute(APIRoute):
+    """A route whose body is read as JSON whatever its ``Content-Type`` says, as
+    the chat endpoints read theirs.
+
+    FastAPI parses a body as JSON only when it is declared JSON, and hands
+    anything else to validation as bytes ("Input should be a valid
+    dictionary"), so ``curl -d`` (which says
+    ``application/x-www-form-urlencoded``), a missing type or ``text/plain``
+    got a misleading 400 for a well-formed body. None of the gateway's own
+    endpoints takes a form, so nothing is lost by it.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def read_as_json(request: Request) -> Response:
+            headers = request.scope["headers"]
+            declared = next((v for k, v in headers if k == b"content-type"), b"")
+            main, _, _ = declared.partition(b";")
+            if main.strip().lower() != _JSON and not main.strip().lower().endswith(b"+json"):
+                kept = [(k, v) for k, v in headers if k != b"content-type"]
+                scope = {**request.scope, "headers": [*kept, (b"content-type", _JSON)]}
+                request = Request(scope, request.receive)
+            return await handler(request)
+
+        return read_as_json
+
+
 def keyed_router(prefix: str, tag: str) -> APIRouter:
     """The router of a group of the gateway's own endpoints behind a key.
 
     Answers are rendered by ``JSONResponse`` (json.dumps), as they always were,
     rather than by FastAPI's default for response models, Pydantic's JSON
     writer, which spells some floats (scores, metadata, times) otherwise:
-    ``1e-05`` becomes ``1e-5``.
+    ``1e-05`` becomes ``1e-5``. Bodies are read as JSON (:class:`JSONBodyRoute`).
     """
     return APIRouter(
-        prefix=prefix, tags=[tag], responses=KEYED, default_response_class=JSONResponse
+        prefix=prefix,
+        tags=[tag],
+        responses=KEYED,
+        default_response_class=JSONResponse,
+        route_class=JSONBodyRoute,
     )
 
 

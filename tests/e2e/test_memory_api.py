@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import httpx
@@ -57,6 +58,25 @@ def test_messages_become_one_memory_each_and_repeats_are_not_stored(
     assert sorted(m["memory"] for m in listed["results"]) == sorted(
         ["I play the cello", "Lovely, how long have you played?"]
     )
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/x-www-form-urlencoded", "text/plain", None], ids=str
+)
+def test_a_json_body_is_read_as_json_whatever_its_declared_type(
+    stack_gateway: Service, user: str, content_type: str | None
+) -> None:
+    # curl -d declares a form; FastAPI read such a body as bytes and answered a
+    # misleading "Input should be a valid dictionary" (chat always read it as JSON).
+    headers = {"Content-Type": content_type} if content_type else {}
+    body = json.dumps({"user_id": user, "text": "I keep bees"}).encode()
+    added = httpx.post(f"{stack_gateway.url}/memories", content=body, headers=headers)
+    assert added.status_code == 201, added.text
+    query = json.dumps({"user_id": user, "query": "bees"}).encode()
+    found = httpx.post(f"{stack_gateway.url}/memories/search", content=query, headers=headers)
+    assert [h["memory"] for h in found.json()["results"]] == ["I keep bees"]
+    broken = httpx.post(f"{stack_gateway.url}/memories", content=b"user_id=u", headers=headers)
+    assert broken.status_code == 400 and broken.json()["error"]["code"] == "invalid_json"
 
 
 def test_search_filters_by_metadata(stack_gateway: Service, user: str) -> None:
