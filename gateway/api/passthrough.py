@@ -71,10 +71,11 @@ _FORM_NAME = r'(?:^|[;\s])name="{}"'
 def form_field(raw: bytes, content_type: str, name: str) -> tuple[int, int] | None:
     """Where the value of the multipart form field ``name`` lies in ``raw``,
     or None: found in place, so the body need not be parsed or rebuilt."""
-    found = re.search(r'boundary="?([^";]+)"?', content_type)
+    # A parameter's name is case-insensitive (RFC 9110 §5.6.6), its value quoted or not.
+    found = re.search(r'(?:^|;)\s*boundary=(?:"([^"]+)"|([^;\s]+))', content_type, re.IGNORECASE)
     if found is None:
         return None
-    delimiter = b"--" + found.group(1).encode("latin-1")
+    delimiter = b"--" + (found.group(1) or found.group(2)).encode("latin-1")
     wanted = re.compile(_FORM_NAME.format(re.escape(name)).encode(), re.IGNORECASE)
     pos = raw.find(delimiter)
     while pos >= 0:

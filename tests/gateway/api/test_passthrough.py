@@ -36,6 +36,16 @@ def test_the_model_of_a_form_is_found_and_renamed_in_place() -> None:
     assert form_field(raw, "multipart/form-data", "model") is None  # no boundary
 
 
+def test_the_boundary_parameter_is_found_however_it_is_spelled() -> None:
+    raw, kind = multipart(model="whisper")
+    boundary = kind.partition("boundary=")[2]
+    for spelled in (f"multipart/form-data; BOUNDARY={boundary}",
+                    f'multipart/form-data;boundary="{boundary}"; charset=utf-8',
+                    f"Multipart/Form-Data; charset=utf-8; Boundary={boundary}"):  # fmt: skip
+        assert read_request(raw, spelled)[0] == "whisper", spelled
+    assert form_field(raw, f"multipart/form-data; xboundary={boundary}", "model") is None
+
+
 def test_a_stream_field_in_a_form_asks_for_a_stream() -> None:
     raw, kind = multipart(model="whisper", stream="true")
     assert read_request(raw, kind)[:2] == ("whisper", True)
