@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import http.client
 import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -312,6 +313,30 @@ def test_a_compressed_body_is_415_not_invalid_json_and_never_forwarded(
     assert shared_llm.requests() == []
     memories = httpx.get(f"{gateway.url}/memories", params={"user_id": "zip"}).json()
     assert memories["results"] == []
+
+
+def test_a_gzip_transfer_coding_is_400_and_never_forwarded(
+    gateway: Service, shared_llm: RunningServer
+) -> None:
+    # httptools reads "gzip, chunked" as chunked and handed on the gzip bytes:
+    # a misleading "not valid JSON", or gzip forwarded as JSON by a pass-through.
+    shared_llm.reset()
+    shared_llm.clear_requests()
+    packed = gzip.compress(b'{"model": "fake-model", "prompt": "hi"}')
+    head = ("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            "Transfer-Encoding: gzip, chunked\r\n\r\n")  # fmt: skip
+    chunked = f"{len(packed):x}\r\n".encode() + packed + b"\r\n0\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as sock:
+        sock.sendall(head.encode() + chunked)
+        answer = b""
+        while chunk := sock.recv(65536):  # to EOF: refused with Connection: close
+            answer += chunk
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert status_line.split(b" ")[1] == b"400", answer
+    error = json.loads(rest.partition(b"\r\n\r\n")[2])["error"]
+    assert error["code"] == "unsupported_transfer_encoding"
+    assert "'gzip, chunked'" in error["message"]
+    assert shared_llm.requests() == []
 
 
 @pytest.mark.parametrize("kind", ["text/plain", None])

@@ -114,3 +114,25 @@ async def test_each_tenant_is_counted_apart_and_released() -> None:
     assert await call("/fail", Principal("a")) == 0  # failed: its slot is released all the same
     assert await call("/x", Principal("a")) == 200
     assert limits.in_flight == 0 and limits.in_flight_by_tenant == {}
+
+
+@pytest.mark.parametrize(
+    ("sent", "coding"),
+    [("gzip, chunked", "gzip, chunked"), ("deflate,chunked", "deflate, chunked"), ("x", "x")],
+)
+def test_a_transfer_coding_besides_chunked_is_400_before_the_app_reads_it(
+    sent: str, coding: str
+) -> None:
+    http, bodies = client()
+    response = http.post("/v1/x", content=b"{}", headers={"transfer-encoding": sent})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["code"] == "unsupported_transfer_encoding"
+    assert error["message"] == f"request has Transfer-Encoding {coding!r}; only chunked is accepted"
+    assert response.headers["connection"] == "close" and bodies == []
+
+
+def test_a_chunked_body_is_served() -> None:
+    http, bodies = client()
+    response = http.post("/v1/x", content=iter([b"{", b"}"]))  # sent chunked
+    assert response.status_code == 200 and bodies == [b"{}"]
