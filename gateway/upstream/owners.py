@@ -12,30 +12,32 @@ than guess at a replica or a tenant.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
-
-
-@dataclass(frozen=True)
-class Owner:
-    tenant: str
-    upstream: str  # the replica's name in the pool
 
 
 class ResponseOwners:
-    """The newest ``capacity`` response ids and their owners, in memory."""
+    """The newest ``capacity`` response ids of each tenant and the replica that
+    made each, in memory.
+
+    Counted per tenant, not in one list for all: one tenant making responses
+    as fast as it can would otherwise push every other tenant's ids out, and
+    their ``GET``, ``/cancel`` and ``previous_response_id`` would be 404s.
+    Tenants are the configured keys' (one without keys), so the whole is
+    bounded too.
+    """
 
     def __init__(self, capacity: int = 100_000) -> None:
         self._capacity = capacity
-        self._owners: OrderedDict[str, Owner] = OrderedDict()
+        self._by_tenant: dict[str, OrderedDict[str, str]] = {}
 
     def record(self, response_id: str, tenant: str, upstream: str) -> None:
-        self._owners[response_id] = Owner(tenant, upstream)
-        self._owners.move_to_end(response_id)
-        while len(self._owners) > self._capacity:
-            self._owners.popitem(last=False)
+        owned = self._by_tenant.setdefault(tenant, OrderedDict())
+        owned[response_id] = upstream
+        owned.move_to_end(response_id)
+        while len(owned) > self._capacity:
+            owned.popitem(last=False)
 
     def upstream_for(self, response_id: str, tenant: str) -> str | None:
         """The replica holding ``response_id`` if ``tenant`` made it, else None
         (another tenant's id looks exactly like an unknown one)."""
-        owner = self._owners.get(response_id)
-        return owner.upstream if owner is not None and owner.tenant == tenant else None
+        owned = self._by_tenant.get(tenant)
+        return owned.get(response_id) if owned is not None else None
