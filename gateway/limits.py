@@ -58,6 +58,15 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
+def _codings(scope: Scope, header: bytes) -> list[str]:
+    """The codings that every ``header`` line of the request lists, in order."""
+    named: list[str] = []
+    for name, value in scope.get("headers", ()):
+        if name == header:
+            named += value.decode("latin-1").split(",")
+    return [c.strip() for c in named if c.strip()]
+
+
 def content_coding(scope: Scope) -> str | None:
     """The request's ``Content-Encoding`` when it names a coding other than
     identity (``"gzip"``, ``"br, gzip"``), else None.
@@ -67,11 +76,7 @@ def content_coding(scope: Scope) -> str | None:
     JSON content type and no encoding, and decoding would let a 1 MiB body
     inflate to gigabytes (a decompression bomb) past the body-size limit.
     """
-    named: list[str] = []
-    for name, value in scope.get("headers", ()):
-        if name == b"content-encoding":
-            named += value.decode("latin-1").split(",")
-    codings = [c.strip() for c in named if c.strip()]
+    codings = _codings(scope, b"content-encoding")
     if all(c.lower() == "identity" for c in codings):
         return None
     return ", ".join(codings)[:64]
@@ -85,11 +90,7 @@ def transfer_coding(scope: Scope) -> str | None:
     which the endpoints would call broken JSON: refused with a clear 400 instead
     (RFC 9112 lets a server refuse a transfer coding it does not implement).
     """
-    named: list[str] = []
-    for name, value in scope.get("headers", ()):
-        if name == b"transfer-encoding":
-            named += value.decode("latin-1").split(",")
-    codings = [c.strip() for c in named if c.strip()]
+    codings = _codings(scope, b"transfer-encoding")
     if all(c.lower() == "chunked" for c in codings):
         return None
     return ", ".join(codings)[:64]
