@@ -156,20 +156,17 @@ class RequestLimits:
         self.in_flight = 0
         self.in_flight_by_tenant: dict[str, int] = {}  # only tenants with some in flight
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in EXEMPT_PATHS:
-            await self.app(scope, receive, send)
-            return
+    def _refusal(self, scope: Scope) -> APIError | None:
+        """Why the request cannot be served as it came (its URL, its codings,
+        its announced size), decided from the head alone; None: it can."""
         bad = undecodable_part(scope)
         if bad is not None:
-            refused = APIError(
+            return APIError(
                 400, f"the URL's {bad} is not UTF-8 once percent-decoded", code="invalid_url"
             )
-            await refused.response()(scope, receive, send)
-            return
         coding = content_coding(scope)
         if coding is not None:
-            unsupported = APIError(
+            return APIError(
                 415,
                 f"request body has Content-Encoding {coding!r}; only identity "
                 "(an uncompressed body) is accepted",
@@ -177,41 +174,48 @@ class RequestLimits:
                 # RFC 9110 §15.5.16: a 415 for a content coding names the ones accepted.
                 headers={"Accept-Encoding": "identity"},
             )
-            await unsupported.response()(scope, receive, send)
-            return
         transfer = transfer_coding(scope)
         if transfer is not None:
-            unsupported = APIError(
+            return APIError(
                 400,
                 f"request has Transfer-Encoding {transfer!r}; only chunked is accepted",
                 code="unsupported_transfer_encoding",
                 headers={"Connection": "close"},  # its body is left unread
             )
-            await unsupported.response()(scope, receive, send)
-            return
         length = _content_length(scope)
         if length is not None and length > self.max_body_bytes:
-            too_large = APIError(
+            return APIError(
                 413, f"request body exceeds {self.max_body_bytes} bytes", code="request_too_large"
             )
-            await too_large.response()(scope, receive, send)
-            return
-        tenant = _tenant(scope)
-        tenant_load = self.in_flight_by_tenant.get(tenant, 0) if tenant is not None else 0
-        if tenant_load >= self.max_per_tenant or self.in_flight >= self.max_concurrency:
+        return None
+
+    def _busy(self, tenant_load: int) -> APIError | None:
+        """The 429 for a request beyond its tenant's share or the gateway's cap."""
+        if tenant_load >= self.max_per_tenant:
             reason = (
                 f"this key's tenant has {tenant_load} requests in flight, its share of the "
                 "gateway's concurrency"
-                if tenant_load >= self.max_per_tenant
-                else "the gateway is at its concurrency limit"
             )
-            busy = APIError(
-                429,
-                f"{reason}; retry shortly",
-                code="too_many_concurrent_requests",
-                headers={"Retry-After": "1"},
-            )
-            await busy.response()(scope, receive, send)
+        elif self.in_flight >= self.max_concurrency:
+            reason = "the gateway is at its concurrency limit"
+        else:
+            return None
+        return APIError(
+            429,
+            f"{reason}; retry shortly",
+            code="too_many_concurrent_requests",
+            headers={"Retry-After": "1"},
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in EXEMPT_PATHS:
+            await self.app(scope, receive, send)
+            return
+        tenant = _tenant(scope)
+        tenant_load = self.in_flight_by_tenant.get(tenant, 0) if tenant is not None else 0
+        refused = self._refusal(scope) or self._busy(tenant_load)
+        if refused is not None:
+            await refused.response()(scope, receive, send)
             return
         received = 0
         body_done = False

@@ -117,6 +117,8 @@ class JSONBodyRoute(APIRoute):
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
+        if self.body_field is None:
+            return handler  # no body to read: nothing to do per request
 
         async def read_as_json(request: Request) -> Response:
             headers = request.scope["headers"]
