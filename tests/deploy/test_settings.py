@@ -99,6 +99,8 @@ def sample(name: str, field: Any) -> str:
         return str(default / 2 if default else 0.5)
     if kind is Path:
         return f"/srv/sample/{name.lower()}"
+    if name.endswith("_URL"):  # the gateway accepts only http(s) URLs with a host
+        return f"http://sample-{name.lower().replace('_', '-')}:8000/v1"
     return f"sample-{name.lower()}-value-0123456789"
 
 

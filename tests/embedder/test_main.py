@@ -23,3 +23,19 @@ def test_the_start_up_heap_is_out_of_the_collectors_sight_before_serving(
         assert len(frozen_when_serving) == 1 and frozen_when_serving[0] > 1000
     finally:
         gc.unfreeze()
+
+
+def test_a_bad_setting_is_one_line_naming_its_variable_and_exit_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    served: list[bool] = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self: served.append(True))
+    monkeypatch.setenv("EMBEDDER_PORT", "eighty-eighty-one")
+    monkeypatch.setenv("EMBEDDER_BACKEND", "tpu")
+    assert entry.main() == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "embedder: configuration error: EMBEDDER_PORT: Input should be a valid integer, "
+        "unable to parse string as an integer; EMBEDDER_BACKEND: Input should be 'auto', "
+        "'onnx' or 'torch'"
+    ]
+    assert not served

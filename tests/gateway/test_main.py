@@ -25,3 +25,45 @@ def test_the_start_up_heap_is_out_of_the_collectors_sight_before_serving(
         assert len(frozen_when_serving) == 1 and frozen_when_serving[0] > 1000
     finally:
         gc.unfreeze()
+
+
+@pytest.fixture
+def started(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Whether the server was started: it must not be, after a configuration error."""
+    runs: list[bool] = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self: runs.append(True))
+    return runs
+
+
+def test_a_bad_upstreams_file_is_one_line_before_the_data_dir_is_made(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    started: list[bool],
+) -> None:
+    config = tmp_path / "upstreams.yaml"
+    config.write_text('upstreams: [{name: a, urls: ["localhost:8000/v1"]}]')
+    monkeypatch.setenv("GATEWAY_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("GATEWAY_CONFIG", str(config))
+    assert entry.main() == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"memgate: configuration error: GATEWAY_CONFIG {config}: upstreams.0.urls: "
+        "'localhost:8000/v1' is not an http:// or https:// URL with a host"
+    ]
+    assert not (tmp_path / "data").exists() and not started
+
+
+def test_a_bad_setting_is_named_by_its_variable_without_its_value(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    started: list[bool],
+) -> None:
+    monkeypatch.setenv("GATEWAY_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("GATEWAY_LLM_URL", "htp://user:hunter2-password@vllm:8000/v1")
+    monkeypatch.setenv("GATEWAY_PORT", "eighty")
+    assert entry.main() == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("memgate: configuration error: GATEWAY_PORT: Input should be")
+    assert "GATEWAY_LLM_URL: 'htp://***@vllm:8000/v1' is not an http:// or https://" in line
+    assert "hunter2" not in line and not started

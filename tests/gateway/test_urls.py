@@ -1,6 +1,8 @@
 from __future__ import annotations
 
-from gateway.urls import join_url, redact_text, redact_url, service_root
+import pytest
+
+from gateway.urls import check_http_url, join_url, redact_text, redact_url, service_root
 
 
 def test_service_root_drops_the_api_prefix_only() -> None:
@@ -48,3 +50,24 @@ def test_urls_inside_text_are_redacted() -> None:
     assert redact_text(text) == "Cannot connect to url='http://h:8000/v1?api-key=***' [refused]"
     assert redact_text("no url here") == "no url here"
     assert "SECRET" not in redact_text("GET https://user:SECRET@host/x failed")
+
+
+@pytest.mark.parametrize(
+    "url", ["http://vllm:8000/v1", "https://api.openai.com/v1", "http://[::1]:8000/v1?k=v"]
+)
+def test_an_http_url_with_a_host_is_accepted(url: str) -> None:
+    assert check_http_url(url) == url
+
+
+@pytest.mark.parametrize(
+    "url", ["vllm:8000/v1", "localhost:8000", "ftp://host/v1", "http://", "http:///v1", "/v1"]
+)
+def test_anything_else_is_refused(url: str) -> None:
+    with pytest.raises(ValueError, match="is not an http:// or https:// URL with a host"):
+        check_http_url(url)
+
+
+def test_a_refused_url_is_shown_without_its_password() -> None:
+    with pytest.raises(ValueError) as caught:
+        check_http_url("htp://user:s3cret@host/v1")
+    assert "s3cret" not in str(caught.value)
