@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The name clients see when no EMBEDDER_MODEL is given; the weights come from
@@ -68,7 +68,15 @@ class EmbedderSettings(BaseSettings):
         le=256,
         description="Intra-op threads of the inference runtime; unset: one per core.",
     )
-    log_level: str = Field(default="info", description="Level of the JSON logs.")
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
+        default="info", description="Level of the JSON logs."
+    )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value  # INFO, as logging takes it
+
     # On the CPU a batch of 8 encodes as many texts per second as one of 64
     # (bench/results/embedder.md), and a query then waits for at most one small batch.
     max_batch_size: int | None = Field(

@@ -10,6 +10,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from gateway.app import create_app
+from gateway.auth import KeyRing
 from gateway.connections import guarded_protocol, make_fd_room
 from gateway.datadir import MIB, check_data_dir, check_database
 from gateway.exceptions import DataDirProblem
@@ -40,6 +41,9 @@ def main() -> int:
         settings = Settings()
         settings.check_bind_address()
         check_secrets(settings)
+        # Built again by the app; here for its refusals (a malformed entry, a key
+        # given twice, an unreadable keys file) before the data dir is made.
+        KeyRing(settings.api_keys, settings.admin_key, settings.api_keys_file)
         if settings.config is not None:  # loaded again by the app: checked here, for one line
             load_upstreams_file(settings.config)
     except ValidationError as exc:

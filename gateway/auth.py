@@ -46,10 +46,20 @@ def _parse_entry(item: str, where: str) -> tuple[bytes, str]:
     tenant, key = tenant.strip(), key.strip()
     if not sep or not tenant or not key:
         raise ValueError(f"{where}: expected tenant:key, got an entry without both")
+    _check_sendable(key, f"{where}: tenant {tenant!r}'s key")
     algo, sep, digest = key.partition(":")
     if sep and algo == "sha256" and _HEX_DIGEST.match(digest):
         return bytes.fromhex(digest), tenant
     return _digest(key), tenant
+
+
+def _check_sendable(key: str, whose: str) -> None:
+    """A key a client can send: printable ASCII. HTTP carries header values as
+    bytes that servers read as Latin-1, so a key with ``é`` or a control
+    character could never match, and every client would get 401. The message
+    never holds the key."""
+    if not key.isascii() or not key.isprintable():
+        raise ValueError(f"{whose} has characters an HTTP header cannot carry: use printable ASCII")
 
 
 def _add_key(keys: dict[bytes, str], digest: bytes, tenant: str, where: str) -> None:
@@ -77,7 +87,11 @@ def parse_api_keys(spec: str, keys: dict[bytes, str] | None = None) -> dict[byte
 def read_api_keys_file(path: Path, keys: dict[bytes, str] | None = None) -> dict[bytes, str]:
     """The ``tenant:key`` lines of ``path``, added to ``keys`` as ``parse_api_keys`` does."""
     keys = {} if keys is None else keys
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"GATEWAY_API_KEYS_FILE {path}: {exc}") from exc
+    for number, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
         if line and not line.startswith("#"):
             where = f"{path}:{number}"
@@ -98,6 +112,8 @@ class KeyRing:
         self._keys = parse_api_keys(api_keys) if api_keys else {}
         if keys_file is not None:
             read_api_keys_file(keys_file, self._keys)
+        if admin_key:
+            _check_sendable(admin_key, "GATEWAY_ADMIN_KEY")
         self._admin = _digest(admin_key) if admin_key else None
         # Otherwise that tenant's clients could open /admin (and every tenant's users) with
         # their own key. A lookup, not compare_digest: this runs once, on the operator's

@@ -75,6 +75,11 @@ def check_data_dir(path: Path, reserve_bytes: int) -> None:
     """Create ``path`` if needed; raise DataDirProblem unless this process can
     write there and ``reserve_bytes`` are free."""
     path = path.absolute()
+    if path.exists() and not path.is_dir():  # else "not writable (File exists)": misleading
+        raise DataDirProblem(
+            f"the data dir {path} is not a directory: set GATEWAY_DATA_DIR to a directory "
+            "(it is created if missing)"
+        )
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write-test-{uuid.uuid4().hex}"

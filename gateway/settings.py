@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -16,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from gateway.urls import check_http_url
 
 ENV_PREFIX = "GATEWAY_"
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 
 
 class Settings(BaseSettings):
@@ -30,7 +32,7 @@ class Settings(BaseSettings):
         "address is allowed (see GATEWAY_ALLOW_UNAUTHENTICATED).",
     )
     port: int = Field(default=8080, ge=0, le=65535, description="Port the gateway listens on.")
-    log_level: str = Field(
+    log_level: LogLevel = Field(
         default="info",
         description="Level of the JSON logs; message content and keys are never logged.",
     )
@@ -259,6 +261,11 @@ class Settings(BaseSettings):
         default=True,
         description="One JSON line per request (method, route, status, ms, request id).",
     )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value  # INFO, as logging takes it
 
     @field_validator("llm_url", "fallback_llm_url", "embedder_url", "qdrant_url")
     @classmethod

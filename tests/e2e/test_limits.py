@@ -134,7 +134,7 @@ def test_no_cors_headers_unless_configured(
     [
         ({"GATEWAY_HOST": "0.0.0.0"}, "refusing to listen on 0.0.0.0 without API keys"),
         ({"GATEWAY_API_KEYS": "no-colon"}, "tenant:key"),
-        ({"GATEWAY_PORT": "not-a-port"}, "port"),
+        ({"GATEWAY_PORT": "not-a-port"}, "GATEWAY_PORT: Input should be a valid integer"),
     ],
 )
 def test_unsafe_or_broken_configuration_refuses_to_start(

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from embedder.settings import EmbedderSettings
 
@@ -16,3 +17,11 @@ def test_the_batch_size_follows_the_device_unless_set(monkeypatch: pytest.Monkey
 def test_a_batch_size_of_zero_is_refused() -> None:
     with pytest.raises(ValueError, match="max_batch_size"):
         EmbedderSettings(max_batch_size=0)
+
+
+def test_the_log_level_is_one_logging_knows_in_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EMBEDDER_LOG_LEVEL", "DEBUG")
+    assert EmbedderSettings().log_level == "debug"
+    monkeypatch.setenv("EMBEDDER_LOG_LEVEL", "loud")
+    with pytest.raises(ValidationError, match="Input should be 'debug', 'info'"):
+        EmbedderSettings()

@@ -76,6 +76,32 @@ def test_an_admin_key_that_is_a_tenants_key_is_refused(tmp_path: Path) -> None:
         KeyRing(None, admin_key=SHARED, keys_file=path)
 
 
+@pytest.mark.parametrize(
+    ("spec", "admin", "said"),
+    [
+        ("acme:cl\u00e9-0123456789abcdef", None, "GATEWAY_API_KEYS: tenant 'acme''s key"),
+        ("acme:tab\there-0123456789", None, "GATEWAY_API_KEYS: tenant 'acme''s key"),
+        ("acme:k-acme-0123456789", "adm\u00efn-0123456789abcdef", "GATEWAY_ADMIN_KEY"),
+    ],
+    ids=["non-ASCII tenant key", "control character", "non-ASCII admin key"],
+)
+def test_a_key_no_header_can_carry_is_refused_without_showing_it(
+    spec: str, admin: str | None, said: str
+) -> None:
+    with pytest.raises(ValueError, match="characters an HTTP header cannot carry") as caught:
+        KeyRing(spec, admin_key=admin)
+    assert said in str(caught.value)
+    assert "0123456789" not in str(caught.value)
+
+
+def test_an_unreadable_keys_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=f"^GATEWAY_API_KEYS_FILE {tmp_path}/none: .*No such"):
+        KeyRing(None, None, keys_file=tmp_path / "none")
+    (tmp_path / "bin").write_bytes(b"\xff\xfeacme:k")
+    with pytest.raises(ValueError, match=r"GATEWAY_API_KEYS_FILE .*can't decode"):
+        KeyRing(None, None, keys_file=tmp_path / "bin")
+
+
 def test_no_keys_means_auth_disabled() -> None:
     ring = KeyRing(None, None)
     assert not ring.tenants_enabled and not ring.admin_enabled

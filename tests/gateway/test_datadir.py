@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gateway import __main__ as entry
-from gateway.datadir import check_database
+from gateway.datadir import check_data_dir, check_database
 from gateway.exceptions import DataDirProblem
 
 
@@ -54,3 +54,10 @@ def test_start_up_stops_with_exit_3_and_one_line(
     assert entry.main() == 3
     [line] = capsys.readouterr().err.splitlines()
     assert line.startswith("memgate: ") and str(tmp_path / "models.sqlite3") in line
+
+
+def test_a_data_dir_that_is_a_file_is_named_as_not_a_directory(tmp_path: Path) -> None:
+    path = tmp_path / "data"
+    path.write_text("not a directory")
+    with pytest.raises(DataDirProblem, match=f"^the data dir {path} is not a directory"):
+        check_data_dir(path, 0)

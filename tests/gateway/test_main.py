@@ -9,6 +9,7 @@ import pytest
 import uvicorn
 
 from gateway import __main__ as entry
+from gateway.settings import Settings
 
 
 def test_the_start_up_heap_is_out_of_the_collectors_sight_before_serving(
@@ -67,3 +68,37 @@ def test_a_bad_setting_is_named_by_its_variable_without_its_value(
     assert line.startswith("memgate: configuration error: GATEWAY_PORT: Input should be")
     assert "GATEWAY_LLM_URL: 'htp://***@vllm:8000/v1' is not an http:// or https://" in line
     assert "hunter2" not in line and not started
+
+
+@pytest.mark.parametrize(
+    ("env", "said"),
+    [
+        ({"GATEWAY_API_KEYS_FILE": "/nonexistent/keys"},
+         "memgate: configuration error: GATEWAY_API_KEYS_FILE /nonexistent/keys: [Errno 2]"),
+        ({"GATEWAY_API_KEYS": "acme:same-key-0123456789,globex:same-key-0123456789"},
+         "memgate: configuration error: GATEWAY_API_KEYS: tenants 'acme' and 'globex'"),
+        ({"GATEWAY_LOG_LEVEL": "loud"},
+         "memgate: configuration error: GATEWAY_LOG_LEVEL: Input should be 'debug', 'info'"),
+    ],
+    ids=["keys file missing", "key given twice", "log level"],
+)  # fmt: skip
+def test_a_bad_key_setup_or_log_level_is_one_line_before_the_data_dir_is_made(
+    env: dict[str, str],
+    said: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    started: list[bool],
+) -> None:
+    monkeypatch.setenv("GATEWAY_DATA_DIR", str(tmp_path / "data"))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert entry.main() == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(said), line
+    assert not (tmp_path / "data").exists() and not started
+
+
+def test_a_log_level_in_capitals_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GATEWAY_LOG_LEVEL", "WARNING")
+    assert Settings().log_level == "warning"
