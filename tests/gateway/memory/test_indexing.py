@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import math
+from array import array
 from datetime import UTC, datetime, timedelta, timezone
 
 from gateway.memory.indexing import (
+    Recent,
     RecentTexts,
     VectorCache,
     compose,
@@ -63,10 +65,30 @@ def test_sessions_are_per_user_and_session_less_memories_share_one() -> None:
     assert session_key(alice, None) == session_key(alice, None) == ("t", "alice", "")
 
 
+def _plain(recent: list[Recent] | None) -> list[tuple[str, list[float] | None]]:
+    assert recent is not None
+    return [(t, None if v is None else list(v)) for t, v in recent]
+
+
+def test_recent_texts_keep_vectors_as_float32_arrays() -> None:
+    """A cached window costs 4 bytes a dimension, not a Python float object's 24+8."""
+    cache = RecentTexts()
+    vector = [0.1 * i for i in range(384)]
+    cache.put(("t", "a", "s"), [("one", vector)])
+    [(text, kept)] = cache.get(("t", "a", "s")) or []
+    assert text == "one" and isinstance(kept, array) and kept.typecode == "f"
+    assert kept.itemsize * len(kept) == 4 * 384
+    assert max(abs(a - b) for a, b in zip(kept, vector, strict=True)) < 1e-6 * 38.4
+    # and a window composed from the cached vectors is the one from the originals
+    fresh = compose([("one", vector), ("two", vector[::-1])])
+    cached = compose([("one", kept), ("two", vector[::-1])])
+    assert max(abs(a - b) for a, b in zip(fresh, cached, strict=True)) < 1e-6
+
+
 def test_recent_texts_keep_the_window_and_stay_bounded() -> None:
     cache = RecentTexts(max_sessions=2)
     cache.put(("t", "a", "s"), [("1", None), ("2", [1.0]), ("3", None)])
-    assert cache.get(("t", "a", "s")) == [("2", [1.0]), ("3", None)]
+    assert _plain(cache.get(("t", "a", "s"))) == [("2", [1.0]), ("3", None)]
     cache.put(("t", "b", "s"), [("x", None)])
     cache.put(("t", "c", "s"), [("y", None)])
     assert cache.get(("t", "a", "s")) is None  # least recently used went first
