@@ -218,11 +218,10 @@ def create_app(
     app.add_middleware(
         KeyCheck, keyring=app.state.keyring, routes=routes, tenant_paths=passthrough.ROOT_PATHS
     )
-    if settings.cors_origins:
-        origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+    if settings.cors_origin_list:
         app.add_middleware(
             CORSMiddleware,
-            allow_origins=origins,
+            allow_origins=settings.cors_origin_list,
             allow_methods=["GET", "POST", "DELETE"],
             # Any request header: the official SDKs send their own (openai's
             # x-stainless-*, anthropic-version, ...), and which headers a page may

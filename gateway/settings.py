@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from gateway.urls import check_http_url
+from gateway.urls import check_http_url, check_origin
 
 ENV_PREFIX = "GATEWAY_"
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
@@ -254,8 +254,9 @@ class Settings(BaseSettings):
     )
     cors_origins: str | None = Field(
         default=None,
-        description="Comma-separated browser origins allowed to call the API (any request "
-        "header, no cookies: the key is a header); unset: no CORS headers at all.",
+        description="Comma-separated browser origins (scheme://host[:port], or *) allowed "
+        "to call the API (any request header, no cookies: the key is a header); unset: no "
+        "CORS headers at all.",
     )
     access_log: bool = Field(
         default=True,
@@ -273,6 +274,19 @@ class Settings(BaseSettings):
         if not value or (info.field_name == "qdrant_url" and value == ":memory:"):
             return value  # unset, or qdrant-client's in-process mode
         return check_http_url(value.rstrip("/"))
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: str | None) -> str | None:
+        if value is not None:
+            for origin in value.split(","):
+                if origin.strip():
+                    check_origin(origin.strip())
+        return value
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in (self.cors_origins or "").split(",") if o.strip()]
 
     @property
     def model_registry_path(self) -> Path:

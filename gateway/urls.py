@@ -23,6 +23,36 @@ def check_http_url(url: str) -> str:
     return url
 
 
+def check_origin(origin: str) -> str:
+    """``origin`` if a browser could send it as an ``Origin`` header: ``*``, or
+    ``scheme://host[:port]`` with nothing after it; else ``ValueError``, said for
+    the operator. An origin with a path or a trailing slash
+    (``https://app.example/``) never equals what a browser sends, so the pages it
+    was meant for would silently get no CORS headers."""
+    if origin == "*":
+        return origin
+    try:
+        parts = urlsplit(origin)
+        _ = parts.port  # a port that is no number raises ValueError
+    except ValueError:
+        parts = None
+    if (
+        parts is None
+        or not parts.scheme
+        or not parts.hostname
+        or parts.path
+        or parts.query
+        or parts.fragment
+        or "@" in parts.netloc
+        or origin.endswith(("?", "#"))
+    ):
+        raise ValueError(
+            f"{redact_url(origin)!r} is not an origin: scheme://host[:port], "
+            "no path and no trailing slash (e.g. https://app.example.com)"
+        )
+    return origin
+
+
 def service_root(base_url: str) -> str:
     """``http://host:8000/v1`` → ``http://host:8000``: where vLLM's and the embedder's
     ``/health`` live, beside their OpenAI API. A query string stays (it may be what

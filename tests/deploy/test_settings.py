@@ -62,6 +62,7 @@ SAMPLES = {
     "EMBEDDER_PORT": "8282",
     "GATEWAY_MEMORY_MIN_SCORE": "0.25",
     "EMBEDDER_DEVICE": "cuda",
+    "GATEWAY_CORS_ORIGINS": "https://sample.example,http://localhost:3000",
 }
 
 

@@ -79,8 +79,11 @@ def test_a_bad_setting_is_named_by_its_variable_without_its_value(
          "memgate: configuration error: GATEWAY_API_KEYS: tenants 'acme' and 'globex'"),
         ({"GATEWAY_LOG_LEVEL": "loud"},
          "memgate: configuration error: GATEWAY_LOG_LEVEL: Input should be 'debug', 'info'"),
+        ({"GATEWAY_CORS_ORIGINS": "https://ok.example,https://app.example/"},
+         "memgate: configuration error: GATEWAY_CORS_ORIGINS: 'https://app.example/' is "
+         "not an origin"),
     ],
-    ids=["keys file missing", "key given twice", "log level"],
+    ids=["keys file missing", "key given twice", "log level", "origin with a slash"],
 )  # fmt: skip
 def test_a_bad_key_setup_or_log_level_is_one_line_before_the_data_dir_is_made(
     env: dict[str, str],

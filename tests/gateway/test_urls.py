@@ -2,7 +2,14 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.urls import check_http_url, join_url, redact_text, redact_url, service_root
+from gateway.urls import (
+    check_http_url,
+    check_origin,
+    join_url,
+    redact_text,
+    redact_url,
+    service_root,
+)
 
 
 def test_service_root_drops_the_api_prefix_only() -> None:
@@ -71,3 +78,23 @@ def test_a_refused_url_is_shown_without_its_password() -> None:
     with pytest.raises(ValueError) as caught:
         check_http_url("htp://user:s3cret@host/v1")
     assert "s3cret" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "origin",
+    ["*", "https://app.example.com", "http://localhost:3000", "http://[::1]:5173",
+     "chrome-extension://abcdefghijklmnop"],
+)  # fmt: skip
+def test_what_a_browser_sends_as_origin_is_accepted(origin: str) -> None:
+    assert check_origin(origin) == origin
+
+
+@pytest.mark.parametrize(
+    "origin",
+    ["https://app.example.com/", "https://app.example.com/app", "app.example.com",
+     "https://app.example.com?x=1", "https://app.example.com#top", "https://",
+     "https://u:p@app.example.com", "http://localhost:port", "https://app.example.com?"],
+)  # fmt: skip
+def test_an_origin_no_browser_sends_is_refused(origin: str) -> None:
+    with pytest.raises(ValueError, match="is not an origin: scheme://host"):
+        check_origin(origin)
