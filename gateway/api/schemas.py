@@ -18,8 +18,18 @@ def _unicode(value: str) -> str:
     return value
 
 
+def _not_blank(value: str) -> str:
+    """A memory of only whitespace would be stored, recalled and shown to the
+    model as an empty quote: refused instead, so an import finds its bad rows."""
+    if not value.strip():
+        raise ValueError("is blank: a memory needs some text besides whitespace")
+    return value
+
+
 # A string the gateway stores or searches with: valid Unicode.
 Text = Annotated[str, AfterValidator(_unicode)]
+# The text of a memory to store: valid Unicode, not only whitespace.
+MemoryText = Annotated[Text, AfterValidator(_not_blank)]
 UserId = Field(min_length=1, max_length=256)
 
 
@@ -60,7 +70,7 @@ class MessageIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     role: Literal["system", "developer", "user", "assistant", "tool"] = "user"
-    content: Text = Field(min_length=1, max_length=16_000)
+    content: MemoryText = Field(min_length=1, max_length=16_000)
 
 
 class AddMemoriesRequest(BaseModel):
@@ -68,7 +78,7 @@ class AddMemoriesRequest(BaseModel):
 
     user_id: Text = UserId
     messages: list[MessageIn] | None = Field(default=None, min_length=1, max_length=256)
-    text: Text | None = Field(default=None, min_length=1, max_length=16_000)
+    text: MemoryText | None = Field(default=None, min_length=1, max_length=16_000)
     metadata: dict[str, Any] | None = None
     session_id: Text | None = Field(default=None, min_length=1, max_length=256)
     timestamp: str | None = Field(default=None, max_length=64)

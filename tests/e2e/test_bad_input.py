@@ -97,6 +97,11 @@ BAD_BODIES = {
         "/v1/memories",
         '{"user_id": "sur", "text": "poison \\ud800 pill"}',
     ),
+    "add: text of only whitespace": ("/v1/memories", '{"user_id": "sur", "text": " \\n\\t "}'),
+    "add: one message of only whitespace in a batch": (
+        "/v1/memories",
+        '{"user_id": "sur", "messages": [{"content": "kept?"}, {"content": "   "}]}',
+    ),
     "add: lone surrogate in user_id": ("/v1/memories", '{"user_id": "s\\ud800", "text": "t"}'),
     "add: lone surrogate in metadata": (
         "/v1/memories",
