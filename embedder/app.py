@@ -23,7 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from embedder.batcher import MicroBatcher, QueueFull
+from embedder.batcher import INPUT_ERRORS, MicroBatcher, QueueFull
 from embedder.fastpath import EmbeddingsFastPath
 from embedder.metrics import EmbedderMetrics
 from embedder.model import Encoder
@@ -37,7 +37,10 @@ LoadEncoder = Callable[[EmbedderSettings], Encoder]
 
 
 def _error(status: int, message: str, code: str) -> JSONResponse:
-    kind = "invalid_request_error" if status < 500 else "service_unavailable"
+    if status < 500:
+        kind = "invalid_request_error"
+    else:
+        kind = "server_error" if status == 500 else "service_unavailable"
     body = {"error": {"message": message, "type": kind, "code": code, "param": None}}
     headers = {"Retry-After": "1"} if status in (429, 503) else None
     return JSONResponse(body, status_code=status, headers=headers)
@@ -160,6 +163,11 @@ def create_app(
             encoded = await state.batcher.encode(texts, request.priority)
         except QueueFull:
             return _error(429, "too many texts queued; retry shortly", "queue_full")
+        except Exception as exc:
+            # Its batch's other requests were encoded without it (embedder.batcher).
+            kind = "input" if isinstance(exc, INPUT_ERRORS) else "batch"
+            logger.error("encoding failed (%s): %s: %s", kind, type(exc).__name__, exc)
+            return _error(500, "the model failed to encode this input", "encode_failed")
         metrics.inputs.inc(len(texts))
         as_base64 = request.encoding_format == "base64"
         data = [
