@@ -165,6 +165,33 @@ def picky() -> Iterator[tuple[TestClient, PickyEncoder, threading.Event]]:
         yield c, encoder, gate
 
 
+def test_a_lone_surrogate_is_refused_before_it_is_queued(
+    picky: tuple[TestClient, PickyEncoder, threading.Event],
+) -> None:
+    client, encoder, gate = picky
+    bodies = [b'{"input": ["one"]}', b'{"input": ["ok", "a\\ud800b"]}', b'{"input": "three"}']
+    good_one, bad, good_three = _concurrently(client, encoder, gate, bodies, queued=2)
+    # Refused while the model was still busy: it was never queued.
+    assert bad.status_code == 400
+    assert bad.json() == {
+        "error": {
+            "message": "input[1] holds a lone surrogate (U+D800 at character 1), "
+            "which is not Unicode text",
+            "type": "invalid_request_error",
+            "code": "invalid_input",
+            "param": "input[1]",
+        }
+    }
+    assert [good_one.status_code, good_three.status_code] == [200, 200]
+    assert good_three.json()["data"][0]["embedding"][0] == 5.0  # len("three")
+    assert [sorted(b) for b in encoder.batches] == [["busy"], ["one", "three"]]
+    # A string input is named as such; a low surrogate alone is refused too.
+    single = _post_json(client, b'{"input": "\\udfff"}')
+    assert single.status_code == 400 and single.json()["error"]["param"] == "input"
+    # A surrogate pair is one character, and fine.
+    assert _post_json(client, b'{"input": "\\ud83d\\ude00"}').status_code == 200
+
+
 def test_a_batch_that_fails_on_one_request_is_retried_request_by_request(
     picky: tuple[TestClient, PickyEncoder, threading.Event],
 ) -> None:
