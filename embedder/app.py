@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -23,7 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from embedder.batcher import MicroBatcher, QueueFull
+from embedder.batcher import INPUT_ERRORS, MicroBatcher, QueueFull
 from embedder.fastpath import EmbeddingsFastPath
 from embedder.metrics import EmbedderMetrics
 from embedder.model import Encoder
@@ -36,9 +38,12 @@ logger = logging.getLogger("embedder")
 LoadEncoder = Callable[[EmbedderSettings], Encoder]
 
 
-def _error(status: int, message: str, code: str) -> JSONResponse:
-    kind = "invalid_request_error" if status < 500 else "service_unavailable"
-    body = {"error": {"message": message, "type": kind, "code": code, "param": None}}
+def _error(status: int, message: str, code: str, param: str | None = None) -> JSONResponse:
+    if status < 500:
+        kind = "invalid_request_error"
+    else:
+        kind = "server_error" if status == 500 else "service_unavailable"
+    body = {"error": {"message": message, "type": kind, "code": code, "param": param}}
     headers = {"Retry-After": "1"} if status in (429, 503) else None
     return JSONResponse(body, status_code=status, headers=headers)
 
@@ -144,9 +149,9 @@ def create_app(
 
     async def _embed(request: EmbeddingRequest) -> JSONResponse:
         texts = [request.input] if isinstance(request.input, str) else request.input
-        problem = _check_inputs(texts, settings)
+        problem = _check_inputs(texts, settings, one=isinstance(request.input, str))
         if problem:
-            return _error(400, problem, "invalid_input")
+            return _error(400, problem.message, "invalid_input", problem.param)
         if state.encoder is None or state.batcher is None:
             return _error(503, f"model is {state.status}", "model_not_ready")
         if request.dimensions is not None and request.dimensions != state.encoder.dimension:
@@ -160,6 +165,11 @@ def create_app(
             encoded = await state.batcher.encode(texts, request.priority)
         except QueueFull:
             return _error(429, "too many texts queued; retry shortly", "queue_full")
+        except Exception as exc:
+            # Its batch's other requests were encoded without it (embedder.batcher).
+            kind = "input" if isinstance(exc, INPUT_ERRORS) else "batch"
+            logger.error("encoding failed (%s): %s: %s", kind, type(exc).__name__, exc)
+            return _error(500, "the model failed to encode this input", "encode_failed")
         metrics.inputs.inc(len(texts))
         as_base64 = request.encoding_format == "base64"
         data = [
@@ -210,17 +220,40 @@ async def _unless_client_left(request: Request, work: Awaitable[JSONResponse]) -
     return task.result()
 
 
-def _check_inputs(texts: list[str], settings: EmbedderSettings) -> str | None:
+# A UTF-16 surrogate code point: JSON's "\ud800" without its pair (a pair is
+# read as the one character it encodes), which is not Unicode text.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+@dataclass(frozen=True)
+class _Problem:
+    message: str
+    param: str
+
+
+def _check_inputs(texts: list[str], settings: EmbedderSettings, *, one: bool) -> _Problem | None:
+    """What is wrong with ``texts``, before any is queued (``one``: the request's
+    ``input`` was a string, not a list)."""
     if not texts:
-        return "input must not be empty"
+        return _Problem("input must not be empty", "input")
     if len(texts) > settings.max_inputs:
-        return f"input has {len(texts)} items; at most {settings.max_inputs} are allowed"
+        return _Problem(
+            f"input has {len(texts)} items; at most {settings.max_inputs} are allowed", "input"
+        )
     for i, text in enumerate(texts):
+        where = "input" if one else f"input[{i}]"
         if not text:
-            return f"input[{i}] is empty"
+            return _Problem(f"{where} is empty", where)
         if len(text) > settings.max_input_chars:
-            return (
-                f"input[{i}] has {len(text)} characters; "
-                f"at most {settings.max_input_chars} are allowed"
+            return _Problem(
+                f"{where} has {len(text)} characters; "
+                f"at most {settings.max_input_chars} are allowed",
+                where,
+            )
+        if not text.isascii() and (lone := _SURROGATE.search(text)):
+            return _Problem(
+                f"{where} holds a lone surrogate (U+{ord(lone.group()):04X} at character "
+                f"{lone.start()}), which is not Unicode text",
+                where,
             )
     return None

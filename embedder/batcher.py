@@ -19,6 +19,13 @@ Lower priorities run only while no higher one waits. If queries alone kept
 the model busy all the time, bulk work would wait until they ease off; the
 gateway's replay is durable (its outbox), so that delays memory writes but
 loses none.
+
+A batch whose encode call fails for a reason that may lie in one of its texts
+(a ``TypeError`` or ``ValueError``, what tokenizers raise on a text they cannot
+take) is encoded again one request at a time, so only the request that holds the text
+fails and the others get their vectors. Any other failure (the model crashed,
+ran out of memory) fails the whole batch at once: encoding its requests again
+one by one would only repeat it.
 """
 
 from __future__ import annotations
@@ -34,6 +41,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from embedder.model import Encoded, Encoder
+
+# What an encode call raises when one of its texts is what it cannot take.
+INPUT_ERRORS: tuple[type[Exception], ...] = (TypeError, ValueError)
 
 
 class QueueFull(Exception):
@@ -90,6 +100,11 @@ class MicroBatcher:
         self._waiting = asyncio.Event()
         self._queued_texts = 0
         self._worker: asyncio.Task[None] | None = None
+
+    @property
+    def queued_texts(self) -> int:
+        """Texts waiting for an encode call."""
+        return self._queued_texts
 
     def start(self) -> None:
         self._worker = asyncio.create_task(self._run(), name="embedder-batcher")
@@ -167,36 +182,57 @@ class MicroBatcher:
         return pieces
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             pieces = [p for p in await self._collect() if not p.job.future.done()]
             if not pieces:
                 continue
-            texts = [text for p in pieces for text in p.job.texts[p.start : p.end]]
-            started = time.perf_counter()
             try:
-                encoded = await loop.run_in_executor(self._executor, self._encoder.encode, texts)
-            except Exception as exc:
+                await self._encode(pieces)
+            except INPUT_ERRORS as exc:
+                if len(pieces) == 1:
+                    _fail(pieces, exc)
+                    continue
+                # One text may be to blame: each request again on its own.
                 for piece in pieces:
-                    if not piece.job.future.done():
-                        piece.job.future.set_exception(exc)
-                continue
-            finished = time.perf_counter()
-            if self._on_batch is not None:
-                waits = [started - p.job.enqueued_at for p in pieces if p.start == 0]
-                self._on_batch(BatchStats(len(texts), waits, finished - started))
-            offset = 0
-            for piece in pieces:
-                n = piece.end - piece.start
-                piece.job.parts.append(
-                    Encoded(
-                        encoded.vectors[offset : offset + n],
-                        encoded.token_counts[offset : offset + n],
-                    )
+                    if piece.job.future.done():  # its caller left meanwhile
+                        continue
+                    try:
+                        await self._encode([piece])
+                    except Exception as alone:
+                        _fail([piece], alone)
+            except Exception as exc:
+                _fail(pieces, exc)
+
+    async def _encode(self, pieces: list[_Piece]) -> None:
+        """One encode call for ``pieces``; each job gets its rows, and a job
+        whose last piece this was gets its result. Raises what the call raised."""
+        texts = [text for p in pieces for text in p.job.texts[p.start : p.end]]
+        started = time.perf_counter()
+        encoded = await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._encoder.encode, texts
+        )
+        finished = time.perf_counter()
+        if self._on_batch is not None:
+            waits = [started - p.job.enqueued_at for p in pieces if p.start == 0]
+            self._on_batch(BatchStats(len(texts), waits, finished - started))
+        offset = 0
+        for piece in pieces:
+            n = piece.end - piece.start
+            piece.job.parts.append(
+                Encoded(
+                    encoded.vectors[offset : offset + n],
+                    encoded.token_counts[offset : offset + n],
                 )
-                offset += n
-                if piece.end == len(piece.job.texts) and not piece.job.future.done():
-                    piece.job.future.set_result(_joined(piece.job.parts))
+            )
+            offset += n
+            if piece.end == len(piece.job.texts) and not piece.job.future.done():
+                piece.job.future.set_result(_joined(piece.job.parts))
+
+
+def _fail(pieces: list[_Piece], exc: Exception) -> None:
+    for piece in pieces:
+        if not piece.job.future.done():
+            piece.job.future.set_exception(exc)
 
 
 def _joined(parts: list[Encoded]) -> Encoded:

@@ -215,6 +215,7 @@ def create_app(
     )
     # Wraps the limits: the key is checked before a slot is taken or a body read.
     routes = [route for router in routers for route in router.routes]
+    app.state.routes = routes  # a 405's Allow header names their methods (gateway.errors)
     app.add_middleware(
         KeyCheck, keyring=app.state.keyring, routes=routes, tenant_paths=passthrough.ROOT_PATHS
     )

@@ -11,7 +11,8 @@ OpenAI parse ours unchanged, and this is where each one's status comes from:
   status (a 400, 404, 413 or 422 as it is, anything else as 502:
   ``gateway.api.relay.upstream_error``);
 - validation failures: 400 (as OpenAI answers them), never FastAPI's 422;
-- Starlette's own (404 for an unknown path, 405);
+- Starlette's own (404 for an unknown path, 405 with every method the path
+  is served with in ``Allow``);
 - anything else: a 500 envelope without a stack trace.
 
 One exception to all of them: once a stream has started, its status is
@@ -28,6 +29,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from gateway.exceptions import GatewayError
 from gateway.json_depth import TOO_DEEP
@@ -156,7 +158,26 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
 FASTAPI_UNPARSABLE = "There was an error parsing the body"
 
 
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+def allowed_methods(request: Request) -> str:
+    """The ``Allow`` header of a 405 for ``request``'s path: the methods of every
+    route that serves the path. Starlette names those of the first route that
+    matched it only, so ``OPTIONS /v1/memories`` was told ``POST`` though GET
+    and DELETE are served there too. A route that takes the rest of the path
+    (``{path:path}``: the pass-through) counts only where no other route matches.
+
+    FastAPI keeps an included router as one route without methods, so the
+    routes of the gateway's routers are read from ``app.state.routes``."""
+    named: set[str] = set()
+    rest: set[str] = set()
+    for route in (*request.app.router.routes, *getattr(request.app.state, "routes", ())):
+        methods = getattr(route, "methods", None)
+        if not methods or route.matches(request.scope)[0] is Match.NONE:
+            continue
+        (rest if ":path}" in getattr(route, "path", "") else named).update(methods)
+    return ", ".join(sorted(named or rest))
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     if exc.status_code == 400 and exc.detail == FASTAPI_UNPARSABLE:
         # The same answer as chat's for the same input (gateway.api.chat). FastAPI
@@ -166,7 +187,10 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
             return APIError(400, TOO_DEEP, code="invalid_json").response()
         return APIError(400, "request body is not valid JSON", code="invalid_json").response()
     code = _CODE_BY_STATUS.get(exc.status_code)
-    return APIError(exc.status_code, str(exc.detail), code=code, headers=exc.headers).response()
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = allowed_methods(request)
+    return APIError(exc.status_code, str(exc.detail), code=code, headers=headers).response()
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:

@@ -133,20 +133,21 @@ class JSONBodyRoute(APIRoute):
         return read_as_json
 
 
-def keyed_router(prefix: str, tag: str) -> APIRouter:
+def keyed_router(prefix: str, tag: str, route_class: type[APIRoute] | None = None) -> APIRouter:
     """The router of a group of the gateway's own endpoints behind a key.
 
     Answers are rendered by ``JSONResponse`` (json.dumps), as they always were,
     rather than by FastAPI's default for response models, Pydantic's JSON
     writer, which spells some floats (scores, metadata, times) otherwise:
-    ``1e-05`` becomes ``1e-5``. Bodies are read as JSON (:class:`JSONBodyRoute`).
+    ``1e-05`` becomes ``1e-5``. Bodies are read as JSON (:class:`JSONBodyRoute`,
+    or ``route_class``, a subclass of it).
     """
     return APIRouter(
         prefix=prefix,
         tags=[tag],
         responses=KEYED,
         default_response_class=JSONResponse,
-        route_class=JSONBodyRoute,
+        route_class=route_class or JSONBodyRoute,
     )
 
 

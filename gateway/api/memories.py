@@ -18,6 +18,7 @@ from gateway.api.answers import (
     ScoredMemory,
     SearchResults,
 )
+from gateway.api.query import SingleQueryRoute
 from gateway.api.schemas import AddMemoriesRequest, SearchMemoriesRequest
 from gateway.auth import PrincipalDep
 from gateway.enums import WriteSource
@@ -33,7 +34,8 @@ from gateway.memory.records import (
 from gateway.openapi import WITH_BODY, errors, keyed_router
 from gateway.services import MemoryDep, SettingsDep
 
-router = keyed_router("/v1/memories", "memories")
+# A query parameter given twice is refused (gateway.api.query), never half read.
+router = keyed_router("/v1/memories", "memories", SingleQueryRoute)
 NOT_FOUND = (404, "No such memory in the caller's tenant (or not the user's, with user_id)")
 
 UserIdQuery = Annotated[str, Query(min_length=1, max_length=256)]

@@ -45,7 +45,7 @@ from gateway.api.outgoing import Outgoing
 from gateway.api.relay import MemoryPlan
 from gateway.api.wire import Wire
 from gateway.auth import PrincipalDep
-from gateway.errors import APIError
+from gateway.errors import APIError, allowed_methods
 from gateway.services import Services, ServicesDep
 from gateway.upstream.replica import Call
 from gateway.upstream.sse import StreamAccumulator
@@ -190,5 +190,6 @@ async def any_other(request: Request, principal: PrincipalDep, services: Service
     # routes in part only; it stays the gateway's (405), never forwarded.
     for route in request.app.router.routes:
         if route.matches(request.scope)[0] is Match.PARTIAL:
-            raise APIError(405, "method not allowed", code="method_not_allowed")
+            allow = {"Allow": allowed_methods(request)}
+            raise APIError(405, "Method Not Allowed", code="method_not_allowed", headers=allow)
     return await _forward_any(request, principal, services)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 
@@ -58,6 +59,25 @@ def test_messages_become_one_memory_each_and_repeats_are_not_stored(
     assert sorted(m["memory"] for m in listed["results"]) == sorted(
         ["I play the cello", "Lovely, how long have you played?"]
     )
+
+
+def test_identical_adds_at_once_store_one_memory(stack_gateway: Service, user: str) -> None:
+    # docs/decisions.md: each of them may report ADD; one memory is stored.
+    n = 8
+    body = {"user_id": user, "text": "I collect vintage typewriters"}
+
+    async def at_once() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=10) as client:
+            url = f"{stack_gateway.url}/memories"
+            return await asyncio.gather(*(client.post(url, json=body) for _ in range(n)))
+
+    answers = asyncio.run(at_once())
+    assert [a.status_code for a in answers] == [201] * n, [a.text for a in answers]
+    results = [a.json()["results"][0] for a in answers]
+    assert len({r["id"] for r in results}) == 1
+    assert "ADD" in {r["event"] for r in results} <= {"ADD", "NONE"}
+    listed = httpx.get(f"{stack_gateway.url}/memories", params={"user_id": user}).json()
+    assert [(m["id"], m["memory"]) for m in listed["results"]] == [(results[0]["id"], body["text"])]
 
 
 @pytest.mark.parametrize(

@@ -5,13 +5,15 @@ from __future__ import annotations
 import base64
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from httpx import Response
 
 from embedder.app import create_app
-from embedder.model import Encoder
+from embedder.model import Encoded, Encoder
 from embedder.settings import EmbedderSettings
 from harness.process import wait_until
 from tests.embedder.fake_encoder import FakeEncoder
@@ -113,3 +115,109 @@ def test_metrics_count_batches_and_inputs(client: TestClient) -> None:
     assert "embedder_inputs_total 2.0" in text
     assert 'embedder_requests_total{status="200"} 1.0' in text
     assert 'embedder_model_info{dimension="3",model="fake"} 1.0' in text
+
+
+class PickyEncoder(FakeEncoder):
+    """Fails a whole encode call as the real tokenizer does on a lone surrogate
+    (TypeError), on ``poison`` (ValueError) and on ``crash`` (RuntimeError)."""
+
+    def encode(self, texts: list[str]) -> Encoded:
+        result = super().encode(texts)
+        if any(not t.isascii() and any(0xD800 <= ord(c) <= 0xDFFF for c in t) for t in texts):
+            raise TypeError("TextEncodeInput must be Union[TextInputSequence, ...]")
+        if "poison" in texts:
+            raise ValueError("cannot encode poison")
+        if "crash" in texts:
+            raise RuntimeError("model crashed")
+        return result
+
+
+def _post_json(client: TestClient, body: bytes) -> Response:
+    return client.post("/v1/embeddings", content=body, headers={"content-type": "application/json"})
+
+
+def _concurrently(
+    client: TestClient,
+    encoder: FakeEncoder,
+    gate: threading.Event,
+    bodies: list[bytes],
+    queued: int,
+) -> list[Response]:
+    """``bodies`` posted at once while the model is busy with another request;
+    the model is let go once ``queued`` texts wait, so they share one batch."""
+    batcher = client.app.state.embedder.batcher  # type: ignore[attr-defined]
+    with ThreadPoolExecutor(len(bodies) + 1) as pool:
+        busy = pool.submit(_post_json, client, b'{"input": "busy"}')
+        assert encoder.waiting.wait(5)
+        futures = [pool.submit(_post_json, client, body) for body in bodies]
+        wait_until(lambda: batcher.queued_texts == queued, 5, what=f"{queued} texts queued")
+        gate.set()
+        assert busy.result(10).status_code == 200
+        return [f.result(10) for f in futures]
+
+
+@pytest.fixture
+def picky() -> Iterator[tuple[TestClient, PickyEncoder, threading.Event]]:
+    gate = threading.Event()
+    encoder = PickyEncoder(gate)
+    with client_for(lambda s: encoder, max_batch_size=16) as c:
+        wait_until(lambda: c.get("/health").status_code == 200, 5)
+        yield c, encoder, gate
+
+
+def test_a_lone_surrogate_is_refused_before_it_is_queued(
+    picky: tuple[TestClient, PickyEncoder, threading.Event],
+) -> None:
+    client, encoder, gate = picky
+    bodies = [b'{"input": ["one"]}', b'{"input": ["ok", "a\\ud800b"]}', b'{"input": "three"}']
+    good_one, bad, good_three = _concurrently(client, encoder, gate, bodies, queued=2)
+    # Refused while the model was still busy: it was never queued.
+    assert bad.status_code == 400
+    assert bad.json() == {
+        "error": {
+            "message": "input[1] holds a lone surrogate (U+D800 at character 1), "
+            "which is not Unicode text",
+            "type": "invalid_request_error",
+            "code": "invalid_input",
+            "param": "input[1]",
+        }
+    }
+    assert [good_one.status_code, good_three.status_code] == [200, 200]
+    assert good_three.json()["data"][0]["embedding"][0] == 5.0  # len("three")
+    assert [sorted(b) for b in encoder.batches] == [["busy"], ["one", "three"]]
+    # A string input is named as such; a low surrogate alone is refused too.
+    single = _post_json(client, b'{"input": "\\udfff"}')
+    assert single.status_code == 400 and single.json()["error"]["param"] == "input"
+    # A surrogate pair is one character, and fine.
+    assert _post_json(client, b'{"input": "\\ud83d\\ude00"}').status_code == 200
+
+
+def test_a_batch_that_fails_on_one_request_is_retried_request_by_request(
+    picky: tuple[TestClient, PickyEncoder, threading.Event],
+) -> None:
+    client, encoder, gate = picky
+    bodies = [b'{"input": ["a"]}', b'{"input": ["ok", "poison"]}', b'{"input": ["bb", "ccc"]}']
+    first, poisoned, last = _concurrently(client, encoder, gate, bodies, queued=5)
+    assert len(encoder.batches[1]) == 5  # they did share one batch, which failed
+    assert sorted(map(tuple, encoder.batches[2:])) == [("a",), ("bb", "ccc"), ("ok", "poison")]
+    assert first.status_code == 200 and last.status_code == 200
+    assert [d["embedding"][0] for d in first.json()["data"]] == [1.0]
+    assert [d["embedding"][0] for d in last.json()["data"]] == [2.0, 3.0]
+    assert poisoned.status_code == 500
+    assert poisoned.json()["error"] == {
+        "message": "the model failed to encode this input",
+        "type": "server_error",
+        "code": "encode_failed",
+        "param": None,
+    }
+
+
+def test_a_batch_that_fails_for_another_reason_is_not_retried(
+    picky: tuple[TestClient, PickyEncoder, threading.Event],
+) -> None:
+    client, encoder, gate = picky
+    bodies = [b'{"input": ["a"]}', b'{"input": "crash"}']
+    answers = _concurrently(client, encoder, gate, bodies, queued=2)
+    assert [a.status_code for a in answers] == [500, 500]
+    assert all(a.json()["error"]["code"] == "encode_failed" for a in answers)
+    assert [sorted(b) for b in encoder.batches] == [["busy"], ["a", "crash"]]

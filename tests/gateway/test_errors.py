@@ -7,6 +7,7 @@ of failure is seen as a client sees it: status, body and headers.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from fastapi import FastAPI
@@ -15,6 +16,7 @@ from pydantic import BaseModel, Field
 
 from gateway.api.chat import validated
 from gateway.api.schemas import Text
+from gateway.app import create_app
 from gateway.errors import APIError, install_error_handlers
 from gateway.exceptions import (
     DimensionMismatch,
@@ -26,6 +28,7 @@ from gateway.exceptions import (
     UpstreamFailed,
 )
 from gateway.json_depth import MAX_JSON_DEPTH
+from gateway.settings import Settings
 
 
 def _app(raised: list[BaseException]) -> FastAPI:
@@ -217,3 +220,65 @@ def test_a_length_limit_names_characters_for_text_and_items_for_lists(
     with pytest.raises(APIError) as caught:
         validated(Note, body)
     assert caught.value.message.startswith(message)
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> Iterator[TestClient]:
+    """The real app (its routes in their order), with nothing behind it."""
+    dead = "http://127.0.0.1:9/v1"
+    settings = Settings(
+        data_dir=tmp_path / "data", llm_url=dead, embedder_url=dead, health_interval_s=60
+    )
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        yield client
+
+
+JSON = {"content-type": "application/json"}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "code"),
+    [
+        ("GET", "/nope", None, 404, "not_found"),
+        ("DELETE", "/admin/nope", None, 404, "not_found"),
+        ("POST", "/livez", None, 405, "method_not_allowed"),
+        ("PUT", "/v1/memories", None, 405, "method_not_allowed"),
+        ("GET", "/v1/chat/completions", None, 405, "method_not_allowed"),
+        ("POST", "/v1/memories", b"{nope", 400, "invalid_json"),
+        ("POST", "/v1/memories/search", b'{"user_id": "u",', 400, "invalid_json"),
+        ("POST", "/admin/models", b"\xff", 400, "invalid_json"),
+        ("POST", "/v1/chat/completions", b"{nope", 400, "invalid_json"),
+    ],
+)
+def test_the_frameworks_own_refusals_are_in_the_envelope(
+    gateway: TestClient, method: str, path: str, body: bytes | None, status: int, code: str
+) -> None:
+    answer = gateway.request(method, path, content=body, headers=JSON if body else None)
+    assert answer.status_code == status
+    error = answer.json()["error"]
+    assert set(error) == {"message", "type", "code", "param"} and error["code"] == code
+    assert error["type"] == ("not_found_error" if status == 404 else "invalid_request_error")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("POST", "/livez", "GET"),
+        # Starlette named the first route that matched the path: POST alone.
+        ("OPTIONS", "/v1/memories", "DELETE, GET, POST"),
+        ("PATCH", "/v1/memories/3f2504e0-4f89-11d3-9a0c-0305e82c3301", "DELETE, GET"),
+        # The gateway's own 405 for a /v1 path the pass-through would take had none.
+        ("PUT", "/v1/memories", "DELETE, GET, POST"),
+        ("GET", "/v1/chat/completions", "POST"),
+        ("GET", "/admin/models/some/alias", "DELETE"),
+        # Only the pass-through serves the path.
+        ("OPTIONS", "/v1/files", "DELETE, GET, PATCH, POST, PUT"),
+    ],
+)
+def test_a_405_allows_every_method_the_path_is_served_with(
+    gateway: TestClient, method: str, path: str, allow: str
+) -> None:
+    answer = gateway.request(method, path)
+    assert answer.status_code == 405
+    assert answer.headers["allow"] == allow
+    assert answer.json()["error"]["message"] == "Method Not Allowed"

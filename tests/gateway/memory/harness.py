@@ -46,10 +46,12 @@ class Embedder:
         # (after setting ``held``): a write stopped between its reads and its store.
         self.hold: asyncio.Event | None = None
         self.held = asyncio.Event()
+        self.arrivals: asyncio.Queue[None] = asyncio.Queue()  # one item per call held
 
     async def handle_async(self, request: httpx.Request) -> httpx.Response:
         if self.hold is not None and not self.hold.is_set():
             self.held.set()
+            self.arrivals.put_nowait(None)
             await self.hold.wait()
         return self.handle(request)
 

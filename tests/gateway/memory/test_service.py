@@ -325,3 +325,32 @@ async def test_the_outbox_report_lists_dead_entries(h: Harness) -> None:
     report = await h.service.outbox_report(1)
     assert (report.depth, report.dead, len(report.dead_entries)) == (0, 2, 1)
     assert report.dead_entries[0].error
+
+
+async def test_concurrent_identical_adds_each_report_add_and_store_one_memory(
+    h: Harness,
+) -> None:
+    # docs/decisions.md: each write reads the store before it embeds and stores
+    # under the writer's lock without reading again, so identical adds in flight
+    # together all report ADD; the id is the text's, so they store one memory,
+    # with the metadata of the one stored last.
+    n = 6
+    h.embedder.hold = asyncio.Event()
+    adds = [
+        asyncio.create_task(h.service.add(ALICE, [NewMemory("same", WHEN, {"n": i})]))
+        for i in range(n)
+    ]
+    for _ in range(n):  # every write has read the store and waits on the embedder
+        await asyncio.wait_for(h.embedder.arrivals.get(), 5)
+    h.embedder.hold.set()
+    outcomes = await asyncio.gather(*adds)
+    assert [(r.event, outcome.queued) for outcome in outcomes for r in outcome.results] == [
+        ("ADD", False)
+    ] * n
+    assert len({outcome.results[0].id for outcome in outcomes}) == 1
+    page, cursor = await h.service.page(ALICE, 100, None)
+    assert [r.text for r in page] == ["same"] and cursor is None
+    assert page[0].metadata["n"] in range(n)
+    # Once one is stored, the next identical add is told so.
+    [again] = (await h.service.add(ALICE, memories("same"))).results
+    assert again.event == "NONE" and again.id == page[0].id
