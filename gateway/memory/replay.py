@@ -34,7 +34,8 @@ from typing import Generic, TypeVar
 from gateway.enums import ReplayOutcome
 from gateway.exceptions import EmbedderRejected, EmbedderUnavailable, StoreUnavailable
 from gateway.memory.embedder_client import BACKGROUND, INTERACTIVE
-from gateway.memory.outbox import Outbox, OutboxEntry
+from gateway.memory.outbox import Outbox
+from gateway.memory.outbox_rows import OutboxEntry
 from gateway.memory.records import NewMemory, Scope
 from gateway.metrics import GatewayMetrics
 from gateway.monitor import next_backoff
@@ -111,15 +112,13 @@ class Replayer(Generic[R]):
         self._count = count
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._dead = 0  # entries set aside (counted from the table at start)
         # Users someone waits for (a recall, an API write): replayed first.
         self._wanted: dict[Scope, int] = {}
         self._progress = asyncio.Condition()
 
     def start(self) -> None:
-        self._dead = self._outbox.dead_count()
         self._metrics.outbox_depth.set(self._outbox.depth)
-        self._metrics.outbox_dead.set(self._dead)
+        self._metrics.outbox_dead.set(self._outbox.dead)
         self._task = asyncio.create_task(self._forever(), name="outbox-replay")
 
     async def stop(self) -> None:
@@ -157,7 +156,7 @@ class Replayer(Generic[R]):
     async def progressed(self) -> None:
         """The outbox changed: update the gauges and wake whoever waits."""
         self._metrics.outbox_depth.set(self._outbox.depth)
-        self._metrics.outbox_dead.set(self._dead)
+        self._metrics.outbox_dead.set(self._outbox.dead)
         async with self._progress:
             self._progress.notify_all()
 
@@ -246,7 +245,6 @@ class Replayer(Generic[R]):
             entry.seq, entry.scope.tenant, reason,
         )  # fmt: skip
         await self._outbox.bury(entry.seq, reason[:2000])
-        self._dead += 1
         self._metrics.outbox_replays.labels(ReplayOutcome.DEAD).inc()
 
     def _replayed(self, entry: OutboxEntry, written: R) -> None:

@@ -46,7 +46,8 @@ from gateway.memory.embedder_client import (
     EmbedderClient,
 )
 from gateway.memory.indexing import RecentTexts, VectorCache
-from gateway.memory.outbox import DeadEntry, Outbox
+from gateway.memory.outbox import Outbox
+from gateway.memory.outbox_rows import DeadEntry
 from gateway.memory.records import (
     Condition,
     MemoryRecord,

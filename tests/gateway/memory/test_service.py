@@ -325,3 +325,22 @@ async def test_the_outbox_report_lists_dead_entries(h: Harness) -> None:
     report = await h.service.outbox_report(1)
     assert (report.depth, report.dead, len(report.dead_entries)) == (0, 2, 1)
     assert report.dead_entries[0].error
+
+
+async def test_forget_and_delete_by_id_reach_set_aside_entries_and_the_gauge_follows(
+    h: Harness,
+) -> None:
+    h.embedder.up = False
+    await h.service.add(ALICE, memories("poison 1"))
+    gone = (await h.service.add(ALICE, memories("poison 2"))).results[0].id
+    await h.service.add(Scope("t", "bob"), memories("poison 3"))
+    h.embedder.up, h.embedder.reject = True, "poison"
+    h.embedder_monitor.report_success()
+    await h.service.drain()
+    assert h.metrics.outbox_dead._value.get() == 3
+    assert await h.service.delete("t", gone)  # a set-aside memory, by its 202 id
+    assert h.metrics.outbox_dead._value.get() == 2
+    assert await h.service.forget(ALICE) == 1  # "poison 1", never stored, went too
+    report = await h.service.outbox_report(10)
+    assert report.dead == 1 and [e.scope.user_id for e in report.dead_entries] == ["bob"]
+    assert h.metrics.outbox_dead._value.get() == 1 == h.outbox.dead_count()
