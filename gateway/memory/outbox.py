@@ -18,9 +18,10 @@ the file: ``secure_delete`` zeroes what a delete frees, and a checkpoint
 afterwards moves the zeroed pages into the database and empties the WAL
 (which held the rows as they were written).
 
-The outbox keeps, in memory, which entries of which user are waiting, so the
-memory service can tell whether a user has writes not stored yet (for
-read-your-writes) without touching the disk.
+The outbox keeps, in memory, which entries of which user are waiting
+(gateway.memory.pending), so the memory service can tell whether a user has
+writes not stored yet (for read-your-writes) without touching the disk, at
+a cost that does not grow with the queue.
 
 A queued memory has its final id already (the API answered it with 202), so
 it can be fetched (``find``) and deleted (``drop``) by id before it is stored.
@@ -36,13 +37,13 @@ import json
 import sqlite3
 import threading
 import time
-from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from gateway.memory.outbox_rows import DeadEntry, OutboxEntry, decode_memories, encode_memories
+from gateway.memory.pending import PendingView
 from gateway.memory.records import MemoryRecord, NewMemory, Scope, memory_id
 
 _SCHEMA = """
@@ -79,17 +80,12 @@ class Outbox:
         # One connection shared by worker threads; sqlite3 objects are not thread-safe,
         # so ``_lock`` guards it. The in-memory view of what waits changes in the
         # thread that changed the table, in the same critical section (never as
-        # ``depth -= await ...``, which would lose the writes that land meanwhile),
-        # under ``_view`` as well, taken inside ``_lock``. The event loop reads the
-        # view under ``_view`` alone: a commit that waits on the disk, or on another
-        # process's lock on the file (SQLite's busy timeout), never stalls the loop.
+        # ``depth -= await ...``, which would lose the writes that land meanwhile).
+        # The event loop reads the view under its own lock alone: a commit that
+        # waits on the disk, or on another process's lock on the file (SQLite's
+        # busy timeout), never stalls the loop.
         self._lock = threading.Lock()
-        self._view = threading.Lock()
-        # Waiting entries: seq -> scope, and how many each scope has (under _view).
-        self._pending: dict[int, Scope] = {}
-        self._per_scope: Counter[Scope] = Counter()
-        self._revisions: dict[int, int] = {}  # seq -> revision, for rewritten rows only
-        self._dead = 0  # rows in ``dead`` (counted at open; under _view)
+        self._view = PendingView()
 
     def open(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)
@@ -100,25 +96,9 @@ class Outbox:
         conn.executescript(_SCHEMA)
         self._conn = conn
         for seq, tenant, user_id in self._execute("SELECT seq, tenant, user_id FROM outbox"):
-            self._track(int(seq), Scope(tenant, user_id))
+            self._view.track(int(seq), Scope(tenant, user_id))
         [(dead,)] = self._execute("SELECT COUNT(*) FROM dead")
-        with self._view:
-            self._dead = int(dead)
-
-    def _track(self, seq: int, scope: Scope) -> None:
-        with self._view:
-            self._pending[seq] = scope
-            self._per_scope[scope] += 1
-
-    def _untrack(self, seqs: Iterable[int]) -> None:
-        with self._view:
-            for seq in seqs:
-                scope = self._pending.pop(seq, None)
-                self._revisions.pop(seq, None)
-                if scope is not None:
-                    self._per_scope[scope] -= 1
-                    if self._per_scope[scope] <= 0:
-                        del self._per_scope[scope]
+        self._view.set_dead(int(dead))
 
     def close(self) -> None:
         with self._lock:
@@ -163,7 +143,7 @@ class Outbox:
                 (scope.tenant, scope.user_id, encode_memories(memories), time.time()),
             )
             seq = int(cursor.lastrowid or 0)
-            self._track(seq, scope)
+            self._view.track(seq, scope)
             return seq
 
     async def put(self, scope: Scope, memories: Sequence[NewMemory]) -> int:
@@ -190,8 +170,7 @@ class Outbox:
                 "SELECT seq, tenant, user_id, memories, attempts FROM outbox ORDER BY seq LIMIT ?",
                 (min(limit, _HEAD_SCAN),),
             ).fetchall()
-            with self._view:
-                revisions = {seq: self._revisions.get(seq, 0) for seq, *_ in rows}
+            revisions = self._view.revisions(seq for seq, *_ in rows)
         entries: list[OutboxEntry] = []
         seen: set[int] = set()
         total = 0
@@ -221,7 +200,7 @@ class Outbox:
             with self._lock:
                 assert self._conn is not None
                 self._conn.executemany("DELETE FROM outbox WHERE seq = ?", [(seq,) for seq in seqs])
-                self._untrack(seqs)
+                self._view.untrack(seqs)
 
         await asyncio.to_thread(delete)
 
@@ -243,9 +222,8 @@ class Outbox:
                         (time.time(), error, seq),
                     ).rowcount  # 0: purged meanwhile (its user was forgotten)
                     conn.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
-                self._untrack([seq])
-                with self._view:
-                    self._dead += moved
+                self._view.untrack([seq])
+                self._view.add_dead(moved)
 
         await asyncio.to_thread(move)
 
@@ -266,9 +244,8 @@ class Outbox:
                         "DELETE FROM dead WHERE tenant = ? AND user_id = ? RETURNING memories",
                         where,
                     ).fetchall()
-                self._untrack(self.pending_seqs(scope))
-                with self._view:
-                    self._dead -= len(dead)
+                self._view.untrack_scope(scope)
+                self._view.add_dead(-len(dead))
                 if rows or dead:
                     self._erase()
             return {
@@ -332,11 +309,9 @@ class Outbox:
                                 gone.append(seq)
                             else:
                                 buried += 1
-            with self._view:
-                for seq in rewritten:
-                    self._revisions[seq] = self._revisions.get(seq, 0) + 1
-                self._dead -= buried
-            self._untrack(gone)
+            self._view.rewritten(rewritten)
+            self._view.add_dead(-buried)
+            self._view.untrack(gone)
             if owner is not None:
                 self._erase()
             return owner
@@ -350,30 +325,27 @@ class Outbox:
     @property
     def depth(self) -> int:
         """Entries waiting; kept in memory so probes and metrics never touch the disk."""
-        return len(self._pending)
+        return self._view.depth
 
     def pending(self, scope: Scope) -> int:
         """How many entries of this user are waiting (in memory, no disk)."""
-        return self._per_scope.get(scope, 0)
+        return self._view.count(scope)
 
     def pending_seqs(self, scope: Scope) -> set[int]:
-        with self._view:
-            return {seq for seq, s in self._pending.items() if s == scope}
+        """This user's waiting entries (their own index: no scan of the queue)."""
+        return self._view.seqs(scope)
 
     def is_pending(self, seq: int) -> bool:
-        return seq in self._pending
+        return self._view.is_pending(seq)
 
     def is_current(self, entry: OutboxEntry) -> bool:
         """The entry still waits, unchanged since it was read."""
-        with self._view:
-            return (
-                entry.seq in self._pending and self._revisions.get(entry.seq, 0) == entry.revision
-            )
+        return self._view.is_current(entry.seq, entry.revision)
 
     @property
     def dead(self) -> int:
         """Entries set aside; kept in memory, like ``depth``, for the gauge."""
-        return self._dead
+        return self._view.dead
 
     def dead_count(self) -> int:
         """Entries set aside, counted in the table."""
