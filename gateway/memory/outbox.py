@@ -12,6 +12,12 @@ An entry that can never be stored (the embedder rejects it, the store cannot
 represent it, ...) is moved to the ``dead`` table with its reason, never
 dropped silently and never left blocking the rest.
 
+A write may say when the request behind it began (``put(..., since=)``, a
+chat turn's start): it is refused (``Forgotten``) when its user was
+forgotten since, checked under the lock ``purge`` notes the forget under, so
+no turn that read the user's memories before a forget brings them back
+after it (gateway.memory.forgets).
+
 Forgetting a user (``purge``) and deleting a memory by id (``drop``) remove
 its text from both tables, the dead one included, and leave none of it in
 the file: ``secure_delete`` zeroes what a delete frees, and a checkpoint
@@ -42,6 +48,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from gateway.memory.forgets import Forgotten, RecentForgets
 from gateway.memory.outbox_rows import DeadEntry, OutboxEntry, decode_memories, encode_memories
 from gateway.memory.pending import PendingView
 from gateway.memory.records import MemoryRecord, NewMemory, Scope, memory_id
@@ -86,6 +93,7 @@ class Outbox:
         # busy timeout), never stalls the loop.
         self._lock = threading.Lock()
         self._view = PendingView()
+        self._forgets = RecentForgets()  # under _lock, as the puts that check it
 
     def open(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)
@@ -134,10 +142,17 @@ class Outbox:
             return self._conn.execute(sql, params).fetchall()
 
     # Synchronous API (fast, local); the async wrappers keep fsync off the loop.
-    def put_sync(self, scope: Scope, memories: Sequence[NewMemory]) -> int:
+    def put_sync(
+        self, scope: Scope, memories: Sequence[NewMemory], since: float | None = None
+    ) -> int:
+        """Queue the memories, committed when this returns; their entry's seq.
+        ``since``: when the request behind them began (``time.perf_counter``);
+        raises ``Forgotten`` if the user was forgotten after that."""
         with self._lock:
             if self._conn is None:
                 raise RuntimeError("outbox is closed")
+            if since is not None and self._forgets.since(scope, since):
+                raise Forgotten(f"a user of tenant {scope.tenant} was forgotten since")
             cursor = self._conn.execute(
                 "INSERT INTO outbox (tenant, user_id, memories, enqueued_at) VALUES (?, ?, ?, ?)",
                 (scope.tenant, scope.user_id, encode_memories(memories), time.time()),
@@ -146,8 +161,10 @@ class Outbox:
             self._view.track(seq, scope)
             return seq
 
-    async def put(self, scope: Scope, memories: Sequence[NewMemory]) -> int:
-        return await asyncio.to_thread(self.put_sync, scope, memories)
+    async def put(
+        self, scope: Scope, memories: Sequence[NewMemory], since: float | None = None
+    ) -> int:
+        return await asyncio.to_thread(self.put_sync, scope, memories, since)
 
     def head_sync(
         self, limit: int = 1, max_chars: int | None = None, first: Sequence[Scope] = ()
@@ -235,6 +252,9 @@ class Outbox:
         def delete() -> set[str]:
             where = (scope.tenant, scope.user_id)
             with self._lock:
+                # Noted first: a put that comes after this, for a request begun
+                # before it, is refused (``put_sync``).
+                self._forgets.forgot(scope, time.perf_counter())
                 with self._transaction() as conn:
                     rows = conn.execute(
                         "DELETE FROM outbox WHERE tenant = ? AND user_id = ? RETURNING memories",

@@ -2,9 +2,13 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
+from gateway.memory.forgets import Forgotten
 from gateway.memory.outbox import Outbox
 from gateway.memory.outbox_rows import decode_memories, encode_memories
 from gateway.memory.records import NewMemory, Scope, memory_id
@@ -246,4 +250,19 @@ async def test_a_bury_after_a_purge_counts_no_dead_entry(tmp_path: Path) -> None
     await box.purge(ALICE)
     await box.bury(seq, "rejected")
     assert (box.dead, box.dead_count()) == (0, 0)
+    box.close()
+
+
+async def test_a_put_begun_before_its_users_purge_is_refused(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.sqlite3")
+    box.open()
+    before = time.perf_counter()
+    await box.purge(ALICE)
+    with pytest.raises(Forgotten):
+        await box.put(ALICE, [memory("a reply made from forgotten memories")], since=before)
+    assert box.depth == 0 and box._execute("SELECT COUNT(*) FROM outbox") == [(0,)]
+    await box.put(BOB, [memory("another user")], since=before)
+    await box.put(ALICE, [memory("a turn begun after the forget")], since=time.perf_counter())
+    await box.put(ALICE, [memory("an API write")])  # no start given: never refused
+    assert box.pending(ALICE) == 2 and box.depth == 3
     box.close()
