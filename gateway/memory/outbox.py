@@ -176,20 +176,22 @@ class Outbox:
         with self._lock:  # rows and their revisions read together
             if self._conn is None:
                 raise RuntimeError("outbox is closed")
+            # Stored rows that wait for the store's flush are passed over.
+            stored = self._view.unflushed()
             rows: list[Any] = []
             for scope in first:
                 rows += self._conn.execute(
                     "SELECT seq, tenant, user_id, memories, attempts FROM outbox "
                     "WHERE tenant = ? AND user_id = ? ORDER BY seq LIMIT ?",
-                    (scope.tenant, scope.user_id, limit),
+                    (scope.tenant, scope.user_id, limit + len(stored)),
                 ).fetchall()
             rows += self._conn.execute(
                 "SELECT seq, tenant, user_id, memories, attempts FROM outbox ORDER BY seq LIMIT ?",
-                (min(limit, _HEAD_SCAN),),
+                (min(limit, _HEAD_SCAN) + len(stored),),
             ).fetchall()
             revisions = self._view.revisions(seq for seq, *_ in rows)
         entries: list[OutboxEntry] = []
-        seen: set[int] = set()
+        seen: set[int] = set(stored)
         total = 0
         for seq, tenant, user_id, memories, attempts in rows:
             if seq in seen:
@@ -212,7 +214,25 @@ class Outbox:
         """The oldest ``limit`` entries, oldest first (see ``head_sync``)."""
         return await asyncio.to_thread(self.head_sync, limit, max_chars, first)
 
+    def settle(self, seqs: Sequence[int]) -> None:
+        """The entries are stored: they wait no more (in memory, at once), and
+        their rows stay until ``done``, which the replayer calls once the
+        store has flushed them to disk."""
+        self._view.settle(seqs)
+
+    def unflushed(self) -> set[int]:
+        """The stored entries whose rows wait for the store's flush."""
+        return self._view.unflushed()
+
+    def unflushed_count(self) -> int:
+        return self._view.unflushed_count()
+
+    def unflushed_age(self) -> float:
+        return self._view.unflushed_age()  # seconds since the oldest was stored; 0: none
+
     async def done(self, seqs: Sequence[int]) -> None:
+        """Delete the rows (entries stored and flushed, or gone for good)."""
+
         def delete() -> None:
             with self._lock:
                 assert self._conn is not None
@@ -257,20 +277,20 @@ class Outbox:
                 self._forgets.forgot(scope, time.perf_counter())
                 with self._transaction() as conn:
                     rows = conn.execute(
-                        "DELETE FROM outbox WHERE tenant = ? AND user_id = ? RETURNING memories",
+                        "DELETE FROM outbox WHERE tenant = ? AND user_id = ? "
+                        "RETURNING seq, memories",
                         where,
                     ).fetchall()
                     dead = conn.execute(
                         "DELETE FROM dead WHERE tenant = ? AND user_id = ? RETURNING memories",
                         where,
                     ).fetchall()
-                self._view.untrack_scope(scope)
+                self._view.untrack(seq for seq, _ in rows)
                 self._view.add_dead(-len(dead))
                 if rows or dead:
                     self._erase()
-            return {
-                memory_id(scope, m.text) for (raw,) in rows + dead for m in decode_memories(raw)
-            }
+            texts = [raw for _, raw in rows] + [raw for (raw,) in dead]
+            return {memory_id(scope, m.text) for raw in texts for m in decode_memories(raw)}
 
         return await asyncio.to_thread(delete)
 

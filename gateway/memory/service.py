@@ -154,7 +154,7 @@ class MemoryService:
         self._writer = Writer(store, embedder, self._recent, self._vector_cache)
         self._replayer = Replayer(
             outbox, metrics,
-            write=self._writer.write, available=lambda: self.available,
+            write=self._writer.write, flush=self._writer.flush, available=lambda: self.available,
             report=self._report, count=self._count_written,
         )  # fmt: skip
 

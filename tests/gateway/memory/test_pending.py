@@ -40,7 +40,7 @@ def test_a_users_entries_are_found_without_scanning_the_queue(view: PendingView)
     assert view.is_pending(2001) and not view.is_pending(3000)
     view.untrack([2001, 3000])  # an unknown seq changes nothing
     assert view.seqs(ALICE) == {2002} and view.depth == 1001
-    view.untrack_scope(BOB)  # a forget
+    view.untrack(range(1, 1001))  # a forget of Bob
     assert view.seqs(BOB) == set() and view.depth == 1 and view.count(BOB) == 0
     view.untrack([2002])
     assert view.depth == 0 and view.seqs(ALICE) == set()
@@ -67,3 +67,12 @@ def test_the_dead_count_follows_what_is_set_aside_and_removed() -> None:
     view.add_dead(1)
     view.add_dead(-2)
     assert view.dead == 2
+
+
+def test_a_stored_entry_waits_no_more_and_its_row_waits_for_the_flush(view: PendingView) -> None:
+    view.settle([2001, 3000])  # 3000 never waited: nothing to settle
+    assert not view.is_pending(2001) and view.seqs(ALICE) == {2002} and view.depth == 1001
+    assert view.unflushed() == {2001} and view.unflushed_count() == 1
+    assert view.unflushed_age() >= 0
+    view.untrack([2001])  # flushed, its row deleted
+    assert view.unflushed() == set() and view.unflushed_age() == 0

@@ -129,8 +129,9 @@ async def test_a_locked_outbox_pauses_the_replay_and_sets_nothing_aside(
     h: Harness, tmp_path: Path
 ) -> None:
     # Another process holds a write lock on the outbox while the replayer stores
-    # a batch: settling its rows fails. That is an outage of the outbox, not the
-    # entries' fault: they stay queued (not dead) and are settled once it ends.
+    # a batch: deleting its rows after the store's flush fails. That is an
+    # outage of the outbox, not the entries' fault: they are stored, nothing is
+    # set aside, and the rows go once the lock is released.
     h.embedder.up = False
     await h.service.add(ALICE, memories("one"))
     await h.service.add(ALICE, memories("two"))
@@ -144,13 +145,14 @@ async def test_a_locked_outbox_pauses_the_replay_and_sets_nothing_aside(
     await h.embedder.held.wait()  # the rows are read: now the file is locked
     other.execute("BEGIN IMMEDIATE")
     h.embedder.hold.set()
-    assert await drain == 0
-    assert h.outbox.dead_count() == 0 and h.outbox.depth == 2
+    assert await drain == 2
+    assert h.outbox.dead_count() == 0 and h.outbox.depth == 0
+    assert h.outbox.unflushed_count() == 2  # their rows are still on disk
     other.execute("ROLLBACK")
     other.close()
-    assert await h.service.drain() == 2
-    assert h.outbox.depth == 0 and h.outbox.dead_count() == 0
-    assert await h.texts() == ["one", "two"]
+    assert await h.service.drain() == 0
+    assert h.outbox.unflushed_count() == 0 and h.outbox._execute("SELECT seq FROM outbox") == []
+    assert h.outbox.dead_count() == 0 and await h.texts() == ["one", "two"]
 
 
 async def test_a_rejected_entry_is_set_aside_and_the_rest_replayed(h: Harness) -> None:
