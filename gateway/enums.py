@@ -93,6 +93,7 @@ class WriteOutcome(StrEnum):
     DUPLICATE = "duplicate"
     QUEUED = "queued"
     FAILED = "failed"
+    FORGOTTEN = "forgotten"  # a chat turn that began before its user's forget: not stored
 
 
 class ReplayOutcome(StrEnum):

@@ -51,6 +51,9 @@ never reach a client as they are:
 - ``gateway.upstream.pool._Retryable``: tenacity's signal to try again.
 - ``gateway.monitor.ProbeFailed``: a probe's verdict to its monitor, which
   keeps it as the dependency's state.
+- ``gateway.memory.forgets.Forgotten``: the outbox refusing a chat turn
+  begun before its user's forget; the memory service stores nothing and
+  counts it (``memgate_memory_writes_total{outcome="forgotten"}``).
 
 This module imports nothing of the gateway's, so every layer can raise from it.
 """

@@ -12,7 +12,9 @@ Remembering writes the turn to the durable outbox *before* the client can
 have the reply's end: a completion is returned only after the outbox write
 committed, and a stream's ``[DONE]`` (or, without one, its last bytes) is
 held back until then. A gateway killed the instant the client read the
-last byte therefore still has the turn. The write is a local SQLite commit
+last byte therefore still has the turn. A turn whose user was forgotten
+after it began stores nothing (the outbox refuses a write stamped with a
+start before the forget: gateway.memory.forgets). The write is a local SQLite commit
 (milliseconds); embedding and storing it happen afterwards, in the
 background (gateway.memory.service).
 """
@@ -295,7 +297,9 @@ class Relay:
             if text
         ]
         try:
-            await asyncio.shield(self.memory.enqueue(plan.scope, memories))
+            # Stamped with the turn's start: if its user was forgotten since, the
+            # outbox refuses it, and the turn stores nothing (not an error).
+            await asyncio.shield(self.memory.enqueue(plan.scope, memories, since=self.started))
         except OutboxFull:  # logged where it happened (MemoryService.enqueue)
             return False
         return True

@@ -192,6 +192,12 @@ class EdgeStore:
         ]
         await self._run(lambda shard: shard.update(qe.UpdateOperation.upsert_points(batch)))
 
+    async def flush(self) -> None:
+        # ``update`` writes the shard's WAL through a memory-mapped file: a
+        # killed process leaves it in the page cache, a power cut does not.
+        # ``flush`` writes the WAL and the segments to disk.
+        await self._run(lambda shard: shard.flush())
+
     async def existing_ids(self, scope: Scope, ids: Sequence[str]) -> set[str]:
         found = await self._run(lambda shard: shard.retrieve(list(ids), True, False))
         return {str(r.id) for r in found if in_scope(r.payload, scope)}

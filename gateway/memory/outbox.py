@@ -12,9 +12,22 @@ An entry that can never be stored (the embedder rejects it, the store cannot
 represent it, ...) is moved to the ``dead`` table with its reason, never
 dropped silently and never left blocking the rest.
 
-The outbox keeps, in memory, which entries of which user are waiting, so the
-memory service can tell whether a user has writes not stored yet (for
-read-your-writes) without touching the disk.
+A write may say when the request behind it began (``put(..., since=)``, a
+chat turn's start): it is refused (``Forgotten``) when its user was
+forgotten since, checked under the lock ``purge`` notes the forget under, so
+no turn that read the user's memories before a forget brings them back
+after it (gateway.memory.forgets).
+
+Forgetting a user (``purge``) and deleting a memory by id (``drop``) remove
+its text from both tables, the dead one included, and leave none of it in
+the file: ``secure_delete`` zeroes what a delete frees, and a checkpoint
+afterwards moves the zeroed pages into the database and empties the WAL
+(which held the rows as they were written).
+
+The outbox keeps, in memory, which entries of which user are waiting
+(gateway.memory.pending), so the memory service can tell whether a user has
+writes not stored yet (for read-your-writes) without touching the disk, at
+a cost that does not grow with the queue.
 
 A queued memory has its final id already (the API answered it with 202), so
 it can be fetched (``find``) and deleted (``drop``) by id before it is stored.
@@ -30,13 +43,14 @@ import json
 import sqlite3
 import threading
 import time
-from collections import Counter
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from gateway.memory.forgets import Forgotten, RecentForgets
+from gateway.memory.outbox_rows import DeadEntry, OutboxEntry, decode_memories, encode_memories
+from gateway.memory.pending import PendingView
 from gateway.memory.records import MemoryRecord, NewMemory, Scope, memory_id
 
 _SCHEMA = """
@@ -59,75 +73,11 @@ CREATE TABLE IF NOT EXISTS dead (
     error TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS outbox_by_user ON outbox (tenant, user_id, seq);
+CREATE INDEX IF NOT EXISTS dead_by_user ON dead (tenant, user_id);
 """
 OUTBOX_FILE = "outbox.sqlite3"  # under the data dir
 # How many rows ``head`` reads ahead to fill a batch up to its size budget.
 _HEAD_SCAN = 256
-
-
-@dataclass(frozen=True)
-class OutboxEntry:
-    seq: int
-    scope: Scope
-    memories: list[NewMemory]
-    attempts: int
-    revision: int = 0  # bumped in memory whenever the row is rewritten (``drop``)
-
-    @property
-    def chars(self) -> int:
-        return sum(len(m.text) for m in self.memories)
-
-
-@dataclass(frozen=True)
-class DeadEntry:
-    seq: int
-    scope: Scope
-    memories: int
-    enqueued_at: float
-    failed_at: float
-    error: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "seq": self.seq,
-            "tenant": self.scope.tenant,
-            "user_id": self.scope.user_id,
-            "memories": self.memories,
-            "enqueued_at": self.enqueued_at,
-            "failed_at": self.failed_at,
-            "error": self.error,
-        }
-
-
-def encode_memories(memories: Sequence[NewMemory]) -> str:
-    return json.dumps(
-        [
-            {
-                "text": m.text,
-                "created_at": m.created_at.isoformat(),
-                "metadata": dict(m.metadata),
-                "session_id": m.session_id,
-                "role": m.role,
-                "source": m.source,
-            }
-            for m in memories
-        ]
-    )
-
-
-def decode_memories(raw: str) -> list[NewMemory]:
-    items: list[dict[str, Any]] = json.loads(raw)
-    return [
-        NewMemory(
-            text=item["text"],
-            created_at=datetime.fromisoformat(item["created_at"]),
-            metadata=item.get("metadata") or {},
-            session_id=item.get("session_id"),
-            role=item.get("role"),
-            source=item.get("source", "api"),
-        )
-        for item in items
-    ]
 
 
 class Outbox:
@@ -137,47 +87,53 @@ class Outbox:
         # One connection shared by worker threads; sqlite3 objects are not thread-safe,
         # so ``_lock`` guards it. The in-memory view of what waits changes in the
         # thread that changed the table, in the same critical section (never as
-        # ``depth -= await ...``, which would lose the writes that land meanwhile),
-        # under ``_view`` as well, taken inside ``_lock``. The event loop reads the
-        # view under ``_view`` alone: a commit that waits on the disk, or on another
-        # process's lock on the file (SQLite's busy timeout), never stalls the loop.
+        # ``depth -= await ...``, which would lose the writes that land meanwhile).
+        # The event loop reads the view under its own lock alone: a commit that
+        # waits on the disk, or on another process's lock on the file (SQLite's
+        # busy timeout), never stalls the loop.
         self._lock = threading.Lock()
-        self._view = threading.Lock()
-        # Waiting entries: seq -> scope, and how many each scope has (under _view).
-        self._pending: dict[int, Scope] = {}
-        self._per_scope: Counter[Scope] = Counter()
-        self._revisions: dict[int, int] = {}  # seq -> revision, for rewritten rows only
+        self._view = PendingView()
+        self._forgets = RecentForgets()  # under _lock, as the puts that check it
 
     def open(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA secure_delete=ON")  # a forgotten text leaves no bytes behind
         conn.executescript(_SCHEMA)
         self._conn = conn
         for seq, tenant, user_id in self._execute("SELECT seq, tenant, user_id FROM outbox"):
-            self._track(int(seq), Scope(tenant, user_id))
-
-    def _track(self, seq: int, scope: Scope) -> None:
-        with self._view:
-            self._pending[seq] = scope
-            self._per_scope[scope] += 1
-
-    def _untrack(self, seqs: Iterable[int]) -> None:
-        with self._view:
-            for seq in seqs:
-                scope = self._pending.pop(seq, None)
-                self._revisions.pop(seq, None)
-                if scope is not None:
-                    self._per_scope[scope] -= 1
-                    if self._per_scope[scope] <= 0:
-                        del self._per_scope[scope]
+            self._view.track(int(seq), Scope(tenant, user_id))
+        [(dead,)] = self._execute("SELECT COUNT(*) FROM dead")
+        self._view.set_dead(int(dead))
 
     def close(self) -> None:
         with self._lock:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One transaction on the connection (under ``_lock``): all of it or none."""
+        conn = self._conn
+        if conn is None:
+            raise RuntimeError("outbox is closed")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _erase(self) -> None:
+        """After a purge or a drop (under ``_lock``): the zeroed pages into the
+        database, the WAL emptied, so the removed texts are gone from the file.
+        Best effort: a reader in another process can hold the WAL back."""
+        assert self._conn is not None
+        self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         with self._lock:
@@ -186,20 +142,29 @@ class Outbox:
             return self._conn.execute(sql, params).fetchall()
 
     # Synchronous API (fast, local); the async wrappers keep fsync off the loop.
-    def put_sync(self, scope: Scope, memories: Sequence[NewMemory]) -> int:
+    def put_sync(
+        self, scope: Scope, memories: Sequence[NewMemory], since: float | None = None
+    ) -> int:
+        """Queue the memories, committed when this returns; their entry's seq.
+        ``since``: when the request behind them began (``time.perf_counter``);
+        raises ``Forgotten`` if the user was forgotten after that."""
         with self._lock:
             if self._conn is None:
                 raise RuntimeError("outbox is closed")
+            if since is not None and self._forgets.since(scope, since):
+                raise Forgotten(f"a user of tenant {scope.tenant} was forgotten since")
             cursor = self._conn.execute(
                 "INSERT INTO outbox (tenant, user_id, memories, enqueued_at) VALUES (?, ?, ?, ?)",
                 (scope.tenant, scope.user_id, encode_memories(memories), time.time()),
             )
             seq = int(cursor.lastrowid or 0)
-            self._track(seq, scope)
+            self._view.track(seq, scope)
             return seq
 
-    async def put(self, scope: Scope, memories: Sequence[NewMemory]) -> int:
-        return await asyncio.to_thread(self.put_sync, scope, memories)
+    async def put(
+        self, scope: Scope, memories: Sequence[NewMemory], since: float | None = None
+    ) -> int:
+        return await asyncio.to_thread(self.put_sync, scope, memories, since)
 
     def head_sync(
         self, limit: int = 1, max_chars: int | None = None, first: Sequence[Scope] = ()
@@ -211,21 +176,22 @@ class Outbox:
         with self._lock:  # rows and their revisions read together
             if self._conn is None:
                 raise RuntimeError("outbox is closed")
+            # Stored rows that wait for the store's flush are passed over.
+            stored = self._view.unflushed()
             rows: list[Any] = []
             for scope in first:
                 rows += self._conn.execute(
                     "SELECT seq, tenant, user_id, memories, attempts FROM outbox "
                     "WHERE tenant = ? AND user_id = ? ORDER BY seq LIMIT ?",
-                    (scope.tenant, scope.user_id, limit),
+                    (scope.tenant, scope.user_id, limit + len(stored)),
                 ).fetchall()
             rows += self._conn.execute(
                 "SELECT seq, tenant, user_id, memories, attempts FROM outbox ORDER BY seq LIMIT ?",
-                (min(limit, _HEAD_SCAN),),
+                (min(limit, _HEAD_SCAN) + len(stored),),
             ).fetchall()
-            with self._view:
-                revisions = {seq: self._revisions.get(seq, 0) for seq, *_ in rows}
+            revisions = self._view.revisions(seq for seq, *_ in rows)
         entries: list[OutboxEntry] = []
-        seen: set[int] = set()
+        seen: set[int] = set(stored)
         total = 0
         for seq, tenant, user_id, memories, attempts in rows:
             if seq in seen:
@@ -248,12 +214,30 @@ class Outbox:
         """The oldest ``limit`` entries, oldest first (see ``head_sync``)."""
         return await asyncio.to_thread(self.head_sync, limit, max_chars, first)
 
+    def settle(self, seqs: Sequence[int]) -> None:
+        """The entries are stored: they wait no more (in memory, at once), and
+        their rows stay until ``done``, which the replayer calls once the
+        store has flushed them to disk."""
+        self._view.settle(seqs)
+
+    def unflushed(self) -> set[int]:
+        """The stored entries whose rows wait for the store's flush."""
+        return self._view.unflushed()
+
+    def unflushed_count(self) -> int:
+        return self._view.unflushed_count()
+
+    def unflushed_age(self) -> float:
+        return self._view.unflushed_age()  # seconds since the oldest was stored; 0: none
+
     async def done(self, seqs: Sequence[int]) -> None:
+        """Delete the rows (entries stored and flushed, or gone for good)."""
+
         def delete() -> None:
             with self._lock:
                 assert self._conn is not None
                 self._conn.executemany("DELETE FROM outbox WHERE seq = ?", [(seq,) for seq in seqs])
-                self._untrack(seqs)
+                self._view.untrack(seqs)
 
         await asyncio.to_thread(delete)
 
@@ -267,44 +251,57 @@ class Outbox:
     async def bury(self, seq: int, error: str) -> None:
         def move() -> None:
             with self._lock:
-                assert self._conn is not None
-                self._conn.execute("BEGIN IMMEDIATE")
-                self._conn.execute(
-                    "INSERT INTO dead (seq, tenant, user_id, memories, enqueued_at, failed_at, "
-                    "error) SELECT seq, tenant, user_id, memories, enqueued_at, ?, ? "
-                    "FROM outbox WHERE seq = ?",
-                    (time.time(), error, seq),
-                )
-                self._conn.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
-                self._conn.execute("COMMIT")
-                self._untrack([seq])
+                with self._transaction() as conn:
+                    moved = conn.execute(
+                        "INSERT INTO dead (seq, tenant, user_id, memories, enqueued_at, "
+                        "failed_at, error) SELECT seq, tenant, user_id, memories, enqueued_at, "
+                        "?, ? FROM outbox WHERE seq = ?",
+                        (time.time(), error, seq),
+                    ).rowcount  # 0: purged meanwhile (its user was forgotten)
+                    conn.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+                self._view.untrack([seq])
+                self._view.add_dead(moved)
 
         await asyncio.to_thread(move)
 
     async def purge(self, scope: Scope) -> set[str]:
-        """Drop a user's queued writes (they asked to be forgotten); the ids of
-        the memories they held."""
+        """Drop a user's queued writes and those set aside (they asked to be
+        forgotten), leaving none of their text in the file; the ids of the
+        memories they held."""
 
         def delete() -> set[str]:
+            where = (scope.tenant, scope.user_id)
             with self._lock:
-                assert self._conn is not None
-                rows = self._conn.execute(
-                    "DELETE FROM outbox WHERE tenant = ? AND user_id = ? RETURNING memories",
-                    (scope.tenant, scope.user_id),
-                ).fetchall()
-                self._untrack(self.pending_seqs(scope))
-                return {memory_id(scope, m.text) for (raw,) in rows for m in decode_memories(raw)}
+                # Noted first: a put that comes after this, for a request begun
+                # before it, is refused (``put_sync``).
+                self._forgets.forgot(scope, time.perf_counter())
+                with self._transaction() as conn:
+                    rows = conn.execute(
+                        "DELETE FROM outbox WHERE tenant = ? AND user_id = ? "
+                        "RETURNING seq, memories",
+                        where,
+                    ).fetchall()
+                    dead = conn.execute(
+                        "DELETE FROM dead WHERE tenant = ? AND user_id = ? RETURNING memories",
+                        where,
+                    ).fetchall()
+                self._view.untrack(seq for seq, _ in rows)
+                self._view.add_dead(-len(dead))
+                if rows or dead:
+                    self._erase()
+            texts = [raw for _, raw in rows] + [raw for (raw,) in dead]
+            return {memory_id(scope, m.text) for raw in texts for m in decode_memories(raw)}
 
         return await asyncio.to_thread(delete)
 
-    def _queued_rows(self, tenant: str, user_id: str | None) -> list[Any]:
-        """The tenant's rows (one user's, with ``user_id``); under ``_lock``."""
-        assert self._conn is not None
-        if user_id is None:
-            sql, params = "SELECT seq, user_id, memories FROM outbox WHERE tenant = ?", [tenant]
-        else:
-            sql = "SELECT seq, user_id, memories FROM outbox WHERE tenant = ? AND user_id = ?"
-            params = [tenant, user_id]
+    def _queued_rows(self, tenant: str, user_id: str | None, table: str = "outbox") -> list[Any]:
+        """The tenant's rows of ``table`` (one user's, with ``user_id``); under ``_lock``."""
+        assert self._conn is not None and table in ("outbox", "dead")
+        sql = f"SELECT seq, user_id, memories FROM {table} WHERE tenant = ?"
+        params = [tenant]
+        if user_id is not None:
+            sql += " AND user_id = ?"
+            params.append(user_id)
         return self._conn.execute(sql + " ORDER BY seq", params).fetchall()
 
     def _find_sync(self, tenant: str, wanted: str, user_id: str | None) -> MemoryRecord | None:
@@ -326,57 +323,72 @@ class Outbox:
 
     def _drop_sync(self, tenant: str, wanted: str, user_id: str | None) -> str | None:
         with self._lock:
-            conn = self._conn
-            assert conn is not None
             owner: str | None = None
-            for seq, user, raw in self._queued_rows(tenant, user_id):
-                scope = Scope(tenant, user)
-                memories = decode_memories(raw)
-                kept = [m for m in memories if memory_id(scope, m.text) != wanted]
-                if len(kept) == len(memories):
-                    continue
-                owner = user
-                if kept:
-                    conn.execute(
-                        "UPDATE outbox SET memories = ? WHERE seq = ?",
-                        (encode_memories(kept), seq),
-                    )
-                    with self._view:
-                        self._revisions[seq] = self._revisions.get(seq, 0) + 1
-                else:
-                    conn.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
-                    self._untrack([seq])
+            rewritten: list[int] = []  # queued rows, whose replay must read them again
+            gone: list[int] = []
+            buried = 0  # dead rows deleted
+            with self._transaction() as conn:
+                for table in ("outbox", "dead"):
+                    for seq, user, raw in self._queued_rows(tenant, user_id, table):
+                        scope = Scope(tenant, user)
+                        memories = decode_memories(raw)
+                        kept = [m for m in memories if memory_id(scope, m.text) != wanted]
+                        if len(kept) == len(memories):
+                            continue
+                        owner = user
+                        if kept:
+                            conn.execute(
+                                f"UPDATE {table} SET memories = ? WHERE seq = ?",
+                                (encode_memories(kept), seq),
+                            )
+                            if table == "outbox":
+                                rewritten.append(seq)
+                        else:
+                            conn.execute(f"DELETE FROM {table} WHERE seq = ?", (seq,))
+                            if table == "outbox":
+                                gone.append(seq)
+                            else:
+                                buried += 1
+            self._view.rewritten(rewritten)
+            self._view.add_dead(-buried)
+            self._view.untrack(gone)
+            if owner is not None:
+                self._erase()
             return owner
 
     async def drop(self, tenant: str, wanted: str, user_id: str | None = None) -> str | None:
-        """Delete the queued memory with this id from every entry that holds it
-        (an entry left empty goes); the user it belonged to, or None."""
+        """Delete the queued memory with this id from every entry that holds it,
+        set-aside ones included (an entry left empty goes), leaving none of its
+        text in the file; the user it belonged to, or None."""
         return await asyncio.to_thread(self._drop_sync, tenant, wanted, user_id)
 
     @property
     def depth(self) -> int:
         """Entries waiting; kept in memory so probes and metrics never touch the disk."""
-        return len(self._pending)
+        return self._view.depth
 
     def pending(self, scope: Scope) -> int:
         """How many entries of this user are waiting (in memory, no disk)."""
-        return self._per_scope.get(scope, 0)
+        return self._view.count(scope)
 
     def pending_seqs(self, scope: Scope) -> set[int]:
-        with self._view:
-            return {seq for seq, s in self._pending.items() if s == scope}
+        """This user's waiting entries (their own index: no scan of the queue)."""
+        return self._view.seqs(scope)
 
     def is_pending(self, seq: int) -> bool:
-        return seq in self._pending
+        return self._view.is_pending(seq)
 
     def is_current(self, entry: OutboxEntry) -> bool:
         """The entry still waits, unchanged since it was read."""
-        with self._view:
-            return (
-                entry.seq in self._pending and self._revisions.get(entry.seq, 0) == entry.revision
-            )
+        return self._view.is_current(entry.seq, entry.revision)
+
+    @property
+    def dead(self) -> int:
+        """Entries set aside; kept in memory, like ``depth``, for the gauge."""
+        return self._view.dead
 
     def dead_count(self) -> int:
+        """Entries set aside, counted in the table."""
         return int(self._execute("SELECT COUNT(*) FROM dead")[0][0])
 
     def dead_entries(self, limit: int = 100) -> list[DeadEntry]:

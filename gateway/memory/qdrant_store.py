@@ -140,6 +140,10 @@ class QdrantServerStore:
         ]
         await self._call(self._client.upsert(self._collection, batch, wait=True))
 
+    async def flush(self) -> None:
+        """Nothing to do: an upsert returns once the server has it (``wait=True``);
+        how the server keeps its WAL on disk is the server's configuration."""
+
     async def existing_ids(self, scope: Scope, ids: Sequence[str]) -> set[str]:
         found = await self._call(self._client.retrieve(self._collection, list(ids)))
         return {str(r.id) for r in found if in_scope(r.payload, scope)}

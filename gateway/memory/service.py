@@ -45,8 +45,10 @@ from gateway.memory.embedder_client import (
     PART_TEXTS,
     EmbedderClient,
 )
+from gateway.memory.forgets import Forgotten
 from gateway.memory.indexing import RecentTexts, VectorCache
-from gateway.memory.outbox import DeadEntry, Outbox
+from gateway.memory.outbox import Outbox
+from gateway.memory.outbox_rows import DeadEntry
 from gateway.memory.records import (
     Condition,
     MemoryRecord,
@@ -152,7 +154,7 @@ class MemoryService:
         self._writer = Writer(store, embedder, self._recent, self._vector_cache)
         self._replayer = Replayer(
             outbox, metrics,
-            write=self._writer.write, available=lambda: self.available,
+            write=self._writer.write, flush=self._writer.flush, available=lambda: self.available,
             report=self._report, count=self._count_written,
         )  # fmt: skip
 
@@ -196,12 +198,28 @@ class MemoryService:
         results = [WriteResult(memory_id(scope, m.text), m.text, ADD) for m in unique]
         return AddOutcome(_per_memory(memories, results), queued=True)
 
-    async def enqueue(self, scope: Scope, memories: Sequence[NewMemory]) -> None:
-        """Put the memories in the durable outbox (committed when this returns)."""
+    async def enqueue(
+        self, scope: Scope, memories: Sequence[NewMemory], since: float | None = None
+    ) -> bool:
+        """Put the memories in the durable outbox (committed when this returns).
+
+        ``since``: when the request behind them began (``time.perf_counter``);
+        a chat turn passes its start. If the user was forgotten after that,
+        nothing is stored (the turn read memories the forget removed, and its
+        exchange must not bring them back) and this answers False."""
         if not memories:
-            return
+            return True
         try:
-            await self._outbox.put(scope, memories)
+            await self._outbox.put(scope, memories, since)
+        except Forgotten:
+            logger.info(
+                "%d memories of tenant %s not stored: their user was forgotten during the turn",
+                len(memories), scope.tenant,
+            )  # fmt: skip
+            self._metrics.memory_writes.labels(memories[0].source, WriteOutcome.FORGOTTEN).inc(
+                len(memories)
+            )
+            return False
         except sqlite3.Error as exc:  # SQLITE_FULL, an I/O error, a read-only file
             # The operator's one line (the client gets 507, or a chat reply
             # marked x-memory-status: not_stored).
@@ -218,6 +236,7 @@ class MemoryService:
         )
         self._metrics.outbox_depth.set(self._outbox.depth)
         self._replayer.wake()
+        return True
 
     async def write_now(
         self, scope: Scope, memories: Sequence[NewMemory], priority: int = INTERACTIVE

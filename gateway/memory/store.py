@@ -53,6 +53,10 @@ class VectorStore(Protocol):
 
     async def upsert(self, scope: Scope, points: Sequence[StoredPoint]) -> None: ...
 
+    async def flush(self) -> None:
+        """Make every write so far durable: a power cut after this keeps them.
+        The replayer calls it before it deletes the outbox rows it stored."""
+
     async def existing_ids(self, scope: Scope, ids: Sequence[str]) -> set[str]: ...
 
     async def search(

@@ -10,7 +10,8 @@ session are expected in order, as the outbox replays them.
 Removals vs. writes: ``forget`` and ``delete`` (MemoryService) remove under
 ``lock``, and a write stores under it, after its embedder call, which is
 made without it. The replayer's ``Claim`` says which of its outbox rows are
-still queued as they were read; a direct write whose user lost memories
+still queued as they were read, and settles the stored ones (their rows go
+once the store has flushed them: ``flush``); a direct write whose user lost memories
 meanwhile (``removed``) starts over, since its windows and duplicate checks
 may hold the removed texts.
 """
@@ -86,6 +87,11 @@ class Writer:
         self.lock = asyncio.Lock()  # held to store, and to remove (module docstring)
         self._watches: set[_Watch] = set()  # direct writes in flight
 
+    async def flush(self) -> None:
+        """The store's writes so far to disk (under ``lock``: no write meanwhile)."""
+        async with self.lock:
+            await self._store.flush()
+
     def removed(self, scope: Scope) -> None:
         """The user lost memories (under ``lock``): direct writes in flight start over."""
         for watch in self._watches:
@@ -115,7 +121,7 @@ class Writer:
                         keep = [True] * len(batches)
                     await self._store_prepared(plan, keep)
                     if claim is not None:
-                        await claim.stored()
+                        claim.stored()
                     return plan.results
             finally:
                 self._watches.discard(watch)

@@ -2,10 +2,15 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from gateway.memory.outbox import Outbox, decode_memories, encode_memories
+import pytest
+
+from gateway.memory.forgets import Forgotten
+from gateway.memory.outbox import Outbox
+from gateway.memory.outbox_rows import decode_memories, encode_memories
 from gateway.memory.records import NewMemory, Scope, memory_id
 
 WHEN = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
@@ -180,3 +185,84 @@ async def test_dead_entries_say_why(tmp_path: Path) -> None:
     [dead] = box.dead_entries()
     assert dead.to_json()["error"] == "ValueError: NaN" and dead.memories == 2
     assert dead.scope == ALICE and box.depth == 0 and box.pending(ALICE) == 0
+
+
+def on_disk(path: Path, needle: str) -> list[str]:
+    """The outbox's files (the database, its WAL) that hold ``needle``'s bytes."""
+    files = [path, path.with_name(path.name + "-wal")]
+    return [f.name for f in files if f.exists() and needle.encode() in f.read_bytes()]
+
+
+async def test_purge_drops_the_users_dead_entries_and_leaves_no_text_on_disk(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "o.sqlite3"
+    box = Outbox(path)
+    box.open()
+    queued = await box.put(ALICE, [memory("alice-secret queued")])
+    poison = await box.put(ALICE, [memory("alice-secret poison"), memory("alice-secret 2")])
+    await box.put(BOB, [memory("bob-poison")])
+    await box.bury(poison, "rejected")
+    [(bob, *_)] = box._execute("SELECT seq FROM outbox WHERE user_id = 'bob'")
+    await box.bury(bob, "rejected")
+    assert (box.dead, box.dead_count()) == (2, 2)
+    assert on_disk(path, "alice-secret")  # the test can see the text when it is there
+    ids = await box.purge(ALICE)
+    assert ids == {memory_id(ALICE, t) for t in ("alice-secret queued", "alice-secret poison",
+                                                 "alice-secret 2")}  # fmt: skip
+    assert not box.is_pending(queued) and box.depth == 0
+    assert (box.dead, box.dead_count()) == (1, 1)  # Bob's stays
+    [left] = box.dead_entries()
+    assert left.scope == BOB
+    assert on_disk(path, "alice-secret") == [] and on_disk(path, "bob-poison")
+    box.close()
+    again = Outbox(path)
+    again.open()
+    assert again.dead == 1 and await again.purge(ALICE) == set()
+    again.close()
+
+
+async def test_drop_by_id_reaches_dead_entries_and_leaves_no_text_on_disk(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "o.sqlite3"
+    box = Outbox(path)
+    box.open()
+    seq = await box.put(ALICE, [memory("keep-this"), memory("drop-this")])
+    await box.bury(seq, "rejected")
+    assert await box.drop("t", memory_id(ALICE, "drop-this"), "bob") is None  # not Bob's
+    assert await box.drop("t", memory_id(ALICE, "drop-this")) == "alice"
+    [dead] = box.dead_entries()
+    assert dead.memories == 1 and box.dead == 1
+    assert on_disk(path, "drop-this") == [] and on_disk(path, "keep-this")
+    assert await box.drop("t", memory_id(ALICE, "keep-this"), "alice") == "alice"
+    assert box.dead_entries() == [] and (box.dead, box.dead_count()) == (0, 0)
+    assert on_disk(path, "keep-this") == []
+    box.close()
+
+
+async def test_a_bury_after_a_purge_counts_no_dead_entry(tmp_path: Path) -> None:
+    # The replayer sets an entry aside after its user was forgotten meanwhile:
+    # there is no row to move, and the count must not grow.
+    box = Outbox(tmp_path / "o.sqlite3")
+    box.open()
+    seq = await box.put(ALICE, [memory("bad")])
+    await box.purge(ALICE)
+    await box.bury(seq, "rejected")
+    assert (box.dead, box.dead_count()) == (0, 0)
+    box.close()
+
+
+async def test_a_put_begun_before_its_users_purge_is_refused(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.sqlite3")
+    box.open()
+    before = time.perf_counter()
+    await box.purge(ALICE)
+    with pytest.raises(Forgotten):
+        await box.put(ALICE, [memory("a reply made from forgotten memories")], since=before)
+    assert box.depth == 0 and box._execute("SELECT COUNT(*) FROM outbox") == [(0,)]
+    await box.put(BOB, [memory("another user")], since=before)
+    await box.put(ALICE, [memory("a turn begun after the forget")], since=time.perf_counter())
+    await box.put(ALICE, [memory("an API write")])  # no start given: never refused
+    assert box.pending(ALICE) == 2 and box.depth == 3
+    box.close()

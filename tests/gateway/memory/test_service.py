@@ -129,8 +129,9 @@ async def test_a_locked_outbox_pauses_the_replay_and_sets_nothing_aside(
     h: Harness, tmp_path: Path
 ) -> None:
     # Another process holds a write lock on the outbox while the replayer stores
-    # a batch: settling its rows fails. That is an outage of the outbox, not the
-    # entries' fault: they stay queued (not dead) and are settled once it ends.
+    # a batch: deleting its rows after the store's flush fails. That is an
+    # outage of the outbox, not the entries' fault: they are stored, nothing is
+    # set aside, and the rows go once the lock is released.
     h.embedder.up = False
     await h.service.add(ALICE, memories("one"))
     await h.service.add(ALICE, memories("two"))
@@ -144,13 +145,14 @@ async def test_a_locked_outbox_pauses_the_replay_and_sets_nothing_aside(
     await h.embedder.held.wait()  # the rows are read: now the file is locked
     other.execute("BEGIN IMMEDIATE")
     h.embedder.hold.set()
-    assert await drain == 0
-    assert h.outbox.dead_count() == 0 and h.outbox.depth == 2
+    assert await drain == 2
+    assert h.outbox.dead_count() == 0 and h.outbox.depth == 0
+    assert h.outbox.unflushed_count() == 2  # their rows are still on disk
     other.execute("ROLLBACK")
     other.close()
-    assert await h.service.drain() == 2
-    assert h.outbox.depth == 0 and h.outbox.dead_count() == 0
-    assert await h.texts() == ["one", "two"]
+    assert await h.service.drain() == 0
+    assert h.outbox.unflushed_count() == 0 and h.outbox._execute("SELECT seq FROM outbox") == []
+    assert h.outbox.dead_count() == 0 and await h.texts() == ["one", "two"]
 
 
 async def test_a_rejected_entry_is_set_aside_and_the_rest_replayed(h: Harness) -> None:
@@ -354,3 +356,22 @@ async def test_concurrent_identical_adds_each_report_add_and_store_one_memory(
     # Once one is stored, the next identical add is told so.
     [again] = (await h.service.add(ALICE, memories("same"))).results
     assert again.event == "NONE" and again.id == page[0].id
+
+
+async def test_forget_and_delete_by_id_reach_set_aside_entries_and_the_gauge_follows(
+    h: Harness,
+) -> None:
+    h.embedder.up = False
+    await h.service.add(ALICE, memories("poison 1"))
+    gone = (await h.service.add(ALICE, memories("poison 2"))).results[0].id
+    await h.service.add(Scope("t", "bob"), memories("poison 3"))
+    h.embedder.up, h.embedder.reject = True, "poison"
+    h.embedder_monitor.report_success()
+    await h.service.drain()
+    assert h.metrics.outbox_dead._value.get() == 3
+    assert await h.service.delete("t", gone)  # a set-aside memory, by its 202 id
+    assert h.metrics.outbox_dead._value.get() == 2
+    assert await h.service.forget(ALICE) == 1  # "poison 1", never stored, went too
+    report = await h.service.outbox_report(10)
+    assert report.dead == 1 and [e.scope.user_id for e in report.dead_entries] == ["bob"]
+    assert h.metrics.outbox_dead._value.get() == 1 == h.outbox.dead_count()

@@ -226,3 +226,10 @@ async def test_recent_gives_a_sessions_last_memories_in_write_order(store: Vecto
     assert await store.recent(ALICE, "s1", 2) == ["s1 turn 2", "s1 turn 3"]
     assert await store.recent(ALICE, None, 2) == ["no session"]
     assert await store.recent(ALICE, "s2", 2) == []
+
+
+async def test_flush_keeps_what_was_written(store: VectorStore) -> None:
+    await store.upsert(ALICE, [point(ALICE, "flushed", [1, 0, 0, 0])])
+    await store.flush()
+    await store.flush()  # nothing new: still fine
+    assert await store.existing_ids(ALICE, [memory_id(ALICE, "flushed")])

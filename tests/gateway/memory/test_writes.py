@@ -1,13 +1,19 @@
-"""The write path (gateway.memory.writes): each text embedded once, and
-writes that race a forget or a delete (with tests.gateway.memory.harness)."""
+"""The write path (gateway.memory.writes): each text embedded once, writes
+that race a forget or a delete, and replayed rows deleted only once the
+store has flushed them (with tests.gateway.memory.harness)."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
+from pathlib import Path
 
+from gateway.exceptions import StoreUnavailable
 from gateway.memory.indexing import session_key
-from gateway.memory.records import NewMemory
+from gateway.memory.outbox import Outbox
+from gateway.memory.records import NewMemory, Scope
 from gateway.memory.service import MemoryService
+from gateway.memory.store import StoredPoint
 from tests.gateway.memory.harness import ALICE, WHEN, Harness, memories
 
 
@@ -124,3 +130,68 @@ async def test_a_direct_write_whose_neighbour_is_deleted_meanwhile_is_indexed_wi
     assert window is not None and [text for text, _ in window] == ["kept", "later"]
     [_, (_, again)] = h.embedder.seen[calls:]  # the write started over once
     assert "later" in again and not any("deleted" in text for text in again)
+
+
+def rows(h: Harness) -> int:
+    """The outbox's rows on disk (stored entries stay until the store's flush)."""
+    [(count,)] = h.outbox._execute("SELECT COUNT(*) FROM outbox")
+    return int(count)
+
+
+async def test_the_replayer_flushes_the_store_before_it_deletes_the_rows(h: Harness) -> None:
+    # Power-cut durability of 202 writes: the store's own write-back of the
+    # new points must be done (flush) before the outbox rows that held them go.
+    h.embedder.up = False
+    for text in ("one", "two", "three"):
+        assert (await h.service.add(ALICE, memories(text))).queued
+    events: list[tuple[str, int]] = []
+    upsert, flush, done = h.store.upsert, h.store.flush, h.outbox.done
+
+    async def spy_upsert(scope: Scope, points: Sequence[StoredPoint]) -> None:
+        await upsert(scope, points)
+        events.append(("upsert", len(points)))
+
+    async def spy_flush() -> None:
+        events.append(("flush", rows(h)))  # the rows are all still on disk
+        await flush()
+
+    async def spy_done(seqs: Sequence[int]) -> None:
+        events.append(("delete", len(seqs)))
+        await done(seqs)
+
+    h.store.upsert, h.store.flush = spy_upsert, spy_flush  # type: ignore[method-assign]
+    h.outbox.done = spy_done  # type: ignore[method-assign]
+    h.embedder.up = True
+    h.embedder_monitor.report_success()
+    assert await h.service.drain() == 3
+    assert events == [("upsert", 1)] * 3 + [("flush", 3), ("delete", 3)]  # one batch
+    assert h.outbox.depth == 0 and rows(h) == 0
+    assert await h.texts() == ["one", "three", "two"]
+
+
+async def test_a_failed_flush_keeps_the_rows_and_they_replay_once(
+    h: Harness, tmp_path: Path
+) -> None:
+    h.embedder.up = False
+    assert (await h.service.add(ALICE, memories("kept"))).queued
+    h.embedder.up = True
+    h.embedder_monitor.report_success()
+    flush = h.store.flush
+
+    async def failing() -> None:
+        raise StoreUnavailable("the memory store failed: No space left on device")
+
+    h.store.flush = failing  # type: ignore[method-assign]
+    assert await h.service.drain() == 1  # stored, readable, no longer queued ...
+    assert h.outbox.depth == 0 and await h.texts() == ["kept"]
+    assert rows(h) == 1  # ... but not known to be on disk: the row stays
+    assert h.store_monitor.state.status == "unhealthy"
+    # As after a power cut: the row is queued again at start, and replays once.
+    reopened = Outbox(tmp_path / "outbox.sqlite3")
+    reopened.open()
+    assert reopened.depth == 1
+    reopened.close()
+    h.store.flush = flush  # type: ignore[method-assign]
+    h.store_monitor.report_success()
+    assert await h.service.drain() == 0 and rows(h) == 0
+    assert await h.texts() == ["kept"]

@@ -1,0 +1,123 @@
+"""The relay's bookkeeping after a streamed turn (gateway.api.relay), driven
+with an upstream stream the test releases event by event and a real memory
+service (tests.gateway.memory.harness)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.api.relay import MemoryPlan, Relay
+from gateway.enums import UpstreamOutcome
+from gateway.memory.records import Scope
+from gateway.upstream.pool import OpenedReply, Target
+from gateway.upstream.replica import Upstream
+from tests.gateway.memory.harness import ALICE, Harness
+
+QUESTION = "what did I tell you about my sister?"
+
+
+def event(payload: dict[str, Any] | str) -> bytes:
+    data = payload if isinstance(payload, str) else json.dumps(payload)
+    return f"data: {data}\n\n".encode()
+
+
+class StreamedReply:
+    """An upstream's stream whose events come when the test puts them."""
+
+    status_code = 200
+    headers = {"content-type": "text/event-stream"}
+
+    def __init__(self) -> None:
+        self.events: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+    async def aiter_bytes(self) -> AsyncIterator[bytes]:
+        while (chunk := await self.events.get()) is not None:
+            yield chunk
+
+    async def aclose(self) -> None:
+        pass
+
+    def finish(self, text: str) -> None:
+        for piece in (
+            event({"choices": [{"index": 0, "delta": {"content": text}}]}),
+            event({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}),
+            event("[DONE]"),
+            None,
+        ):
+            self.events.put_nowait(piece)
+
+
+class Pool:
+    def record_outcome(self, upstream: Upstream, outcome: UpstreamOutcome) -> None:
+        self.outcome = outcome
+
+
+@pytest.fixture
+async def h(tmp_path: Path) -> AsyncIterator[Harness]:
+    harness = Harness(tmp_path)
+    harness.outbox.open()
+    await harness.store.open()
+    harness.embedder_monitor.report_success()
+    harness.store_monitor.report_success()
+    yield harness
+    await harness.store.close()
+    harness.outbox.close()
+    await harness.http.aclose()
+
+
+def relay(h: Harness, reply: StreamedReply, started: float, pool: Pool) -> Relay:
+    upstream = Upstream("u", "http://u/v1", http=None)  # type: ignore[arg-type]
+    opened = OpenedReply(Target(upstream, "m"), reply, time.perf_counter())  # type: ignore[arg-type]
+    plan = MemoryPlan(scope=ALICE, top_k=5, store=True, query=QUESTION)
+    return Relay(
+        opened, plan, started, "m", model_label="m", metrics=h.metrics, pool=pool,  # type: ignore[arg-type]
+        memory=h.service, total_timeout_s=60, stream_idle_timeout_s=60,
+    )  # fmt: skip
+
+
+async def stream_turn(h: Harness, *, forget_mid_stream: bool) -> bytes:
+    """One streamed turn of Alice's: the first token, maybe a forget of Alice,
+    then the rest of the stream, read to its end as a client reads it."""
+    reply, pool = StreamedReply(), Pool()
+    chunks = relay(h, reply, time.perf_counter(), pool).stream()
+    reply.events.put_nowait(event({"choices": [{"index": 0, "delta": {"content": "You"}}]}))
+    received = [await anext(chunks)]  # mid-stream: the client has the first token
+    if forget_mid_stream:
+        await h.service.forget(ALICE)
+    reply.finish(" said she lives in Lyon.")
+    received += [chunk async for chunk in chunks]
+    assert pool.outcome == UpstreamOutcome.SUCCESS
+    return b"".join(received)
+
+
+async def memories_of(h: Harness, scope: Scope) -> list[str]:
+    await h.service.drain()
+    page, _ = await h.service.page(scope, 100, None)
+    return sorted(record.text for record in page)
+
+
+async def test_a_turn_whose_user_is_forgotten_mid_stream_stores_nothing(h: Harness) -> None:
+    body = await stream_turn(h, forget_mid_stream=True)
+    assert body.endswith(b"data: [DONE]\n\n")  # the client got the whole answer
+    assert h.outbox.depth == 0 and await memories_of(h, ALICE) == []
+    forgotten = h.metrics.memory_writes.labels("chat", "forgotten")._value.get()
+    assert forgotten == 2  # the question and the reply, counted, not stored
+
+
+async def test_the_same_turn_without_a_forget_is_stored(h: Harness) -> None:
+    # The control: the turn above stores nothing because of the forget alone.
+    await stream_turn(h, forget_mid_stream=False)
+    assert await memories_of(h, ALICE) == sorted([QUESTION, "You said she lives in Lyon."])
+
+
+async def test_a_turn_begun_after_the_forget_is_stored(h: Harness) -> None:
+    await h.service.forget(ALICE)
+    await stream_turn(h, forget_mid_stream=False)
+    assert await memories_of(h, ALICE) == sorted([QUESTION, "You said she lives in Lyon."])
