@@ -17,6 +17,7 @@ from gateway.api.answers import (
     TenantUsers,
     UpstreamsStatus,
 )
+from gateway.api.query import SingleQueryRoute
 from gateway.auth import AdminDep
 from gateway.errors import APIError
 from gateway.exceptions import RegistryUnavailable, StoreUnavailable
@@ -28,7 +29,7 @@ from gateway.upstream.registry import Registration
 from gateway.upstream.replicas import status_of
 from gateway.urls import redact_url
 
-router = keyed_router("/admin", "admin")
+router = keyed_router("/admin", "admin", SingleQueryRoute)
 
 Name = Annotated[str, Path(min_length=1, max_length=256)]
 

@@ -175,3 +175,14 @@ def test_a_bad_alias_stored_before_validation_can_still_be_deleted(
     assert deleted.json() == {"alias": "bad\nalias", "deleted": True}
     assert aliases(client) == {"vl", "bad"}
     assert client.delete("/admin/models", params={"alias": "bad\nalias"}).status_code == 404
+
+
+def test_deleting_with_a_repeated_alias_is_refused_and_deletes_neither(client: TestClient) -> None:
+    for alias in ("one", "two"):
+        assert client.post("/admin/models", json={**BODY, "alias": alias}).status_code == 201
+    answer = client.delete("/admin/models?alias=one&alias=two")
+    assert answer.status_code == 400
+    assert answer.json()["error"]["code"] == "repeated_parameter"
+    assert answer.json()["error"]["param"] == "alias"
+    aliases = {m["alias"] for m in client.get("/admin/models").json()["data"]}
+    assert {"one", "two"} <= aliases
