@@ -259,6 +259,9 @@ class MemoryService:
             # A queued memory may be a text the user has stored already: count it once.
             also_stored = await self._store.existing_ids(scope, sorted(queued)) if queued else set()
             deleted = await self._store.delete_scope(scope)
+            # On disk before the answer: a power cut after "forgotten" must not
+            # bring the memories back (a flush is tens of ms; forgets are rare).
+            await self._store.flush()
         await self._replayer.progressed()
         return deleted + len(queued - also_stored)
 
@@ -276,6 +279,7 @@ class MemoryService:
             if record is not None:
                 owner = record.user_id
                 await self._store.delete(Scope(tenant, owner), memory_id)
+                await self._store.flush()  # durable before the answer, as forget
             if owner is not None:
                 # The text may sit in a cached session window (and in one a direct
                 # write in flight read): later writes read their window again.

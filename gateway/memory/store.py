@@ -55,7 +55,8 @@ class VectorStore(Protocol):
 
     async def flush(self) -> None:
         """Make every write so far durable: a power cut after this keeps them.
-        The replayer calls it before it deletes the outbox rows it stored."""
+        The replayer calls it before it deletes the outbox rows it stored, and
+        forget and delete before they answer."""
 
     async def existing_ids(self, scope: Scope, ids: Sequence[str]) -> set[str]: ...
 

@@ -375,3 +375,32 @@ async def test_forget_and_delete_by_id_reach_set_aside_entries_and_the_gauge_fol
     report = await h.service.outbox_report(10)
     assert report.dead == 1 and [e.scope.user_id for e in report.dead_entries] == ["bob"]
     assert h.metrics.outbox_dead._value.get() == 1 == h.outbox.dead_count()
+
+
+async def test_forget_and_delete_answer_after_the_store_flushed_the_deletion(
+    h: Harness,
+) -> None:
+    """A power cut after "forgotten" or "deleted" must not bring the memory back."""
+    await h.service.add(ALICE, memories("one", "two"))
+    [kept] = (await h.service.add(Scope("t", "bob"), memories("bob's"))).results
+    events: list[str] = []
+    delete_scope, delete, flush = h.store.delete_scope, h.store.delete, h.store.flush
+
+    async def spy_delete_scope(scope: Scope) -> int:
+        events.append("delete_scope")
+        return await delete_scope(scope)
+
+    async def spy_delete(scope: Scope, memory_id: str) -> None:
+        events.append("delete")
+        await delete(scope, memory_id)
+
+    async def spy_flush() -> None:
+        await flush()
+        events.append("flushed")
+
+    h.store.delete_scope, h.store.delete = spy_delete_scope, spy_delete  # type: ignore[method-assign]
+    h.store.flush = spy_flush  # type: ignore[method-assign]
+    assert await h.service.forget(ALICE) == 2
+    assert events == ["delete_scope", "flushed"]
+    assert await h.service.delete("t", kept.id)
+    assert events == ["delete_scope", "flushed", "delete", "flushed"]
