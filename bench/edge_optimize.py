@@ -140,7 +140,7 @@ def main() -> None:
     p.add_argument("--cpus", default="0")
     p.add_argument("--out", type=Path, default=procs.RESULTS / "edge_optimize.json")
     args = p.parse_args()
-    memory_scale.pin_self(args.cpus)
+    procs.pin_self(args.cpus, "bench.edge_optimize")
     data: dict[str, Any] = {
         "command": "python -m bench.edge_optimize " + " ".join(sys.argv[1:]),
         "machine": procs.machine_info(),

@@ -659,17 +659,6 @@ def embedder_backend() -> str:
     return {"onnx": "ONNX Runtime", "torch": "sentence-transformers/torch"}.get(backend, backend)
 
 
-def pin_self(cpus: str) -> None:
-    """Re-run this script under taskset, so every thread, numpy's included, stays pinned."""
-    wanted = {int(c) for c in cpus.split(",")}
-    taskset = shutil.which("taskset")
-    if (os.cpu_count() or 1) > 1 and os.sched_getaffinity(0) != wanted and taskset:
-        os.execv(
-            taskset,
-            [taskset, "-c", cpus, sys.executable, "-m", "bench.memory_scale", *sys.argv[1:]],
-        )
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--sizes", default="1000,100000,1000000")
@@ -686,7 +675,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=procs.RESULTS / "memory_scale.json")
     args = p.parse_args()
     if args.cpus:
-        pin_self(args.cpus)
+        procs.pin_self(args.cpus, "bench.memory_scale")
     procs.exit_on_sigterm()
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
                            capture_output=True, text=True).stdout.strip()  # fmt: skip

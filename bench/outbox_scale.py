@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import shutil
 import sqlite3
@@ -140,14 +139,6 @@ def markdown(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def pin_self(cpus: str) -> None:
-    wanted = {int(c) for c in cpus.split(",")}
-    taskset = shutil.which("taskset")
-    if (os.cpu_count() or 1) > 1 and os.sched_getaffinity(0) != wanted and taskset:
-        argv = [taskset, "-c", cpus, sys.executable, "-m", "bench.outbox_scale", *sys.argv[1:]]
-        os.execv(taskset, argv)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--label", required=True)
@@ -158,7 +149,7 @@ def main() -> None:
     p.add_argument("--cpus", default="0")
     p.add_argument("--out", type=Path, default=procs.RESULTS / "outbox_scale.json")
     args = p.parse_args()
-    pin_self(args.cpus)
+    procs.pin_self(args.cpus, "bench.outbox_scale")
     data: dict[str, Any] = {"depth": args.depth, "users": args.users, "lookups": args.lookups}
     if args.out.exists():
         data = {**json.loads(args.out.read_text()), **data}

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -163,3 +164,12 @@ def tools_python() -> str:
     """The bench tools venv's python (uvloop for the generator), else ours."""
     candidate = WORK / "tools-venv" / "bin" / "python"
     return str(candidate) if candidate.exists() else PY
+
+
+def pin_self(cpus: str, module: str) -> None:
+    """Re-run ``python -m module`` (this script, with its arguments) under taskset,
+    so every thread, numpy's and the store's included, stays on ``cpus``."""
+    wanted = {int(c) for c in cpus.split(",")}
+    taskset = shutil.which("taskset")
+    if (os.cpu_count() or 1) > 1 and os.sched_getaffinity(0) != wanted and taskset:
+        os.execv(taskset, [taskset, "-c", cpus, PY, "-m", module, *sys.argv[1:]])

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -253,16 +252,6 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def pin_self(cpus: str) -> None:
-    """Re-run this module under taskset, so every thread stays on ``cpus``
-    (``memory_scale.pin_self`` re-runs ``bench.memory_scale`` itself)."""
-    wanted = {int(c) for c in cpus.split(",")}
-    taskset = shutil.which("taskset")
-    if (os.cpu_count() or 1) > 1 and os.sched_getaffinity(0) != wanted and taskset:
-        argv = [taskset, "-c", cpus, sys.executable, "-m", "bench.replay_flush", *sys.argv[1:]]
-        os.execv(taskset, argv)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--label", required=True)
@@ -274,7 +263,7 @@ def main() -> None:
     p.add_argument("--cpus", default="0")
     p.add_argument("--out", type=Path, default=procs.RESULTS / "replay_flush.json")
     args = p.parse_args()
-    pin_self(args.cpus)
+    procs.pin_self(args.cpus, "bench.replay_flush")
     data: dict[str, Any] = {
         "command": "python -m bench.replay_flush " + " ".join(sys.argv[1:]),
         "machine": procs.machine_info(),
