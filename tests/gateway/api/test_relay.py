@@ -18,7 +18,7 @@ from gateway.enums import UpstreamOutcome
 from gateway.memory.records import Scope
 from gateway.upstream.pool import OpenedReply, Target
 from gateway.upstream.replica import Upstream
-from tests.gateway.memory.harness import ALICE, Harness
+from tests.gateway.memory.harness import ALICE, Harness, opened_harness
 
 QUESTION = "what did I tell you about my sister?"
 
@@ -61,15 +61,8 @@ class Pool:
 
 @pytest.fixture
 async def h(tmp_path: Path) -> AsyncIterator[Harness]:
-    harness = Harness(tmp_path)
-    harness.outbox.open()
-    await harness.store.open()
-    harness.embedder_monitor.report_success()
-    harness.store_monitor.report_success()
-    yield harness
-    await harness.store.close()
-    harness.outbox.close()
-    await harness.http.aclose()
+    async with opened_harness(tmp_path) as harness:
+        yield harness
 
 
 def relay(h: Harness, reply: StreamedReply, started: float, pool: Pool) -> Relay:

@@ -8,6 +8,8 @@ import asyncio
 import base64
 import hashlib
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -98,3 +100,19 @@ class Harness:
 
 def memories(*texts: str) -> list[NewMemory]:
     return [NewMemory(t, WHEN) for t in texts]
+
+
+@asynccontextmanager
+async def opened_harness(tmp_path: Path) -> AsyncIterator[Harness]:
+    """A harness with its outbox and store open and both dependencies up."""
+    harness = Harness(tmp_path)
+    harness.outbox.open()
+    await harness.store.open()
+    harness.embedder_monitor.report_success()
+    harness.store_monitor.report_success()
+    try:
+        yield harness
+    finally:
+        await harness.store.close()
+        harness.outbox.close()
+        await harness.http.aclose()
