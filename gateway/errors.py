@@ -131,6 +131,8 @@ def _describe_validation(exc: RequestValidationError) -> tuple[str, str | None]:
     where = ".".join(loc)
     if first.get("type") == "json_invalid":
         return "request body is not valid JSON", None
+    if first.get("type") == "missing" and not where:  # no body at all, or an empty one
+        return "a request body is required: a JSON object", None
     message = validation_message(first)
     return (f"{where}: {message}" if where else message), (where or None)
 

@@ -282,3 +282,18 @@ def test_a_405_allows_every_method_the_path_is_served_with(
     assert answer.status_code == 405
     assert answer.headers["allow"] == allow
     assert answer.json()["error"]["message"] == "Method Not Allowed"
+
+
+@pytest.mark.parametrize("body", [None, b""])
+@pytest.mark.parametrize("path", ["/v1/memories", "/v1/memories/search", "/admin/models"])
+def test_a_missing_body_is_said_to_be_missing(
+    gateway: TestClient, path: str, body: bytes | None
+) -> None:
+    answer = gateway.post(path, content=body, headers=JSON)
+    assert answer.status_code == 400
+    assert answer.json()["error"] == {
+        "message": "a request body is required: a JSON object",
+        "type": "invalid_request_error",
+        "code": "invalid_request",
+        "param": None,
+    }
