@@ -28,15 +28,17 @@ from gateway.upstream.replicas import redacted_state
 router = APIRouter(tags=["health"], default_response_class=JSONResponse)
 
 
-@router.get("/livez", response_model=Liveness)
+@router.api_route("/livez", methods=["GET", "HEAD"], response_model=Liveness)
 async def livez() -> Liveness:
     """The process and its event loop are alive (this coroutine ran)."""
     return Liveness(status="ok")
 
 
 # Each check holds the keys it was given: the operator's detail, or the status only.
-@router.get(
+# HEAD too: load balancers' health checks often send it (the status is the answer).
+@router.api_route(
     "/readyz",
+    methods=["GET", "HEAD"],
     response_model=ReadinessReport,
     response_model_exclude_unset=True,
     response_description="Ready",

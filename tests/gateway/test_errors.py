@@ -263,7 +263,7 @@ def test_the_frameworks_own_refusals_are_in_the_envelope(
 @pytest.mark.parametrize(
     ("method", "path", "allow"),
     [
-        ("POST", "/livez", "GET"),
+        ("POST", "/livez", "GET, HEAD"),
         # Starlette named the first route that matched the path: POST alone.
         ("OPTIONS", "/v1/memories", "DELETE, GET, POST"),
         ("PATCH", "/v1/memories/3f2504e0-4f89-11d3-9a0c-0305e82c3301", "DELETE, GET"),
@@ -297,3 +297,10 @@ def test_a_missing_body_is_said_to_be_missing(
         "code": "invalid_request",
         "param": None,
     }
+
+
+@pytest.mark.parametrize("path", ["/livez", "/readyz"])
+def test_probes_answer_head_with_the_status_of_get(gateway: TestClient, path: str) -> None:
+    """Load balancers' health checks often send HEAD; it was 405."""
+    got, head = gateway.get(path), gateway.head(path)
+    assert head.status_code == got.status_code and head.content == b""
