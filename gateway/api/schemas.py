@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 from gateway.memory.records import lone_surrogate
 
@@ -40,7 +40,8 @@ class MemoryOptions(BaseModel):
 
     user_id: Text | None = Field(default=None, min_length=1, max_length=256)
     session_id: Text | None = Field(default=None, min_length=1, max_length=256)
-    top_k: int | None = Field(default=None, ge=0, le=50)
+    # Strict, as the JSON number it must be: lax, `"top_k": true` was 1 and "5" was 5.
+    top_k: StrictInt | None = Field(default=None, ge=0, le=50)
     enabled: bool = True
     store: bool = True
 
@@ -89,6 +90,6 @@ class SearchMemoriesRequest(BaseModel):
 
     user_id: Text = UserId
     query: Text = Field(min_length=1, max_length=16_000)
-    top_k: int = Field(default=10, ge=1, le=100)
+    top_k: StrictInt = Field(default=10, ge=1, le=100)
     filters: dict[str, Any] | None = None
     min_score: float | None = Field(default=None, ge=-1.0, le=1.0)

@@ -139,6 +139,19 @@ BAD_BODIES = {
         "/v1/memories/search",
         '{"user_id": "sur", "query": "q", "filters": {"n": 9223372036854775808}}',
     ),
+    "search: top_k true (lax, it was 1)": (
+        "/v1/memories/search",
+        '{"user_id": "sur", "query": "q", "top_k": true}',
+    ),
+    "search: top_k as a string": (
+        "/v1/memories/search",
+        '{"user_id": "sur", "query": "q", "top_k": "5"}',
+    ),
+    "chat: memory.top_k as a string": (
+        "/v1/chat/completions",
+        CHAT_HEAD + '"memory": {"user_id": "sur", "top_k": "3"}, '
+        '"messages": [{"role": "user", "content": "hi"}]}',
+    ),
     "search: lone surrogate in query": (
         "/v1/memories/search",
         '{"user_id": "sur", "query": "\\ud800"}',
