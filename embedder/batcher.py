@@ -176,7 +176,10 @@ class MicroBatcher:
                 break
             self._waiting.clear()
             try:
-                await asyncio.wait_for(self._waiting.wait(), remaining)
+                # Not wait_for: on Python 3.11 it swallows a cancellation that
+                # comes as the event is set (the task would outlive stop()).
+                async with asyncio.timeout(remaining):
+                    await self._waiting.wait()
             except TimeoutError:
                 break
         return pieces

@@ -161,5 +161,8 @@ class Monitor:
                 )
             remaining = delay - (time.monotonic() - started)
             if remaining > 0:
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a
+                # cancellation that comes as the event is set, and stop() would hang.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), remaining)
+                    async with asyncio.timeout(remaining):
+                        await self._wake.wait()

@@ -28,17 +28,15 @@ from gateway.upstream.replicas import redacted_state
 router = APIRouter(tags=["health"], default_response_class=JSONResponse)
 
 
-@router.api_route("/livez", methods=["GET", "HEAD"], response_model=Liveness)
+@router.get("/livez", response_model=Liveness)
 async def livez() -> Liveness:
     """The process and its event loop are alive (this coroutine ran)."""
     return Liveness(status="ok")
 
 
 # Each check holds the keys it was given: the operator's detail, or the status only.
-# HEAD too: load balancers' health checks often send it (the status is the answer).
-@router.api_route(
+@router.get(
     "/readyz",
-    methods=["GET", "HEAD"],
     response_model=ReadinessReport,
     response_model_exclude_unset=True,
     response_description="Ready",
@@ -83,6 +81,12 @@ async def readyz(request: Request, response: Response, services: ServicesDep) ->
 
 
 # Prometheus' text format, documented by Prometheus: not part of the JSON API's document.
+# HEAD too, for load balancers' health checks (the status is the answer); not in
+# the schema, where it would repeat GET's operation.
+router.add_api_route("/livez", livez, methods=["HEAD"], include_in_schema=False)
+router.add_api_route("/readyz", readyz, methods=["HEAD"], include_in_schema=False)
+
+
 @router.get("/metrics", include_in_schema=False)
 async def metrics_endpoint(services: ServicesDep) -> Response:
     return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)

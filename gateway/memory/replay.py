@@ -189,8 +189,8 @@ class Replayer(Generic[R]):
             return not any(self._outbox.is_pending(seq) for seq in seqs)
 
         try:
-            async with self._progress:
-                await asyncio.wait_for(self._progress.wait_for(stored), timeout_s)
+            async with self._progress, asyncio.timeout(timeout_s):
+                await self._progress.wait_for(stored)
         except TimeoutError:
             self._metrics.read_your_writes_timeouts.inc()
             return False
@@ -335,5 +335,9 @@ class Replayer(Generic[R]):
         if delay is None:
             await self._wake.wait()
             return
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a
+        # cancellation that comes just as the event is set, and this task then
+        # ran on after stop() cancelled it, which waited for it for ever.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), delay)
+            async with asyncio.timeout(delay):
+                await self._wake.wait()
