@@ -200,15 +200,15 @@ class MemoryService:
 
     async def enqueue(
         self, scope: Scope, memories: Sequence[NewMemory], since: float | None = None
-    ) -> bool:
+    ) -> None:
         """Put the memories in the durable outbox (committed when this returns).
 
         ``since``: when the request behind them began (``time.perf_counter``);
         a chat turn passes its start. If the user was forgotten after that,
-        nothing is stored (the turn read memories the forget removed, and its
-        exchange must not bring them back) and this answers False."""
+        nothing is stored: the turn read memories the forget removed, and its
+        exchange must not bring them back (counted, not an error)."""
         if not memories:
-            return True
+            return
         try:
             await self._outbox.put(scope, memories, since)
         except Forgotten:
@@ -219,7 +219,7 @@ class MemoryService:
             self._metrics.memory_writes.labels(memories[0].source, WriteOutcome.FORGOTTEN).inc(
                 len(memories)
             )
-            return False
+            return
         except sqlite3.Error as exc:  # SQLITE_FULL, an I/O error, a read-only file
             # The operator's one line (the client gets 507, or a chat reply
             # marked x-memory-status: not_stored).
@@ -236,7 +236,6 @@ class MemoryService:
         )
         self._metrics.outbox_depth.set(self._outbox.depth)
         self._replayer.wake()
-        return True
 
     async def write_now(
         self, scope: Scope, memories: Sequence[NewMemory], priority: int = INTERACTIVE
