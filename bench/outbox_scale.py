@@ -14,6 +14,8 @@ per call, for users picked at random:
   (forget) too;
 * ``pending``: how many wait (the check that comes first);
 * ``is_pending`` over the user's entries, as ``wait_stored`` polls them;
+* ``find`` and ``drop`` of one queued memory by its id alone, without its
+  user (``GET`` / ``DELETE /v1/memories/{id}``);
 * ``purge`` of one user (forget), and ``open`` (start-up).
 
 Each run is stored under its ``--label`` in the results file, next to the
@@ -38,7 +40,9 @@ from typing import Any
 
 from bench import procs
 from gateway.memory.outbox import Outbox
-from gateway.memory.records import Scope
+from gateway.memory.outbox_rows import decode_memories
+from gateway.memory.outbox_schema import index_ids
+from gateway.memory.records import Scope, memory_id
 
 TENANT = "default"
 
@@ -52,6 +56,10 @@ def pct(values: list[float]) -> dict[str, float]:
     return {"p50": at(50), "p95": at(95), "p99": at(99), "mean": statistics.fmean(xs)}
 
 
+def turn_text(i: int, users: int) -> str:
+    return f"turn {i} question of user {i % users} about the weather"
+
+
 def fill(path: Path, depth: int, users: int) -> None:
     box = Outbox(path)
     box.open()  # the schema, as the gateway makes it
@@ -60,7 +68,7 @@ def fill(path: Path, depth: int, users: int) -> None:
     rows = []
     for i in range(depth):
         memories = [
-            {"text": f"turn {i} question of user {i % users} about the weather",
+            {"text": turn_text(i, users),
              "created_at": "2024-01-01T00:00:00+00:00", "metadata": {}, "session_id": "s",
              "role": role, "source": "chat"}
             for role in ("user", "assistant")
@@ -71,7 +79,23 @@ def fill(path: Path, depth: int, users: int) -> None:
         conn.executemany(
             "INSERT INTO outbox (tenant, user_id, memories, enqueued_at) VALUES (?, ?, ?, ?)", rows
         )
+        for seq, (tenant, user_id, raw, _) in enumerate(rows, start=1):  # as ``put`` does
+            index_ids(conn, seq, Scope(tenant, user_id), decode_memories(raw))
     conn.close()
+
+
+def migrate_ms(path: Path) -> float:
+    """Open a file as a gateway from before the id index left it: the index is
+    filled from the rows."""
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("DELETE FROM queued_ids")
+        conn.execute("PRAGMA user_version = 0")
+    conn.close()
+    box = Outbox(path)
+    took, _ = timed_ms(box.open)
+    box.close()
+    return took
 
 
 def timed_ms(fn: Any, *args: Any) -> tuple[float, Any]:
@@ -100,6 +124,19 @@ def measure(path: Path, args: argparse.Namespace) -> dict[str, Any]:
         assert len(seqs) == args.depth // args.users, len(seqs)
         took, _ = timed_ms(polled, box, seqs)
         polled_ms.append(took)
+    find_ms, drop_ms = [], []
+    for _ in range(args.finds):
+        i = rng.randrange(args.purges, args.depth)  # not a user the purges below forget
+        scope = Scope(TENANT, f"user-{i % args.users}")
+        wanted = memory_id(scope, turn_text(i, args.users))
+        t = time.perf_counter()
+        found = asyncio.run(box.find(TENANT, wanted))
+        find_ms.append((time.perf_counter() - t) * 1000)
+        assert found is not None and found.user_id == scope.user_id, found
+        t = time.perf_counter()
+        owner = asyncio.run(box.drop(TENANT, wanted))
+        drop_ms.append((time.perf_counter() - t) * 1000)
+        assert owner == scope.user_id, owner
     purge_ms = []
     for u in range(args.purges):
         t = time.perf_counter()
@@ -108,6 +145,7 @@ def measure(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     box.close()
     return {"open_ms": open_ms, "pending_seqs_ms": pct(seqs_ms), "pending_ms": pct(count_ms),
             "is_pending_poll_ms": pct(polled_ms), "purge_ms": pct(purge_ms),
+            "find_ms": pct(find_ms), "drop_ms": pct(drop_ms),
             "git": procs.git_rev(), "machine": procs.machine_info(),
             "command": "python -m bench.outbox_scale " + " ".join(sys.argv[1:])}  # fmt: skip
 
@@ -121,17 +159,22 @@ def markdown(data: dict[str, Any]) -> str:
         "Milliseconds per call.",
         "",
         "| run | git | load average | open | pending_seqs p50 / p99 | pending p50 / p99 "
-        "| is_pending poll p50 / p99 | purge p50 / p99 |",
-        "|---|---|---|---|---|---|---|---|",
+        "| is_pending poll p50 / p99 | purge p50 / p99 | find by id p50 / p99 "
+        "| drop by id p50 / p99 | first open after the id index came |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label, r in data["runs"].items():
         cells = [
-            f"{r[key]['p50']:.4f} / {r[key]['p99']:.4f}"
-            for key in ("pending_seqs_ms", "pending_ms", "is_pending_poll_ms", "purge_ms")
-        ]
+            f"{r[key]['p50']:.4f} / {r[key]['p99']:.4f}" if key in r else "not measured"
+            for key in (
+                "pending_seqs_ms", "pending_ms", "is_pending_poll_ms", "purge_ms",
+                "find_ms", "drop_ms",
+            )
+        ]  # fmt: skip
+        migrate = f"{r['migrate_ms']:,.0f}" if "migrate_ms" in r else "not measured"
         lines.append(
             f"| {label} | {r['git']} | {r['machine']['loadavg']} | {r['open_ms']:,.0f} | "
-            + " | ".join(cells)
+            + " | ".join([*cells, migrate])
             + " |"
         )
     lines += ["", "Commands:", ""]
@@ -146,6 +189,7 @@ def main() -> None:
     p.add_argument("--users", type=int, default=10_000)
     p.add_argument("--lookups", type=int, default=2_000)
     p.add_argument("--purges", type=int, default=20)
+    p.add_argument("--finds", type=int, default=50, help="finds and drops by id alone")
     p.add_argument("--cpus", default="0")
     p.add_argument("--out", type=Path, default=procs.RESULTS / "outbox_scale.json")
     args = p.parse_args()
@@ -158,6 +202,7 @@ def main() -> None:
     try:
         fill(work / "outbox.sqlite3", args.depth, args.users)
         run = measure(work / "outbox.sqlite3", args)
+        run["migrate_ms"] = migrate_ms(work / "outbox.sqlite3")
     finally:
         shutil.rmtree(work)
     run["loadavg_end"] = procs.loadavg()

@@ -50,31 +50,10 @@ from typing import Any
 
 from gateway.memory.forgets import Forgotten, RecentForgets
 from gateway.memory.outbox_rows import DeadEntry, OutboxEntry, decode_memories, encode_memories
+from gateway.memory.outbox_schema import create, id_of, index_ids, rows_holding
 from gateway.memory.pending import PendingView
-from gateway.memory.records import MemoryRecord, NewMemory, Scope, memory_id
+from gateway.memory.records import MemoryRecord, NewMemory, Scope
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS outbox (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    tenant TEXT NOT NULL,
-    user_id TEXT NOT NULL,
-    memories TEXT NOT NULL,
-    enqueued_at REAL NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    last_error TEXT
-);
-CREATE TABLE IF NOT EXISTS dead (
-    seq INTEGER PRIMARY KEY,
-    tenant TEXT NOT NULL,
-    user_id TEXT NOT NULL,
-    memories TEXT NOT NULL,
-    enqueued_at REAL NOT NULL,
-    failed_at REAL NOT NULL,
-    error TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS outbox_by_user ON outbox (tenant, user_id, seq);
-CREATE INDEX IF NOT EXISTS dead_by_user ON dead (tenant, user_id);
-"""
 OUTBOX_FILE = "outbox.sqlite3"  # under the data dir
 # How many rows ``head`` reads ahead to fill a batch up to its size budget.
 _HEAD_SCAN = 256
@@ -101,7 +80,7 @@ class Outbox:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA secure_delete=ON")  # a forgotten text leaves no bytes behind
-        conn.executescript(_SCHEMA)
+        create(conn)
         self._conn = conn
         for seq, tenant, user_id in self._execute("SELECT seq, tenant, user_id FROM outbox"):
             self._view.track(int(seq), Scope(tenant, user_id))
@@ -124,7 +103,8 @@ class Outbox:
         try:
             yield conn
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # SQLite ends some itself (a full disk: SQLITE_FULL)
+                conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
 
@@ -153,11 +133,14 @@ class Outbox:
                 raise RuntimeError("outbox is closed")
             if since is not None and self._forgets.since(scope, since):
                 raise Forgotten(f"a user of tenant {scope.tenant} was forgotten since")
-            cursor = self._conn.execute(
-                "INSERT INTO outbox (tenant, user_id, memories, enqueued_at) VALUES (?, ?, ?, ?)",
-                (scope.tenant, scope.user_id, encode_memories(memories), time.time()),
-            )
-            seq = int(cursor.lastrowid or 0)
+            with self._transaction() as conn:
+                cursor = conn.execute(
+                    "INSERT INTO outbox (tenant, user_id, memories, enqueued_at) "
+                    "VALUES (?, ?, ?, ?)",
+                    (scope.tenant, scope.user_id, encode_memories(memories), time.time()),
+                )
+                seq = int(cursor.lastrowid or 0)
+                index_ids(conn, seq, scope, memories)
             self._view.track(seq, scope)
             return seq
 
@@ -290,26 +273,18 @@ class Outbox:
                 if rows or dead:
                     self._erase()
             texts = [raw for _, raw in rows] + [raw for (raw,) in dead]
-            return {memory_id(scope, m.text) for raw in texts for m in decode_memories(raw)}
+            ids = {id_of(scope, m.text) for raw in texts for m in decode_memories(raw)}
+            return {wanted for wanted in ids if wanted is not None}
 
         return await asyncio.to_thread(delete)
 
-    def _queued_rows(self, tenant: str, user_id: str | None, table: str = "outbox") -> list[Any]:
-        """The tenant's rows of ``table`` (one user's, with ``user_id``); under ``_lock``."""
-        assert self._conn is not None and table in ("outbox", "dead")
-        sql = f"SELECT seq, user_id, memories FROM {table} WHERE tenant = ?"
-        params = [tenant]
-        if user_id is not None:
-            sql += " AND user_id = ?"
-            params.append(user_id)
-        return self._conn.execute(sql + " ORDER BY seq", params).fetchall()
-
     def _find_sync(self, tenant: str, wanted: str, user_id: str | None) -> MemoryRecord | None:
         with self._lock:
-            rows = self._queued_rows(tenant, user_id)
+            assert self._conn is not None
+            rows = rows_holding(self._conn, "outbox", tenant, wanted, user_id)
         for _, user, raw in rows:
             for m in decode_memories(raw):
-                if memory_id(Scope(tenant, user), m.text) == wanted:
+                if id_of(Scope(tenant, user), m.text) == wanted:
                     return MemoryRecord(
                         wanted, m.text, user, m.created_at, m.metadata, m.session_id, m.role
                     )
@@ -329,10 +304,10 @@ class Outbox:
             buried = 0  # dead rows deleted
             with self._transaction() as conn:
                 for table in ("outbox", "dead"):
-                    for seq, user, raw in self._queued_rows(tenant, user_id, table):
+                    for seq, user, raw in rows_holding(conn, table, tenant, wanted, user_id):
                         scope = Scope(tenant, user)
                         memories = decode_memories(raw)
-                        kept = [m for m in memories if memory_id(scope, m.text) != wanted]
+                        kept = [m for m in memories if id_of(scope, m.text) != wanted]
                         if len(kept) == len(memories):
                             continue
                         owner = user
@@ -340,6 +315,10 @@ class Outbox:
                             conn.execute(
                                 f"UPDATE {table} SET memories = ? WHERE seq = ?",
                                 (encode_memories(kept), seq),
+                            )
+                            conn.execute(
+                                "DELETE FROM queued_ids WHERE memory_id = ? AND seq = ?",
+                                (wanted, seq),
                             )
                             if table == "outbox":
                                 rewritten.append(seq)
