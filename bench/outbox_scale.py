@@ -155,7 +155,8 @@ def markdown(data: dict[str, Any]) -> str:
         "# Outbox: per-user lookups at depth",
         "",
         f"{data['depth']:,} queued entries of {data['users']:,} users "
-        f"({data['depth'] // data['users']} each); {data['lookups']:,} lookups of random users. "
+        f"({data['depth'] // data['users']} each); lookups of random users (2,000 unless the "
+        "command's `--lookups` says otherwise), 50 finds and drops by id alone. "
         "Milliseconds per call.",
         "",
         "| run | git | load average | open | pending_seqs p50 / p99 | pending p50 / p99 "
@@ -179,6 +180,7 @@ def markdown(data: dict[str, Any]) -> str:
         )
     lines += ["", "Commands:", ""]
     lines += [f"* {label}: `{r['command']}`" for label, r in data["runs"].items()]
+    lines += ["", *data.get("notes", [])]
     return "\n".join(lines) + "\n"
 
 
@@ -194,7 +196,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=procs.RESULTS / "outbox_scale.json")
     args = p.parse_args()
     procs.pin_self(args.cpus, "bench.outbox_scale")
-    data: dict[str, Any] = {"depth": args.depth, "users": args.users, "lookups": args.lookups}
+    data: dict[str, Any] = {"depth": args.depth, "users": args.users}
     if args.out.exists():
         data = {**json.loads(args.out.read_text()), **data}
     procs.WORK.mkdir(parents=True, exist_ok=True)
