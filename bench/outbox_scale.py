@@ -90,7 +90,6 @@ def migrate_ms(path: Path) -> float:
     conn = sqlite3.connect(path)
     with conn:
         conn.execute("DELETE FROM queued_ids")
-        conn.execute("PRAGMA user_version = 0")
     conn.close()
     box = Outbox(path)
     took, _ = timed_ms(box.open)

@@ -11,8 +11,9 @@ keep it in step with every delete (stored, purged, dropped), so no code path
 can leave an id pointing at nothing; an entry moved to ``dead`` keeps its seq,
 and so its ids.
 
-``PRAGMA user_version`` records the schema's version: a data dir made before
-the index existed (version 0) gets it filled from its rows on the first open.
+A data dir made before the index existed gets it filled from its rows on
+the first open; every open indexes the rows that lack it (a scan of the
+index by seq, no decoding, when none do).
 """
 
 from __future__ import annotations
@@ -57,22 +58,23 @@ BEGIN DELETE FROM queued_ids WHERE seq = old.seq; END;
 CREATE TRIGGER IF NOT EXISTS dead_row_gone AFTER DELETE ON dead
 BEGIN DELETE FROM queued_ids WHERE seq = old.seq; END;
 """
-VERSION = 1
 
 
 def create(conn: sqlite3.Connection) -> None:
-    """Make the schema, or bring an older file's up to date (in one transaction)."""
+    """Make the schema, and index the rows that hold memories not indexed yet
+    (in one transaction): all of them in a file from before the index, and any
+    that an older version of the gateway queued, should it have run on the
+    file in between (it knows no index; a downgrade and upgrade again)."""
     conn.executescript(SCHEMA)
-    [(version,)] = conn.execute("PRAGMA user_version").fetchall()
-    if version >= VERSION:
-        return
     conn.execute("BEGIN IMMEDIATE")
     try:
         for table in ("outbox", "dead"):
-            rows = conn.execute(f"SELECT seq, tenant, user_id, memories FROM {table}")
+            rows = conn.execute(
+                f"SELECT seq, tenant, user_id, memories FROM {table} t "
+                "WHERE NOT EXISTS (SELECT 1 FROM queued_ids q WHERE q.seq = t.seq)"
+            )
             for seq, tenant, user_id, raw in rows.fetchall():
                 index_ids(conn, seq, Scope(tenant, user_id), decode_memories(raw))
-        conn.execute(f"PRAGMA user_version = {VERSION}")
     except BaseException:
         if conn.in_transaction:  # SQLite ends some itself (a full disk: SQLITE_FULL)
             conn.execute("ROLLBACK")
