@@ -4,6 +4,8 @@ it follows every way a row leaves, and a file from before it gets it filled."""
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -29,6 +31,27 @@ def indexed(path: Path) -> set[tuple[str, int]]:
         return set(conn.execute("SELECT memory_id, seq FROM queued_ids").fetchall())
     finally:
         conn.close()
+
+
+def insert_row(path: Path, scope: Scope, text: str) -> None:
+    """Queue a row as a gateway from before the index did: without its ids."""
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute(
+            "INSERT INTO outbox (tenant, user_id, memories, enqueued_at) VALUES (?, ?, ?, 0)",
+            (scope.tenant, scope.user_id, encode_memories([memory(text)])),
+        )
+    conn.close()
+
+
+@contextmanager
+def opened(path: Path) -> Iterator[Outbox]:
+    box = Outbox(path)
+    box.open()
+    try:
+        yield box
+    finally:
+        box.close()
 
 
 @pytest.fixture
@@ -108,24 +131,17 @@ async def test_a_file_from_before_the_index_gets_it_filled_on_open(tmp_path: Pat
     )
     with conn:
         conn.execute(
-            "INSERT INTO outbox (tenant, user_id, memories, enqueued_at) VALUES (?, ?, ?, 0)",
-            ("t", "alice", encode_memories([memory("queued")])),
-        )
-        conn.execute(
             "INSERT INTO dead VALUES (7, ?, ?, ?, 0, 0, 'TypeError: x')",
             ("t", "bob", encode_memories([memory("set aside")])),
         )
     conn.close()
+    insert_row(path, ALICE, "queued")
 
-    box = Outbox(path)
-    box.open()
-    try:
+    with opened(path) as box:
         found = await box.find("t", memory_id(ALICE, "queued"))
         assert found is not None and found.text == "queued"
         assert await box.drop("t", memory_id(BOB, "set aside")) == "bob"
         assert box.dead_count() == 0
-    finally:
-        box.close()
 
 
 async def test_rows_queued_without_the_index_are_indexed_on_the_next_open(
@@ -134,18 +150,8 @@ async def test_rows_queued_without_the_index_are_indexed_on_the_next_open(
     # A gateway from before the index ran on this file in between (a downgrade
     # and upgrade again): the row it queued has no ids.
     path = tmp_path / "o.sqlite3"
-    conn = sqlite3.connect(path)
-    with conn:
-        conn.execute(
-            "INSERT INTO outbox (tenant, user_id, memories, enqueued_at) VALUES (?, ?, ?, 0)",
-            ("t", "alice", encode_memories([memory("queued by an older gateway")])),
-        )
-    conn.close()
+    insert_row(path, ALICE, "queued by an older gateway")
     box.close()
-    again = Outbox(path)
-    again.open()
-    try:
+    with opened(path) as again:
         found = await again.find("t", memory_id(ALICE, "queued by an older gateway"))
         assert found is not None and found.user_id == "alice"
-    finally:
-        again.close()
