@@ -43,14 +43,14 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 from gateway.memory.forgets import Forgotten, RecentForgets
 from gateway.memory.outbox_rows import DeadEntry, OutboxEntry, decode_memories, encode_memories
-from gateway.memory.outbox_schema import create, id_of, index_ids, rows_holding
+from gateway.memory.outbox_schema import create, id_of, index_ids, rows_holding, transaction
 from gateway.memory.pending import PendingView
 from gateway.memory.records import MemoryRecord, NewMemory, Scope
 
@@ -93,20 +93,11 @@ class Outbox:
                 self._conn.close()
                 self._conn = None
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
         """One transaction on the connection (under ``_lock``): all of it or none."""
-        conn = self._conn
-        if conn is None:
+        if self._conn is None:
             raise RuntimeError("outbox is closed")
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            if conn.in_transaction:  # SQLite ends some itself (a full disk: SQLITE_FULL)
-                conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        return transaction(self._conn)
 
     def _erase(self) -> None:
         """After a purge or a drop (under ``_lock``): the zeroed pages into the

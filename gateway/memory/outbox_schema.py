@@ -19,7 +19,8 @@ index by seq, no decoding, when none do).
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 from gateway.memory.outbox_rows import decode_memories
 from gateway.memory.records import NewMemory, Scope, memory_id
@@ -66,8 +67,7 @@ def create(conn: sqlite3.Connection) -> None:
     that an older version of the gateway queued, should it have run on the
     file in between (it knows no index; a downgrade and upgrade again)."""
     conn.executescript(SCHEMA)
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with transaction(conn):
         for table in ("outbox", "dead"):
             rows = conn.execute(
                 f"SELECT seq, tenant, user_id, memories FROM {table} t "
@@ -75,6 +75,14 @@ def create(conn: sqlite3.Connection) -> None:
             )
             for seq, tenant, user_id, raw in rows.fetchall():
                 index_ids(conn, seq, Scope(tenant, user_id), decode_memories(raw))
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One transaction on ``conn``: all of it or none."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
     except BaseException:
         if conn.in_transaction:  # SQLite ends some itself (a full disk: SQLITE_FULL)
             conn.execute("ROLLBACK")
