@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from embedder.batcher import INPUT_ERRORS, MicroBatcher, QueueFull
+from embedder.body_limit import EmbedderBodyLimit
 from embedder.fastpath import EmbeddingsFastPath
 from embedder.metrics import EmbedderMetrics
 from embedder.model import Encoder
@@ -146,6 +147,8 @@ def create_app(
     # Well-formed requests skip the routing above (embedder.fastpath); the
     # route serves the rest, with FastAPI's validation errors.
     app.add_middleware(EmbeddingsFastPath, serve=serve)
+    # Added last, so it runs first: no route reads more than the cap.
+    app.add_middleware(EmbedderBodyLimit, max_bytes=settings.max_body_bytes)
 
     async def _embed(request: EmbeddingRequest) -> JSONResponse:
         texts = [request.input] if isinstance(request.input, str) else request.input

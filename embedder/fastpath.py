@@ -18,8 +18,9 @@ from collections.abc import Awaitable, Callable
 from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from embedder.body_limit import replay_body
 from embedder.schemas import EmbeddingRequest
 
 PATH = "/v1/embeddings"
@@ -60,21 +61,7 @@ class EmbeddingsFastPath:
         try:
             request = EmbeddingRequest.model_validate_json(body)
         except ValidationError:
-            await self.app(scope, _replay(body, receive), send)
+            await self.app(scope, replay_body(body, receive), send)
             return
         response = await self.serve(request, Request(scope, receive))
         await response(scope, receive, send)
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """A receive channel that hands over ``body`` first, then the client's own."""
-    pending = True
-
-    async def replayed() -> Message:
-        nonlocal pending
-        if pending:
-            pending = False
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replayed

@@ -103,6 +103,11 @@ class EmbedderSettings(BaseSettings):
     # OpenAI allows 2048 inputs per request.
     max_inputs: int = Field(default=2048, ge=1, description="Inputs per request.")
     max_input_chars: int = Field(default=32_768, ge=1, description="Characters per input.")
+    max_body_bytes: int = Field(
+        default=32 << 20,
+        ge=1024,
+        description="Larger request bodies get 413, before they are read into memory.",
+    )
 
     @property
     def batch_size(self) -> int:
