@@ -197,7 +197,7 @@ class DeadWrite(BaseModel):
     tenant: str
     user_id: str
     memories: int = Field(description="How many memories the write held")
-    enqueued_at: float = Field(description="Unix time")
+    enqueued_at: float = Field(description="Unix time the request behind the write began")
     failed_at: float = Field(description="Unix time")
     error: str
 

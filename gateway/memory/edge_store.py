@@ -286,3 +286,9 @@ class EdgeStore:
             return count
 
         return await self._run(forget)
+
+    async def note_forget(self, scope: Scope, at: float) -> None:
+        """Nothing to tell: only this process can open the shard."""
+
+    async def forgotten_at(self, scopes: Sequence[Scope]) -> dict[Scope, float]:
+        return {}

@@ -124,11 +124,14 @@ class Outbox:
                 raise RuntimeError("outbox is closed")
             if since is not None and self._forgets.since(scope, since):
                 raise Forgotten(f"a user of tenant {scope.tenant} was forgotten since")
+            began = time.time()
+            if since is not None:  # the wall clock at the request's start
+                began -= max(0.0, time.perf_counter() - since)
             with self._transaction() as conn:
                 cursor = conn.execute(
                     "INSERT INTO outbox (tenant, user_id, memories, enqueued_at) "
                     "VALUES (?, ?, ?, ?)",
-                    (scope.tenant, scope.user_id, encode_memories(memories), time.time()),
+                    (scope.tenant, scope.user_id, encode_memories(memories), began),
                 )
                 seq = int(cursor.lastrowid or 0)
                 index_ids(conn, seq, scope, memories)
@@ -155,24 +158,26 @@ class Outbox:
             rows: list[Any] = []
             for scope in first:
                 rows += self._conn.execute(
-                    "SELECT seq, tenant, user_id, memories, attempts FROM outbox "
+                    "SELECT seq, tenant, user_id, memories, attempts, enqueued_at FROM outbox "
                     "WHERE tenant = ? AND user_id = ? ORDER BY seq LIMIT ?",
                     (scope.tenant, scope.user_id, limit + len(stored)),
                 ).fetchall()
             rows += self._conn.execute(
-                "SELECT seq, tenant, user_id, memories, attempts FROM outbox ORDER BY seq LIMIT ?",
+                "SELECT seq, tenant, user_id, memories, attempts, enqueued_at FROM outbox "
+                "ORDER BY seq LIMIT ?",
                 (min(limit, _HEAD_SCAN) + len(stored),),
             ).fetchall()
             revisions = self._view.revisions(seq for seq, *_ in rows)
         entries: list[OutboxEntry] = []
         seen: set[int] = set(stored)
         total = 0
-        for seq, tenant, user_id, memories, attempts in rows:
+        for seq, tenant, user_id, memories, attempts, began_at in rows:
             if seq in seen:
                 continue
             entry = OutboxEntry(
-                seq, Scope(tenant, user_id), decode_memories(memories), attempts, revisions[seq]
-            )
+                seq, Scope(tenant, user_id), decode_memories(memories), attempts,
+                revisions[seq], began_at,
+            )  # fmt: skip
             if entries and (
                 len(entries) >= limit or (max_chars is not None and total + entry.chars > max_chars)
             ):

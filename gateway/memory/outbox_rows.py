@@ -19,6 +19,9 @@ class OutboxEntry:
     memories: list[NewMemory]
     attempts: int
     revision: int = 0  # bumped in memory whenever the row is rewritten (``drop``)
+    # Unix time the request behind it began (a chat turn's start; an API
+    # write's queueing): a forget after it, on any gateway, covers it.
+    began_at: float = 0.0
 
     @property
     def chars(self) -> int:

@@ -31,7 +31,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     tenant TEXT NOT NULL,
     user_id TEXT NOT NULL,
     memories TEXT NOT NULL,
-    enqueued_at REAL NOT NULL,
+    enqueued_at REAL NOT NULL, -- Unix time the request behind the row began
     attempts INTEGER NOT NULL DEFAULT 0,
     last_error TEXT
 );

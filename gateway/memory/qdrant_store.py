@@ -19,6 +19,7 @@ from gateway.memory.records import (
     Condition,
     MemoryRecord,
     Scope,
+    forget_id,
     in_scope,
     record_of,
     scope_conditions,
@@ -63,6 +64,9 @@ class QdrantServerStore:
         self, url: str, api_key: str | None, collection: str, dimension: int, timeout_s: float = 5.0
     ) -> None:
         self._collection = collection
+        # Each user's latest forget, for the other gateways on this server
+        # (``note_forget``): a point per user, no vectors.
+        self._forgets = f"{collection}_forgets"
         self._dimension = dimension
         if url == ":memory:":
             self._client = AsyncQdrantClient(location=":memory:")
@@ -80,6 +84,8 @@ class QdrantServerStore:
             raise
 
     async def open(self) -> None:
+        if not await self._call(self._client.collection_exists(self._forgets)):
+            await self._call(self._client.create_collection(self._forgets, vectors_config={}))
         if await self._call(self._client.collection_exists(self._collection)):
             info = await self._call(self._client.get_collection(self._collection))
             vectors = info.config.params.vectors
@@ -244,3 +250,21 @@ class QdrantServerStore:
             self._client.delete(self._collection, models.FilterSelector(filter=selector), wait=True)
         )
         return counted.count
+
+    async def note_forget(self, scope: Scope, at: float) -> None:
+        """Before the user's memories are deleted: a gateway that stores a
+        write of theirs reads this after its upsert (gateway.memory.writes), so
+        either it sees the forget or the deletion comes after its upsert."""
+        payload = {"tenant": scope.tenant, "user_id": scope.user_id, "at": at}
+        point = models.PointStruct(id=forget_id(scope), vector={}, payload=payload)
+        await self._call(self._client.upsert(self._forgets, [point], wait=True))
+
+    async def forgotten_at(self, scopes: Sequence[Scope]) -> dict[Scope, float]:
+        wanted = {forget_id(scope): scope for scope in scopes}
+        found = await self._call(self._client.retrieve(self._forgets, list(wanted)))
+        out: dict[Scope, float] = {}
+        for record in found:
+            scope = wanted.get(str(record.id))
+            if scope is not None and in_scope(record.payload, scope):
+                out[scope] = float((record.payload or {})["at"])
+        return out

@@ -72,6 +72,11 @@ def memory_id(scope: Scope, text: str) -> str:
     return str(uuid.uuid5(_ID_NAMESPACE, key))
 
 
+def forget_id(scope: Scope) -> str:
+    """The id of the record of a user's forget (one per user, the latest wins)."""
+    return memory_id(scope, "\x00forgotten")  # a memory's text is never empty
+
+
 def to_payload(scope: Scope, memory: NewMemory, written_at: int = 0) -> dict[str, Any]:
     created = memory.created_at.astimezone(UTC)
     return {

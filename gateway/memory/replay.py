@@ -103,6 +103,11 @@ class Claim:
         self.kept = kept
         return kept
 
+    @property
+    def began_at(self) -> list[float]:
+        """When each entry's request began (Unix time)."""
+        return [entry.began_at for entry in self._entries]
+
     def stored(self) -> None:
         kept = self.kept if self.kept is not None else [True] * len(self._entries)
         self._outbox.settle([e.seq for e, k in zip(self._entries, kept, strict=True) if k])

@@ -251,6 +251,9 @@ class MemoryService:
         Under the store lock, so that no write embedded before it stores
         after it (gateway.memory.writes)."""
         async with self._writer.lock:
+            # First, for the other gateways on a shared store: their writes of
+            # this user, begun before now, are deleted again (gateway.memory.writes).
+            await self._store.note_forget(scope, time.time())
             queued = await self._outbox.purge(scope)
             self._writer.removed(scope)
             self._recent.forget(scope.tenant, scope.user_id)

@@ -88,3 +88,11 @@ class VectorStore(Protocol):
 
     async def delete_scope(self, scope: Scope) -> int:
         """Forget a user: delete all their memories, return how many there were."""
+
+    async def note_forget(self, scope: Scope, at: float) -> None:
+        """Record, for every gateway sharing this store, that the user was
+        forgotten at ``at`` (Unix time). A store one process owns (Edge) has
+        nobody to tell and records nothing."""
+
+    async def forgotten_at(self, scopes: Sequence[Scope]) -> dict[Scope, float]:
+        """The latest recorded forget of each of ``scopes`` that has one."""

@@ -19,6 +19,7 @@ may hold the removed texts.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,6 +41,8 @@ from gateway.memory.records import NewMemory, Scope, memory_id
 from gateway.memory.replay import Claim
 from gateway.memory.sparse import Bm25Encoder
 from gateway.memory.store import PointVectors, StoredPoint, VectorStore
+
+logger = logging.getLogger("gateway.memory")
 
 ADD, NONE = MemoryEvent.ADD, MemoryEvent.NONE
 Batches = Sequence[tuple[Scope, Sequence[NewMemory]]]
@@ -121,6 +124,9 @@ class Writer:
                         keep = [True] * len(batches)
                     await self._store_prepared(plan, keep)
                     if claim is not None:
+                        # Before the entries count as stored: if this fails, they
+                        # are replayed again, and checked again.
+                        await self._undo_forgotten(plan, keep, claim.began_at)
                         claim.stored()
                     return plan.results
             finally:
@@ -188,6 +194,37 @@ class Writer:
             if Scope(key[0], key[1]) in skipped:
                 continue  # a skipped (forgotten, rewritten) user's texts stay out of the cache
             self._recent.put(key, [(t, v if v is not None else vectors[t]) for t, v in recent])
+
+    async def _undo_forgotten(
+        self, plan: _Plan, keep: Sequence[bool], began_at: Sequence[float]
+    ) -> None:
+        """Delete again what was just stored of a user forgotten on another
+        gateway after the request behind it began (under ``lock``).
+
+        Gateways that share a Qdrant server each have their own outbox, so a
+        forget on one cannot purge another's queue or refuse its turns in
+        flight. The forget records itself in the store before it deletes
+        (``VectorStore.note_forget``); read here after the upsert, it is
+        either seen, and the points go again, or it was recorded after the
+        upsert, and its deletion removed them. Either way nothing stays.
+        """
+        stored = [(scope, fresh, began)
+                  for (scope, fresh), k, began in zip(plan.plans, keep, began_at, strict=True)
+                  if k and fresh]  # fmt: skip
+        if not stored:
+            return
+        forgotten = await self._store.forgotten_at(list({scope for scope, _, _ in stored}))
+        for scope, fresh, began in stored:
+            at = forgotten.get(scope)
+            if at is None or began > at:
+                continue
+            for point_id, *_ in fresh:
+                await self._store.delete(scope, point_id)
+            self._recent.forget(scope.tenant, scope.user_id)
+            logger.info(
+                "%d memories of tenant %s not kept: their user was forgotten on another "
+                "gateway after the request began", len(fresh), scope.tenant,
+            )  # fmt: skip
 
     async def _embed_once(self, texts: Sequence[str], priority: int) -> dict[str, list[float]]:
         """Vectors of ``texts``: each distinct text embedded once, none that a

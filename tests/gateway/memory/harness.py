@@ -22,6 +22,7 @@ from gateway.memory.embedder_client import EmbedderClient
 from gateway.memory.outbox import Outbox
 from gateway.memory.records import NewMemory, Scope
 from gateway.memory.service import MemoryService
+from gateway.memory.store import VectorStore
 from gateway.metrics import GatewayMetrics
 from gateway.monitor import Monitor
 
@@ -81,12 +82,13 @@ def encoded(floats: list[float]) -> str:
 
 
 class Harness:
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, store: VectorStore | None = None) -> None:
         self.embedder = Embedder()
         self.http = httpx.AsyncClient(transport=httpx.MockTransport(self.embedder.handle_async))
         self.metrics = GatewayMetrics(CollectorRegistry())
         self.client = EmbedderClient(self.http, "http://embedder/v1", DIM, self.metrics)
-        self.store = EdgeStore(tmp_path / "edge", DIM)
+        # ``store``: one that several harnesses share, as gateways share a Qdrant server.
+        self.store = store if store is not None else EdgeStore(tmp_path / "edge", DIM)
         self.outbox = Outbox(tmp_path / "outbox.sqlite3")
         self.embedder_monitor = Monitor("embedder", self.client.probe)
         self.store_monitor = Monitor("vector_store", self.store.ping)
@@ -103,9 +105,11 @@ def memories(*texts: str) -> list[NewMemory]:
 
 
 @asynccontextmanager
-async def opened_harness(tmp_path: Path) -> AsyncIterator[Harness]:
+async def opened_harness(
+    tmp_path: Path, store: VectorStore | None = None
+) -> AsyncIterator[Harness]:
     """A harness with its outbox and store open and both dependencies up."""
-    harness = Harness(tmp_path)
+    harness = Harness(tmp_path, store)
     harness.outbox.open()
     await harness.store.open()
     harness.embedder_monitor.report_success()

@@ -51,6 +51,22 @@ async def test_entries_come_back_in_order_and_survive_reopen(tmp_path: Path) -> 
     assert again.depth == 0 and await again.head() == []
 
 
+async def test_an_entry_carries_when_its_request_began_across_a_reopen(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.sqlite3")
+    box.open()
+    before = time.time()
+    await box.put(ALICE, [memory("an API write, queued")])
+    await box.put(BOB, [memory("a turn begun 30 s ago")], since=time.perf_counter() - 30)
+    after = time.time()
+    box.close()
+    again = Outbox(tmp_path / "o.sqlite3")
+    again.open()
+    queued, turn = await again.head(2)
+    assert before <= queued.began_at <= after
+    assert before - 30 <= turn.began_at <= after - 30
+    again.close()
+
+
 async def test_wal_mode_is_on(tmp_path: Path) -> None:
     box = Outbox(tmp_path / "o.sqlite3")
     box.open()

@@ -233,3 +233,16 @@ async def test_flush_keeps_what_was_written(store: VectorStore) -> None:
     await store.flush()
     await store.flush()  # nothing new: still fine
     assert await store.existing_ids(ALICE, [memory_id(ALICE, "flushed")])
+
+
+async def test_a_forget_is_recorded_for_other_gateways_only_on_a_shared_store(
+    store: VectorStore,
+) -> None:
+    await store.note_forget(ALICE, 100.0)
+    await store.note_forget(ALICE, 250.0)  # forgotten again: the latest counts
+    await store.note_forget(BOB, 50.0)
+    found = await store.forgotten_at([ALICE, BOB, EVIL_ALICE])
+    if isinstance(store, EdgeStore):  # one process owns the shard: nobody to tell
+        assert found == {}
+    else:
+        assert found == {ALICE: 250.0, BOB: 50.0}  # globex's alice was never forgotten

@@ -5,16 +5,20 @@ store has flushed them (with tests.gateway.memory.harness)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from gateway.exceptions import StoreUnavailable
 from gateway.memory.indexing import session_key
 from gateway.memory.outbox import Outbox
+from gateway.memory.qdrant_store import QdrantServerStore
 from gateway.memory.records import NewMemory, Scope
 from gateway.memory.service import MemoryService
 from gateway.memory.store import StoredPoint
-from tests.gateway.memory.harness import ALICE, WHEN, Harness, memories
+from tests.gateway.memory.harness import ALICE, DIM, WHEN, Harness, memories, opened_harness
 
 
 async def test_each_text_is_embedded_once_and_windows_need_no_encoder_pass(h: Harness) -> None:
@@ -195,3 +199,69 @@ async def test_a_failed_flush_keeps_the_rows_and_they_replay_once(
     h.store_monitor.report_success()
     assert await h.service.drain() == 0 and rows(h) == 0
     assert await h.texts() == ["kept"]
+
+
+class UpsertHook:
+    """A shared store whose next upsert first runs ``before`` (another
+    gateway's forget, landing between this gateway's checks and its upsert)."""
+
+    def __init__(self, store: QdrantServerStore) -> None:
+        self._store = store
+        self.before: Callable[[], Awaitable[object]] | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def upsert(self, scope: Scope, points: Sequence[StoredPoint]) -> None:
+        if self.before is not None:
+            before, self.before = self.before, None
+            await before()
+        await self._store.upsert(scope, points)
+
+
+@asynccontextmanager
+async def two_gateways(tmp_path: Path) -> AsyncIterator[tuple[Harness, Harness, UpsertHook]]:
+    """Gateways a and b, each with its own outbox, on one Qdrant (b's upserts hookable)."""
+    shared = QdrantServerStore(":memory:", None, "memories", DIM)
+    hooked = UpsertHook(shared)
+    async with (
+        opened_harness(tmp_path / "a", shared) as a,
+        opened_harness(tmp_path / "b", hooked) as b,  # type: ignore[arg-type]
+    ):
+        yield a, b, hooked
+
+
+async def test_a_turn_queued_on_another_gateway_before_the_forget_is_not_kept(
+    tmp_path: Path,
+) -> None:
+    async with two_gateways(tmp_path) as (a, b, _):
+        await a.service.add(ALICE, memories("alice told a"))
+        # A turn on b, begun before alice's forget on a, still queued on b.
+        await b.outbox.put(ALICE, memories("alice told b"), since=time.perf_counter())
+        streaming = time.perf_counter()  # and a stream on b that ends after the forget
+        assert await a.service.forget(ALICE) == 1  # a cannot see b's queue
+        await b.outbox.put(ALICE, memories("alice streamed on b"), since=streaming)
+        assert await b.service.drain() == 2
+        assert await a.texts() == []
+        assert b.outbox.depth == 0  # gone, not replayed again
+        # What alice says after the forget, on either gateway, is kept.
+        await b.outbox.put(ALICE, memories("alice, afterwards"), since=time.perf_counter())
+        await b.service.drain()
+        await a.service.add(ALICE, memories("alice, to a again"))
+        assert await b.texts() == ["alice, afterwards", "alice, to a again"]
+
+
+async def test_a_forget_that_lands_just_before_another_gateways_upsert_still_wins(
+    tmp_path: Path,
+) -> None:
+    async with two_gateways(tmp_path) as (a, b, hooked):
+        await b.outbox.put(ALICE, memories("alice told b"), since=time.perf_counter())
+        # b has checked its claim and embedded; a's whole forget (its record
+        # and its deletion) lands before b's upsert does.
+        hooked.before = lambda: a.service.forget(ALICE)
+        assert await b.service.drain() == 1
+        assert hooked.before is None  # the forget did run in between
+        assert await a.texts() == []
+        # b's next write of alice, begun after the forget, is stored as ever.
+        await b.service.add(ALICE, memories("alice, afterwards"))
+        assert await a.texts() == ["alice, afterwards"]
