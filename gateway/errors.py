@@ -197,7 +197,10 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("unhandled error on %s %s", request.method, request.url.path)
-    return APIError(500, "internal error", code="internal_error").response()
+    # The server closes the connection after an unhandled error: say so, or a
+    # pooling client sends its next request into a connection that is gone.
+    headers = {"Connection": "close"}
+    return APIError(500, "internal error", code="internal_error", headers=headers).response()
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -59,6 +59,9 @@ def _cursor(value: str) -> str:
 
 
 def _memory_id(value: str) -> str:
+    if value == "search":  # ``GET /v1/memories/search``: the route is there, its method is not
+        raise APIError(405, "Method Not Allowed", code="method_not_allowed",
+                       headers={"Allow": "POST"})  # fmt: skip
     try:
         return str(uuid.UUID(value))
     except ValueError:

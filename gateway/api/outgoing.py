@@ -110,7 +110,9 @@ class Incoming:
         is re-encoded as it was then, even when none go in now.
         """
         fields = dict(self.body)
-        changed = fields.pop("memory", None) is not None or resend
+        # ``"memory": null`` too: the client's own bytes would carry it upstream.
+        changed = "memory" in fields or resend
+        fields.pop("memory", None)
         if block:
             fields, changed = self.inject(fields, block), True
         raw, usage_asked = self.raw, True

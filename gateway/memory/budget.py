@@ -36,7 +36,9 @@ ANSWER_SHARE_WITHOUT_MAX_TOKENS = 4  # a quarter of the window
 
 
 def estimate_text(text: str) -> int:
-    return -(-len(text.encode("utf-8")) // BYTES_PER_TOKEN)
+    # surrogatepass: a lone surrogate the client sent in its history (forwarded as
+    # sent, gateway.api.chat) counts its three bytes instead of raising.
+    return -(-len(text.encode("utf-8", "surrogatepass")) // BYTES_PER_TOKEN)
 
 
 def estimate_message(message: dict[str, Any]) -> int:

@@ -11,6 +11,7 @@ cores are shared.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -355,3 +356,36 @@ def test_the_server_killed_and_restarted_without_restarting_the_gateway(
     # The first request that succeeded was sent within 2 s of the server serving
     # (how long the model then takes to answer it is the CPU's business).
     assert answers[-1][0] < 2.0, answers
+
+
+def test_a_lone_surrogate_in_the_history_is_forwarded_with_memories_not_a_500(
+    gateway: Service, llama: Llama
+) -> None:
+    # Only the latest user message is checked; the rest goes as sent (JSON's
+    # "\ud83d" without its pair: an emoji a client cut in half). The gateway's
+    # estimate of the prompt, made only when the window is known, raised on it:
+    # a 500 for every later turn of the conversation. llama.cpp refuses such
+    # text in a message's content itself (a 500 of its own, relayed as 502, as
+    # it is without memory); in a field its template does not render, as here,
+    # the turn is answered.
+    user = user_id()
+    remember(gateway, user, FACTS)
+    body = {
+        **ask([
+            {"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": "hello", "name": "me \udc00"},
+            {"role": "assistant", "content": "Hello!", "name": "bot \ud83d"},
+            {"role": "user", "content": "What is my dog called?"},
+        ], max_tokens=8),
+        "user": user, "memory": {"store": False},
+    }  # fmt: skip
+    raw = json.dumps(body).encode()  # ASCII: the surrogates as JSON escapes
+    reply = httpx.post(
+        f"{gateway.url}/chat/completions",
+        content=raw,
+        headers={"content-type": "application/json"},
+        timeout=120,
+    )
+    assert reply.status_code == 200, reply.text
+    assert reply.headers["x-memory-hits"] == "2"
+    assert reply.json()["choices"][0]["message"]["content"]

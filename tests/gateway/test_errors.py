@@ -304,3 +304,23 @@ def test_probes_answer_head_with_the_status_of_get(gateway: TestClient, path: st
     """Load balancers' health checks often send HEAD; it was 405."""
     got, head = gateway.get(path), gateway.head(path)
     assert head.status_code == got.status_code and head.content == b""
+
+
+def test_a_500_says_the_connection_closes(
+    raising: tuple[TestClient, list[BaseException]],
+) -> None:
+    # The server drops the connection after an unhandled error; without the
+    # header a pooling client sends its next request into a closed socket.
+    _, _, headers = _answer(raising, RuntimeError("boom"))
+    assert headers["connection"] == "close"
+
+
+@pytest.mark.parametrize("method", ["GET", "DELETE"])
+def test_the_search_route_with_another_method_is_a_405_not_a_bad_memory_id(
+    gateway: TestClient, method: str
+) -> None:
+    # ``/v1/memories/{id}`` would read "search" as an id (400 invalid_memory_id).
+    answer = gateway.request(method, "/v1/memories/search")
+    assert answer.status_code == 405, answer.text
+    assert "POST" in answer.headers["allow"]
+    assert answer.json()["error"]["code"] == "method_not_allowed"

@@ -67,8 +67,13 @@ def test_the_gateways_memory_object_is_removed() -> None:
     request = incoming({**CHAT, "memory": {"user_id": "u1", "top_k": 3}})
     assert request.outgoing().content == json.dumps(CHAT).encode()
     assert request.fields == CHAT
-    # An empty one changes nothing: the client's bytes go as they are.
+    # ``null`` is removed too: a strict upstream (OpenAI's API as the fallback)
+    # refuses a parameter it does not know, whatever its value.
     request = incoming({**CHAT, "memory": None})
+    assert request.outgoing().content == json.dumps(CHAT).encode()
+    assert b"memory" not in request.outgoing().content
+    # Without the member the client's bytes go as they are.
+    request = incoming(CHAT)
     assert request.outgoing().content is request.raw
 
 

@@ -31,6 +31,19 @@ def test_the_estimate_errs_on_the_safe_side_for_english() -> None:
     assert estimate_text("é") == 1  # bytes, not characters
 
 
+def test_a_lone_surrogate_in_the_history_is_counted_not_raised() -> None:
+    # Forwarded as sent (only the latest user message is checked): a client that
+    # cut an emoji in half earlier in the conversation still gets its turn.
+    body = chat("and now?", tools=[{"type": "function", "function": {"name": "f\ud83d"}}])
+    body["messages"][:0] = [
+        {"role": "system", "content": "be brief \udc00"},
+        {"role": "user", "content": [{"type": "text", "text": "half an emoji: \ud83d"}]},
+        {"role": "assistant", "content": "ok", "name": "bot\ud800"},
+    ]
+    assert estimate_text("\ud800") == 1  # its three bytes, as surrogatepass encodes it
+    assert estimate_prompt(body) > estimate_prompt(chat("and now?"))
+
+
 def test_the_answer_keeps_its_room() -> None:
     assert answer_room(chat("hi", max_tokens=100), 2048) == 100
     assert answer_room(chat("hi", max_completion_tokens=64, max_tokens=9), 2048) == 64
