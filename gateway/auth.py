@@ -154,7 +154,14 @@ class KeyRing:
 
 def bearer_token(request: HTTPConnection) -> str | None:
     """The key from ``Authorization: Bearer``, else from ``x-api-key`` (how
-    Anthropic's SDKs send it, so they work with their usual ``api_key``)."""
+    Anthropic's SDKs send it, so they work with their usual ``api_key``).
+
+    Two of either header are refused (400): which one wins would be a guess,
+    and a proxy that adds its own key beside a client's must not be overruled
+    by whichever comes first."""
+    for name in ("authorization", "x-api-key"):
+        if len(request.headers.getlist(name)) > 1:
+            raise APIError(400, f"more than one {name} header", code="duplicate_credentials")
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() == "bearer":

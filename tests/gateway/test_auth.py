@@ -179,3 +179,30 @@ async def test_key_check_passes_the_principal_on() -> None:
     scope = _http_scope("/v1/models", [(b"authorization", b"Bearer k-acme")])
     await KeyCheck(app, keyring=ring)(scope, None, None)  # type: ignore[arg-type]
     assert seen == [Principal("acme")]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [(b"authorization", b"Bearer k-acme"), (b"authorization", b"Bearer k-globex")],
+        [(b"x-api-key", b"k-globex"), (b"x-api-key", b"k-acme")],
+    ],
+)
+async def test_two_keys_in_one_request_are_refused_not_one_of_them_picked(
+    headers: list[tuple[bytes, bytes]],
+) -> None:
+    ring = KeyRing("acme:k-acme,globex:k-globex", admin_key=None)
+    ran: list[object] = []
+    sent: list[dict[str, object]] = []
+
+    async def app(scope: dict[str, object], *_: object) -> None:
+        ran.append(scope)
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    scope = _http_scope("/v1/models", headers)
+    await KeyCheck(app, keyring=ring)(scope, None, send)  # type: ignore[arg-type]
+    assert ran == []
+    assert sent[0]["status"] == 400
+    assert b"duplicate_credentials" in sent[1]["body"]  # type: ignore[operator]
