@@ -71,7 +71,8 @@ class EmbedderBodyLimit:
 
 
 def _content_length(scope: Scope) -> int | None:
-    """The declared body length; None when absent or unreadable (the read counts)."""
+    """The declared body length; None when absent or unreadable (the read counts).
+    The gateway's twin is in gateway/limits.py: the embedder ships without it."""
     for name, value in scope.get("headers", ()):
         if name == b"content-length":
             try:
