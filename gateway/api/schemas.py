@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+)
 
 from gateway.memory.records import lone_surrogate
 
@@ -42,8 +50,9 @@ class MemoryOptions(BaseModel):
     session_id: Text | None = Field(default=None, min_length=1, max_length=256)
     # Strict, as the JSON number it must be: lax, `"top_k": true` was 1 and "5" was 5.
     top_k: StrictInt | None = Field(default=None, ge=0, le=50)
-    enabled: bool = True
-    store: bool = True
+    # Strict: lax, `"store": "no"` was False and `"enabled": 0` switched memory off.
+    enabled: StrictBool = True
+    store: StrictBool = True
 
 
 class ChatMessage(BaseModel):
@@ -92,4 +101,5 @@ class SearchMemoriesRequest(BaseModel):
     query: Text = Field(min_length=1, max_length=16_000)
     top_k: StrictInt = Field(default=10, ge=1, le=100)
     filters: dict[str, Any] | None = None
-    min_score: float | None = Field(default=None, ge=-1.0, le=1.0)
+    # Strict like top_k: lax, `"min_score": true` was 1.0 and "0.5" was 0.5 (ints still count).
+    min_score: StrictFloat | None = Field(default=None, ge=-1.0, le=1.0)

@@ -152,6 +152,24 @@ BAD_BODIES = {
         CHAT_HEAD + '"memory": {"user_id": "sur", "top_k": "3"}, '
         '"messages": [{"role": "user", "content": "hi"}]}',
     ),
+    "search: min_score true (lax, it was 1.0)": (
+        "/v1/memories/search",
+        '{"user_id": "sur", "query": "q", "min_score": true}',
+    ),
+    "search: min_score as a string": (
+        "/v1/memories/search",
+        '{"user_id": "sur", "query": "q", "min_score": "0.5"}',
+    ),
+    "chat: memory.store as a string (lax, \"no\" was false)": (
+        "/v1/chat/completions",
+        CHAT_HEAD + '"memory": {"user_id": "sur", "store": "no"}, '
+        '"messages": [{"role": "user", "content": "hi"}]}',
+    ),
+    "chat: memory.enabled as 0": (
+        "/v1/chat/completions",
+        CHAT_HEAD + '"memory": {"user_id": "sur", "enabled": 0}, '
+        '"messages": [{"role": "user", "content": "hi"}]}',
+    ),
     "search: lone surrogate in query": (
         "/v1/memories/search",
         '{"user_id": "sur", "query": "\\ud800"}',
