@@ -160,7 +160,7 @@ BAD_BODIES = {
         "/v1/memories/search",
         '{"user_id": "sur", "query": "q", "min_score": "0.5"}',
     ),
-    "chat: memory.store as a string (lax, \"no\" was false)": (
+    'chat: memory.store as a string (lax, "no" was false)': (
         "/v1/chat/completions",
         CHAT_HEAD + '"memory": {"user_id": "sur", "store": "no"}, '
         '"messages": [{"role": "user", "content": "hi"}]}',
