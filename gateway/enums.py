@@ -52,6 +52,7 @@ class Readiness(StrEnum):
 class DiskStatus(StrEnum):
     OK = "ok"
     LOW = "low"  # less free space under the data dir than the reserve
+    LOST = "lost"  # the outbox's file was removed while the gateway ran
 
 
 class MemoryEvent(StrEnum):

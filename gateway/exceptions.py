@@ -253,12 +253,25 @@ class UnknownModel(GatewayError):
         return f"model {self.model!r} does not exist here; available: {shown}"
 
 
-class OutboxFull(GatewayError):
-    """The outbox cannot take the write: its disk is full or failing."""
+class OutboxRefused(GatewayError):
+    """The outbox cannot take the write: nothing was accepted."""
+
+
+class OutboxFull(OutboxRefused):
+    """The outbox cannot take the write: its disk is full."""
 
     status_code = 507
     code = "insufficient_storage"
     template = "{}; free space under the data dir"
+
+
+class OutboxUnavailable(OutboxRefused, DependencyError):
+    """The outbox cannot take the write for another reason: locked by another
+    process for longer than SQLite's busy timeout, read-only, failing, or its
+    file removed while the gateway ran (which only a restart mends)."""
+
+    code = "outbox_unavailable"
+    template = "{}"
 
 
 class CannotStart(Exception):

@@ -126,7 +126,9 @@ class ModelList(BaseModel):
 
 
 class Liveness(BaseModel):
-    status: Literal["ok"]
+    # failed: the outbox's file was removed under the running gateway, and only
+    # a restart opens it again (what the orchestrator does on a failed probe).
+    status: Literal["ok", "failed"]
 
 
 class MonitorState(BaseModel):

@@ -28,9 +28,19 @@ from gateway.upstream.replicas import redacted_state
 router = APIRouter(tags=["health"], default_response_class=JSONResponse)
 
 
-@router.get("/livez", response_model=Liveness)
-async def livez() -> Liveness:
-    """The process and its event loop are alive (this coroutine ran)."""
+@router.get(
+    "/livez",
+    response_model=Liveness,
+    responses={503: {"model": Liveness, "description": "The outbox's file was removed"}},
+)
+async def livez(response: Response, services: ServicesDep) -> Liveness:
+    """The process and its event loop are alive (this coroutine ran), and its
+    outbox's file is still the data dir's: SQLite goes on writing to a file
+    removed under it, every write lost at the next start, and only a restart
+    opens the data dir again."""
+    if services.memory.outbox_lost() is not None:
+        response.status_code = 503
+        return Liveness(status="failed")
     return Liveness(status="ok")
 
 
@@ -52,7 +62,8 @@ async def readyz(request: Request, response: Response, services: ServicesDep) ->
     """
     llm = services.replicas.status()
     memory = services.memory.status()
-    disk_problem = services.disk.problem() if services.disk is not None else None
+    lost = services.memory.outbox_lost()
+    disk_problem = lost or (services.disk.problem() if services.disk is not None else None)
     ready = llm == "healthy" and memory.ready and disk_problem is None
     admin = is_admin_request(request)
     if admin:
@@ -71,7 +82,7 @@ async def readyz(request: Request, response: Response, services: ServicesDep) ->
             vector_store=StoreCheck(status=memory.store.state.status, backend=memory.backend),
         )
     if services.disk is not None:
-        disk = DiskStatus.LOW if disk_problem else DiskStatus.OK
+        disk = DiskStatus.LOST if lost else DiskStatus.LOW if disk_problem else DiskStatus.OK
         # The detail says why (the path and the space it needs).
         checks.data_dir = (
             DiskCheck(status=disk, error=disk_problem) if admin else DiskCheck(status=disk)

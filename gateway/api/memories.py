@@ -23,7 +23,7 @@ from gateway.api.schemas import AddMemoriesRequest, SearchMemoriesRequest
 from gateway.auth import PrincipalDep
 from gateway.enums import WriteSource
 from gateway.errors import APIError
-from gateway.exceptions import MemoryUnavailable, OutboxFull, StoreUnavailable
+from gateway.exceptions import MemoryUnavailable, OutboxFull, OutboxUnavailable, StoreUnavailable
 from gateway.memory.records import (
     NewMemory,
     Scope,
@@ -81,7 +81,7 @@ def _memory_id(value: str) -> str:
             "down); stored when they are back",
         },
         **WITH_BODY,
-        **errors(OutboxFull),
+        **errors(OutboxFull, OutboxUnavailable),
     },
 )
 async def add_memories(

@@ -37,7 +37,7 @@ from gateway.api.wire import CHAT_WIRE, Wire
 from gateway.enums import TokenKind, UpstreamOutcome, WriteSource
 from gateway.errors import APIError, error_body
 from gateway.exceptions import (
-    OutboxFull,
+    OutboxRefused,
     UpstreamBroke,
     UpstreamInvalid,
     UpstreamNoReply,
@@ -300,7 +300,7 @@ class Relay:
             # Stamped with the turn's start: if its user was forgotten since, the
             # outbox refuses it, and the turn stores nothing (not an error).
             await asyncio.shield(self.memory.enqueue(plan.scope, memories, since=self.started))
-        except OutboxFull:  # logged where it happened (MemoryService.enqueue)
+        except OutboxRefused:  # logged where it happened (MemoryService.enqueue)
             return False
         return True
 

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -73,6 +74,7 @@ class Outbox:
         self._lock = threading.Lock()
         self._view = PendingView()
         self._forgets = RecentForgets()  # under _lock, as the puts that check it
+        self._file: tuple[int, int] | None = None  # the opened file's device and inode
 
     def open(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)
@@ -82,10 +84,26 @@ class Outbox:
         conn.execute("PRAGMA secure_delete=ON")  # a forgotten text leaves no bytes behind
         create(conn)
         self._conn = conn
+        self._file = _identity(self._path)
         for seq, tenant, user_id in self._execute("SELECT seq, tenant, user_id FROM outbox"):
             self._view.track(int(seq), Scope(tenant, user_id))
         [(dead,)] = self._execute("SELECT COUNT(*) FROM dead")
         self._view.set_dead(int(dead))
+
+    def lost(self) -> str | None:
+        """Why the file this outbox writes to is no longer the data dir's, or
+        None. SQLite keeps writing to a file removed under it (an ``rm -rf`` of
+        the data dir, a volume unmounted): every write would be lost at the
+        next restart. One stat call: microseconds."""
+        if self._file is None:
+            return None
+        try:
+            now = _identity(self._path)
+        except OSError as exc:
+            return f"the outbox file {self._path} is gone ({exc.strerror}): restart the gateway"
+        if now != self._file:
+            return f"the outbox file {self._path} was replaced: restart the gateway"
+        return None
 
     def close(self) -> None:
         with self._lock:
@@ -122,6 +140,8 @@ class Outbox:
         with self._lock:
             if self._conn is None:
                 raise RuntimeError("outbox is closed")
+            if (lost := self.lost()) is not None:
+                raise sqlite3.OperationalError(lost)
             if since is not None and self._forgets.since(scope, since):
                 raise Forgotten(f"a user of tenant {scope.tenant} was forgotten since")
             began = time.time()
@@ -377,3 +397,8 @@ class Outbox:
             DeadEntry(seq, Scope(tenant, user_id), len(json.loads(raw)), enq, failed, error)
             for seq, tenant, user_id, raw, enq, failed, error in rows
         ]
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    stat = os.stat(path)
+    return stat.st_dev, stat.st_ino

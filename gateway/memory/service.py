@@ -37,6 +37,7 @@ from gateway.exceptions import (
     MemoryRejected,
     MemoryUnavailable,
     OutboxFull,
+    OutboxUnavailable,
     StoreUnavailable,
 )
 from gateway.memory.embedder_client import (
@@ -168,7 +169,8 @@ class MemoryService:
         """Write now if possible, else queue durably.
 
         Raises MemoryRejected (or EmbedderRejected) for what can never be
-        stored, OutboxFull when it had to queue and could not.
+        stored, OutboxRefused (OutboxFull, OutboxUnavailable) when it had to
+        queue and could not.
         """
         unique = dedupe_texts(memories)
         for memory in unique:
@@ -230,7 +232,11 @@ class MemoryService:
             self._metrics.memory_writes.labels(memories[0].source, WriteOutcome.FAILED).inc(
                 len(memories)
             )
-            raise OutboxFull(f"the outbox cannot take the write: {exc}") from exc
+            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+                raise OutboxFull(f"the outbox cannot take the write: {exc}") from exc
+            # Locked by another process, read-only, failing, gone: not a matter of
+            # space, and a retry may work (after a restart, for a removed file).
+            raise OutboxUnavailable(f"the outbox cannot take the write: {exc}") from exc
         self._metrics.memory_writes.labels(memories[0].source, WriteOutcome.QUEUED).inc(
             len(memories)
         )
@@ -367,6 +373,11 @@ class MemoryService:
         return MemoryStatus(
             self._embedder_monitor, self._store_monitor, self._store.name, self._outbox.depth
         )
+
+    def outbox_lost(self) -> str | None:
+        """Why the outbox's file is no longer the data dir's (removed under the
+        running gateway), or None (gateway.memory.outbox.Outbox.lost)."""
+        return self._outbox.lost()
 
     async def outbox_report(self, dead_limit: int) -> OutboxReport:
         """The outbox's depth and its dead entries, the latest ``dead_limit`` of them."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -243,3 +244,36 @@ def test_a_damaged_outbox_stops_start_up_with_one_line_and_keeps_the_file(
     assert code == 3 and len(lines) == 1 and "move the file aside" in lines[0], log[-2000:]
     assert "Traceback" not in log
     assert outbox.read_bytes() == damaged  # the queued writes in it are the operator's to save
+
+
+def test_a_data_dir_removed_under_the_gateway_refuses_writes_instead_of_losing_them(
+    tmp_path: Path, llm: RunningServer, embedder: Service
+) -> None:
+    # SQLite goes on writing to a file removed under it: every write answered
+    # 202 ("queued") was lost at the next start, and the one stored before too.
+    data_dir = tmp_path / "data"
+    gateway = start_gateway(data_dir, llm.url, embedder.url)
+    url = f"{gateway.url}/memories"
+    try:
+        stored = httpx.post(url, json={"user_id": "eve", "text": "before"}, timeout=30)
+        assert stored.status_code == 201, stored.text
+        assert httpx.get(f"{gateway.base_url}/livez", timeout=5).status_code == 200
+        shutil.rmtree(data_dir)
+
+        refused = httpx.post(url, json={"user_id": "eve", "text": "after"}, timeout=30)
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"]["code"] == "outbox_unavailable"
+        assert "restart the gateway" in refused.json()["error"]["message"]
+        assert refused.headers["retry-after"]
+        chat = {"model": "fake-model", "user": "eve",
+                "messages": [{"role": "user", "content": "hi eve"}]}  # fmt: skip
+        turn = httpx.post(f"{gateway.url}/chat/completions", json=chat, timeout=30)
+        assert turn.status_code == 200, turn.text  # the reply itself is never lost
+        assert turn.headers["x-memory-status"] == "not_stored"
+
+        live = httpx.get(f"{gateway.base_url}/livez", timeout=5)
+        assert (live.status_code, live.json()) == (503, {"status": "failed"})
+        assert readyz(gateway)["status"] == "not_ready"
+        assert readyz(gateway)["checks"]["data_dir"]["status"] == "lost"  # type: ignore[index]
+    finally:
+        gateway.terminate()

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import sqlite3
 import time
 from datetime import UTC, datetime
@@ -65,6 +66,23 @@ async def test_an_entry_carries_when_its_request_began_across_a_reopen(tmp_path:
     assert before <= queued.began_at <= after
     assert before - 30 <= turn.began_at <= after - 30
     again.close()
+
+
+@pytest.mark.parametrize("how", ["removed", "replaced"])
+async def test_a_file_removed_under_an_open_outbox_refuses_puts(tmp_path: Path, how: str) -> None:
+    # SQLite would go on writing to the removed file: accepted, then lost.
+    box = Outbox(tmp_path / "data" / "o.sqlite3")
+    box.open()
+    await box.put(ALICE, [memory("before")])
+    assert box.lost() is None
+    shutil.rmtree(tmp_path / "data")
+    if how == "replaced":  # another process made the data dir anew
+        Outbox(tmp_path / "data" / "o.sqlite3").open()
+    assert box.lost() is not None and "restart the gateway" in box.lost()  # type: ignore[operator]
+    with pytest.raises(sqlite3.OperationalError, match=how if how == "replaced" else "gone"):
+        await box.put(ALICE, [memory("after")])
+    assert box.depth == 1  # the refused one was never counted
+    box.close()
 
 
 async def test_wal_mode_is_on(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gateway.exceptions import MemoryUnavailable, OutboxFull
+from gateway.exceptions import MemoryUnavailable, OutboxFull, OutboxUnavailable
 from gateway.memory.records import NewMemory, Scope
 from tests.gateway.memory.harness import ALICE, WHEN, Harness, memories, vector
 
@@ -102,6 +102,26 @@ async def test_a_full_outbox_refuses_the_write_and_says_so_in_the_log(
     [line] = [r for r in caplog.records if r.levelname == "ERROR"]
     assert "1 memories of tenant t not accepted" in line.getMessage()
     assert h.outbox.depth == 0
+
+
+async def test_an_outbox_locked_by_another_process_is_a_503_to_retry_not_a_full_disk(
+    h: Harness, tmp_path: Path
+) -> None:
+    # A sqlite3 shell, a backup or a second gateway holding the file's write
+    # lock past SQLite's busy timeout: nothing about space, and a retry works.
+    h.embedder.up = False  # the write has to queue
+    other = sqlite3.connect(tmp_path / "outbox.sqlite3", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(OutboxUnavailable, match="locked") as refused:
+            await h.service.add(ALICE, memories("while locked"))
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert refused.value.status_code == 503 and refused.value.headers()["Retry-After"]
+    assert not isinstance(refused.value, OutboxFull)
+    outcome = await h.service.add(ALICE, memories("once free"))
+    assert outcome.queued and h.outbox.depth == 1
 
 
 async def test_a_queued_memory_can_be_read_and_deleted_by_its_id(h: Harness) -> None:
