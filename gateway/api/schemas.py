@@ -34,6 +34,14 @@ def _not_blank(value: str) -> str:
     return value
 
 
+def _not_blank_query(value: str) -> str:
+    """A query of only whitespace embeds to no meaning: it would rank memories
+    at random. Refused, as a blank memory is."""
+    if not value.strip():
+        raise ValueError("is blank: a search needs some text besides whitespace")
+    return value
+
+
 # A string the gateway stores or searches with: valid Unicode.
 Text = Annotated[str, AfterValidator(_unicode)]
 # The text of a memory to store: valid Unicode, not only whitespace.
@@ -98,7 +106,9 @@ class SearchMemoriesRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     user_id: Text = UserId
-    query: Text = Field(min_length=1, max_length=16_000)
+    query: Annotated[Text, AfterValidator(_not_blank_query)] = Field(
+        min_length=1, max_length=16_000
+    )
     top_k: StrictInt = Field(default=10, ge=1, le=100)
     filters: dict[str, Any] | None = None
     # Strict like top_k: lax, `"min_score": true` was 1.0 and "0.5" was 0.5 (ints still count).

@@ -170,6 +170,10 @@ BAD_BODIES = {
         CHAT_HEAD + '"memory": {"user_id": "sur", "enabled": 0}, '
         '"messages": [{"role": "user", "content": "hi"}]}',
     ),
+    "search: query of only whitespace": (
+        "/v1/memories/search",
+        '{"user_id": "sur", "query": " \\n\\t "}',
+    ),
     "search: lone surrogate in query": (
         "/v1/memories/search",
         '{"user_id": "sur", "query": "\\ud800"}',
