@@ -271,7 +271,6 @@ class OutboxUnavailable(OutboxRefused, DependencyError):
     file removed while the gateway ran (which only a restart mends)."""
 
     code = "outbox_unavailable"
-    template = "{}"
 
 
 class CannotStart(Exception):

@@ -195,8 +195,8 @@ class Outbox:
             if seq in seen:
                 continue
             entry = OutboxEntry(
-                seq, Scope(tenant, user_id), decode_memories(memories), attempts,
-                revisions[seq], began_at,
+                seq, Scope(tenant, user_id), decode_memories(memories), attempts, began_at,
+                revisions[seq],
             )  # fmt: skip
             if entries and (
                 len(entries) >= limit or (max_chars is not None and total + entry.chars > max_chars)

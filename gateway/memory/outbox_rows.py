@@ -18,10 +18,11 @@ class OutboxEntry:
     scope: Scope
     memories: list[NewMemory]
     attempts: int
-    revision: int = 0  # bumped in memory whenever the row is rewritten (``drop``)
     # Unix time the request behind it began (a chat turn's start; an API
-    # write's queueing): a forget after it, on any gateway, covers it.
-    began_at: float = 0.0
+    # write's queueing): a forget after it, on any gateway, covers it. No
+    # default: a made-up time would put an entry before (or after) a forget.
+    began_at: float
+    revision: int = 0  # bumped in memory whenever the row is rewritten (``drop``)
 
     @property
     def chars(self) -> int:
