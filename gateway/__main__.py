@@ -13,6 +13,7 @@ from gateway.app import create_app
 from gateway.auth import KeyRing
 from gateway.connections import guarded_protocol, make_fd_room
 from gateway.datadir import MIB, check_data_dir, check_database
+from gateway.drain import Drain, DrainingServer, graceful_timeout_s
 from gateway.exceptions import DataDirProblem
 from gateway.logs import configure_logging
 from gateway.memory.outbox import OUTBOX_FILE
@@ -65,8 +66,9 @@ def main() -> int:
     except DataDirProblem as exc:
         print(f"memgate: {exc}", file=sys.stderr)
         return 3
+    drain = Drain(settings.shutdown_grace_s)
     try:
-        app = create_app(settings)
+        app = create_app(settings, drain=drain)
     except ValueError as exc:
         print(f"memgate: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -76,7 +78,9 @@ def main() -> int:
         port=settings.port,
         log_config=None,  # our JSON logging, configured above
         access_log=False,  # request logs come from our middleware, without content
-        timeout_graceful_shutdown=30,
+        # The drain ends what the grace did not see finish; uvicorn cancels only
+        # what is still running after that (gateway.drain).
+        timeout_graceful_shutdown=graceful_timeout_s(drain.grace_s),
         lifespan="on",
         # uvicorn's httptools protocol plus a header deadline and connection caps
         # (gateway.connections), so slow-header clients cannot hold the server.
@@ -87,7 +91,7 @@ def main() -> int:
             send_timeout_s=settings.send_timeout_s,
         ),
     )
-    server = uvicorn.Server(config)
+    server = DrainingServer(config, drain)
     freeze_startup_heap()
     server.run()
     # uvicorn exits quietly when the lifespan fails (e.g. a dimension mismatch).

@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry
 from gateway.api import admin, chat, health, memories, messages, models, passthrough, responses
 from gateway.auth import KeyCheck, KeyRing
 from gateway.datadir import MIB, DiskSpace
+from gateway.drain import Drain
 from gateway.enums import Health
 from gateway.errors import install_error_handlers
 from gateway.limits import RequestLimits, tenant_share
@@ -95,7 +96,9 @@ def build_registry(settings: Settings) -> ModelRegistry:
     return SqliteRegistry(settings.model_registry_path)
 
 
-async def _startup(settings: Settings, metrics: GatewayMetrics, stack: AsyncExitStack) -> Services:
+async def _startup(
+    settings: Settings, metrics: GatewayMetrics, drain: Drain, stack: AsyncExitStack
+) -> Services:
     outbox = Outbox(settings.data_dir / OUTBOX_FILE)
     outbox.open()
     stack.callback(outbox.close)
@@ -153,6 +156,7 @@ async def _startup(settings: Settings, metrics: GatewayMetrics, stack: AsyncExit
         upstream_timeout=timeouts_for(settings.read_timeout_s, settings.connect_timeout_s),
         stream_timeout=timeouts_for(settings.stream_idle_timeout_s, settings.connect_timeout_s),
         disk=DiskSpace(settings.data_dir, settings.disk_reserve_mb * MIB),
+        drain=drain,
     )
     monitors = [embedder_monitor, store_monitor]
     await asyncio.wait(
@@ -173,15 +177,20 @@ async def _startup(settings: Settings, metrics: GatewayMetrics, stack: AsyncExit
 
 
 def create_app(
-    settings: Settings | None = None, registry: CollectorRegistry | None = None
+    settings: Settings | None = None,
+    registry: CollectorRegistry | None = None,
+    drain: Drain | None = None,
 ) -> FastAPI:
+    """The app; ``drain`` is the one its server tells when shutdown begins
+    (gateway.drain.DrainingServer), a new one by default."""
     settings = settings or Settings()
     metrics = GatewayMetrics(registry if registry is not None else CollectorRegistry())
+    drain = drain if drain is not None else Drain(settings.shutdown_grace_s)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            services = await _startup(settings, metrics, stack)
+            services = await _startup(settings, metrics, drain, stack)
             app.state.services = services
             yield
             await _drain_background(services)

@@ -71,6 +71,7 @@ class UpstreamOutcome(StrEnum):
     TIMEOUT = "timeout"
     STREAM_ERROR = "stream_error"
     CLIENT_DISCONNECT = "client_disconnect"
+    SHUTDOWN = "shutdown"  # the gateway's shutdown grace ran out (gateway.drain)
 
 
 class TokenKind(StrEnum):

@@ -30,6 +30,7 @@ The hierarchy::
     │   ├── EmbedderRejected            invalid_text
     │   └── MemoryRejected              unstorable
     ├── UnknownModel                404 model_not_found
+    ├── ShuttingDown                503 gateway_shutting_down: the shutdown grace ran out
     └── OutboxFull                  507 insufficient_storage: the data dir's disk is full
 
     CannotStart                     never answered: the gateway refuses to start
@@ -251,6 +252,19 @@ class UnknownModel(GatewayError):
     def client_message(self) -> str:
         shown = ", ".join(self.available[:50]) or "none yet"
         return f"model {self.model!r} does not exist here; available: {shown}"
+
+
+class ShuttingDown(GatewayError):
+    """The gateway is stopping and its shutdown grace ran out before the answer
+    came (gateway.drain). Another gateway can serve the request, so it is a 503
+    with ``Retry-After``, and the connection is closed."""
+
+    status_code = 503
+    code = "gateway_shutting_down"
+    template = "the gateway is shutting down: {}; send the request again"
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "1", "Connection": "close"}
 
 
 class OutboxRefused(GatewayError):

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 
 from gateway.datadir import DiskSpace
+from gateway.drain import Drain
 from gateway.memory.service import MemoryService
 from gateway.metrics import GatewayMetrics
 from gateway.settings import Settings
@@ -39,6 +40,7 @@ class Services:
     memory: MemoryService  # with the embedder, the vector store, their monitors and the outbox
     upstream_timeout: Timeouts
     stream_timeout: Timeouts
+    drain: Drain  # the shutdown grace of the answers in flight
     disk: DiskSpace | None = None  # the data dir's free space (outbox, Edge store)
     background: set[asyncio.Task[Any]] = field(default_factory=set)
     # Which tenant and replica made each Responses API response (gateway.api.responses).

@@ -234,6 +234,14 @@ class Settings(BaseSettings):
         "connection's buffers are full, has its connection dropped and its request's slot "
         "freed (a stream it asked for and does not read).",
     )
+    shutdown_grace_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="On SIGTERM, how long, in seconds, the answers in flight may take to "
+        "finish; then a stream still running ends with an error event and a request still "
+        "waiting gets 503 gateway_shutting_down (docs/deployment.md). Give the "
+        "orchestrator's stop timeout at least 10 s more.",
+    )
     max_concurrency: int = Field(
         default=512,
         ge=1,

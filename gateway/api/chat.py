@@ -28,8 +28,14 @@ from gateway.api.relay import MemoryPlan, Relay
 from gateway.api.schemas import ChatRequest
 from gateway.api.wire import CHAT_WIRE, Wire
 from gateway.auth import Principal, PrincipalDep
+from gateway.drain import Drain
 from gateway.errors import APIError, validation_message
-from gateway.exceptions import EmbedderRejected, MemoryRequired, MemoryUnavailable
+from gateway.exceptions import (
+    EmbedderRejected,
+    MemoryRequired,
+    MemoryUnavailable,
+    ShuttingDown,
+)
 from gateway.json_depth import TOO_DEEP, nests_deeper
 from gateway.memory.prompt import inject_memories, last_user_text, recall_query
 from gateway.openapi import KEYED, NO_MODEL, UPSTREAM, WITH_BODY, errors, json_body, relayed
@@ -192,7 +198,7 @@ async def relay_turn(
             pool=services.pool, memory=services.memory,
             total_timeout_s=settings.total_timeout_s,
             stream_idle_timeout_s=settings.stream_idle_timeout_s,
-            drop_usage=drop_usage, wire=wire,
+            drain=services.drain, drop_usage=drop_usage, wire=wire,
         )  # fmt: skip
         reply = opened.response
         # A pass-through endpoint streams when its upstream does; the others as asked.
@@ -212,7 +218,7 @@ async def relay_turn(
 
     # Starlette notices a vanished client only while streaming a body; until the
     # upstream has answered, this watch cancels the upstream call when they go.
-    return await _unless_disconnected(request, forward())
+    return await _unless_disconnected(request, services.drain, forward())
 
 
 def resolve_model(services: Services, model: str) -> list[Target]:
@@ -225,12 +231,19 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
-async def _unless_disconnected(request: Request, work: Awaitable[Response]) -> Response:
+async def _unless_disconnected(
+    request: Request, drain: Drain, work: Awaitable[Response]
+) -> Response:
     task = asyncio.ensure_future(work)
     watch = asyncio.ensure_future(_disconnected(request))
+    # At the end of the shutdown grace, the drain ends the watch as if the client
+    # had left; the client is still there, and told (gateway.drain).
+    drain.hold(watch.cancel)
     try:
         await asyncio.wait((task, watch), return_when=asyncio.FIRST_COMPLETED)
     finally:
+        drain.release(watch.cancel)
+        cut_by_shutdown = watch.cancelled()  # nothing else cancels it before here
         watch.cancel()
         if not task.done():
             task.cancel()  # the client left: stop waiting on the upstream
@@ -239,6 +252,9 @@ async def _unless_disconnected(request: Request, work: Awaitable[Response]) -> R
         # (reading the result before that would be an error, not a 499).
         await asyncio.wait((task,))
     if task.cancelled():
+        if cut_by_shutdown:
+            grace = f"its shutdown grace of {drain.grace_s:g}s ran out before the answer came"
+            raise ShuttingDown(grace)
         # Nobody will read this; 499 ("client closed request") keeps the metrics honest.
         return Response(status_code=499)
     return task.result()

@@ -34,6 +34,7 @@ from typing import Any
 from fastapi.responses import Response
 
 from gateway.api.wire import CHAT_WIRE, Wire
+from gateway.drain import Drain
 from gateway.enums import TokenKind, UpstreamOutcome, WriteSource
 from gateway.errors import APIError, error_body
 from gateway.exceptions import (
@@ -50,7 +51,7 @@ from gateway.memory.service import MemoryService
 from gateway.metrics import GatewayMetrics
 from gateway.upstream.http import BodyTooLarge, TimedOut, TransportError
 from gateway.upstream.pool import OpenedReply, UpstreamPool
-from gateway.upstream.sse import MAX_REPLY_CHARS
+from gateway.upstream.sse import MAX_REPLY_CHARS, StreamAccumulator
 
 logger = logging.getLogger("gateway.chat")
 
@@ -117,6 +118,7 @@ class Relay:
         memory: MemoryService,
         total_timeout_s: float,
         stream_idle_timeout_s: float,
+        drain: Drain,
         drop_usage: bool = False,
         wire: Wire = CHAT_WIRE,
     ) -> None:
@@ -125,6 +127,8 @@ class Relay:
         self.memory = memory
         self.total_timeout_s = total_timeout_s
         self.stream_idle_timeout_s = stream_idle_timeout_s
+        self.drain = drain
+        self.cut_by_shutdown = False
         self.wire = wire
         sent_model = opened.target.model
         # The upstream knew the model by another name: give the client's back.
@@ -203,6 +207,9 @@ class Relay:
         cut_mid_line = False
         failure: bytes | None = None
         remembered = False
+        # At the end of the shutdown grace the upstream's connection is closed,
+        # and the stream ends with an error event saying why (gateway.drain).
+        self.drain.hold(self._cut_short)
         try:
             async for chunk in response.aiter_bytes():  # decoded, if the upstream compressed
                 if first:
@@ -227,6 +234,8 @@ class Relay:
                 yield tail
             if acc.completed:
                 outcome = UpstreamOutcome.SUCCESS
+            elif self.cut_by_shutdown:
+                outcome, failure = UpstreamOutcome.SHUTDOWN, self._shutdown_event(acc)
             else:
                 failure = acc.error_event(
                     "the LLM upstream closed the stream before finishing",
@@ -239,12 +248,20 @@ class Relay:
                 f"the LLM upstream sent nothing for {idle:g}s", "upstream_stream_idle_timeout"
             )
         except TransportError as exc:
-            logger.warning("stream from %s broke: %s", self.name, exc)
-            failure = acc.error_event("the LLM upstream failed mid-stream", "upstream_stream_error")
+            if self.cut_by_shutdown and acc.completed:  # cut after its end: finished
+                outcome = UpstreamOutcome.SUCCESS
+            elif self.cut_by_shutdown:
+                outcome, failure = UpstreamOutcome.SHUTDOWN, self._shutdown_event(acc)
+            else:
+                logger.warning("stream from %s broke: %s", self.name, exc)
+                failure = acc.error_event(
+                    "the LLM upstream failed mid-stream", "upstream_stream_error"
+                )
         except asyncio.CancelledError:
             outcome = UpstreamOutcome.CLIENT_DISCONNECT
             raise
         finally:
+            self.drain.release(self._cut_short)
             await response.aclose()
             self._finish(outcome)
         if failure is not None:
@@ -254,6 +271,18 @@ class Relay:
             self._count_tokens(acc.usage)
             if not remembered:  # finished without [DONE]: before the stream's last bytes
                 await self._remember(acc.text)
+
+    def _cut_short(self) -> None:
+        self.cut_by_shutdown = True
+        self.opened.response.abort()
+
+    def _shutdown_event(self, acc: StreamAccumulator) -> bytes:
+        grace = self.drain.grace_s
+        return acc.error_event(
+            f"the gateway is shutting down and its shutdown grace of {grace:g}s ran out "
+            "before the reply ended; send the request again",
+            "gateway_shutting_down",
+        )
 
     def _finish(self, outcome: UpstreamOutcome) -> None:
         now = time.perf_counter()

@@ -178,6 +178,10 @@ class Reply:
         # Back to the pool when the body was read to its end, else closed.
         self._response.release()
 
+    def abort(self) -> None:
+        """Close the connection now: a read waiting on the body raises ``Disconnected``."""
+        self._response.close()
+
 
 def proxy_for(url: str) -> str | None:
     """The proxy the environment names for ``url``, as urllib (and httpx) read it."""

@@ -29,6 +29,9 @@ from deploy_files import (
     variables,
 )
 
+from gateway.drain import graceful_timeout_s
+from gateway.settings import Settings
+
 # What each stateful service must keep on a named volume, and where.
 STATE = {
     "qdrant": "/qdrant/storage",
@@ -183,6 +186,13 @@ def test_the_gateway_waits_for_embedder_and_qdrant_but_not_for_vllm(
         "embedder": {"condition": "service_healthy"},
         "qdrant": {"condition": "service_healthy"},
     }
+
+
+def test_compose_waits_for_the_gateways_shutdown_before_it_kills(stack: dict[str, Any]) -> None:
+    # A SIGKILL before the drain has ended the answers in flight cuts them without a word.
+    grace = Settings.model_fields["shutdown_grace_s"].default
+    stop = duration_s(services(stack)["gateway"]["stop_grace_period"])
+    assert stop >= graceful_timeout_s(grace) + 5
 
 
 def test_vllm_gets_a_gpu_shared_memory_caches_and_time_to_load(stack: dict[str, Any]) -> None:

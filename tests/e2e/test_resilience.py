@@ -348,6 +348,37 @@ def test_sigterm_lets_an_in_flight_stream_finish(
         httpx.get(f"{gateway.base_url}/livez")
 
 
+def test_sigterm_past_the_grace_ends_what_is_in_flight_in_words(
+    gateway_factory: GatewayFactory, llm: RunningServer, embedder: Service
+) -> None:
+    # An LLM that never finishes: a stream stops after its first event, a
+    # completion never comes. Past the grace each client is told, in OpenAI's
+    # terms, that the gateway is going away; nothing is cut without a word.
+    gateway = gateway_factory(llm.url, embedder.url, GATEWAY_SHUTDOWN_GRACE_S="1")
+    llm.set_behavior(mode="stall")
+    waiting: dict[str, httpx.Response] = {}
+    thread = threading.Thread(target=lambda: waiting.update(answer=chat(gateway, timeout=30)))
+    thread.start()
+    with httpx.stream("POST", f"{gateway.url}/chat/completions",
+                      json={**CHAT, "stream": True}, timeout=30) as response:  # fmt: skip
+        lines = response.iter_lines()
+        received = [next(lines)]  # the stream has begun
+        wait_until(lambda: len(llm.requests()) == 2, 5)  # and the completion waits
+        gateway.proc.send_signal(signal.SIGTERM)
+        received.extend(lines)
+    thread.join(30)
+    events = sse_events("\n".join(received))
+    assert "[DONE]" not in events
+    assert json.loads(events[-1])["error"]["code"] == "gateway_shutting_down"
+    answer = waiting["answer"]
+    assert answer.status_code == 503 and answer.headers["retry-after"] == "1"
+    assert answer.json()["error"]["code"] == "gateway_shutting_down"
+    assert gateway.proc.wait(15) in (0, -signal.SIGTERM)
+    log = gateway.log()
+    assert "Application shutdown complete" in log
+    assert "Traceback" not in log and "timeout graceful shutdown exceeded" not in log
+
+
 def test_openai_sdk_sees_a_clean_503_when_nothing_can_serve(
     gateway_factory: GatewayFactory, embedder: Service
 ) -> None:

@@ -14,8 +14,10 @@ from typing import Any
 import pytest
 
 from gateway.api.relay import MemoryPlan, Relay
+from gateway.drain import Drain
 from gateway.enums import UpstreamOutcome
 from gateway.memory.records import Scope
+from gateway.upstream.http import Disconnected
 from gateway.upstream.pool import OpenedReply, Target
 from gateway.upstream.replica import Upstream
 from tests.gateway.memory.harness import ALICE, Harness, opened_harness
@@ -28,8 +30,12 @@ def event(payload: dict[str, Any] | str) -> bytes:
     return f"data: {data}\n\n".encode()
 
 
+ABORTED = b"<aborted>"
+
+
 class StreamedReply:
-    """An upstream's stream whose events come when the test puts them."""
+    """An upstream's stream whose events come when the test puts them; ``abort``
+    breaks it off as closing a real connection does."""
 
     status_code = 200
     headers = {"content-type": "text/event-stream"}
@@ -39,7 +45,12 @@ class StreamedReply:
 
     async def aiter_bytes(self) -> AsyncIterator[bytes]:
         while (chunk := await self.events.get()) is not None:
+            if chunk == ABORTED:
+                raise Disconnected("connection closed")
             yield chunk
+
+    def abort(self) -> None:
+        self.events.put_nowait(ABORTED)
 
     async def aclose(self) -> None:
         pass
@@ -65,13 +76,16 @@ async def h(tmp_path: Path) -> AsyncIterator[Harness]:
         yield harness
 
 
-def relay(h: Harness, reply: StreamedReply, started: float, pool: Pool) -> Relay:
+def relay(
+    h: Harness, reply: StreamedReply, started: float, pool: Pool, drain: Drain | None = None
+) -> Relay:
     upstream = Upstream("u", "http://u/v1", http=None)  # type: ignore[arg-type]
     opened = OpenedReply(Target(upstream, "m"), reply, time.perf_counter())  # type: ignore[arg-type]
     plan = MemoryPlan(scope=ALICE, top_k=5, store=True, query=QUESTION)
     return Relay(
         opened, plan, started, "m", model_label="m", metrics=h.metrics, pool=pool,  # type: ignore[arg-type]
         memory=h.service, total_timeout_s=60, stream_idle_timeout_s=60,
+        drain=drain or Drain(30),
     )  # fmt: skip
 
 
@@ -113,4 +127,35 @@ async def test_the_same_turn_without_a_forget_is_stored(h: Harness) -> None:
 async def test_a_turn_begun_after_the_forget_is_stored(h: Harness) -> None:
     await h.service.forget(ALICE)
     await stream_turn(h, forget_mid_stream=False)
+    assert await memories_of(h, ALICE) == sorted([QUESTION, "You said she lives in Lyon."])
+
+
+def first_token() -> bytes:
+    return event({"choices": [{"index": 0, "delta": {"content": "You"}}]})
+
+
+async def test_a_stream_past_the_shutdown_grace_ends_with_an_error_event(h: Harness) -> None:
+    reply, pool, drain = StreamedReply(), Pool(), Drain(grace_s=0.05)
+    chunks = relay(h, reply, time.perf_counter(), pool, drain).stream()
+    reply.events.put_nowait(first_token())
+    received = [await anext(chunks)]
+    drain.begin()  # SIGTERM; the upstream sends nothing more
+    received += [chunk async for chunk in chunks]  # ends: the drain closed the upstream
+    last = json.loads(received[-1].decode().removeprefix("data: "))
+    assert last["error"]["code"] == "gateway_shutting_down"
+    assert b"[DONE]" not in b"".join(received)
+    assert pool.outcome == UpstreamOutcome.SHUTDOWN  # not the upstream's failure
+    assert await memories_of(h, ALICE) == []  # a cut reply is not remembered
+
+
+async def test_a_stream_that_ends_within_the_grace_is_whole_and_stored(h: Harness) -> None:
+    reply, pool, drain = StreamedReply(), Pool(), Drain(grace_s=30)
+    chunks = relay(h, reply, time.perf_counter(), pool, drain).stream()
+    reply.events.put_nowait(first_token())
+    received = [await anext(chunks)]
+    drain.begin()
+    reply.finish(" said she lives in Lyon.")
+    received += [chunk async for chunk in chunks]
+    assert b"".join(received).endswith(b"data: [DONE]\n\n")
+    assert pool.outcome == UpstreamOutcome.SUCCESS
     assert await memories_of(h, ALICE) == sorted([QUESTION, "You said she lives in Lyon."])
