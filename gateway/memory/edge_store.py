@@ -83,6 +83,7 @@ def _filter(conditions: Sequence[Condition]) -> qe.Filter:
 
 class EdgeStore:
     name = "qdrant-edge"
+    needs_flush = True  # the shard's WAL is a memory-mapped file: flush() puts writes on disk
 
     def __init__(self, path: Path, dimension: int, space: DiskSpace | None = None) -> None:
         self._path = path

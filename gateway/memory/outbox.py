@@ -39,6 +39,7 @@ that it is not current any more and leaves it for the next round.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import sqlite3
@@ -132,11 +133,18 @@ class Outbox:
 
     # Synchronous API (fast, local); the async wrappers keep fsync off the loop.
     def put_sync(
-        self, scope: Scope, memories: Sequence[NewMemory], since: float | None = None
+        self,
+        scope: Scope,
+        memories: Sequence[NewMemory],
+        since: float | None = None,
+        *,
+        held: bool = False,
     ) -> int:
         """Queue the memories, committed when this returns; their entry's seq.
         ``since``: when the request behind them began (``time.perf_counter``);
-        raises ``Forgotten`` if the user was forgotten after that."""
+        raises ``Forgotten`` if the user was forgotten after that. ``held``:
+        a direct write's journal, which waits for nothing until it is settled
+        or released (``settle_held``, ``release_held``)."""
         with self._lock:
             if self._conn is None:
                 raise RuntimeError("outbox is closed")
@@ -155,13 +163,32 @@ class Outbox:
                 )
                 seq = int(cursor.lastrowid or 0)
                 index_ids(conn, seq, scope, memories)
-            self._view.track(seq, scope)
+            if held:
+                self._view.hold(seq)
+            else:
+                self._view.track(seq, scope)
             return seq
 
     async def put(
-        self, scope: Scope, memories: Sequence[NewMemory], since: float | None = None
+        self,
+        scope: Scope,
+        memories: Sequence[NewMemory],
+        since: float | None = None,
+        *,
+        held: bool = False,
     ) -> int:
-        return await asyncio.to_thread(self.put_sync, scope, memories, since)
+        return await asyncio.to_thread(
+            functools.partial(self.put_sync, scope, memories, since, held=held)
+        )
+
+    def settle_held(self, seq: int) -> None:
+        """A direct write stored what its held row journals: the row goes after
+        the store's next flush, as a replayed one does."""
+        self._view.settle_held(seq)
+
+    def release_held(self, seq: int, scope: Scope) -> None:
+        """A direct write could not store: its held row is queued, for the replayer."""
+        self._view.release_held(seq, scope)
 
     def head_sync(
         self, limit: int = 1, max_chars: int | None = None, first: Sequence[Scope] = ()
@@ -173,8 +200,9 @@ class Outbox:
         with self._lock:  # rows and their revisions read together
             if self._conn is None:
                 raise RuntimeError("outbox is closed")
-            # Stored rows that wait for the store's flush are passed over.
-            stored = self._view.unflushed()
+            # Stored rows that wait for the store's flush, and the rows of direct
+            # writes in flight, are passed over.
+            stored = self._view.passed_over()
             rows: list[Any] = []
             for scope in first:
                 rows += self._conn.execute(
@@ -274,11 +302,15 @@ class Outbox:
                 # Noted first: a put that comes after this, for a request begun
                 # before it, is refused (``put_sync``).
                 self._forgets.forgot(scope, time.perf_counter())
+                # A direct write in flight keeps its row: it stores as a write
+                # after the forget (gateway.memory.writes), and the row is its journal.
+                held = sorted(self._view.held())
+                spare = f" AND seq NOT IN ({', '.join('?' * len(held))})" if held else ""
                 with self._transaction() as conn:
                     rows = conn.execute(
-                        "DELETE FROM outbox WHERE tenant = ? AND user_id = ? "
-                        "RETURNING seq, memories",
-                        where,
+                        "DELETE FROM outbox WHERE tenant = ? AND user_id = ?"
+                        f"{spare} RETURNING seq, memories",
+                        (*where, *held),
                     ).fetchall()
                     dead = conn.execute(
                         "DELETE FROM dead WHERE tenant = ? AND user_id = ? RETURNING memories",

@@ -14,6 +14,12 @@ has flushed it to disk (gateway.memory.replay): meanwhile the view keeps it
 as *unflushed*, so that ``head`` passes over it and the replayer knows which
 rows to delete after the next flush.
 
+A direct write's own row (its journal: the memory API stores at once, and
+the row makes its answer survive a power cut until the store has flushed)
+is *held* while the write runs: not waiting, so nobody waits for it, and
+passed over by ``head`` like an unflushed row. The write then settles it
+(stored: unflushed) or releases it (an outage: it waits like any other).
+
 The outbox changes the view in the thread that changed its tables, in the
 same critical section; the event loop reads it under the view's own lock,
 which is never held across any I/O.
@@ -37,6 +43,7 @@ class PendingView:
         self._dead = 0  # rows set aside (the outbox's ``dead`` table)
         self._unflushed: set[int] = set()  # stored, their rows waiting for the flush
         self._unflushed_since: float | None = None  # perf_counter of the oldest
+        self._held: set[int] = set()  # direct writes' rows while they run
 
     def track(self, seq: int, scope: Scope) -> None:
         with self._lock:
@@ -49,6 +56,7 @@ class PendingView:
             for seq in seqs:
                 self._forget_seq(seq)
                 self._unflushed.discard(seq)
+                self._held.discard(seq)
             if not self._unflushed:
                 self._unflushed_since = None
 
@@ -62,6 +70,37 @@ class PendingView:
                     self._unflushed.add(seq)
             if self._unflushed and self._unflushed_since is None:
                 self._unflushed_since = time.perf_counter()
+
+    def hold(self, seq: int) -> None:
+        """A direct write's row: neither waiting nor stored while it runs."""
+        with self._lock:
+            self._held.add(seq)
+
+    def settle_held(self, seq: int) -> None:
+        """The direct write stored its memories: its row waits for the flush."""
+        with self._lock:
+            if seq in self._held:  # else removed meanwhile (a forget, a delete)
+                self._held.remove(seq)
+                self._unflushed.add(seq)
+                if self._unflushed_since is None:
+                    self._unflushed_since = time.perf_counter()
+
+    def release_held(self, seq: int, scope: Scope) -> None:
+        """The direct write could not store: its row waits like any other."""
+        with self._lock:
+            if seq in self._held:
+                self._held.remove(seq)
+                self._scope_of[seq] = scope
+                self._by_scope.setdefault(scope, set()).add(seq)
+
+    def held(self) -> set[int]:
+        with self._lock:
+            return set(self._held)
+
+    def passed_over(self) -> set[int]:
+        """The rows ``head`` skips: stored ones waiting for the flush, and held ones."""
+        with self._lock:
+            return self._unflushed | self._held
 
     def unflushed(self) -> set[int]:
         """The stored entries whose rows wait for the flush (a copy)."""

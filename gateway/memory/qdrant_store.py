@@ -59,6 +59,7 @@ def _sparse(vector: Sparse) -> models.SparseVector:
 
 class QdrantServerStore:
     name = "qdrant"
+    needs_flush = False  # an upsert answers once the server has it (wait=True)
 
     def __init__(
         self, url: str, api_key: str | None, collection: str, dimension: int, timeout_s: float = 5.0

@@ -3,7 +3,11 @@
 Writes take one of two paths. The memory API writes at once (one embedder
 call for the whole batch, then one upsert) and answers 201; when the embedder
 or the store is down, the batch goes to the durable outbox instead and the
-API answers 202. Memories from chat always go through the outbox: the relay
+API answers 202. With Qdrant Edge, whose writes reach the disk only when the
+shard is flushed, a write at once is journaled in the outbox first (one local
+commit), so a power cut after its 201 loses nothing: the row goes after the
+next flush, or becomes the queued write if the store or embedder fails.
+Memories from chat always go through the outbox: the relay
 awaits the outbox write before the client can have the reply's end, so a
 gateway killed right after answering still has them, and the replayer
 stores them at once in the background.
@@ -24,6 +28,7 @@ unavailable) are retried.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sqlite3
 import time
@@ -37,6 +42,7 @@ from gateway.exceptions import (
     MemoryRejected,
     MemoryUnavailable,
     OutboxFull,
+    OutboxRefused,
     OutboxUnavailable,
     StoreUnavailable,
 )
@@ -166,7 +172,8 @@ class MemoryService:
     # -- writes --------------------------------------------------------------
 
     async def add(self, scope: Scope, memories: Sequence[NewMemory]) -> AddOutcome:
-        """Write now if possible, else queue durably.
+        """Write now if possible, else queue durably. With Qdrant Edge, a write
+        now is journaled in the outbox until the store has flushed it.
 
         Raises MemoryRejected (or EmbedderRejected) for what can never be
         stored, OutboxRefused (OutboxFull, OutboxUnavailable) when it had to
@@ -182,23 +189,73 @@ class MemoryService:
             # Older writes of this user wait: they go first (order matters within a user).
             await self.wait_stored(scope, self._read_your_writes_s)
         if self.available and not self._outbox.pending(scope):
-            try:
-                results = await self.write_now(scope, unique, _write_priority(unique))
-            except OUTAGES as exc:
-                self._report(exc)
-            except EmbedderRejected:
-                raise
-            except Exception as exc:  # the store cannot take it: a client error
-                logger.warning("memory write for %s refused: %r", scope.tenant, exc)
-                raise MemoryRejected(f"{type(exc).__name__}: {exc}") from exc
-            else:
+            results = await self._add_now(scope, unique)
+            if results is not None:
                 for result in results:
                     outcome = WriteOutcome.STORED if result.event == ADD else WriteOutcome.DUPLICATE
                     self._metrics.memory_writes.labels(source, outcome).inc()
                 return AddOutcome(_per_memory(memories, results), queued=False)
-        await self.enqueue(scope, unique)
+        else:
+            await self.enqueue(scope, unique)
         results = [WriteResult(memory_id(scope, m.text), m.text, ADD) for m in unique]
         return AddOutcome(_per_memory(memories, results), queued=True)
+
+    async def _add_now(self, scope: Scope, unique: Sequence[NewMemory]) -> list[WriteResult] | None:
+        """Store the memories now; None when an outage had them queued instead."""
+        journal = await self._journal(scope, unique)
+        try:
+            results = await self.write_now(scope, unique, _write_priority(unique), journal)
+        except OUTAGES as exc:
+            self._report(exc)
+        except asyncio.CancelledError:  # accepted once the row committed: it replays
+            await self._unjournal(journal, scope, keep=True)
+            raise
+        except (EmbedderRejected, MemoryRejected):
+            await self._unjournal(journal, scope, keep=False)
+            raise
+        except Exception as exc:  # the store cannot take it: a client error
+            logger.warning("memory write for %s refused: %r", scope.tenant, exc)
+            await self._unjournal(journal, scope, keep=False)
+            raise MemoryRejected(f"{type(exc).__name__}: {exc}") from exc
+        else:
+            if journal is not None:  # settled: its row goes after the store's next flush
+                self._replayer.wake()
+            return results
+        if journal is None:
+            await self.enqueue(scope, unique)
+        else:  # the journal is the queued write
+            await self._unjournal(journal, scope, keep=True)
+            self._queued(unique)
+        return None
+
+    async def _journal(self, scope: Scope, memories: Sequence[NewMemory]) -> int | None:
+        """Before a direct write into a store that keeps writes in memory until
+        flushed (Qdrant Edge): its row in the outbox, held while it runs, so a
+        power cut after the 201 loses nothing; the row goes after the store's
+        next flush, as a replayed one's does. None for a store that has each
+        write on disk when it answers (a Qdrant server). Raises OutboxRefused
+        when the outbox cannot take it (nothing is written then)."""
+        if not self._store.needs_flush:
+            return None
+        try:
+            return await self._outbox.put(scope, memories, held=True)
+        except sqlite3.Error as exc:
+            raise self._refused(memories, exc, scope.tenant) from exc
+
+    async def _unjournal(self, journal: int | None, scope: Scope, *, keep: bool) -> None:
+        """A direct write did not store: its row is queued for the replayer
+        (``keep``: an outage, or a client gone mid-write, whose write was
+        accepted when its row committed) or deleted (the write was refused)."""
+        if journal is None:
+            return
+        if keep:
+            self._outbox.release_held(journal, scope)
+            self._replayer.wake()
+            return
+        try:
+            await asyncio.shield(self._outbox.done([journal]))
+        except sqlite3.Error as exc:  # the row replays at start, and is set aside then
+            logger.warning("the outbox row of a refused write stays: %s", exc)
 
     async def enqueue(
         self, scope: Scope, memories: Sequence[NewMemory], since: float | None = None
@@ -223,31 +280,47 @@ class MemoryService:
             )
             return
         except sqlite3.Error as exc:  # SQLITE_FULL, an I/O error, a read-only file
-            # The operator's one line (the client gets 507, or a chat reply
-            # marked x-memory-status: not_stored).
-            logger.error(
-                "%d memories of tenant %s not accepted, the outbox cannot take them: %s",
-                len(memories), scope.tenant, exc,
-            )  # fmt: skip
-            self._metrics.memory_writes.labels(memories[0].source, WriteOutcome.FAILED).inc(
-                len(memories)
-            )
-            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
-                raise OutboxFull(f"the outbox cannot take the write: {exc}") from exc
-            # Locked by another process, read-only, failing, gone: not a matter of
-            # space, and a retry may work (after a restart, for a removed file).
-            raise OutboxUnavailable(f"the outbox cannot take the write: {exc}") from exc
+            raise self._refused(memories, exc, scope.tenant) from exc
+        self._queued(memories)
+
+    def _queued(self, memories: Sequence[NewMemory]) -> None:
         self._metrics.memory_writes.labels(memories[0].source, WriteOutcome.QUEUED).inc(
             len(memories)
         )
         self._metrics.outbox_depth.set(self._outbox.depth)
         self._replayer.wake()
 
+    def _refused(
+        self, memories: Sequence[NewMemory], exc: sqlite3.Error, tenant: str
+    ) -> OutboxRefused:
+        """What a client is told when the outbox cannot take a write (SQLITE_FULL,
+        an I/O error, a read-only file), after the operator's one log line."""
+        logger.error(
+            "%d memories of tenant %s not accepted, the outbox cannot take them: %s",
+            len(memories), tenant, exc,
+        )  # fmt: skip
+        self._metrics.memory_writes.labels(memories[0].source, WriteOutcome.FAILED).inc(
+            len(memories)
+        )
+        if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+            return OutboxFull(f"the outbox cannot take the write: {exc}")
+        # Locked by another process, read-only, failing, gone: not a matter of
+        # space, and a retry may work (after a restart, for a removed file).
+        return OutboxUnavailable(f"the outbox cannot take the write: {exc}")
+
     async def write_now(
-        self, scope: Scope, memories: Sequence[NewMemory], priority: int = INTERACTIVE
+        self,
+        scope: Scope,
+        memories: Sequence[NewMemory],
+        priority: int = INTERACTIVE,
+        journal: int | None = None,
     ) -> list[WriteResult]:
-        """Embed and store the memories not stored yet, in one embedder call."""
-        [results] = await self._writer.write([(scope, memories)], priority)
+        """Embed and store the memories not stored yet, in one embedder call;
+        the ``journal`` row (``_journal``) is settled as they are stored."""
+        on_stored = (
+            None if journal is None else functools.partial(self._outbox.settle_held, journal)
+        )
+        [results] = await self._writer.write([(scope, memories)], priority, on_stored=on_stored)
         return results
 
     async def forget(self, scope: Scope) -> int:
@@ -301,8 +374,17 @@ class MemoryService:
     async def page(
         self, scope: Scope, limit: int, cursor: str | None
     ) -> tuple[list[MemoryRecord], str | None]:
-        """A page of the user's memories, and the cursor of the next (None: the last)."""
+        """A page of the user's memories, and the cursor of the next (None: the
+        last); the user's queued writes are stored first (``_own_writes_first``)."""
+        await self._own_writes_first(scope)
         return await self._store.list(scope, limit, cursor)
+
+    async def _own_writes_first(self, scope: Scope) -> None:
+        """Read-your-writes: a user's writes still queued (their last chat turns,
+        usually) are stored before a read of their memories, waiting at most
+        ``read_your_writes_s``. Not while a dependency is down: they could not be."""
+        if self.available and self._outbox.pending(scope):
+            await self.wait_stored(scope, self._read_your_writes_s)
 
     async def get(
         self, tenant: str, memory_id: str, user_id: str | None = None
@@ -332,6 +414,7 @@ class MemoryService:
         # slot) for a whole embedder timeout; the monitors' probes notice the return.
         if not self.available:
             raise MemoryUnavailable("memory dependencies are down")
+        await self._own_writes_first(scope)
         try:
             [vector] = await self._embedder.embed([query])
             self._vector_cache.put(query, vector)  # a chat turn stores this text next
@@ -348,9 +431,7 @@ class MemoryService:
         if not self.available:
             self._metrics.recalls.labels(RecallOutcome.DEGRADED).inc()
             raise MemoryUnavailable("memory dependencies are down")
-        if self._outbox.pending(scope):
-            # The user's last turns may not be stored yet: read them first.
-            await self.wait_stored(scope, self._read_your_writes_s)
+        await self._own_writes_first(scope)  # the user's last turns, if not stored yet
         started = time.perf_counter()
         try:
             records = await self.search(scope, query, limit, (), min_score)

@@ -42,6 +42,9 @@ class VectorStore(Protocol):
     """Every method filters by ``scope``: nothing crosses tenants or users."""
 
     name: str
+    # Writes are on disk only after ``flush``: the memory API journals its direct
+    # writes in the outbox until then (gateway.memory.service).
+    needs_flush: bool
 
     async def open(self) -> None:
         """Create or load the collection; raise DimensionMismatch on a size conflict."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from gateway.enums import MemoryEvent
@@ -101,14 +101,20 @@ class Writer:
             watch.removed.add(scope)
 
     async def write(
-        self, batches: Batches, priority: int = INTERACTIVE, claim: Claim | None = None
+        self,
+        batches: Batches,
+        priority: int = INTERACTIVE,
+        claim: Claim | None = None,
+        on_stored: Callable[[], None] | None = None,
     ) -> list[list[WriteResult]]:
         """Several writes (of one or more users) with one embedder call for all.
 
         The replayer passes the ``claim`` of its outbox rows: a batch whose row
         was purged or rewritten while this waited on the embedder is not stored
         now. A direct write (no claim) whose user lost memories meanwhile
-        starts over.
+        starts over; its ``on_stored`` runs under the lock once it is stored
+        (its outbox row then waits for the flush, and a forget after it
+        removes the row with the points).
         """
         while True:
             watch = _Watch()
@@ -123,6 +129,8 @@ class Writer:
                     else:
                         keep = [True] * len(batches)
                     await self._store_prepared(plan, keep)
+                    if on_stored is not None:
+                        on_stored()
                     if claim is not None:
                         # Before the entries count as stored: if this fails, they
                         # are replayed again, and checked again.

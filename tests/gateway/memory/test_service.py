@@ -11,9 +11,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gateway.exceptions import MemoryUnavailable, OutboxFull, OutboxUnavailable
+from gateway.exceptions import (
+    EmbedderRejected,
+    MemoryUnavailable,
+    OutboxFull,
+    OutboxUnavailable,
+    StoreUnavailable,
+)
+from gateway.memory.outbox import Outbox
+from gateway.memory.qdrant_store import QdrantServerStore
 from gateway.memory.records import NewMemory, Scope
-from tests.gateway.memory.harness import ALICE, WHEN, Harness, memories, vector
+from tests.gateway.memory.harness import (
+    ALICE,
+    DIM,
+    WHEN,
+    Harness,
+    memories,
+    opened_harness,
+    vector,
+)
 
 
 async def test_a_batch_is_embedded_in_one_call_and_deduplicated(h: Harness) -> None:
@@ -282,6 +298,21 @@ async def test_recall_waits_for_the_users_own_queued_turn(h: Harness) -> None:
     assert priority == 0 and not any("bob" in t for t in texts), (priority, texts)
 
 
+async def test_the_memory_apis_reads_find_the_users_turn_just_queued(h: Harness) -> None:
+    # A "what do you remember about me" page right after a chat turn: the
+    # search and the list store the user's queued turn first, as recall does.
+    await h.service.enqueue(ALICE, memories("I am allergic to peanuts"))
+    h.service.start_replayer()
+    try:
+        hits = await h.service.search(ALICE, "what am I allergic to?", 5)
+        await h.service.enqueue(ALICE, memories("I live in Lyon"))
+        page, _ = await h.service.page(ALICE, 10, None)
+    finally:
+        await h.service.stop_replayer()
+    assert [r.text for r in hits] == ["I am allergic to peanuts"]
+    assert sorted(r.text for r in page) == ["I am allergic to peanuts", "I live in Lyon"]
+
+
 async def test_a_users_write_goes_after_their_queued_ones(h: Harness) -> None:
     h.embedder.up = False
     await h.service.enqueue(ALICE, memories("first"))
@@ -424,3 +455,80 @@ async def test_forget_and_delete_answer_after_the_store_flushed_the_deletion(
     assert events == ["delete_scope", "flushed"]
     assert await h.service.delete("t", kept.id)
     assert events == ["delete_scope", "flushed", "delete", "flushed"]
+
+
+def outbox_rows(h: Harness) -> int:
+    [(count,)] = h.outbox._execute("SELECT COUNT(*) FROM outbox")
+    return int(count)
+
+
+async def test_a_direct_write_keeps_its_row_until_the_store_has_flushed_it(
+    h: Harness, tmp_path: Path
+) -> None:
+    # Qdrant Edge holds a new point in memory-mapped files until a flush: a
+    # power cut right after the 201 would lose it without the row.
+    outcome = await h.service.add(ALICE, memories("stored at once"))
+    assert not outcome.queued and await h.texts() == ["stored at once"]
+    assert outbox_rows(h) == 1 and h.outbox.depth == 0  # on disk, and nobody waits for it
+    assert h.service.status().outbox_depth == 0
+    # A power cut now: the row replays at start (idempotently: the id is the same).
+    reopened = Outbox(tmp_path / "outbox.sqlite3")
+    reopened.open()
+    assert reopened.depth == 1
+    reopened.close()
+    flushed_with_rows: list[int] = []
+    flush = h.store.flush
+
+    async def spy_flush() -> None:
+        flushed_with_rows.append(outbox_rows(h))
+        await flush()
+
+    h.store.flush = spy_flush  # type: ignore[method-assign]
+    assert await h.service.drain() == 0  # nothing to replay: only the flush, then the row goes
+    assert flushed_with_rows == [1] and outbox_rows(h) == 0
+    assert h.embedder.calls == 1  # the row was never replayed
+
+
+async def test_a_direct_write_that_meets_an_outage_is_queued_once_from_its_row(
+    h: Harness,
+) -> None:
+    upsert = h.store.upsert
+
+    async def down(*_: object) -> None:
+        raise StoreUnavailable("connection refused")
+
+    h.store.upsert = down  # type: ignore[method-assign,assignment]
+    outcome = await h.service.add(ALICE, memories("during the outage"))
+    assert outcome.queued and h.outbox.depth == 1 and outbox_rows(h) == 1  # one row, not two
+    h.store.upsert = upsert  # type: ignore[method-assign]
+    h.store_monitor.report_success()
+    assert await h.service.drain() == 1
+    assert await h.texts() == ["during the outage"] and outbox_rows(h) == 0
+
+
+async def test_a_refused_direct_write_leaves_no_row(h: Harness) -> None:
+    h.embedder.reject = "poison"
+    with pytest.raises(EmbedderRejected):
+        await h.service.add(ALICE, memories("poison pill"))
+    assert outbox_rows(h) == 0 and h.outbox.depth == 0
+
+
+async def test_a_direct_write_whose_client_leaves_is_still_stored(h: Harness) -> None:
+    # Accepted once its row committed: the replay finishes what the client left.
+    h.embedder.hold = asyncio.Event()
+    write = asyncio.create_task(h.service.add(ALICE, memories("left mid-write")))
+    await h.embedder.held.wait()
+    write.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await write
+    h.embedder.hold.set()
+    assert h.outbox.depth == 1
+    assert await h.service.drain() == 1
+    assert await h.texts() == ["left mid-write"] and outbox_rows(h) == 0
+
+
+async def test_a_direct_write_to_a_qdrant_server_has_no_row(tmp_path: Path) -> None:
+    # The server has each upsert when it answers (wait=true): nothing to journal.
+    async with opened_harness(tmp_path, QdrantServerStore(":memory:", None, "m", DIM)) as h:
+        assert not (await h.service.add(ALICE, memories("on the server"))).queued
+        assert outbox_rows(h) == 0
