@@ -1,13 +1,16 @@
-"""``GET /v1/models``: every routable model and alias, with its upstream's state."""
+"""``GET /v1/models`` and ``GET /v1/models/{model}``: every routable model and
+alias, with its upstream's state, from the gateway's own routing (no call to
+any upstream)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from gateway.api.answers import ModelList
+from gateway.api.answers import ModelCard, ModelList
 from gateway.auth import PrincipalDep
-from gateway.openapi import KEYED
+from gateway.exceptions import UnknownModel
+from gateway.openapi import KEYED, NO_MODEL, errors
 from gateway.services import ServicesDep
 
 router = APIRouter()
@@ -23,3 +26,18 @@ async def list_models(_: PrincipalDep, services: ServicesDep) -> JSONResponse:
     lists keeps its own fields, in its own order.
     """
     return JSONResponse({"object": "list", "data": services.router.listing()})
+
+
+@router.get(
+    "/v1/models/{model:path}", response_model=ModelCard, responses={**KEYED, **errors(NO_MODEL)}
+)
+async def retrieve_model(model: str, _: PrincipalDep, services: ServicesDep) -> JSONResponse:
+    """One item of the list (OpenAI's ``models.retrieve``), aliases included;
+    404 ``model_not_found`` for a name nothing here serves. The gateway answers
+    it, since an upstream knows neither the aliases nor the other upstreams'
+    models. A model id may hold slashes (``org/model``)."""
+    listing = services.router.listing()
+    for item in listing:
+        if item["id"] == model:
+            return JSONResponse(item)
+    raise UnknownModel(model, [str(item["id"]) for item in listing])

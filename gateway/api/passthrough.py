@@ -24,8 +24,9 @@ relayed as it arrives. An upstream without the endpoint answers its own 404,
 which the client gets as a 404.
 
 Routes: vLLM's known paths each have their own (so metrics name them), and
-any other ``/v1/…`` path goes upstream too, except the gateway's own paths
-(a wrong method on them is the gateway's 405, never forwarded).
+any other ``/v1/…`` path goes upstream too, except the gateway's own paths:
+a wrong method on them is the gateway's 405, and one of them written with a
+slash too many (``/v1/memories/``) its 404, never forwarded.
 """
 
 from __future__ import annotations
@@ -192,4 +193,25 @@ async def any_other(request: Request, principal: PrincipalDep, services: Service
         if route.matches(request.scope)[0] is Match.PARTIAL:
             allow = {"Allow": allowed_methods(request)}
             raise APIError(405, "Method Not Allowed", code="method_not_allowed", headers=allow)
+    if (own := _own_path(request)) is not None:
+        raise APIError(
+            404, f"no such path: {request.url.path!r}; this gateway serves {own!r}",
+            code="not_found",
+        )  # fmt: skip
     return await _forward_any(request, principal, services)
+
+
+def _own_path(request: Request) -> str | None:
+    """The gateway's own path that the request names with a slash too many
+    (``/v1/memories/``, ``/v1//chat/completions``), or None. Forwarded, such a
+    request would carry a memory's text, or a chat without its memory, to the
+    upstream with the operator's key; it is answered 404 instead."""
+    path: str = request.scope["path"]
+    canonical = "/" + "/".join(segment for segment in path.split("/") if segment)
+    if canonical == path:
+        return None
+    scope = {**request.scope, "path": canonical}
+    for route in request.app.state.routes:  # every router's, as added (gateway.app)
+        if route.endpoint is not any_other and route.matches(scope)[0] is not Match.NONE:
+            return canonical
+    return None

@@ -220,6 +220,11 @@ class ModelRouter:
                     items.setdefault(
                         model["id"],
                         {
+                            # OpenAI's required fields, where the upstream's item
+                            # lacks them (llama.cpp's has no "created").
+                            "object": "model",
+                            "created": 0,
+                            "owned_by": group,
                             **model,
                             "upstream": group,
                             "state": state,

@@ -106,6 +106,22 @@ def test_models_lists_aliases_and_discovered_models(gateway: Service) -> None:
     assert listed["model-b"]["upstream"] == "team-b"
 
 
+def test_a_model_is_retrieved_by_name_aliases_included(gateway: Service) -> None:
+    # The SDK's models.retrieve: answered by the gateway, which alone knows the
+    # aliases and every upstream's models (it was passed through: a 404 upstream).
+    api = client(gateway)
+    small = api.models.retrieve("small").model_dump()
+    assert small["id"] == "small" and small["upstream"] == "team-a"
+    assert small["upstream_model"] == "model-a"
+    discovered = api.models.retrieve("model-b")
+    assert discovered.id == "model-b" and discovered.object == "model"
+    assert isinstance(discovered.created, int) and discovered.owned_by
+    with pytest.raises(NotFoundError) as caught:
+        api.models.retrieve("gpt-7")
+    error = caught.value.body
+    assert isinstance(error, dict) and error["code"] == "model_not_found"
+
+
 def test_a_stream_asks_the_upstream_for_usage_the_client_did_not_ask_for(
     gateway: Service, servers: dict[str, RunningServer]
 ) -> None:

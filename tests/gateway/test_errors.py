@@ -324,3 +324,33 @@ def test_the_search_route_with_another_method_is_a_405_not_a_bad_memory_id(
     assert answer.status_code == 405, answer.text
     assert "POST" in answer.headers["allow"]
     assert answer.json()["error"]["code"] == "method_not_allowed"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "own"),
+    [
+        ("POST", "/v1/memories/", "/v1/memories"),
+        ("GET", "/v1/memories/?user_id=alice", "/v1/memories"),
+        ("POST", "/v1/memories/search/", "/v1/memories/search"),
+        ("POST", "/v1/chat/completions/", "/v1/chat/completions"),
+        ("POST", "/v1//chat/completions", "/v1/chat/completions"),
+        ("GET", "/v1/models/", "/v1/models"),
+        ("POST", "/v1/completions/", "/v1/completions"),
+    ],
+)
+def test_a_gateway_path_with_a_slash_too_many_is_not_forwarded(
+    gateway: TestClient, method: str, path: str, own: str
+) -> None:
+    # Forwarded, a memory's text (or a chat without its memory) went to the
+    # upstream with the operator's key; this upstream is down, so a forward
+    # would have been a 503.
+    body = b'{"user_id": "alice", "text": "my PIN is 4321"}' if method == "POST" else None
+    answer = gateway.request(method, path, content=body, headers=JSON if body else None)
+    assert answer.status_code == 404, answer.text
+    error = answer.json()["error"]
+    assert error["code"] == "not_found" and repr(own) in error["message"]
+
+
+def test_an_upstream_path_with_a_trailing_slash_still_goes_upstream(gateway: TestClient) -> None:
+    answer = gateway.get("/v1/files/")  # not the gateway's: the upstream's to answer
+    assert answer.status_code == 503

@@ -89,6 +89,16 @@ async def test_listing_has_aliases_and_discovered_models_with_state(router: Mode
     assert {item["state"] for item in items.values()} <= {"healthy", "starting", "unavailable"}
 
 
+async def test_a_listed_model_has_openais_required_fields_even_if_its_upstream_left_some_out(
+    router: ModelRouter,
+) -> None:
+    serves(router, "qwen", "qwen")  # an item of only id and object, as llama.cpp's lacks created
+    router.replicas.group("qwen")[0].models[0]["owned_by"] = "someone"
+    [item] = [item for item in router.listing() if item["id"] == "qwen"]
+    assert item["created"] == 0 and item["object"] == "model"
+    assert item["owned_by"] == "someone"  # the upstream's own fields win
+
+
 def test_config_file_is_validated(tmp_path: Path) -> None:
     path = tmp_path / "upstreams.yaml"
     path.write_text(
