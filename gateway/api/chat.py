@@ -37,7 +37,12 @@ from gateway.exceptions import (
     ShuttingDown,
 )
 from gateway.json_depth import TOO_DEEP, nests_deeper
-from gateway.memory.prompt import inject_memories, last_user_text, recall_query
+from gateway.memory.prompt import (
+    conversation_texts,
+    inject_memories,
+    last_user_text,
+    recall_query,
+)
 from gateway.openapi import KEYED, NO_MODEL, UPSTREAM, WITH_BODY, errors, json_body, relayed
 from gateway.services import Services, ServicesDep
 from gateway.upstream.pool import OpenedReply, Target
@@ -274,17 +279,27 @@ async def recall_fit(
     (and ``x-memory-status`` when degraded) when memory is on."""
     fit = MemoryFit(targets, incoming, services.router.context_windows, conversation)
     if plan.scope is not None:
-        headers["x-memory-hits"] = str(fit.inject(await _recall(services, plan, headers)))
+        # A memory the request already holds (an earlier turn of this conversation,
+        # sent again as its history) would only take a place and the context twice.
+        present = conversation_texts(conversation.get("messages"))
+        recalled = await _recall(services, plan, headers, extra=min(len(present), plan.top_k))
+        fresh = [record for record in recalled if record.text not in present][: plan.top_k]
+        headers["x-memory-hits"] = str(fit.inject(fresh))
     return fit
 
 
-async def _recall(services: Services, plan: MemoryPlan, headers: dict[str, str]) -> list[Any]:
+async def _recall(
+    services: Services, plan: MemoryPlan, headers: dict[str, str], extra: int = 0
+) -> list[Any]:
+    """The ``top_k`` best memories of the turn, and ``extra`` more (some may be
+    left out)."""
     if plan.top_k <= 0 or not plan.query or plan.scope is None:
         return []
     try:
         return await services.memory.recall(
-            plan.scope, recall_query(plan.query), plan.top_k, services.settings.memory_min_score
-        )
+            plan.scope, recall_query(plan.query), plan.top_k + extra,
+            services.settings.memory_min_score,
+        )  # fmt: skip
     except (MemoryUnavailable, EmbedderRejected) as exc:
         # A refused query is not the client's fault (it is valid text, cut to a size
         # any embedder should take): answered without memory, like an embedder outage.

@@ -104,6 +104,29 @@ def test_hits_header_and_existing_system_message(
     assert "Trondheim" in messages[0]["content"]
 
 
+def test_a_turn_the_request_holds_already_is_not_recalled_into_it(
+    stack_gateway: Service, upstream: RunningServer, user: str
+) -> None:
+    # The client sends the conversation so far with each turn: its earlier turns,
+    # stored as memories, must not come back as "notes from earlier conversations".
+    client = sync_client(stack_gateway)
+    ask(client, user, "I keep bees on my roof in Lisbon.", stream=False)
+    ask(client, user, FACT, stream=False)
+    wait_for_memories(stack_gateway, user, 4)
+    history: Any = [
+        {"role": "user", "content": FACT},
+        {"role": "assistant", "content": f"echo: {FACT}"},
+        {"role": "user", "content": QUESTION},
+    ]
+    raw = client.chat.completions.with_raw_response.create(
+        model="fake-model", user=user, messages=history
+    )
+    block = system_text(upstream.requests()[-1])
+    assert "Lisbon" in block  # the other conversation's turn is recalled
+    assert "Trondheim" not in block  # this conversation's is in the request already
+    assert raw.headers["x-memory-hits"] == "2"  # the bees turn; the top_k is filled on
+
+
 def test_unknown_fields_are_forwarded_and_memory_object_is_not(
     stack_gateway: Service, upstream: RunningServer, user: str
 ) -> None:

@@ -51,6 +51,15 @@ def test_memories_are_quoted_data_with_dates() -> None:
     assert len(lines) == 5
 
 
+def test_the_assistants_earlier_words_are_not_passed_off_as_the_users() -> None:
+    # A stored reply may be wrong ("your favourite colour is red"): it is labelled as
+    # the assistant's, and the model is told the user's words outrank it.
+    block = format_memories([record("Your favourite colour is red.", "assistant")])
+    assert '- [2024-03-01, assistant] "Your favourite colour is red."' in block.splitlines()
+    assert "user provided" not in MEMORY_PREAMBLE
+    assert "Trust what the user said over what the assistant said" in MEMORY_PREAMBLE
+
+
 def test_inject_adds_a_leading_system_message_when_none() -> None:
     messages = [{"role": "user", "content": "hi"}]
     result = inject_memories(messages, "BLOCK")
