@@ -21,7 +21,11 @@ ENV_PREFIX = "EMBEDDER_"
 class EmbedderSettings(BaseSettings):
     """Every knob of the embedder. The env name is ``EMBEDDER_`` + the field name."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", env_ignore_empty=True)
+    # allow_inf_nan=False: "inf" is a number to pydantic, and no timeout or size here
+    # can be infinite (aiohttp raised OverflowError on every new connection).
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="ignore", env_ignore_empty=True, allow_inf_nan=False
+    )
 
     host: str = Field(default="127.0.0.1", description="Address the embedder listens on.")
     port: int = Field(default=8081, ge=0, le=65535, description="Port the embedder listens on.")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import sys
 
 import uvicorn
@@ -12,13 +13,13 @@ from pydantic import ValidationError
 from gateway.app import create_app
 from gateway.auth import KeyRing
 from gateway.connections import guarded_protocol, make_fd_room
-from gateway.datadir import MIB, check_data_dir, check_database
+from gateway.datadir import MIB, check_data_dir, check_database, hold_data_dir
 from gateway.drain import Drain, DrainingServer, graceful_timeout_s
 from gateway.exceptions import DataDirProblem
 from gateway.logs import configure_logging
 from gateway.memory.outbox import OUTBOX_FILE
 from gateway.secret_strength import check_secrets
-from gateway.settings import ENV_PREFIX, Settings, validation_problems
+from gateway.settings import ENV_PREFIX, Settings, unknown_variables, validation_problems
 from gateway.upstream.config import load_upstreams_file
 
 
@@ -54,12 +55,15 @@ def main() -> int:
     except ValueError as exc:
         print(f"memgate: configuration error: {exc}", file=sys.stderr)
         return 2
+    for warning in unknown_variables(os.environ):
+        print(f"memgate: warning: {warning}", file=sys.stderr)
     configure_logging(settings.log_level)
     make_fd_room(settings.max_connections)
     try:
         # Before anything opens a file there: one clear line instead of a
         # sqlite3 traceback (unwritable) or a SIGBUS (full disk).
         check_data_dir(settings.data_dir, settings.disk_reserve_mb * MIB)
+        held = hold_data_dir(settings.data_dir)  # open while this process serves
         check_database(settings.data_dir / OUTBOX_FILE, "the memory writes not stored yet")
         if not settings.qdrant_url:  # else registered models live on the Qdrant server
             check_database(settings.model_registry_path, "the models registered at run time")
@@ -93,7 +97,12 @@ def main() -> int:
     )
     server = DrainingServer(config, drain)
     freeze_startup_heap()
-    server.run()
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn raises Ctrl-C's SIGINT again once it has shut down
+        return 130  # the shell's code for SIGINT, without Python's traceback
+    finally:
+        held.close()
     # uvicorn exits quietly when the lifespan fails (e.g. a dimension mismatch).
     return 0 if server.started else 1
 

@@ -101,7 +101,8 @@ def read_api_keys_file(path: Path, keys: dict[bytes, str] | None = None) -> dict
 
 class KeyRing:
     """Raises ValueError for a malformed entry, a key given to two tenants (across
-    GATEWAY_API_KEYS and the keys file too), or an admin key that is a tenant's key."""
+    GATEWAY_API_KEYS and the keys file too), key settings that hold no key at
+    all, or an admin key that is a tenant's key."""
 
     def __init__(
         self,
@@ -112,6 +113,21 @@ class KeyRing:
         self._keys = parse_api_keys(api_keys) if api_keys else {}
         if keys_file is not None:
             read_api_keys_file(keys_file, self._keys)
+        if (api_keys or keys_file is not None) and not self._keys:
+            # No tenant key means no key check at all: a secret mounted empty, or
+            # GATEWAY_API_KEYS=",", must not leave every route open.
+            named = " and ".join(
+                name
+                for name, given in (
+                    ("GATEWAY_API_KEYS", api_keys),
+                    (f"GATEWAY_API_KEYS_FILE ({keys_file})", keys_file),
+                )
+                if given
+            )
+            raise ValueError(
+                f"{named} holds no key (tenant:key), so no request would be checked: "
+                "give at least one key, or unset it to run without keys on 127.0.0.1"
+            )
         if admin_key:
             _check_sendable(admin_key, "GATEWAY_ADMIN_KEY")
         self._admin = _digest(admin_key) if admin_key else None

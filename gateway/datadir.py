@@ -17,6 +17,9 @@ Edge store asks before each write: below the reserve, it refuses the write
 when the disk is full) and reports why in ``/readyz``, instead of letting
 the engine run the disk dry under its mmaps.
 
+One gateway process owns a data dir (``hold_data_dir``): a second one on
+the same directory stops start-up with one line.
+
 The SQLite files kept there (the outbox, the model registry) are checked at
 start the same way (``check_database``): one that is damaged, or that another
 process holds a write lock on, stops start-up with one line saying which file
@@ -26,11 +29,13 @@ and what to do, rather than a traceback, or a wait out SQLite's busy timeout.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import sqlite3
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from gateway.exceptions import DataDirProblem
 
@@ -103,6 +108,39 @@ def check_data_dir(path: Path, reserve_bytes: int) -> None:
             f"at least {reserve_bytes / MIB:.0f} MiB there to run safely "
             "(GATEWAY_DISK_RESERVE_MB): free space or give it a larger volume"
         )
+
+
+LOCK_FILE = "gateway.lock"  # under the data dir
+
+
+def hold_data_dir(path: Path) -> IO[str]:
+    """Take the data dir for this process, or raise DataDirProblem when another
+    gateway holds it. Two gateways on one outbox would each replay and delete
+    the other's rows (with a Qdrant server nothing else would stop them;
+    Qdrant Edge's own lock stopped only an Edge one, and only once the app had
+    started, in a traceback). An advisory lock: the kernel drops it when the
+    process ends, however it ends. Keep the handle open as long as the process
+    serves."""
+    handle = (path / LOCK_FILE).open("a+", encoding="utf-8")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        handle.seek(0)
+        holder = handle.read().strip()
+        handle.close()
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise DataDirProblem(f"cannot lock the data dir {path} ({exc.strerror})") from exc
+        by = f" (pid {holder})" if holder.isdigit() else ""
+        raise DataDirProblem(
+            f"the data dir {path} is in use by another gateway process{by}: give each "
+            "gateway its own GATEWAY_DATA_DIR (several gateways share a Qdrant server, "
+            "never a data dir)"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
 
 
 def check_database(path: Path, holds: str) -> None:

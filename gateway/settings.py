@@ -7,7 +7,9 @@ tests/deploy/test_settings.py fails when either is stale.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -24,7 +26,11 @@ class Settings(BaseSettings):
     """Every knob of the gateway. The env name is ``GATEWAY_`` + the field name."""
 
     # Empty values count as unset: compose passes optional variables as "".
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", env_ignore_empty=True)
+    # allow_inf_nan=False: "inf" is a number to pydantic, and no timeout or size here
+    # can be infinite (aiohttp raised OverflowError on every new connection).
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="ignore", env_ignore_empty=True, allow_inf_nan=False
+    )
 
     host: str = Field(
         default="127.0.0.1",
@@ -175,7 +181,8 @@ class Settings(BaseSettings):
     api_keys_file: Path | None = Field(
         default=None,
         description="A file of `tenant:key` or `tenant:sha256:<hex digest>` lines, in "
-        "addition to or instead of GATEWAY_API_KEYS.",
+        "addition to or instead of GATEWAY_API_KEYS. Key settings that name no key at all "
+        "(an empty file) stop the start.",
     )
     admin_key: str | None = Field(
         default=None,
@@ -342,3 +349,18 @@ def validation_problems(exc: ValidationError, env_prefix: str | None = None) -> 
         what = error["msg"].removeprefix("Value error, ")
         lines.append(f"{'.'.join(loc)}: {what}" if loc else what)
     return "; ".join(lines)
+
+
+def unknown_variables(environ: Mapping[str, str], env_prefix: str = ENV_PREFIX) -> list[str]:
+    """A warning for each variable named like a setting that no setting reads
+    (``GATEWAY_API_KEY`` for ``GATEWAY_API_KEYS``): ignored, it would leave the
+    operator believing a setting is on. The closest setting's name is offered."""
+    known = {env_prefix + name.upper() for name in Settings.model_fields}
+    warnings = []
+    for name in sorted(environ):
+        if not name.startswith(env_prefix) or name in known:
+            continue
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        warnings.append(f"{name} is not a setting{hint}; it is ignored")
+    return warnings

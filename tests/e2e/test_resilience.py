@@ -379,6 +379,17 @@ def test_sigterm_past_the_grace_ends_what_is_in_flight_in_words(
     assert "Traceback" not in log and "timeout graceful shutdown exceeded" not in log
 
 
+def test_ctrl_c_shuts_down_without_a_traceback(
+    gateway_factory: GatewayFactory, llm: RunningServer, embedder: Service
+) -> None:
+    gateway = gateway_factory(llm.url, embedder.url)
+    gateway.proc.send_signal(signal.SIGINT)
+    assert gateway.proc.wait(15) == 130
+    log = gateway.log()
+    assert "Application shutdown complete" in log
+    assert "Traceback" not in log and "KeyboardInterrupt" not in log
+
+
 def test_openai_sdk_sees_a_clean_503_when_nothing_can_serve(
     gateway_factory: GatewayFactory, embedder: Service
 ) -> None:

@@ -4,12 +4,14 @@ ones stop it with one line naming the file and what to do."""
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from gateway import __main__ as entry
-from gateway.datadir import check_data_dir, check_database
+from gateway.datadir import check_data_dir, check_database, hold_data_dir
 from gateway.exceptions import DataDirProblem
 
 
@@ -61,3 +63,29 @@ def test_a_data_dir_that_is_a_file_is_named_as_not_a_directory(tmp_path: Path) -
     path.write_text("not a directory")
     with pytest.raises(DataDirProblem, match=f"^the data dir {path} is not a directory"):
         check_data_dir(path, 0)
+
+
+def test_a_data_dir_belongs_to_one_process_until_it_dies_however_it_dies(tmp_path: Path) -> None:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDS, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        with pytest.raises(
+            DataDirProblem, match=f"in use by another gateway process \\(pid {holder.pid}\\)"
+        ):
+            hold_data_dir(tmp_path)
+    finally:
+        holder.kill()  # SIGKILL: no clean-up of its own
+        holder.wait()
+    hold_data_dir(tmp_path).close()  # the kernel dropped the lock with the process
+
+
+HOLDS = """
+import sys, time
+from pathlib import Path
+from gateway.datadir import hold_data_dir
+handle = hold_data_dir(Path(sys.argv[1]))
+print("held", flush=True)
+time.sleep(60)
+"""

@@ -334,7 +334,7 @@ def test_the_search_route_with_another_method_is_a_405_not_a_bad_memory_id(
         ("POST", "/v1/memories/search/", "/v1/memories/search"),
         ("POST", "/v1/chat/completions/", "/v1/chat/completions"),
         ("POST", "/v1//chat/completions", "/v1/chat/completions"),
-        ("GET", "/v1/models/", "/v1/models"),
+        ("GET", "/v1//models", "/v1/models"),
         ("POST", "/v1/completions/", "/v1/completions"),
     ],
 )

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import gc
+import os
 from pathlib import Path
 
 import pytest
 import uvicorn
 
 from gateway import __main__ as entry
+from gateway.datadir import hold_data_dir
 from gateway.settings import Settings
 
 
@@ -82,8 +84,15 @@ def test_a_bad_setting_is_named_by_its_variable_without_its_value(
         ({"GATEWAY_CORS_ORIGINS": "https://ok.example,https://app.example/"},
          "memgate: configuration error: GATEWAY_CORS_ORIGINS: 'https://app.example/' is "
          "not an origin"),
+        # No key at all would check no request: every route open, on any address.
+        ({"GATEWAY_API_KEYS": " , ", "GATEWAY_HOST": "0.0.0.0"},
+         "memgate: configuration error: GATEWAY_API_KEYS holds no key (tenant:key)"),
+        # aiohttp raised OverflowError on every new connection, as a 500.
+        ({"GATEWAY_CONNECT_TIMEOUT_S": "inf"},
+         "memgate: configuration error: GATEWAY_CONNECT_TIMEOUT_S: Input should be a finite"),
     ],
-    ids=["keys file missing", "key given twice", "log level", "origin with a slash"],
+    ids=["keys file missing", "key given twice", "log level", "origin with a slash",
+         "keys that hold no key", "an infinite timeout"],
 )  # fmt: skip
 def test_a_bad_key_setup_or_log_level_is_one_line_before_the_data_dir_is_made(
     env: dict[str, str],
@@ -105,3 +114,75 @@ def test_a_bad_key_setup_or_log_level_is_one_line_before_the_data_dir_is_made(
 def test_a_log_level_in_capitals_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GATEWAY_LOG_LEVEL", "WARNING")
     assert Settings().log_level == "warning"
+
+
+@pytest.mark.parametrize("text", ["", "# the keys go here\n", "\n  \n"])
+def test_a_keys_file_without_a_key_stops_the_start(
+    text: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    started: list[bool],
+) -> None:
+    # A secret mounted empty: with no key the gateway checked no request at all,
+    # and the bind check (keys are "set") let it listen on every address.
+    keys = tmp_path / "keys"
+    keys.write_text(text)
+    monkeypatch.setenv("GATEWAY_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("GATEWAY_API_KEYS_FILE", str(keys))
+    monkeypatch.setenv("GATEWAY_HOST", "0.0.0.0")
+    assert entry.main() == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(
+        f"memgate: configuration error: GATEWAY_API_KEYS_FILE ({keys}) holds no key"
+    )
+    assert not started
+
+
+def test_a_second_gateway_on_a_data_dir_in_use_is_one_line(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    started: list[bool],
+) -> None:
+    # With a Qdrant server nothing else stopped it: two gateways shared one
+    # outbox, each replaying and deleting the other's rows.
+    data = tmp_path / "data"
+    data.mkdir()
+    first = hold_data_dir(data)  # the gateway already serving there
+    monkeypatch.setenv("GATEWAY_DATA_DIR", str(data))
+    monkeypatch.setenv("GATEWAY_QDRANT_URL", ":memory:")
+    try:
+        assert entry.main() == 3
+    finally:
+        first.close()
+    [line] = capsys.readouterr().err.splitlines()
+    assert line == (
+        f"memgate: the data dir {data} is in use by another gateway process "
+        f"(pid {os.getpid()}): give each gateway its own GATEWAY_DATA_DIR (several "
+        "gateways share a Qdrant server, never a data dir)"
+    )
+    assert not started
+
+
+def test_a_misspelt_setting_is_named_with_the_one_meant(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    started: list[bool],
+) -> None:
+    # Ignored without a word, GATEWAY_API_KEY (for GATEWAY_API_KEYS) left the
+    # operator believing keys were checked.
+    monkeypatch.setenv("GATEWAY_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("GATEWAY_API_KEY", "acme:0123456789abcdef0123")
+    monkeypatch.setenv("GATEWAY_MEMORY_TOPK", "50")
+    monkeypatch.setattr(gc, "freeze", lambda: None)  # nothing of this app outlives the test
+    entry.main()
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert warnings == [
+        "memgate: warning: GATEWAY_API_KEY is not a setting (did you mean GATEWAY_API_KEYS?); "
+        "it is ignored",
+        "memgate: warning: GATEWAY_MEMORY_TOPK is not a setting (did you mean "
+        "GATEWAY_MEMORY_TOP_K?); it is ignored",
+    ]
+    assert started == [True]  # a warning, not a refusal
