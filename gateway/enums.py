@@ -67,6 +67,7 @@ class UpstreamOutcome(StrEnum):
 
     SUCCESS = "success"
     HTTP_ERROR = "http_error"
+    REJECTED = "rejected"  # its 400, 404, 413 or 422: the request's fault, relayed as such
     CONNECT_ERROR = "connect_error"
     TIMEOUT = "timeout"
     STREAM_ERROR = "stream_error"

@@ -43,6 +43,20 @@ PLACEHOLDER_PREFIXES = (
 _SHA256_ENTRY = "sha256:"
 
 
+def sendable_key(value: str) -> str:
+    """A key the gateway sends in a header, without the whitespace around it (a
+    key read from a secret file or a YAML block often ends in a line break).
+    ValueError when what is left is empty or holds a character a header cannot
+    carry (a control character, non-ASCII): sent as it was, every request failed
+    and the upstream stayed unhealthy for good. The message never holds the key."""
+    key = value.strip()
+    if not key:
+        raise ValueError("the key is empty")
+    if not key.isascii() or not key.isprintable():
+        raise ValueError("the key has characters an HTTP header cannot carry: use printable ASCII")
+    return key
+
+
 def weakness(value: str, *, min_length: int = MIN_SECRET_LENGTH) -> str | None:
     """Why ``value`` is not a usable secret, or None when it is."""
     lowered = value.strip().lower()

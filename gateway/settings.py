@@ -16,6 +16,7 @@ from typing import Literal
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gateway.secret_strength import sendable_key
 from gateway.urls import check_http_url, check_origin
 
 ENV_PREFIX = "GATEWAY_"
@@ -289,6 +290,11 @@ class Settings(BaseSettings):
         if not value or (info.field_name == "qdrant_url" and value == ":memory:"):
             return value  # unset, or qdrant-client's in-process mode
         return check_http_url(value.rstrip("/"))
+
+    @field_validator("llm_api_key", "fallback_llm_api_key", "embedder_api_key", "qdrant_api_key")
+    @classmethod
+    def _sendable(cls, value: str | None) -> str | None:
+        return sendable_key(value) if value is not None else None
 
     @field_validator("cors_origins")
     @classmethod

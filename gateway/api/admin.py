@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Path, Query, Request
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator
 
 from gateway.api.answers import (
     DeadWrite,
@@ -23,6 +23,7 @@ from gateway.errors import APIError
 from gateway.exceptions import RegistryUnavailable, StoreUnavailable
 from gateway.memory.records import Scope
 from gateway.openapi import WITH_BODY, errors, keyed_router
+from gateway.secret_strength import sendable_key
 from gateway.services import MemoryDep, Services, ServicesDep
 from gateway.upstream.config import ALIAS_PATTERN, MAX_ALIAS_CHARS
 from gateway.upstream.registry import Registration
@@ -106,6 +107,12 @@ class RegisterModel(BaseModel):
     # The upstream's own name for the model: anything printable.
     model: str = Field(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f-\x9f]+$")
     api_key: str | None = Field(default=None, min_length=1, max_length=4096)
+
+    @field_validator("api_key")
+    @classmethod
+    def _sendable(cls, key: str | None) -> str | None:
+        # Stored with a line break, it failed every request and was kept as "unavailable".
+        return sendable_key(key) if key is not None else None
 
 
 def _registration_view(services: Services, alias: str) -> RegisteredModel:

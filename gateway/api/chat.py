@@ -13,7 +13,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
@@ -101,10 +101,34 @@ def validated(schema: type[Body], body: dict[str, Any]) -> Body:
         return schema.model_validate(body)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
+        where = ".".join(str(part) for part in body_path(body, first))
         raise APIError(
             400, f"{where}: {validation_message(first)}", code="invalid_request", param=where
         ) from None
+
+
+def body_path(body: Any, error: Mapping[str, Any]) -> list[str | int]:
+    """Where in ``body`` a validation error is, as the client wrote the body.
+
+    Pydantic's location also names the member of a union it tried ("content"
+    then "str" for a field that is text or a list of parts), which is no key
+    of the body: such steps are left out. A missing field's own name stays."""
+    loc = list(error["loc"])
+    path: list[str | int] = []
+    node = body
+    for i, part in enumerate(loc):
+        if _has(node, part):
+            node = node[part]
+        elif not (i == len(loc) - 1 and error.get("type") == "missing"):
+            continue  # a union member's tag
+        path.append(part)
+    return path
+
+
+def _has(node: Any, part: Any) -> bool:
+    if isinstance(node, dict):
+        return part in node
+    return isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
 
 
 def into_messages(body: Json, block: str) -> Json:

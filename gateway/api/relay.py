@@ -164,7 +164,8 @@ class Relay:
         finally:
             await response.aclose()
         if response.status_code != 200:
-            self._finish(UpstreamOutcome.HTTP_ERROR)
+            rejected = response.status_code in RELAYED_CLIENT_ERRORS  # the client's, not its
+            self._finish(UpstreamOutcome.REJECTED if rejected else UpstreamOutcome.HTTP_ERROR)
             status, body = upstream_error(response.status_code, content)
             raise APIError(
                 status,

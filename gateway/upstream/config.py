@@ -30,6 +30,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gateway.secret_strength import sendable_key
 from gateway.settings import validation_problems
 from gateway.urls import check_http_url
 
@@ -65,9 +66,15 @@ class UpstreamEntry(BaseModel):
     def _http_urls(cls, urls: list[str]) -> list[str]:
         return [check_http_url(url) for url in urls]
 
+    @field_validator("api_key")
+    @classmethod
+    def _sendable(cls, key: str | None) -> str | None:
+        return sendable_key(key) if key is not None else None
+
     def key(self) -> str | None:
         if self.api_key_env:
-            return os.environ.get(self.api_key_env) or None
+            value = os.environ.get(self.api_key_env, "").strip()
+            return sendable_key(value) if value else None
         return self.api_key
 
 
@@ -122,9 +129,15 @@ def load_upstreams_file(path: Path) -> UpstreamsFile:
     for upstream in config.upstreams:
         # Unset, every request would go without a key and the upstream's 401
         # would reach the clients as if their own key were wrong.
-        if upstream.api_key_env and not os.environ.get(upstream.api_key_env):
+        if upstream.api_key_env and not os.environ.get(upstream.api_key_env, "").strip():
             raise ValueError(
                 f"GATEWAY_CONFIG {path}: upstream {upstream.name!r} takes its key from "
                 f"${upstream.api_key_env}, which is not set (or empty)"
             )
+        try:
+            upstream.key()
+        except ValueError as exc:
+            raise ValueError(
+                f"GATEWAY_CONFIG {path}: upstream {upstream.name!r}: ${upstream.api_key_env}: {exc}"
+            ) from None
     return config

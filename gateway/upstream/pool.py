@@ -183,6 +183,15 @@ class UpstreamPool:
                 response = await upstream.send(
                     call, encode(target), request_id=request_id, timeouts=timeouts
                 )
+        except asyncio.CancelledError:
+            # The client left (or the shutdown grace ran out) before the answer's head,
+            # which for a completion comes only when it is generated: counted as such,
+            # and a half-open trial is over (it proved nothing).
+            self._metrics.upstream_requests.labels(
+                upstream.name, UpstreamOutcome.CLIENT_DISCONNECT
+            ).inc()
+            upstream.breaker.record_neutral()
+            raise
         except ConnectFailed as exc:  # never sent: another attempt costs the upstream nothing
             starting = upstream.note_refused()
             self._failed(

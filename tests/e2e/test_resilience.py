@@ -220,6 +220,10 @@ def test_retries_hide_a_transient_503_and_honour_retry_after(
     bad = chat(gateway)
     assert bad.status_code == 400  # a client error is passed through, not retried
     assert llm.stats()["chat_requests"] == 4
+    # and counted as the request's fault, not among the upstream's errors
+    text = httpx.get(f"{gateway.base_url}/metrics").text
+    assert 'memgate_upstream_requests_total{outcome="rejected",upstream="primary"} 1.0' in text
+    assert 'memgate_upstream_requests_total{outcome="http_error",upstream="primary"} 2.0' in text
 
 
 def test_fallback_serves_when_the_primary_is_down(

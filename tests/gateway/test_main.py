@@ -87,12 +87,15 @@ def test_a_bad_setting_is_named_by_its_variable_without_its_value(
         # No key at all would check no request: every route open, on any address.
         ({"GATEWAY_API_KEYS": " , ", "GATEWAY_HOST": "0.0.0.0"},
          "memgate: configuration error: GATEWAY_API_KEYS holds no key (tenant:key)"),
+        # Sent as it was, every request to the LLM failed (a header cannot carry it).
+        ({"GATEWAY_LLM_API_KEY": "sk-abc\ndef"},
+         "memgate: configuration error: GATEWAY_LLM_API_KEY: the key has characters"),
         # aiohttp raised OverflowError on every new connection, as a 500.
         ({"GATEWAY_CONNECT_TIMEOUT_S": "inf"},
          "memgate: configuration error: GATEWAY_CONNECT_TIMEOUT_S: Input should be a finite"),
     ],
     ids=["keys file missing", "key given twice", "log level", "origin with a slash",
-         "keys that hold no key", "an infinite timeout"],
+         "keys that hold no key", "an unsendable upstream key", "an infinite timeout"],
 )  # fmt: skip
 def test_a_bad_key_setup_or_log_level_is_one_line_before_the_data_dir_is_made(
     env: dict[str, str],
@@ -186,3 +189,8 @@ def test_a_misspelt_setting_is_named_with_the_one_meant(
         "GATEWAY_MEMORY_TOP_K?); it is ignored",
     ]
     assert started == [True]  # a warning, not a refusal
+
+
+def test_a_key_read_with_its_line_break_is_sent_without_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GATEWAY_LLM_API_KEY", "sk-from-a-secret-file\n")
+    assert Settings().llm_api_key == "sk-from-a-secret-file"

@@ -153,6 +153,14 @@ def test_aliases_are_validated_at_registration(client: TestClient, alias: str) -
     assert aliases(client) == set()
 
 
+def test_an_upstream_key_that_no_header_can_carry_is_refused(client: TestClient) -> None:
+    # Stored, it failed every request and the alias stayed "unavailable" for good.
+    refused = client.post("/admin/models", json={**BODY, "api_key": "sk-abc\ndef"})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "api_key"
+    assert "sk-abc" not in refused.text
+    assert aliases(client) == set()
+
+
 def test_model_names_have_no_control_characters(client: TestClient) -> None:
     refused = client.post("/admin/models", json={**BODY, "model": "qwen\nINJECTED"})
     assert refused.status_code == 400 and refused.json()["error"]["param"] == "model"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
-from typing import cast
+from typing import Any, cast
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -84,6 +84,34 @@ async def test_only_requests_never_sent_are_retried(
             headers_timeout_s=0.2, request_id=None,
         )  # fmt: skip
     assert (upstream.sends, raised.value.status) == (sends, status)
+
+
+async def test_a_client_that_leaves_before_the_answers_head_is_counted(
+    pool_and_upstream: tuple[UpstreamPool, Failing],
+) -> None:
+    # A completion's head comes when it is generated: most clients that give up
+    # on one leave here, and were in no upstream metric at all.
+    pool, upstream = pool_and_upstream
+    upstream.failure = None  # sent, then silence
+    sent, send = asyncio.Event(), upstream.send
+
+    async def sending(*args: Any, **kwargs: Any) -> Reply:
+        sent.set()
+        return await send(*args, **kwargs)
+
+    upstream.send = sending  # type: ignore[method-assign]
+    opening = pool.open_chat(
+        [Target(upstream)], lambda _: b"{}", timeouts=timeouts_for(60, 1),
+        headers_timeout_s=60, request_id=None,
+    )  # fmt: skip
+    call = asyncio.create_task(opening)
+    await sent.wait()
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    counted = pool._metrics.upstream_requests.labels("primary", UpstreamOutcome.CLIENT_DISCONNECT)
+    assert counted._value.get() == 1
+    assert upstream.breaker.state == BreakerState.CLOSED
 
 
 class FakeReply:

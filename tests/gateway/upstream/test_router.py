@@ -124,6 +124,26 @@ def test_config_file_is_validated(tmp_path: Path) -> None:
             load_upstreams_file(path)
 
 
+def test_an_upstream_key_is_sent_without_its_line_break_or_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A key from a secret file or a YAML block ends in a line break; sent so, it
+    # failed every request and the upstream stayed unhealthy for good.
+    path = tmp_path / "upstreams.yaml"
+    path.write_text('upstreams: [{name: a, urls: [http://a/v1], api_key: "sk-abc\\n"}]')
+    assert load_upstreams_file(path).upstreams[0].key() == "sk-abc"
+    monkeypatch.setenv("QWEN_KEY", "sk-from-a-file\n")
+    path.write_text("upstreams: [{name: a, urls: [http://a/v1], api_key_env: QWEN_KEY}]")
+    assert load_upstreams_file(path).upstreams[0].key() == "sk-from-a-file"
+    monkeypatch.setenv("QWEN_KEY", "sk-abc\ndef")
+    with pytest.raises(ValueError, match=r"QWEN_KEY: the key has characters") as refused:
+        load_upstreams_file(path)
+    assert "sk-abc" not in str(refused.value)
+    path.write_text('upstreams: [{name: a, urls: [http://a/v1], api_key: "sk\\u00e9"}]')
+    with pytest.raises(ValueError, match="GATEWAY_CONFIG"):
+        load_upstreams_file(path)
+
+
 async def test_metric_labels_stay_bounded(router: ModelRouter) -> None:
     serves(router, PRIMARY, "llama")
     router.add_alias(AliasRoute("fast", "qwen", "qwen"))
