@@ -164,7 +164,7 @@ class Outbox:
                 seq = int(cursor.lastrowid or 0)
                 index_ids(conn, seq, scope, memories)
             if held:
-                self._view.hold(seq)
+                self._view.hold(seq, scope)
             else:
                 self._view.track(seq, scope)
             return seq
@@ -304,7 +304,7 @@ class Outbox:
                 self._forgets.forgot(scope, time.perf_counter())
                 # A direct write in flight keeps its row: it stores as a write
                 # after the forget (gateway.memory.writes), and the row is its journal.
-                held = sorted(self._view.held())
+                held = self._view.held(scope)
                 spare = f" AND seq NOT IN ({', '.join('?' * len(held))})" if held else ""
                 with self._transaction() as conn:
                     rows = conn.execute(

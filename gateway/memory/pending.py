@@ -43,7 +43,7 @@ class PendingView:
         self._dead = 0  # rows set aside (the outbox's ``dead`` table)
         self._unflushed: set[int] = set()  # stored, their rows waiting for the flush
         self._unflushed_since: float | None = None  # perf_counter of the oldest
-        self._held: set[int] = set()  # direct writes' rows while they run
+        self._held: dict[int, Scope] = {}  # direct writes' rows while they run
 
     def track(self, seq: int, scope: Scope) -> None:
         with self._lock:
@@ -56,7 +56,7 @@ class PendingView:
             for seq in seqs:
                 self._forget_seq(seq)
                 self._unflushed.discard(seq)
-                self._held.discard(seq)
+                self._held.pop(seq, None)
             if not self._unflushed:
                 self._unflushed_since = None
 
@@ -71,16 +71,15 @@ class PendingView:
             if self._unflushed and self._unflushed_since is None:
                 self._unflushed_since = time.perf_counter()
 
-    def hold(self, seq: int) -> None:
+    def hold(self, seq: int, scope: Scope) -> None:
         """A direct write's row: neither waiting nor stored while it runs."""
         with self._lock:
-            self._held.add(seq)
+            self._held[seq] = scope
 
     def settle_held(self, seq: int) -> None:
         """The direct write stored its memories: its row waits for the flush."""
         with self._lock:
-            if seq in self._held:  # else removed meanwhile (a forget, a delete)
-                self._held.remove(seq)
+            if self._held.pop(seq, None) is not None:  # else removed meanwhile (a delete)
                 self._unflushed.add(seq)
                 if self._unflushed_since is None:
                     self._unflushed_since = time.perf_counter()
@@ -88,19 +87,19 @@ class PendingView:
     def release_held(self, seq: int, scope: Scope) -> None:
         """The direct write could not store: its row waits like any other."""
         with self._lock:
-            if seq in self._held:
-                self._held.remove(seq)
+            if self._held.pop(seq, None) is not None:
                 self._scope_of[seq] = scope
                 self._by_scope.setdefault(scope, set()).add(seq)
 
-    def held(self) -> set[int]:
+    def held(self, scope: Scope) -> list[int]:
+        """The user's rows of direct writes in flight."""
         with self._lock:
-            return set(self._held)
+            return [seq for seq, owner in self._held.items() if owner == scope]
 
     def passed_over(self) -> set[int]:
         """The rows ``head`` skips: stored ones waiting for the flush, and held ones."""
         with self._lock:
-            return self._unflushed | self._held
+            return self._unflushed | self._held.keys()
 
     def unflushed(self) -> set[int]:
         """The stored entries whose rows wait for the flush (a copy)."""
