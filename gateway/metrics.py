@@ -106,7 +106,10 @@ class GatewayMetrics:
             buckets=(0, 1, 2, 3, 5, 8, 13, 21, 50), registry=registry,
         )  # fmt: skip
         self.memory_writes = Counter(
-            f"{p}_memory_writes", "Memories written, by source and outcome.",
+            f"{p}_memory_writes",
+            "Memories written, by source and outcome. A queued memory (into the outbox: every "
+            "chat turn's, and the API's during an outage) counts again when it is replayed "
+            "(stored, duplicate); sum outcome!=\"queued\" for memories.",
             ["source", "outcome"], registry=registry,
         )  # fmt: skip
         self.outbox_depth = Gauge(
