@@ -16,6 +16,16 @@ malformed answer, or a 504 (a proxy in front timed out while the model may
 still be generating) is answered to the client at once: retrying those
 would repeat whole generations, multiplying the GPU work under exactly the
 load that caused the timeout. Once a stream has started it is never retried.
+
+A 500 is the one answer that may be either side's fault: an upstream that
+is broken, or one that answers a request it cannot take with a 500 (the
+llama.cpp server does, for a message it cannot parse). So it never counts
+against a breaker by itself, which one tenant's bad requests would open for
+every tenant. Instead, when another replica of the same upstream could take
+the request, it goes there (a 500 generated nothing); and if that replica
+serves it, the one that answered 500 is blamed, a failure on its breaker. A
+replica that fails every request while its health check passes is taken
+out of rotation that way; a request that fails everywhere blames nobody.
 """
 
 from __future__ import annotations
@@ -34,7 +44,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from gateway.enums import UpstreamOutcome
+from gateway.enums import BreakerState, UpstreamOutcome
 from gateway.exceptions import NoUpstreamAvailable, UpstreamFailed
 from gateway.metrics import GatewayMetrics
 from gateway.upstream.availability import why_unavailable
@@ -52,6 +62,7 @@ from gateway.upstream.replica import CHAT, Call, Upstream
 RETRYABLE_STATUS = frozenset({429, 502, 503})  # refusals: nothing was generated
 # Answered as the upstream's failure (504 to the client), never retried.
 GATEWAY_TIMEOUT = 504
+INTERNAL_ERROR = 500
 MAX_RETRY_AFTER_S = 2.0
 
 
@@ -93,6 +104,11 @@ def _retry_after(response: Reply) -> float | None:
     return min(max(0.0, value), MAX_RETRY_AFTER_HEADER_S) if math.isfinite(value) else None
 
 
+def _could_serve(upstream: Upstream) -> bool:
+    """Eligible now, asked without side effects (``allow`` may start a trial)."""
+    return upstream.healthy and upstream.breaker.state == BreakerState.CLOSED
+
+
 class _Wait:
     """Exponential backoff with jitter, or the upstream's Retry-After (capped)."""
 
@@ -120,7 +136,13 @@ class UpstreamPool:
         self._wait = _Wait()
         self._retry_on = retry_if_exception_type(_Retryable)
 
-    def _pick(self, targets: Sequence[Target]) -> Target:
+    def _pick(self, targets: Sequence[Target], answered_500: Sequence[Upstream] = ()) -> Target:
+        """The first eligible target, passing over the replicas that answered this
+        request 500 while another is eligible."""
+        if answered_500:
+            others = [t for t in targets if t.upstream not in answered_500]
+            if any(_could_serve(t.upstream) for t in others):
+                targets = others
         for target in targets:
             upstream = target.upstream
             if upstream.healthy and upstream.breaker.allow():
@@ -153,14 +175,18 @@ class UpstreamPool:
         retrying = AsyncRetrying(
             stop=self._stop, wait=self._wait, retry=self._retry_on, reraise=True
         )
+        answered_500: list[Upstream] = []  # the replicas that answered this request 500
         try:
             async for attempt in retrying:
                 with attempt:
                     if attempt.retry_state.attempt_number > 1:
                         self._metrics.upstream_retries.labels(targets[0].upstream.name).inc()
-                    return await self._attempt(
-                        targets, encode, timeouts, headers_timeout_s, request_id, call
-                    )
+                    opened = await self._attempt(
+                        targets, encode, timeouts, headers_timeout_s, request_id, call,
+                        answered_500,
+                    )  # fmt: skip
+                    self._blame(answered_500, opened)
+                    return opened
         except _Retryable as exc:
             raise exc.failure from None
         raise AssertionError("unreachable: tenacity either returns or reraises")
@@ -173,8 +199,9 @@ class UpstreamPool:
         headers_timeout_s: float,
         request_id: str | None,
         call: Call,
+        answered_500: list[Upstream],
     ) -> OpenedReply:
-        target = self._pick(targets)
+        target = self._pick(targets, answered_500)
         upstream = target.upstream
         sent_at = time.perf_counter()
         try:
@@ -242,9 +269,38 @@ class UpstreamPool:
                 raise failure
             raise _Retryable(failure)
 
+        if response.status_code == INTERNAL_ERROR and any(
+            t.upstream.group == upstream.group
+            and t.upstream is not upstream
+            and t.upstream not in answered_500
+            and _could_serve(t.upstream)
+            for t in targets
+        ):
+            # Another replica can take it: nothing was generated, so it goes there.
+            try:
+                await response.aread()
+            except TransportError:
+                pass
+            finally:
+                await response.aclose()
+            self._metrics.upstream_requests.labels(upstream.name, UpstreamOutcome.HTTP_ERROR).inc()
+            answered_500.append(upstream)
+            raise _Retryable(UpstreamFailed(502, f"LLM upstream {upstream.name} answered 500"))
+
         if target.upstream.group != targets[0].upstream.group:
             self._metrics.upstream_fallbacks.labels(upstream.name).inc()
         return OpenedReply(target, response, sent_at)
+
+    def _blame(self, answered_500: Sequence[Upstream], opened: OpenedReply) -> None:
+        """Another replica of the same upstream took the request that these
+        answered 500, and served it (a 200): theirs was the fault (a failure on
+        each one's breaker). Refused there too (a 4xx), it may be the request's."""
+        if opened.response.status_code != 200:
+            return
+        for upstream in answered_500:
+            if upstream.group == opened.upstream.group:
+                upstream.breaker.record_failure()
+                self._metrics.set_breaker_state(upstream.name, upstream.breaker.state)
 
     def _failed(
         self, upstream: Upstream, outcome: UpstreamOutcome, error: str, starting: bool = False

@@ -375,3 +375,41 @@ async def test_a_429_to_a_half_open_trial_lets_the_next_request_be_the_trial() -
     assert replica.breaker.state == BreakerState.HALF_OPEN
     await pool.open(*targets(replica))
     assert len(replica.bodies) == 2
+
+
+async def test_a_replica_that_answers_500_where_another_serves_is_taken_out() -> None:
+    # Its health check passes, so only the answers can tell: each 500 goes to the
+    # other replica, which serves it, and the breaker of the one that failed opens.
+    counted = Counted()
+    broken = Scripted("a", *[500] * 20, group="llm")
+    sound = Scripted("b", *[200] * 20, group="llm")
+    for _ in range(5):  # the breaker's threshold
+        opened = await counted.open(*targets(broken, sound))
+        assert opened.upstream is sound and opened.response.status_code == 200
+    assert broken.breaker.state == BreakerState.OPEN and sound.breaker.state == BreakerState.CLOSED
+    assert all(reply.closed for reply in broken.replies)  # its connections were released
+    sends = len(broken.bodies)
+    assert (await counted.open(*targets(broken, sound))).upstream is sound
+    assert len(broken.bodies) == sends  # out of rotation: not even tried
+    assert counted.value("upstream_breaker_state", upstream="a", state="open") == 1
+
+
+async def test_a_request_that_fails_on_every_replica_blames_none() -> None:
+    # A request the server cannot take (llama.cpp answers some with 500): trying it
+    # on each replica is all; one tenant's bad requests open nobody's breaker.
+    counted = Counted()
+    a = Scripted("a", *[500] * 20, group="llm")
+    b = Scripted("b", *[500] * 20, group="llm")
+    for _ in range(6):
+        opened = await counted.open(*targets(a, b))
+        assert opened.response.status_code == 500  # relayed as the upstream's answer
+    assert a.breaker.state == b.breaker.state == BreakerState.CLOSED
+    assert len(a.bodies) + len(b.bodies) == 12  # each request went to both, once
+
+
+async def test_a_500_from_the_only_replica_is_the_answer_and_blames_nobody() -> None:
+    counted = Counted()
+    only = Scripted("a", *[500] * 10, group="llm")
+    for _ in range(6):
+        assert (await counted.open(*targets(only))).response.status_code == 500
+    assert only.breaker.state == BreakerState.CLOSED and len(only.bodies) == 6
