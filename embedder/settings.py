@@ -76,10 +76,11 @@ class EmbedderSettings(BaseSettings):
         default="info", description="Level of the JSON logs."
     )
 
-    @field_validator("log_level", mode="before")
+    @field_validator("log_level", "backend", "onnx_weights", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:
-        return value.lower() if isinstance(value, str) else value  # INFO, as logging takes it
+        # INFO as logging takes it, ONNX as the docs write it: choices are not cased.
+        return value.lower() if isinstance(value, str) else value
 
     # On the CPU a batch of 8 encodes as many texts per second as one of 64
     # (bench/results/embedder.md), and a query then waits for at most one small batch.

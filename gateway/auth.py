@@ -46,6 +46,10 @@ def _parse_entry(item: str, where: str) -> tuple[bytes, str]:
     tenant, key = tenant.strip(), key.strip()
     if not sep or not tenant or not key:
         raise ValueError(f"{where}: expected tenant:key, got an entry without both")
+    if "/" in tenant or not tenant.isprintable():
+        # It is a path segment of the admin API (/admin/tenants/{tenant}/users): a
+        # tenant named "team/eu" could never be listed or forgotten there.
+        raise ValueError(f"{where}: tenant {tenant!r}: a tenant name has no '/' or control characters")
     _check_sendable(key, f"{where}: tenant {tenant!r}'s key")
     algo, sep, digest = key.partition(":")
     if sep and algo == "sha256" and _HEX_DIGEST.match(digest):

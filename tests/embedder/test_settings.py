@@ -25,3 +25,10 @@ def test_the_log_level_is_one_logging_knows_in_any_case(monkeypatch: pytest.Monk
     monkeypatch.setenv("EMBEDDER_LOG_LEVEL", "loud")
     with pytest.raises(ValidationError, match="Input should be 'debug', 'info'"):
         EmbedderSettings()
+
+
+def test_the_backend_and_weights_are_taken_in_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EMBEDDER_BACKEND", "ONNX")
+    monkeypatch.setenv("EMBEDDER_ONNX_WEIGHTS", "FP32")
+    settings = EmbedderSettings()
+    assert (settings.backend, settings.onnx_weights) == ("onnx", "fp32")

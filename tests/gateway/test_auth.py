@@ -42,6 +42,13 @@ def test_malformed_key_specs_are_refused(spec: str) -> None:
         parse_api_keys(spec)
 
 
+@pytest.mark.parametrize("tenant", ["team/eu", "tab\there"])
+def test_a_tenant_the_admin_api_could_not_name_is_refused(tenant: str) -> None:
+    # /admin/tenants/{tenant}/users: "team/eu" could never be listed or forgotten.
+    with pytest.raises(ValueError, match="a tenant name has no '/'"):
+        parse_api_keys(f"{tenant}:0123456789abcdef0123")
+
+
 SHARED = "shared-key-0123456789abc"
 
 
