@@ -49,7 +49,9 @@ def _parse_entry(item: str, where: str) -> tuple[bytes, str]:
     if "/" in tenant or not tenant.isprintable():
         # It is a path segment of the admin API (/admin/tenants/{tenant}/users): a
         # tenant named "team/eu" could never be listed or forgotten there.
-        raise ValueError(f"{where}: tenant {tenant!r}: a tenant name has no '/' or control characters")
+        raise ValueError(
+            f"{where}: tenant {tenant!r}: a tenant name has no '/' or control characters"
+        )
     _check_sendable(key, f"{where}: tenant {tenant!r}'s key")
     algo, sep, digest = key.partition(":")
     if sep and algo == "sha256" and _HEX_DIGEST.match(digest):
