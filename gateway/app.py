@@ -200,6 +200,10 @@ def create_app(
         version="0.1.0",
         description="Memory-augmented, OpenAI-compatible chat gateway.",
         lifespan=lifespan,
+        # Starlette answered a path with a slash too many with a 307 to the other
+        # form, its Location built from the client's Host header (a redirect
+        # anyone can aim, sent before the key is checked): a 404 instead.
+        redirect_slashes=False,
     )
     app.state.settings = settings
     app.state.keyring = KeyRing(settings.api_keys, settings.admin_key, settings.api_keys_file)

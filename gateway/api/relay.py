@@ -237,6 +237,12 @@ class Relay:
                 outcome = UpstreamOutcome.SUCCESS
             elif self.cut_by_shutdown:
                 outcome, failure = UpstreamOutcome.SHUTDOWN, self._shutdown_event(acc)
+            elif acc.error is not None:
+                # The upstream ended the stream with its own error event, relayed:
+                # its answer (as a non-streamed error is), neither a broken stream
+                # to blame on its breaker (one client's request can cause it) nor
+                # one to end with a second, untrue event.
+                outcome = UpstreamOutcome.HTTP_ERROR
             else:
                 failure = acc.error_event(
                     "the LLM upstream closed the stream before finishing",

@@ -143,9 +143,15 @@ async def create_response(
     sent_to: list[str] = []  # the replica that answered
 
     def narrow(turn: ResponsesRequest, targets: list[Target]) -> list[Target]:
-        if turn.previous_response_id is not None:
-            return [_owned(services, principal, turn.previous_response_id)]
-        return targets
+        if turn.previous_response_id is None:
+            return targets
+        # The replica that holds the chain, asked for the model by the name it has
+        # there: an alias's upstream model, as the unchained turn was.
+        owner = _owned(services, principal, turn.previous_response_id).upstream
+        same = [t for t in targets if t.upstream is owner] or [
+            t for t in targets if t.upstream.group == owner.group
+        ]
+        return [Target(owner, same[0].model if same else None)]
 
     def on_open(target: Target) -> None:
         sent_to[:] = [target.upstream.name]

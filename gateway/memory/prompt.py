@@ -36,8 +36,9 @@ MEMORY_PREAMBLE = (
 )
 
 
-# Text parts: "text" in Chat Completions and Anthropic messages, "input_text" in Responses input.
-TEXT_PARTS = frozenset({"text", "input_text"})
+# Text parts: "text" in Chat Completions and Anthropic messages; in Responses input,
+# "input_text", and "output_text" in an earlier reply sent back as history.
+TEXT_PARTS = frozenset({"text", "input_text", "output_text"})
 
 
 def content_text(content: Any) -> str:
@@ -55,9 +56,15 @@ def content_text(content: Any) -> str:
 
 
 def last_user_text(messages: Sequence[dict[str, Any]]) -> str:
+    """The text of the latest user message that has any. A user message of only
+    tool results (how Anthropic's Messages API returns them, in an agent's loop)
+    or of only images is passed over, as chat's ``tool`` messages are, so the
+    loop's later calls recall for, and remember, the question they answer."""
     for message in reversed(messages):
         if message.get("role") == "user":
-            return content_text(message.get("content")).strip()
+            text = content_text(message.get("content")).strip()
+            if text:
+                return text
     return ""
 
 

@@ -183,6 +183,33 @@ def test_messages_remember_and_recall(
     assert sent["messages"] == [{"role": "user", "content": QUESTION}]
 
 
+def test_an_agents_call_after_a_tool_result_recalls_and_remembers(
+    gateway: Service, upstream: RunningServer, user: str
+) -> None:
+    # An Anthropic agent loop: the call after the tool ran ends in a user message of
+    # only tool_result blocks. Memory was off for it (no text), and the loop's final
+    # answer was never remembered.
+    client = claude(gateway)
+    told(gateway, user, message(client, user, FACT, stream=False))
+    tool_use = {"type": "tool_use", "id": "t1", "name": "lookup", "input": {"q": "sister"}}
+    result = {"type": "tool_result", "tool_use_id": "t1", "content": "no record"}
+    reply = client.messages.with_raw_response.create(
+        model=MODEL,
+        max_tokens=64,
+        messages=[
+            {"role": "user", "content": QUESTION},
+            {"role": "assistant", "content": [tool_use]},
+            {"role": "user", "content": [result]},
+        ],
+        metadata={"user_id": user},
+    )
+    assert int(reply.headers["x-memory-hits"]) >= 1
+    assert "Trondheim" in last(upstream, "/v1/messages")["body"]["system"]
+    answer = "".join(b.text for b in reply.parse().content if b.type == "text")
+    stored = wait_for_memories(gateway, user, 4, auth(A))
+    assert QUESTION in stored and answer.strip() in stored  # stored as stripped
+
+
 def test_a_memory_written_through_one_api_is_recalled_through_the_others_in_its_tenant_only(
     gateway: Service, upstream: RunningServer, user: str
 ) -> None:

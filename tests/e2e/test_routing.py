@@ -79,6 +79,23 @@ def test_alias_routes_and_names_are_substituted_both_ways(
     )
 
 
+def test_a_responses_chain_through_an_alias_sends_the_upstreams_name_each_turn(
+    gateway: Service, servers: dict[str, RunningServer]
+) -> None:
+    # The chained turn goes to the replica holding the chain; it went there under
+    # the alias's own name, which vLLM does not serve (a 404 on every chained turn).
+    api = client(gateway)
+    first = api.responses.create(model="small", input="remember this")
+    follow = api.responses.create(model="small", input="go on", previous_response_id=first.id)
+    streamed = api.responses.create(
+        model="small", input="and on", previous_response_id=follow.id, stream=True
+    )
+    assert [event.type for event in streamed][-1] == "response.completed"
+    sent = [r["body"]["model"] for r in servers["a"].requests() if r["path"] == "/v1/responses"]
+    assert sent == ["model-a", "model-a", "model-a"]
+    assert follow.model == "small"  # and the client has its own name back
+
+
 def test_discovered_names_route_across_replicas(
     gateway: Service, servers: dict[str, RunningServer]
 ) -> None:

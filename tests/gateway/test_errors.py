@@ -354,3 +354,12 @@ def test_a_gateway_path_with_a_slash_too_many_is_not_forwarded(
 def test_an_upstream_path_with_a_trailing_slash_still_goes_upstream(gateway: TestClient) -> None:
     answer = gateway.get("/v1/files/")  # not the gateway's: the upstream's to answer
     assert answer.status_code == 503
+
+
+@pytest.mark.parametrize("path", ["/livez/", "/metrics/", "/tokenize/", "/admin/outbox/"])
+def test_a_path_with_a_slash_too_many_is_no_redirect_anyone_can_aim(
+    gateway: TestClient, path: str
+) -> None:
+    answer = gateway.get(path, headers={"host": "evil.example"}, follow_redirects=False)
+    assert answer.status_code in (404, 405) and "location" not in answer.headers
+    assert answer.json()["error"]["code"] in ("not_found", "method_not_allowed")

@@ -159,3 +159,22 @@ async def test_a_stream_that_ends_within_the_grace_is_whole_and_stored(h: Harnes
     assert b"".join(received).endswith(b"data: [DONE]\n\n")
     assert pool.outcome == UpstreamOutcome.SUCCESS
     assert await memories_of(h, ALICE) == sorted([QUESTION, "You said she lives in Lyon."])
+
+
+async def test_a_stream_the_upstream_ends_with_its_own_error_is_relayed_as_it_came(
+    h: Harness,
+) -> None:
+    # What vLLM sends when a generation fails mid-stream: its error, then [DONE].
+    # It is the upstream's answer: relayed, not followed by a second (untrue)
+    # "closed before finishing" event, and not a failure for the breaker that one
+    # client's requests could open for everyone.
+    reply, pool = StreamedReply(), Pool()
+    chunks = relay(h, reply, time.perf_counter(), pool).stream()
+    error = {"error": {"message": "prompt too long", "type": "BadRequestError", "code": 400}}
+    for piece in (first_token(), event(error), event("[DONE]"), None):
+        reply.events.put_nowait(piece)
+    body = b"".join([chunk async for chunk in chunks])
+    assert body.endswith(event(error) + event("[DONE]"))
+    assert body.count(b'"error"') == 1
+    assert pool.outcome == UpstreamOutcome.HTTP_ERROR  # neutral for the breaker
+    assert await memories_of(h, ALICE) == []
