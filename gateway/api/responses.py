@@ -46,6 +46,7 @@ from gateway.errors import APIError
 from gateway.memory.prompt import inject_memories, last_user_text
 from gateway.openapi import KEYED, UPSTREAM, WITH_BODY, errors, json_body, relayed
 from gateway.services import Services, ServicesDep
+from gateway.upstream.owners import Owner
 from gateway.upstream.pool import Target
 from gateway.upstream.replica import Call
 from gateway.upstream.sse_apis import ResponsesStream, is_response, response_text
@@ -95,12 +96,13 @@ RESPONSES = TurnAPI(
 )
 
 
-def _wire(services: Services, tenant: str, upstream: list[str]) -> Wire:
-    """The Responses wire for one request: it notes the new response's owner."""
+def _wire(services: Services, tenant: str, made: list[Owner]) -> Wire:
+    """The Responses wire for one request: it notes the new response's owner
+    (``made``: where the request went, once it has)."""
 
     def record(response_id: str) -> None:
-        if upstream:
-            services.response_owners.record(response_id, tenant, upstream[0])
+        if made:
+            services.response_owners.record(response_id, tenant, *made[0])
 
     def reply_text(response: Json) -> str | None:
         if isinstance(response.get("id"), str):
@@ -111,18 +113,19 @@ def _wire(services: Services, tenant: str, upstream: list[str]) -> Wire:
     return Wire(ROUTE, stream, reply_text, is_reply=is_response)
 
 
-def _owned(services: Services, principal: Principal, response_id: str) -> Target:
-    """The replica holding ``response_id`` for this tenant, or 404."""
-    name = services.response_owners.upstream_for(response_id, principal.tenant)
-    upstream = services.replicas.get(name) if name is not None else None
-    if upstream is None:
+def _owned(services: Services, principal: Principal, response_id: str) -> tuple[Target, Owner]:
+    """The replica holding ``response_id`` for this tenant (asked for the model by
+    the name it was made with there), and where it was made; or 404."""
+    owner = services.response_owners.owner_of(response_id, principal.tenant)
+    upstream = services.replicas.get(owner.upstream) if owner is not None else None
+    if owner is None or upstream is None:
         raise APIError(
             404,
             f"no response {response_id!r} here (unknown to this gateway, or made "
             "before it restarted)",
             code="response_not_found",
         )
-    return Target(upstream)
+    return Target(upstream, owner.model), owner
 
 
 NO_RESPONSE = (404, "No response of that id made here for this tenant")
@@ -140,37 +143,41 @@ NO_RESPONSE = (404, "No response of that id made here for this tenant")
 async def create_response(
     request: Request, principal: PrincipalDep, services: ServicesDep
 ) -> Response:
-    sent_to: list[str] = []  # the replica that answered
+    made: list[Owner] = []  # where the request went (the replica that answered)
+    asked_as: list[str] = []  # the model the client named
 
     def narrow(turn: ResponsesRequest, targets: list[Target]) -> list[Target]:
+        asked_as[:] = [turn.model]
         if turn.previous_response_id is None:
             return targets
         # The replica that holds the chain, asked for the model by the name it has
         # there: an alias's upstream model, as the unchained turn was.
-        owner = _owned(services, principal, turn.previous_response_id).upstream
+        owner = _owned(services, principal, turn.previous_response_id)[0].upstream
         same = [t for t in targets if t.upstream is owner] or [
             t for t in targets if t.upstream.group == owner.group
         ]
         return [Target(owner, same[0].model if same else None)]
 
     def on_open(target: Target) -> None:
-        sent_to[:] = [target.upstream.name]
+        made[:] = [Owner(target.upstream.name, target.model, asked_as[0] if asked_as else "")]
 
-    wire = _wire(services, principal.tenant, sent_to)
+    wire = _wire(services, principal.tenant, made)
     return await serve_turn(request, principal, services, RESPONSES, wire, narrow, on_open)
 
 
 async def _to_owner(
     request: Request, principal: Principal, services: Services, response_id: str, action: str
 ) -> Response:
-    target = _owned(services, principal, response_id)
+    target, owner = _owned(services, principal, response_id)
     path = f"/responses/{urllib.parse.quote(response_id, safe='')}{action}"
     call = Call(path, request.method, query=request.url.query)
     raw = await request.body()
     stream = request.query_params.get("stream") == "true"
+    # Made through an alias, the response names the upstream's model: the client
+    # gets the alias back, as it did when the response was made.
     return await relay_turn(
-        request, services, [target], Outgoing(raw), MemoryPlan(), time.perf_counter(), "",
-        {}, stream=stream, wire=PASS_WIRE, call=call,
+        request, services, [target], Outgoing(raw), MemoryPlan(), time.perf_counter(),
+        owner.asked_as, {}, stream=stream, wire=PASS_WIRE, call=call,
     )  # fmt: skip
 
 

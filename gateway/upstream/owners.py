@@ -12,6 +12,17 @@ than guess at a replica or a tenant.
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import NamedTuple
+
+
+class Owner(NamedTuple):
+    """Where a response was made: the replica, the model's name there (None:
+    the client's own), and the name the client asked for (an alias), which it
+    gets back when it fetches the response."""
+
+    upstream: str
+    model: str | None = None
+    asked_as: str = ""
 
 
 class ResponseOwners:
@@ -27,17 +38,29 @@ class ResponseOwners:
 
     def __init__(self, capacity: int = 100_000) -> None:
         self._capacity = capacity
-        self._by_tenant: dict[str, OrderedDict[str, str]] = {}
+        self._by_tenant: dict[str, OrderedDict[str, Owner]] = {}
 
-    def record(self, response_id: str, tenant: str, upstream: str) -> None:
+    def record(
+        self,
+        response_id: str,
+        tenant: str,
+        upstream: str,
+        model: str | None = None,
+        asked_as: str = "",
+    ) -> None:
         owned = self._by_tenant.setdefault(tenant, OrderedDict())
-        owned[response_id] = upstream
+        owned[response_id] = Owner(upstream, model, asked_as)
         owned.move_to_end(response_id)
         while len(owned) > self._capacity:
             owned.popitem(last=False)
 
-    def upstream_for(self, response_id: str, tenant: str) -> str | None:
-        """The replica holding ``response_id`` if ``tenant`` made it, else None
+    def owner_of(self, response_id: str, tenant: str) -> Owner | None:
+        """Where ``response_id`` was made if ``tenant`` made it, else None
         (another tenant's id looks exactly like an unknown one)."""
         owned = self._by_tenant.get(tenant)
         return owned.get(response_id) if owned is not None else None
+
+    def upstream_for(self, response_id: str, tenant: str) -> str | None:
+        """The replica holding ``response_id`` if ``tenant`` made it, else None."""
+        owner = self.owner_of(response_id, tenant)
+        return owner.upstream if owner is not None else None

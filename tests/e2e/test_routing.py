@@ -94,6 +94,9 @@ def test_a_responses_chain_through_an_alias_sends_the_upstreams_name_each_turn(
     sent = [r["body"]["model"] for r in servers["a"].requests() if r["path"] == "/v1/responses"]
     assert sent == ["model-a", "model-a", "model-a"]
     assert follow.model == "small"  # and the client has its own name back
+    fetched = api.responses.retrieve(follow.id)  # from the replica that holds it
+    assert (fetched.id, fetched.model) == (follow.id, "small")
+    assert servers["a"].requests()[-1]["path"] == f"/v1/responses/{follow.id}"
 
 
 def test_discovered_names_route_across_replicas(
