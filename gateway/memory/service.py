@@ -4,19 +4,18 @@ Writes take one of two paths. The memory API writes at once (one embedder
 call for the whole batch, then one upsert) and answers 201; when the embedder
 or the store is down, the batch goes to the durable outbox instead and the
 API answers 202. With Qdrant Edge, whose writes reach the disk only when the
-shard is flushed, a write at once is journaled in the outbox first (one local
-commit), so a power cut after its 201 loses nothing: the row goes after the
-next flush, or becomes the queued write if the store or embedder fails.
+shard is flushed, a write at once is journaled in the outbox first, so a
+power cut after its 201 loses nothing (gateway.memory.journal).
 Memories from chat always go through the outbox: the relay
 awaits the outbox write before the client can have the reply's end, so a
 gateway killed right after answering still has them, and the replayer
 stores them at once in the background.
 
 Read-your-writes, within one gateway: the outbox knows which entries of each
-user wait. A recall for a user with waiting entries asks the replayer to
-store that user's entries first and waits for them (at most
-``read_your_writes_s``); an API write for such a user waits the same way, so
-it lands after them, in order. Other users' backlogs never hold a user up.
+user wait. A recall (or a search or a list of the memory API) for a user with
+waiting entries asks the replayer to store that user's entries first and
+waits for them (at most ``read_your_writes_s``); an API write for such a user
+waits the same way, so it lands after them, in order. Other users' backlogs never hold a user up.
 
 What can never be stored (the store cannot represent it, the embedder
 rejects it) is refused up front where it can be known (gateway.memory.storable)
@@ -28,12 +27,10 @@ unavailable) are retried.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import sqlite3
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 
 from gateway.enums import MemoryEvent, RecallOutcome, WriteOutcome, WriteSource
 from gateway.exceptions import (
@@ -41,21 +38,22 @@ from gateway.exceptions import (
     EmbedderUnavailable,
     MemoryRejected,
     MemoryUnavailable,
-    OutboxFull,
     OutboxRefused,
-    OutboxUnavailable,
     StoreUnavailable,
 )
-from gateway.memory.embedder_client import (
-    BACKGROUND,
-    INTERACTIVE,
-    PART_TEXTS,
-    EmbedderClient,
-)
+from gateway.memory.embedder_client import INTERACTIVE, EmbedderClient
 from gateway.memory.forgets import Forgotten
 from gateway.memory.indexing import RecentTexts, VectorCache
+from gateway.memory.journal import Journal
 from gateway.memory.outbox import Outbox
-from gateway.memory.outbox_rows import DeadEntry
+from gateway.memory.outcomes import (
+    AddOutcome,
+    MemoryStatus,
+    OutboxReport,
+    per_memory,
+    refusal,
+    write_priority,
+)
 from gateway.memory.records import (
     Condition,
     MemoryRecord,
@@ -77,60 +75,6 @@ logger = logging.getLogger("gateway.memory")
 ADD, NONE = MemoryEvent.ADD, MemoryEvent.NONE
 # How long a recall (or an API write) waits for the user's own queued writes.
 READ_YOUR_WRITES_S = 2.0
-
-
-@dataclass(frozen=True)
-class MemoryStatus:
-    """The memory side's state for ``/readyz``: each dependency's monitor, the
-    store's kind, and how many writes wait in the outbox."""
-
-    embedder: Monitor
-    store: Monitor
-    backend: str
-    outbox_depth: int
-
-    @property
-    def ready(self) -> bool:
-        return self.embedder.healthy and self.store.healthy
-
-
-@dataclass(frozen=True)
-class OutboxReport:
-    """Writes waiting, and those set aside because they can never be stored
-    (``dead``: how many; ``dead_entries``: the latest, with their reasons)."""
-
-    depth: int
-    dead: int
-    dead_entries: list[DeadEntry]
-
-
-@dataclass(frozen=True)
-class AddOutcome:
-    results: list[WriteResult]
-    queued: bool
-
-
-def _write_priority(memories: Sequence[NewMemory]) -> int:
-    """A bulk write (more texts than one embedder request carries: two per
-    memory) goes at background priority, so chat queries overtake it at the
-    embedder; an ordinary write goes at a query's."""
-    return BACKGROUND if 2 * len(memories) > PART_TEXTS else INTERACTIVE
-
-
-def _per_memory(memories: Sequence[NewMemory], unique: Sequence[WriteResult]) -> list[WriteResult]:
-    """One result per memory given, in order (so a client can pair them with its
-    messages): a text repeated within the batch is one memory, ``NONE`` after
-    its first time."""
-    by_text = {result.memory: result for result in unique}
-    seen: set[str] = set()
-    results = []
-    for memory in memories:
-        result = by_text[memory.text]
-        results.append(
-            result if memory.text not in seen else WriteResult(result.id, result.memory, NONE)
-        )
-        seen.add(memory.text)
-    return results
 
 
 class MemoryService:
@@ -164,6 +108,7 @@ class MemoryService:
             write=self._writer.write, flush=self._writer.flush, available=lambda: self.available,
             report=self._report, count=self._count_written,
         )  # fmt: skip
+        self._journal = Journal(outbox, needed=store.needs_flush, wake=self._replayer.wake)
 
     @property
     def available(self) -> bool:
@@ -194,68 +139,44 @@ class MemoryService:
                 for result in results:
                     outcome = WriteOutcome.STORED if result.event == ADD else WriteOutcome.DUPLICATE
                     self._metrics.memory_writes.labels(source, outcome).inc()
-                return AddOutcome(_per_memory(memories, results), queued=False)
+                return AddOutcome(per_memory(memories, results), queued=False)
         else:
             await self.enqueue(scope, unique)
         results = [WriteResult(memory_id(scope, m.text), m.text, ADD) for m in unique]
-        return AddOutcome(_per_memory(memories, results), queued=True)
+        return AddOutcome(per_memory(memories, results), queued=True)
 
     async def _add_now(self, scope: Scope, unique: Sequence[NewMemory]) -> list[WriteResult] | None:
-        """Store the memories now; None when an outage had them queued instead."""
-        journal = await self._journal(scope, unique)
+        """Store the memories now; None when an outage had them queued instead.
+        Journaled first where the store needs it (gateway.memory.journal)."""
         try:
-            results = await self.write_now(scope, unique, _write_priority(unique), journal)
+            row = await self._journal.open(scope, unique)
+        except sqlite3.Error as exc:
+            raise self._refused(unique, exc, scope.tenant) from exc
+        try:
+            results = await self.write_now(
+                scope, unique, write_priority(unique), self._journal.on_stored(row)
+            )
         except OUTAGES as exc:
             self._report(exc)
-        except asyncio.CancelledError:  # accepted once the row committed: it replays
-            await self._unjournal(journal, scope, keep=True)
+        except asyncio.CancelledError:
+            self._journal.requeue(row, scope)
             raise
         except (EmbedderRejected, MemoryRejected):
-            await self._unjournal(journal, scope, keep=False)
+            await self._journal.drop(row)
             raise
         except Exception as exc:  # the store cannot take it: a client error
             logger.warning("memory write for %s refused: %r", scope.tenant, exc)
-            await self._unjournal(journal, scope, keep=False)
+            await self._journal.drop(row)
             raise MemoryRejected(f"{type(exc).__name__}: {exc}") from exc
         else:
-            if journal is not None:  # settled: its row goes after the store's next flush
-                self._replayer.wake()
+            self._journal.stored(row)
             return results
-        if journal is None:
+        if row is None:
             await self.enqueue(scope, unique)
-        else:  # the journal is the queued write
-            await self._unjournal(journal, scope, keep=True)
+        else:
+            self._journal.requeue(row, scope)
             self._queued(unique)
         return None
-
-    async def _journal(self, scope: Scope, memories: Sequence[NewMemory]) -> int | None:
-        """Before a direct write into a store that keeps writes in memory until
-        flushed (Qdrant Edge): its row in the outbox, held while it runs, so a
-        power cut after the 201 loses nothing; the row goes after the store's
-        next flush, as a replayed one's does. None for a store that has each
-        write on disk when it answers (a Qdrant server). Raises OutboxRefused
-        when the outbox cannot take it (nothing is written then)."""
-        if not self._store.needs_flush:
-            return None
-        try:
-            return await self._outbox.put(scope, memories, held=True)
-        except sqlite3.Error as exc:
-            raise self._refused(memories, exc, scope.tenant) from exc
-
-    async def _unjournal(self, journal: int | None, scope: Scope, *, keep: bool) -> None:
-        """A direct write did not store: its row is queued for the replayer
-        (``keep``: an outage, or a client gone mid-write, whose write was
-        accepted when its row committed) or deleted (the write was refused)."""
-        if journal is None:
-            return
-        if keep:
-            self._outbox.release_held(journal, scope)
-            self._replayer.wake()
-            return
-        try:
-            await asyncio.shield(self._outbox.done([journal]))
-        except sqlite3.Error as exc:  # the row replays at start, and is set aside then
-            logger.warning("the outbox row of a refused write stays: %s", exc)
 
     async def enqueue(
         self, scope: Scope, memories: Sequence[NewMemory], since: float | None = None
@@ -293,8 +214,7 @@ class MemoryService:
     def _refused(
         self, memories: Sequence[NewMemory], exc: sqlite3.Error, tenant: str
     ) -> OutboxRefused:
-        """What a client is told when the outbox cannot take a write (SQLITE_FULL,
-        an I/O error, a read-only file), after the operator's one log line."""
+        """The operator's one line, and the client's answer (gateway.memory.outcomes)."""
         logger.error(
             "%d memories of tenant %s not accepted, the outbox cannot take them: %s",
             len(memories), tenant, exc,
@@ -302,24 +222,17 @@ class MemoryService:
         self._metrics.memory_writes.labels(memories[0].source, WriteOutcome.FAILED).inc(
             len(memories)
         )
-        if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
-            return OutboxFull(f"the outbox cannot take the write: {exc}")
-        # Locked by another process, read-only, failing, gone: not a matter of
-        # space, and a retry may work (after a restart, for a removed file).
-        return OutboxUnavailable(f"the outbox cannot take the write: {exc}")
+        return refusal(exc)
 
     async def write_now(
         self,
         scope: Scope,
         memories: Sequence[NewMemory],
         priority: int = INTERACTIVE,
-        journal: int | None = None,
+        on_stored: Callable[[], None] | None = None,
     ) -> list[WriteResult]:
-        """Embed and store the memories not stored yet, in one embedder call;
-        the ``journal`` row (``_journal``) is settled as they are stored."""
-        on_stored = (
-            None if journal is None else functools.partial(self._outbox.settle_held, journal)
-        )
+        """Embed and store the memories not stored yet, in one embedder call
+        (``on_stored``: gateway.memory.writes.Writer.write)."""
         [results] = await self._writer.write([(scope, memories)], priority, on_stored=on_stored)
         return results
 
