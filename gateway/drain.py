@@ -29,9 +29,12 @@ import asyncio
 import logging
 import math
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import uvicorn
+
+from gateway.exceptions import ShuttingDown
 
 logger = logging.getLogger("gateway.drain")
 
@@ -39,6 +42,7 @@ logger = logging.getLogger("gateway.drain")
 FINISH_S = 5.0
 
 Cut = Callable[[], object]
+T = TypeVar("T")
 
 
 class Drain:
@@ -86,6 +90,24 @@ class Drain:
             )  # fmt: skip
         for cut in holders:
             cut()
+
+
+async def until_cut(drain: Drain, work: Awaitable[T]) -> T:
+    """``work``'s result, unless the shutdown grace runs out first: then it is
+    cancelled and ``ShuttingDown`` raised, answered 503 with Retry-After (the
+    memory API's requests: a write cut so replays from its outbox row)."""
+    task = asyncio.ensure_future(work)
+    drain.hold(task.cancel)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if drain.over and current is not None and not current.cancelling():
+            grace = f"its shutdown grace of {drain.grace_s:g}s ran out before the answer came"
+            raise ShuttingDown(grace) from None
+        raise
+    finally:
+        drain.release(task.cancel)
 
 
 class DrainingServer(uvicorn.Server):

@@ -79,3 +79,11 @@ async def get_settings(request: Request) -> Settings:
 
 MemoryDep = Annotated[MemoryService, Depends(get_memory)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+async def get_drain(request: Request) -> Drain:
+    drain: Drain = request.app.state.services.drain
+    return drain
+
+
+DrainDep = Annotated[Drain, Depends(get_drain)]

@@ -21,6 +21,7 @@ from gateway.api.answers import (
 from gateway.api.query import SingleQueryRoute
 from gateway.api.schemas import AddMemoriesRequest, SearchMemoriesRequest
 from gateway.auth import PrincipalDep
+from gateway.drain import until_cut
 from gateway.enums import WriteSource
 from gateway.errors import APIError
 from gateway.exceptions import MemoryUnavailable, OutboxFull, OutboxUnavailable, StoreUnavailable
@@ -32,7 +33,7 @@ from gateway.memory.records import (
     parse_timestamp,
 )
 from gateway.openapi import WITH_BODY, errors, keyed_router
-from gateway.services import MemoryDep, SettingsDep
+from gateway.services import DrainDep, MemoryDep, SettingsDep
 
 # A query parameter given twice is refused (gateway.api.query), never half read.
 router = keyed_router("/v1/memories", "memories", SingleQueryRoute)
@@ -87,6 +88,7 @@ def _memory_id(value: str) -> str:
 async def add_memories(
     principal: PrincipalDep,
     memory: MemoryDep,
+    drain: DrainDep,
     settings: SettingsDep,
     request: AddMemoriesRequest,
     response: Response,
@@ -125,7 +127,7 @@ async def add_memories(
         for role, text in items
     ]
     scope = Scope(principal.tenant, request.user_id)
-    outcome = await memory.add(scope, memories)
+    outcome = await until_cut(drain, memory.add(scope, memories))
     if outcome.queued:
         response.status_code = 202
     results = [AddedMemory(id=r.id, memory=r.memory, event=r.event) for r in outcome.results]
@@ -138,6 +140,7 @@ async def add_memories(
 async def search_memories(
     principal: PrincipalDep,
     memory: MemoryDep,
+    drain: DrainDep,
     request: SearchMemoriesRequest,
 ) -> SearchResults:
     try:
@@ -145,9 +148,8 @@ async def search_memories(
     except ValueError as exc:
         raise APIError(400, str(exc), code="invalid_filters", param="filters") from None
     scope = Scope(principal.tenant, request.user_id)
-    records = await memory.search(
-        scope, request.query, request.top_k, conditions, request.min_score
-    )
+    searching = memory.search(scope, request.query, request.top_k, conditions, request.min_score)
+    records = await until_cut(drain, searching)
     return SearchResults(results=[ScoredMemory.of(record) for record in records])
 
 
@@ -155,6 +157,7 @@ async def search_memories(
 async def list_memories(
     principal: PrincipalDep,
     memory: MemoryDep,
+    drain: DrainDep,
     user_id: UserIdQuery,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(max_length=64)] = None,
@@ -162,7 +165,7 @@ async def list_memories(
     """A page of the user's memories; pass ``next_cursor`` back for the next page."""
     scope = Scope(principal.tenant, user_id)
     start = _cursor(cursor) if cursor else None
-    records, next_cursor = await memory.page(scope, limit, start)
+    records, next_cursor = await until_cut(drain, memory.page(scope, limit, start))
     return MemoryPage(results=[Memory.of(r) for r in records], next_cursor=next_cursor)
 
 

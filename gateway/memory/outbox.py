@@ -120,8 +120,10 @@ class Outbox:
 
     def _erase(self) -> None:
         """After a purge or a drop (under ``_lock``): the zeroed pages into the
-        database, the WAL emptied, so the removed texts are gone from the file.
-        Best effort: a reader in another process can hold the WAL back."""
+        database, the WAL emptied, so the removed texts are gone from the file,
+        those of rows deleted earlier (stored, then ``done``) included, whose
+        frames the WAL keeps until a checkpoint. Best effort: a reader in
+        another process can hold the WAL back."""
         assert self._conn is not None
         self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
@@ -318,8 +320,9 @@ class Outbox:
                     ).fetchall()
                 self._view.untrack(seq for seq, _ in rows)
                 self._view.add_dead(-len(dead))
-                if rows or dead:
-                    self._erase()
+                # Always: rows of the user's already stored and deleted (a replayed
+                # entry, a direct write's journal) left their text in WAL frames.
+                self._erase()
             texts = [raw for _, raw in rows] + [raw for (raw,) in dead]
             ids = {id_of(scope, m.text) for raw in texts for m in decode_memories(raw)}
             return {wanted for wanted in ids if wanted is not None}
@@ -350,9 +353,14 @@ class Outbox:
             rewritten: list[int] = []  # queued rows, whose replay must read them again
             gone: list[int] = []
             buried = 0  # dead rows deleted
+            # A direct write in flight keeps its row, as in a purge: it stores as a
+            # write after the delete, and the row is what backs its answer.
+            held = self._view.held_seqs()
             with self._transaction() as conn:
                 for table in ("outbox", "dead"):
                     for seq, user, raw in rows_holding(conn, table, tenant, wanted, user_id):
+                        if table == "outbox" and seq in held:
+                            continue
                         scope = Scope(tenant, user)
                         memories = decode_memories(raw)
                         kept = [m for m in memories if id_of(scope, m.text) != wanted]
@@ -379,8 +387,7 @@ class Outbox:
             self._view.rewritten(rewritten)
             self._view.add_dead(-buried)
             self._view.untrack(gone)
-            if owner is not None:
-                self._erase()
+            self._erase()  # always, as in a purge: earlier rows' frames hold the text
             return owner
 
     async def drop(self, tenant: str, wanted: str, user_id: str | None = None) -> str | None:

@@ -91,6 +91,10 @@ class PendingView:
                 self._scope_of[seq] = scope
                 self._by_scope.setdefault(scope, set()).add(seq)
 
+    def held_seqs(self) -> set[int]:
+        with self._lock:
+            return set(self._held)
+
     def held(self, scope: Scope) -> list[int]:
         """The user's rows of direct writes in flight."""
         with self._lock:

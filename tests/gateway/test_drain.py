@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from gateway.drain import FINISH_S, Drain, graceful_timeout_s
+import pytest
+
+from gateway.drain import FINISH_S, Drain, graceful_timeout_s, until_cut
+from gateway.exceptions import ShuttingDown
 
 
 class Cuts:
@@ -67,3 +70,31 @@ async def test_a_second_begin_does_not_move_the_deadline() -> None:
 def test_uvicorn_waits_past_the_grace_for_the_cut_answers() -> None:
     assert graceful_timeout_s(30) == 30 + FINISH_S
     assert graceful_timeout_s(0.5) >= 0.5 + FINISH_S  # whole seconds, rounded up
+
+
+async def test_work_still_running_at_the_deadline_is_a_503_to_retry() -> None:
+    # The memory API's requests (a write waiting on a slow embedder): uvicorn's own
+    # cancel, 5 s later, was a 500 with a traceback.
+    drain, started = Drain(grace_s=0.01), asyncio.Event()
+
+    async def slow_write() -> str:
+        started.set()
+        await asyncio.Event().wait()  # never answered
+        return "stored"
+
+    running = asyncio.create_task(until_cut(drain, slow_write()))
+    await started.wait()
+    drain.begin()
+    with pytest.raises(ShuttingDown) as cut:
+        await running
+    assert cut.value.status_code == 503 and cut.value.headers()["Retry-After"] == "1"
+
+
+async def test_work_done_in_time_is_its_answer_and_a_client_gone_is_a_cancel() -> None:
+    drain = Drain(grace_s=30)
+    assert await until_cut(drain, asyncio.sleep(0, "answer")) == "answer"
+    waiting = asyncio.create_task(until_cut(drain, asyncio.Event().wait()))
+    await asyncio.sleep(0)
+    waiting.cancel()  # the request's own task: not the drain's doing
+    with pytest.raises(asyncio.CancelledError):
+        await waiting

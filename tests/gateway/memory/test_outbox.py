@@ -275,6 +275,27 @@ async def test_drop_by_id_reaches_dead_entries_and_leaves_no_text_on_disk(
     box.close()
 
 
+@pytest.mark.parametrize("how", ["forget", "delete by id"])
+async def test_a_removed_text_leaves_the_wal_even_when_its_row_went_before(
+    tmp_path: Path, how: str
+) -> None:
+    # Stored and deleted long ago (a replayed entry, a direct write's journal after
+    # the flush): no row holds the text, but the WAL's frames did, until restart.
+    path = tmp_path / "o.sqlite3"
+    box = Outbox(path)
+    box.open()
+    seq = await box.put(ALICE, [memory("alice-secret stored")])
+    box.settle([seq])
+    await box.done([seq])
+    assert on_disk(path, "alice-secret")  # the test sees the text where it is
+    if how == "forget":
+        assert await box.purge(ALICE) == set()
+    else:
+        assert await box.drop("t", memory_id(ALICE, "alice-secret stored")) is None
+    assert on_disk(path, "alice-secret") == []
+    box.close()
+
+
 async def test_a_bury_after_a_purge_counts_no_dead_entry(tmp_path: Path) -> None:
     # The replayer sets an entry aside after its user was forgotten meanwhile:
     # there is no row to move, and the count must not grow.

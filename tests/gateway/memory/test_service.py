@@ -20,7 +20,7 @@ from gateway.exceptions import (
 )
 from gateway.memory.outbox import Outbox
 from gateway.memory.qdrant_store import QdrantServerStore
-from gateway.memory.records import NewMemory, Scope
+from gateway.memory.records import NewMemory, Scope, memory_id
 from tests.gateway.memory.harness import (
     ALICE,
     DIM,
@@ -532,3 +532,27 @@ async def test_a_direct_write_to_a_qdrant_server_has_no_row(tmp_path: Path) -> N
     async with opened_harness(tmp_path, QdrantServerStore(":memory:", None, "m", DIM)) as h:
         assert not (await h.service.add(ALICE, memories("on the server"))).queued
         assert outbox_rows(h) == 0
+
+
+@pytest.mark.parametrize("store_up", [True, False], ids=["stored", "queued"])
+async def test_a_delete_while_a_direct_write_runs_leaves_the_writes_row(
+    h: Harness, store_up: bool
+) -> None:
+    # The delete took the write's held row: its 201 was no longer backed until the
+    # flush, and after an outage its 202 said "queued" with nothing queued.
+    h.embedder.hold = asyncio.Event()
+    write = asyncio.create_task(h.service.add(ALICE, memories("in flight")))
+    await h.embedder.held.wait()
+    assert not await h.service.delete("t", memory_id(ALICE, "in flight"))  # before the write
+    if not store_up:
+
+        async def down(*_: object) -> None:
+            raise StoreUnavailable("connection refused")
+
+        h.store.upsert = down  # type: ignore[method-assign,assignment]
+    h.embedder.hold.set()
+    outcome = await write
+    assert outcome.queued is not store_up and outbox_rows(h) == 1
+    if not store_up:
+        assert h.outbox.depth == 1
+        assert await h.service.get("t", outcome.results[0].id) is not None  # queued, by id
