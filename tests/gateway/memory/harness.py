@@ -100,6 +100,13 @@ class Harness:
         return sorted(r.text for r in page)
 
 
+def outbox_rows(outbox: Outbox) -> int:
+    """The outbox's rows on disk, whatever their state (waiting, held, stored
+    and waiting for the store's flush)."""
+    [(count,)] = outbox._execute("SELECT COUNT(*) FROM outbox")
+    return int(count)
+
+
 def memories(*texts: str) -> list[NewMemory]:
     return [NewMemory(t, WHEN) for t in texts]
 

@@ -4,34 +4,16 @@ test_service.py."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
-
 from gateway.memory.journal import Journal
 from gateway.memory.outbox import Outbox
-from tests.gateway.memory.harness import ALICE, memories
-
-
-@pytest.fixture
-def outbox(tmp_path: Path) -> Iterator[Outbox]:
-    box = Outbox(tmp_path / "outbox.sqlite3")
-    box.open()
-    yield box
-    box.close()
-
-
-def rows(outbox: Outbox) -> int:
-    [(count,)] = outbox._execute("SELECT COUNT(*) FROM outbox")
-    return int(count)
+from tests.gateway.memory.harness import ALICE, memories, outbox_rows
 
 
 async def test_a_held_row_waits_for_nothing_and_nobody_waits_for_it(outbox: Outbox) -> None:
     wakes: list[str] = []
     journal = Journal(outbox, needed=True, wake=lambda: wakes.append("wake"))
     row = await journal.open(ALICE, memories("one"))
-    assert row is not None and rows(outbox) == 1
+    assert row is not None and outbox_rows(outbox) == 1
     assert outbox.depth == 0 and outbox.pending(ALICE) == 0  # not queued
     assert await outbox.head(10) == []  # the replayer passes it over
     stored = journal.on_stored(row)
@@ -52,10 +34,10 @@ async def test_a_refused_writes_row_goes(outbox: Outbox) -> None:
     journal = Journal(outbox, needed=True, wake=lambda: None)
     row = await journal.open(ALICE, memories("refused"))
     await journal.drop(row)
-    assert rows(outbox) == 0 and outbox.depth == 0
+    assert outbox_rows(outbox) == 0 and outbox.depth == 0
 
 
 async def test_a_store_that_keeps_each_write_needs_no_journal(outbox: Outbox) -> None:
     journal = Journal(outbox, needed=False, wake=lambda: None)
     assert await journal.open(ALICE, memories("on a server")) is None
-    assert journal.on_stored(None) is None and rows(outbox) == 0
+    assert journal.on_stored(None) is None and outbox_rows(outbox) == 0

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 
-import pytest
 from prometheus_client import CollectorRegistry
 
 from gateway.exceptions import EmbedderUnavailable, StoreUnavailable
@@ -16,6 +14,7 @@ from gateway.memory.outbox import Outbox
 from gateway.memory.records import NewMemory, Scope, memory_id
 from gateway.memory.replay import Batch, Claim, Replayer
 from gateway.metrics import GatewayMetrics
+from tests.gateway.memory.harness import outbox_rows
 
 WHEN = datetime(2024, 1, 1, tzinfo=UTC)
 ALICE, BOB = Scope("t", "alice"), Scope("t", "bob")
@@ -39,14 +38,6 @@ class Writes:
             raise TypeError("failed to convert NaN into payload number type")
         self.stored += texts
         return [len(memories) for _, memories in batch]
-
-
-@pytest.fixture
-def outbox(tmp_path: Path) -> Iterator[Outbox]:
-    box = Outbox(tmp_path / "o.sqlite3")
-    box.open()
-    yield box
-    box.close()
 
 
 class Flushes:
@@ -91,11 +82,6 @@ def deletions(outbox: Outbox) -> asyncio.Event:
 
     outbox.done = spy  # type: ignore[method-assign]
     return deleted
-
-
-def rows(outbox: Outbox) -> int:
-    [(count,)] = outbox._execute("SELECT COUNT(*) FROM outbox")
-    return int(count)
 
 
 def memory(text: str) -> list[NewMemory]:
@@ -150,9 +136,9 @@ async def test_the_stored_entries_of_many_batches_share_one_flush(outbox: Outbox
         r.wake()
         assert await r.wait_stored(ALICE, 5)  # stored: not queued any more
     assert writes.stored == ["turn 1", "turn 2", "turn 3"] and outbox.depth == 0
-    assert flush.rows_at == [] and rows(outbox) == 3  # not flushed yet: the rows stay
+    assert flush.rows_at == [] and outbox_rows(outbox) == 3  # not flushed yet: the rows stay
     await r.stop()  # a clean stop flushes, then deletes
-    assert flush.rows_at == [3] and rows(outbox) == 0
+    assert flush.rows_at == [3] and outbox_rows(outbox) == 0
 
 
 async def test_stored_rows_go_once_the_flush_interval_passes(outbox: Outbox) -> None:
@@ -163,7 +149,7 @@ async def test_stored_rows_go_once_the_flush_interval_passes(outbox: Outbox) -> 
     r.wake()
     await asyncio.wait_for(deleted.wait(), 5)  # no wake needed: the timer
     await r.stop()
-    assert flush.rows_at == [1] and rows(outbox) == 0
+    assert flush.rows_at == [1] and outbox_rows(outbox) == 0
 
 
 async def test_a_backlog_is_flushed_as_it_drains(outbox: Outbox) -> None:
@@ -177,7 +163,7 @@ async def test_a_backlog_is_flushed_as_it_drains(outbox: Outbox) -> None:
     await asyncio.wait_for(deleted.wait(), 5)  # well before the hour
     assert flush.rows_at == [5]  # one batch of five, then the flush
     await r.stop()
-    assert rows(outbox) == 0
+    assert outbox_rows(outbox) == 0
 
 
 async def test_a_failed_flush_keeps_the_rows_and_is_tried_again(outbox: Outbox) -> None:
@@ -189,7 +175,7 @@ async def test_a_failed_flush_keeps_the_rows_and_is_tried_again(outbox: Outbox) 
     r.wake()
     await asyncio.wait_for(deleted.wait(), 10)  # after two failures and backoffs
     await r.stop()
-    assert flush.rows_at == [1, 1, 1] and rows(outbox) == 0
+    assert flush.rows_at == [1, 1, 1] and outbox_rows(outbox) == 0
 
 
 async def test_a_forget_before_the_flush_leaves_nothing_to_delete(outbox: Outbox) -> None:
@@ -200,6 +186,6 @@ async def test_a_forget_before_the_flush_leaves_nothing_to_delete(outbox: Outbox
     r.wake()
     assert await r.wait_stored(ALICE, 5)
     assert await outbox.purge(ALICE) == {memory_id(ALICE, "turn")}  # the row, stored, goes
-    assert outbox.unflushed() == set() and rows(outbox) == 0
+    assert outbox.unflushed() == set() and outbox_rows(outbox) == 0
     await r.stop()
     assert flush.rows_at == []  # nothing was left to flush for

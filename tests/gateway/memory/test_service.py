@@ -28,6 +28,7 @@ from tests.gateway.memory.harness import (
     Harness,
     memories,
     opened_harness,
+    outbox_rows,
     vector,
 )
 
@@ -457,11 +458,6 @@ async def test_forget_and_delete_answer_after_the_store_flushed_the_deletion(
     assert events == ["delete_scope", "flushed", "delete", "flushed"]
 
 
-def outbox_rows(h: Harness) -> int:
-    [(count,)] = h.outbox._execute("SELECT COUNT(*) FROM outbox")
-    return int(count)
-
-
 async def test_a_direct_write_keeps_its_row_until_the_store_has_flushed_it(
     h: Harness, tmp_path: Path
 ) -> None:
@@ -469,7 +465,7 @@ async def test_a_direct_write_keeps_its_row_until_the_store_has_flushed_it(
     # power cut right after the 201 would lose it without the row.
     outcome = await h.service.add(ALICE, memories("stored at once"))
     assert not outcome.queued and await h.texts() == ["stored at once"]
-    assert outbox_rows(h) == 1 and h.outbox.depth == 0  # on disk, and nobody waits for it
+    assert outbox_rows(h.outbox) == 1 and h.outbox.depth == 0  # on disk, and nobody waits for it
     assert h.service.status().outbox_depth == 0
     # A power cut now: the row replays at start (idempotently: the id is the same).
     reopened = Outbox(tmp_path / "outbox.sqlite3")
@@ -480,12 +476,12 @@ async def test_a_direct_write_keeps_its_row_until_the_store_has_flushed_it(
     flush = h.store.flush
 
     async def spy_flush() -> None:
-        flushed_with_rows.append(outbox_rows(h))
+        flushed_with_rows.append(outbox_rows(h.outbox))
         await flush()
 
     h.store.flush = spy_flush  # type: ignore[method-assign]
     assert await h.service.drain() == 0  # nothing to replay: only the flush, then the row goes
-    assert flushed_with_rows == [1] and outbox_rows(h) == 0
+    assert flushed_with_rows == [1] and outbox_rows(h.outbox) == 0
     assert h.embedder.calls == 1  # the row was never replayed
 
 
@@ -499,18 +495,18 @@ async def test_a_direct_write_that_meets_an_outage_is_queued_once_from_its_row(
 
     h.store.upsert = down  # type: ignore[method-assign,assignment]
     outcome = await h.service.add(ALICE, memories("during the outage"))
-    assert outcome.queued and h.outbox.depth == 1 and outbox_rows(h) == 1  # one row, not two
+    assert outcome.queued and h.outbox.depth == 1 and outbox_rows(h.outbox) == 1  # one row, not two
     h.store.upsert = upsert  # type: ignore[method-assign]
     h.store_monitor.report_success()
     assert await h.service.drain() == 1
-    assert await h.texts() == ["during the outage"] and outbox_rows(h) == 0
+    assert await h.texts() == ["during the outage"] and outbox_rows(h.outbox) == 0
 
 
 async def test_a_refused_direct_write_leaves_no_row(h: Harness) -> None:
     h.embedder.reject = "poison"
     with pytest.raises(EmbedderRejected):
         await h.service.add(ALICE, memories("poison pill"))
-    assert outbox_rows(h) == 0 and h.outbox.depth == 0
+    assert outbox_rows(h.outbox) == 0 and h.outbox.depth == 0
 
 
 async def test_a_direct_write_whose_client_leaves_is_still_stored(h: Harness) -> None:
@@ -524,14 +520,14 @@ async def test_a_direct_write_whose_client_leaves_is_still_stored(h: Harness) ->
     h.embedder.hold.set()
     assert h.outbox.depth == 1
     assert await h.service.drain() == 1
-    assert await h.texts() == ["left mid-write"] and outbox_rows(h) == 0
+    assert await h.texts() == ["left mid-write"] and outbox_rows(h.outbox) == 0
 
 
 async def test_a_direct_write_to_a_qdrant_server_has_no_row(tmp_path: Path) -> None:
     # The server has each upsert when it answers (wait=true): nothing to journal.
     async with opened_harness(tmp_path, QdrantServerStore(":memory:", None, "m", DIM)) as h:
         assert not (await h.service.add(ALICE, memories("on the server"))).queued
-        assert outbox_rows(h) == 0
+        assert outbox_rows(h.outbox) == 0
 
 
 @pytest.mark.parametrize("store_up", [True, False], ids=["stored", "queued"])
@@ -552,7 +548,7 @@ async def test_a_delete_while_a_direct_write_runs_leaves_the_writes_row(
         h.store.upsert = down  # type: ignore[method-assign,assignment]
     h.embedder.hold.set()
     outcome = await write
-    assert outcome.queued is not store_up and outbox_rows(h) == 1
+    assert outcome.queued is not store_up and outbox_rows(h.outbox) == 1
     if not store_up:
         assert h.outbox.depth == 1
         assert await h.service.get("t", outcome.results[0].id) is not None  # queued, by id

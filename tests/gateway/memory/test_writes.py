@@ -18,7 +18,15 @@ from gateway.memory.qdrant_store import QdrantServerStore
 from gateway.memory.records import NewMemory, Scope
 from gateway.memory.service import MemoryService
 from gateway.memory.store import StoredPoint
-from tests.gateway.memory.harness import ALICE, DIM, WHEN, Harness, memories, opened_harness
+from tests.gateway.memory.harness import (
+    ALICE,
+    DIM,
+    WHEN,
+    Harness,
+    memories,
+    opened_harness,
+    outbox_rows,
+)
 
 
 async def test_each_text_is_embedded_once_and_windows_need_no_encoder_pass(h: Harness) -> None:
@@ -136,12 +144,6 @@ async def test_a_direct_write_whose_neighbour_is_deleted_meanwhile_is_indexed_wi
     assert "later" in again and not any("deleted" in text for text in again)
 
 
-def rows(h: Harness) -> int:
-    """The outbox's rows on disk (stored entries stay until the store's flush)."""
-    [(count,)] = h.outbox._execute("SELECT COUNT(*) FROM outbox")
-    return int(count)
-
-
 async def test_the_replayer_flushes_the_store_before_it_deletes_the_rows(h: Harness) -> None:
     # Power-cut durability of 202 writes: the store's own write-back of the
     # new points must be done (flush) before the outbox rows that held them go.
@@ -156,7 +158,7 @@ async def test_the_replayer_flushes_the_store_before_it_deletes_the_rows(h: Harn
         events.append(("upsert", len(points)))
 
     async def spy_flush() -> None:
-        events.append(("flush", rows(h)))  # the rows are all still on disk
+        events.append(("flush", outbox_rows(h.outbox)))  # the rows are all still on disk
         await flush()
 
     async def spy_done(seqs: Sequence[int]) -> None:
@@ -169,7 +171,7 @@ async def test_the_replayer_flushes_the_store_before_it_deletes_the_rows(h: Harn
     h.embedder_monitor.report_success()
     assert await h.service.drain() == 3
     assert events == [("upsert", 1)] * 3 + [("flush", 3), ("delete", 3)]  # one batch
-    assert h.outbox.depth == 0 and rows(h) == 0
+    assert h.outbox.depth == 0 and outbox_rows(h.outbox) == 0
     assert await h.texts() == ["one", "three", "two"]
 
 
@@ -188,7 +190,7 @@ async def test_a_failed_flush_keeps_the_rows_and_they_replay_once(
     h.store.flush = failing  # type: ignore[method-assign]
     assert await h.service.drain() == 1  # stored, readable, no longer queued ...
     assert h.outbox.depth == 0 and await h.texts() == ["kept"]
-    assert rows(h) == 1  # ... but not known to be on disk: the row stays
+    assert outbox_rows(h.outbox) == 1  # ... but not known to be on disk: the row stays
     assert h.store_monitor.state.status == "unhealthy"
     # As after a power cut: the row is queued again at start, and replays once.
     reopened = Outbox(tmp_path / "outbox.sqlite3")
@@ -197,7 +199,7 @@ async def test_a_failed_flush_keeps_the_rows_and_they_replay_once(
     reopened.close()
     h.store.flush = flush  # type: ignore[method-assign]
     h.store_monitor.report_success()
-    assert await h.service.drain() == 0 and rows(h) == 0
+    assert await h.service.drain() == 0 and outbox_rows(h.outbox) == 0
     assert await h.texts() == ["kept"]
 
 
