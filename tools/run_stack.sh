@@ -60,6 +60,20 @@ wait_for() {
   done
 }
 
+# port_taken PORT: whether something listens on PORT here.
+port_taken() {
+  "$PY" -c "import socket,sys; s=socket.socket(); sys.exit(s.connect_ex(('127.0.0.1', $1)) != 0)"
+}
+
+# Before anything starts: a taken port otherwise showed only once the LLM and the
+# embedder had loaded, as one uvicorn log line among the shutdown's.
+for wanted in "GATEWAY_PORT:${GATEWAY_PORT:-8080}" "EMBEDDER_PORT:${EMBEDDER_PORT}"; do
+  if port_taken "${wanted#*:}"; then
+    echo "memgate: port ${wanted#*:} is taken; set ${wanted%%:*} to a free one" >&2
+    exit 1
+  fi
+done
+
 if [[ -z "${GATEWAY_LLM_URL:-}" ]]; then
   model_file=$("$PY" - <<'EOF'
 import importlib.util, pathlib, sys
@@ -73,7 +87,7 @@ EOF
     echo "memgate: llama-cpp-python is not installed; run \`make install\` (or set GATEWAY_LLM_URL)" >&2
     exit 1
   fi
-  if "$PY" -c "import socket,sys; s=socket.socket(); sys.exit(s.connect_ex(('127.0.0.1', ${LOCAL_LLM_PORT})) != 0)"; then
+  if port_taken "${LOCAL_LLM_PORT}"; then
     echo "memgate: port ${LOCAL_LLM_PORT} is taken; set MEMGATE_LOCAL_LLM_PORT, or GATEWAY_LLM_URL to the LLM listening there" >&2
     exit 1
   fi
