@@ -117,7 +117,14 @@ def create_app(
         if first.get("type") == "json_invalid":
             return _error(400, "request body is not valid JSON", "invalid_json")
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        return _error(400, f"{where}: {first.get('msg', 'invalid value')}", "invalid_request")
+        if not where:  # the body as a whole: a form (curl -d), a list, a string
+            return _error(
+                400,
+                "the request body must be a JSON object, sent as application/json",
+                "invalid_request",
+            )
+        message = f"{where}: {first.get('msg', 'invalid value')}"
+        return _error(400, message, "invalid_request", param=where)
 
     @app.get("/health")
     async def health() -> JSONResponse:

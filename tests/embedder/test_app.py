@@ -109,6 +109,27 @@ def test_malformed_json_is_400(client: TestClient) -> None:
     assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_json"
 
 
+@pytest.mark.parametrize(
+    ("body", "kind"),
+    [(b"input=hello", "application/x-www-form-urlencoded"),  # curl -d without a type
+     (b'["hello"]', "application/json")],
+)  # fmt: skip
+def test_a_body_that_is_no_json_object_is_said_to_be_so(
+    client: TestClient, body: bytes, kind: str
+) -> None:
+    # It read ": Input should be a valid dictionary ...", naming no place.
+    response = client.post("/v1/embeddings", content=body, headers={"content-type": kind})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["message"] == "the request body must be a JSON object, sent as application/json"
+    assert error["param"] is None
+
+
+def test_a_bad_field_is_its_param(client: TestClient) -> None:
+    response = client.post("/v1/embeddings", json={"input": "x", "priority": "high"})
+    assert response.json()["error"]["param"] == "priority"
+
+
 def test_metrics_count_batches_and_inputs(client: TestClient) -> None:
     client.post("/v1/embeddings", json={"input": ["a", "b"]})
     text = client.get("/metrics").text
