@@ -25,6 +25,7 @@ from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.errors import APIError
+from gateway.secret_strength import sendable_key
 
 DEFAULT_TENANT = "default"
 PRINCIPAL_KEY = "memgate.principal"  # where KeyCheck leaves its decision in scope["state"]
@@ -64,8 +65,12 @@ def _check_sendable(key: str, whose: str) -> None:
     bytes that servers read as Latin-1, so a key with ``é`` or a control
     character could never match, and every client would get 401. The message
     never holds the key."""
-    if not key.isascii() or not key.isprintable():
-        raise ValueError(f"{whose} has characters an HTTP header cannot carry: use printable ASCII")
+    try:
+        sendable_key(key)
+    except ValueError:
+        raise ValueError(
+            f"{whose} has characters an HTTP header cannot carry: use printable ASCII"
+        ) from None
 
 
 def _add_key(keys: dict[bytes, str], digest: bytes, tenant: str, where: str) -> None:

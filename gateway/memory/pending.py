@@ -47,8 +47,11 @@ class PendingView:
 
     def track(self, seq: int, scope: Scope) -> None:
         with self._lock:
-            self._scope_of[seq] = scope
-            self._by_scope.setdefault(scope, set()).add(seq)
+            self._track(seq, scope)
+
+    def _track(self, seq: int, scope: Scope) -> None:
+        self._scope_of[seq] = scope
+        self._by_scope.setdefault(scope, set()).add(seq)
 
     def untrack(self, seqs: Iterable[int]) -> None:
         """The rows are gone from the table (waiting or unflushed)."""
@@ -88,8 +91,7 @@ class PendingView:
         """The direct write could not store: its row waits like any other."""
         with self._lock:
             if self._held.pop(seq, None) is not None:
-                self._scope_of[seq] = scope
-                self._by_scope.setdefault(scope, set()).add(seq)
+                self._track(seq, scope)
 
     def held_seqs(self) -> set[int]:
         with self._lock:
