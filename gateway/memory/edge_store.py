@@ -47,8 +47,14 @@ from gateway.memory.store import (
     RRF_K,
     SPARSE_CONTEXT,
     SPARSE_TEXT,
+    START_SLACK,
+    ContextVectors,
     QueryVectors,
+    SessionGap,
     StoredPoint,
+    session_point,
+    side_limit,
+    split_around,
 )
 
 T = TypeVar("T")
@@ -253,6 +259,42 @@ class EdgeStore:
             if point.payload and point.payload.get("tenant") == tenant:
                 return record_of(point)
         return None
+
+    async def neighbours(self, scope: Scope, memory_id: str, count: int) -> SessionGap | None:
+        def read(shard: qe.EdgeShard) -> SessionGap | None:
+            found = shard.retrieve([memory_id], True, False)
+            if not found or not in_scope(found[0].payload, scope):
+                return None
+            payload = found[0].payload or {}
+            selector = _filter(session_conditions(scope, payload.get("session_key") or None))
+            written_at = int(payload.get("written_at", 0))
+
+            def side(direction: qe.Direction, start: int) -> list[tuple[str, int]]:
+                order = qe.OrderBy("written_at", direction=direction, start_from=start)
+                request = qe.ScrollRequest(limit=side_limit(count), filter=selector,
+                                           order_by=order, with_payload=["written_at"])  # fmt: skip
+                points, _ = shard.scroll(request)
+                return [(str(p.id), int((p.payload or {})["written_at"])) for p in points]
+
+            candidates = side(qe.Direction.Desc, written_at + START_SLACK)
+            candidates += side(qe.Direction.Asc, written_at - START_SLACK)
+            before, after = split_around(candidates, memory_id, written_at, count)
+            stored = shard.retrieve([*before, *after], ["memory"], [DENSE_TEXT])
+            points = {str(p.id): session_point(p) for p in stored}
+            return SessionGap([points[i] for i in before if i in points],
+                              [points[i] for i in after if i in points])  # fmt: skip
+
+        return await self._run(read)
+
+    async def update_context(self, scope: Scope, contexts: Sequence[ContextVectors]) -> None:
+        self._check_space()
+        batch = [
+            qe.PointVectors(c.id, {DENSE_CONTEXT: list(c.context),
+                                   SPARSE_CONTEXT: _sparse(c.sparse_context)})
+            for c in contexts
+        ]  # fmt: skip
+        operation = qe.UpdateOperation.update_vectors(batch, _filter(scope_conditions(scope)))
+        await self._run(lambda shard: shard.update(operation))
 
     async def list(
         self, scope: Scope, limit: int, cursor: str | None

@@ -49,9 +49,14 @@ class IndexTexts:
     sparse_context: str  # BM25 of the session window
 
 
+def window_text(previous: Sequence[str], text: str) -> str:
+    """The text of a memory's session window: its ``WINDOW`` predecessors and itself."""
+    return " ".join([*previous[-WINDOW:], text])
+
+
 def index_texts(memory: NewMemory, previous: Sequence[str]) -> IndexTexts:
-    window = " ".join([*previous[-WINDOW:], memory.text])
-    return IndexTexts(memory.text, f"On {date_label(memory.created_at)}, {memory.text}", window)
+    dated = f"On {date_label(memory.created_at)}, {memory.text}"
+    return IndexTexts(memory.text, dated, window_text(previous, memory.text))
 
 
 def weight(text: str) -> float:

@@ -34,8 +34,14 @@ from gateway.memory.store import (
     RRF_K,
     SPARSE_CONTEXT,
     SPARSE_TEXT,
+    START_SLACK,
+    ContextVectors,
     QueryVectors,
+    SessionGap,
     StoredPoint,
+    session_point,
+    side_limit,
+    split_around,
 )
 
 T = TypeVar("T")
@@ -205,6 +211,44 @@ class QdrantServerStore:
             if point.payload and point.payload.get("tenant") == tenant:
                 return record_of(point)
         return None
+
+    async def neighbours(self, scope: Scope, memory_id: str, count: int) -> SessionGap | None:
+        found = await self._call(self._client.retrieve(self._collection, [memory_id]))
+        if not found or not in_scope(found[0].payload, scope):
+            return None
+        payload = found[0].payload or {}
+        selector = _filter(session_conditions(scope, payload.get("session_key") or None))
+        written_at = int(payload.get("written_at", 0))
+
+        async def side(direction: models.Direction, start: int) -> list[tuple[str, int]]:
+            order = models.OrderBy(key="written_at", direction=direction, start_from=start)
+            points, _ = await self._call(
+                self._client.scroll(self._collection, scroll_filter=selector, order_by=order,
+                                    limit=side_limit(count), with_payload=["written_at"])
+            )  # fmt: skip
+            return [(str(p.id), int((p.payload or {})["written_at"])) for p in points]
+
+        candidates = await side(models.Direction.DESC, written_at + START_SLACK)
+        candidates += await side(models.Direction.ASC, written_at - START_SLACK)
+        before, after = split_around(candidates, memory_id, written_at, count)
+        stored = await self._call(
+            self._client.retrieve(self._collection, [*before, *after], with_payload=["memory"],
+                                  with_vectors=[DENSE_TEXT])
+        )  # fmt: skip
+        points = {str(p.id): session_point(p) for p in stored}
+        return SessionGap([points[i] for i in before if i in points],
+                          [points[i] for i in after if i in points])  # fmt: skip
+
+    async def update_context(self, scope: Scope, contexts: Sequence[ContextVectors]) -> None:
+        points = [
+            models.PointVectors(id=c.id, vector={DENSE_CONTEXT: list(c.context),
+                                                 SPARSE_CONTEXT: _sparse(c.sparse_context)})
+            for c in contexts
+        ]  # fmt: skip
+        await self._call(
+            self._client.update_vectors(self._collection, points, wait=True,
+                                        update_filter=_filter(scope_conditions(scope)))
+        )  # fmt: skip
 
     async def list(
         self, scope: Scope, limit: int, cursor: str | None

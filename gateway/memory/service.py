@@ -43,7 +43,7 @@ from gateway.exceptions import (
 )
 from gateway.memory.embedder_client import INTERACTIVE, EmbedderClient
 from gateway.memory.forgets import Forgotten
-from gateway.memory.indexing import RecentTexts, VectorCache
+from gateway.memory.indexing import WINDOW, RecentTexts, VectorCache
 from gateway.memory.journal import Journal
 from gateway.memory.outbox import Outbox
 from gateway.memory.outcomes import (
@@ -272,7 +272,11 @@ class MemoryService:
             owner = await self._outbox.drop(tenant, memory_id, user_id)
             if record is not None:
                 owner = record.user_id
-                await self._store.delete(Scope(tenant, owner), memory_id)
+                scope = Scope(tenant, owner)
+                gap = await self._store.neighbours(scope, memory_id, WINDOW)
+                await self._store.delete(scope, memory_id)
+                if gap is not None:  # the next memories' windows without it
+                    await self._writer.close_gap(scope, gap)
                 await self._store.flush()  # durable before the answer, as forget
             if owner is not None:
                 # The text may sit in a cached session window (and in one a direct

@@ -36,11 +36,18 @@ from gateway.memory.indexing import (
     compose,
     index_texts,
     session_key,
+    window_text,
 )
 from gateway.memory.records import NewMemory, Scope, memory_id
 from gateway.memory.replay import Claim
 from gateway.memory.sparse import Bm25Encoder
-from gateway.memory.store import PointVectors, StoredPoint, VectorStore
+from gateway.memory.store import (
+    ContextVectors,
+    PointVectors,
+    SessionGap,
+    StoredPoint,
+    VectorStore,
+)
 
 logger = logging.getLogger("gateway.memory")
 
@@ -99,6 +106,24 @@ class Writer:
         """The user lost memories (under ``lock``): direct writes in flight start over."""
         for watch in self._watches:
             watch.removed.add(scope)
+
+    async def close_gap(self, scope: Scope, gap: SessionGap) -> None:
+        """Index the memories after a deleted one again, their session windows
+        made of the memories before them now (under ``lock``, after the delete).
+
+        Their ``ctx`` and ``bm25_ctx`` held the deleted text: left as they
+        were, its words would still find them, a trace of what the user had
+        deleted. The texts' own vectors are read from the store, so this needs
+        no embedder: a delete works while it is down."""
+        chain = [*gap.before, *gap.after]
+        contexts = []
+        for i in range(len(gap.before), len(chain)):
+            previous, own = chain[max(0, i - WINDOW) : i], chain[i]
+            parts = [(p.text, p.vector) for p in (*previous, own)]
+            sparse = self._sparse.document(window_text([p.text for p in previous], own.text))
+            contexts.append(ContextVectors(own.id, compose(parts), sparse))
+        if contexts:
+            await self._store.update_context(scope, contexts)
 
     async def write(
         self,

@@ -32,8 +32,11 @@ WHEN = datetime(2024, 1, 1, tzinfo=UTC)
 
 
 def vector(text: str) -> list[float]:
+    """A unit vector per text, as the real embedder's (the model normalises)."""
     digest = hashlib.sha256(text.encode()).digest()
-    return [b / 255 for b in digest[:DIM]]
+    raw = [b / 255 for b in digest[:DIM]]
+    norm = sum(x * x for x in raw) ** 0.5
+    return [x / norm for x in raw]
 
 
 class Embedder:

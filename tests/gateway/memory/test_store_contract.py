@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,7 +16,13 @@ from gateway.memory.edge_store import EdgeStore
 from gateway.memory.qdrant_store import QdrantServerStore
 from gateway.memory.records import Condition, NewMemory, Scope, memory_id
 from gateway.memory.sparse import Bm25Encoder, Sparse
-from gateway.memory.store import PointVectors, QueryVectors, StoredPoint, VectorStore
+from gateway.memory.store import (
+    ContextVectors,
+    PointVectors,
+    QueryVectors,
+    StoredPoint,
+    VectorStore,
+)
 
 DIM = 4
 ALICE = Scope("acme", "alice")
@@ -226,6 +233,47 @@ async def test_recent_gives_a_sessions_last_memories_in_write_order(store: Vecto
     assert await store.recent(ALICE, "s1", 2) == ["s1 turn 2", "s1 turn 3"]
     assert await store.recent(ALICE, None, 2) == ["no session"]
     assert await store.recent(ALICE, "s2", 2) == []
+
+
+async def test_neighbours_are_the_memories_either_side_in_the_same_session(
+    store: VectorStore,
+) -> None:
+    # Written a nanosecond apart at today's clock (as one write's points are),
+    # where Qdrant's float ordering cannot tell neighbours apart.
+    now = 1_796_657_429_109_907_359
+    turns = [
+        replace(point(ALICE, f"s1 turn {i}", [1, i, 0, 0], "s1"), written_at=now + i)
+        for i in range(6)
+    ]
+    await store.upsert(ALICE, turns)
+    await store.upsert(ALICE, [point(ALICE, "no session", [1, 0, 0, 0])])
+    await store.upsert(BOB, [point(BOB, "bob s1", [1, 0, 0, 0], "s1")])
+    gap = await store.neighbours(ALICE, turns[3].id, 2)
+    assert gap is not None
+    assert [p.text for p in gap.before] == ["s1 turn 1", "s1 turn 2"]
+    assert [p.text for p in gap.after] == ["s1 turn 4", "s1 turn 5"]
+    assert [p.id for p in gap.after] == [turns[4].id, turns[5].id]
+    # Stored vectors are unit vectors (cosine): [1, 4, 0, 0] comes back normalised.
+    assert gap.after[0].vector == pytest.approx([1 / 17**0.5, 4 / 17**0.5, 0, 0], abs=1e-6)
+    first = await store.neighbours(ALICE, turns[0].id, 2)
+    assert first is not None and first.before == [] and len(first.after) == 2
+    alone = await store.neighbours(ALICE, memory_id(ALICE, "no session"), 2)
+    assert alone is not None and alone.before == [] and alone.after == []
+    assert await store.neighbours(BOB, turns[3].id, 2) is None  # not Bob's memory
+
+
+async def test_update_context_replaces_only_the_window_vectors_in_scope(
+    store: VectorStore,
+) -> None:
+    await store.upsert(ALICE, [point(ALICE, "alice likes tea", [0, 1, 0, 0])])
+    alice_tea = memory_id(ALICE, "alice likes tea")
+    new = ContextVectors(alice_tea, [0, 0, 1, 0], BM25.document("zanzibar"))
+    await store.update_context(BOB, [new])  # another user's scope: nothing changes
+    assert await store.search(ALICE, dense([0, 0, 1, 0]), 10, min_score=0.9) == []
+    await store.update_context(ALICE, [new])
+    [by_window] = await store.search(ALICE, dense([0, 0, 1, 0]), 10, min_score=0.9)
+    [by_text] = await store.search(ALICE, dense([0, 1, 0, 0]), 10, min_score=0.9)
+    assert by_window.text == by_text.text == "alice likes tea"  # its text vector stays
 
 
 async def test_flush_keeps_what_was_written(store: VectorStore) -> None:

@@ -11,6 +11,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from gateway.exceptions import StoreUnavailable
 from gateway.memory.indexing import session_key
 from gateway.memory.outbox import Outbox
@@ -142,6 +144,34 @@ async def test_a_direct_write_whose_neighbour_is_deleted_meanwhile_is_indexed_wi
     assert window is not None and [text for text, _ in window] == ["kept", "later"]
     [_, (_, again)] = h.embedder.seen[calls:]  # the write started over once
     assert "later" in again and not any("deleted" in text for text in again)
+
+
+@pytest.mark.parametrize("adapter", ["edge", "server"])
+async def test_a_deleted_memory_leaves_no_trace_in_the_windows_after_it(
+    adapter: str, tmp_path: Path
+) -> None:
+    # The two memories after a deleted one were indexed with it in their
+    # session windows (ctx, bm25_ctx): its words would still find them. After
+    # the delete they rank for its words as they do for a user who never had
+    # it, and the delete needs no embedder (their vectors come from the store).
+    session = ["we met at the cafe", "my locker code is zanzibar 4471", "it was raining",
+               "we talked for hours", "then we went home"]  # fmt: skip
+    bob = Scope("t", "bob")
+    store = QdrantServerStore(":memory:", None, "memories", DIM) if adapter == "server" else None
+    async with opened_harness(tmp_path, store) as h:
+        added = await h.service.add(ALICE, [NewMemory(t, WHEN, session_id="s") for t in session])
+        await h.service.add(
+            bob, [NewMemory(t, WHEN, session_id="s") for t in session if "zanzibar" not in t]
+        )
+        h.embedder.up = False
+        assert await h.service.delete("t", added.results[1].id)
+        h.embedder.up = True
+
+        async def ranked(scope: Scope) -> list[tuple[float, str]]:
+            hits = await h.service.search(scope, "zanzibar 4471", 10)
+            return sorted((round(hit.score or 0.0, 6), hit.text) for hit in hits)
+
+        assert await ranked(ALICE) == await ranked(bob)
 
 
 async def test_the_replayer_flushes_the_store_before_it_deletes_the_rows(h: Harness) -> None:
