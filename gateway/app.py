@@ -40,6 +40,7 @@ from gateway.monitor import Monitor
 from gateway.observability import RequestContextMiddleware
 from gateway.services import Services
 from gateway.settings import Settings
+from gateway.startup_failure import OneLineStartupFailure
 from gateway.upstream.build import build_router
 from gateway.upstream.http import UpstreamHTTP, timeouts_for
 from gateway.upstream.pool import UpstreamPool
@@ -244,6 +245,7 @@ def create_app(
             allow_headers=["*"],
             expose_headers=["X-Request-Id", "X-Memory-Hits", "X-Memory-Status", "Retry-After"],
         )
+    app.add_middleware(OneLineStartupFailure)  # lifespan only
     # Added last, so it runs first: every answer, 413 and 429 included, is counted.
     app.add_middleware(RequestContextMiddleware, metrics=metrics, access_log=settings.access_log)
     return app
