@@ -61,6 +61,8 @@ MAX_CHAT_MEMORY_CHARS = MAX_REPLY_CHARS
 LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 # The upstream's verdicts on the request itself, which the client should see as such.
 RELAYED_CLIENT_ERRORS = frozenset({400, 404, 413, 422})
+# The upstream's verdicts on the gateway's own credentials (gateway.upstream.config's keys).
+UPSTREAM_REFUSED_CREDENTIALS = frozenset({401, 403})
 
 
 @dataclass
@@ -87,6 +89,17 @@ def upstream_error(status: int, content: bytes) -> tuple[int, dict[str, Any]]:
 
 def _error_of(status: int, body: dict[str, Any] | None) -> tuple[int, dict[str, Any]]:
     client_status = status if status in RELAYED_CLIENT_ERRORS else 502
+    if status in UPSTREAM_REFUSED_CREDENTIALS:
+        # The operator's key, not the client's: the upstream's own words
+        # ("Incorrect API key provided: sk-...abcd") would show every client
+        # part of it, and its code ("invalid_api_key") would tell an SDK that
+        # the client's key is wrong. The operator finds them in the log.
+        return 502, error_body(
+            f"the LLM upstream refused the gateway's credentials ({status}); "
+            "the gateway's operator must check its upstream key",
+            "upstream_error",
+            "upstream_auth_failed",
+        )
     if body is not None and isinstance(body.get("error"), dict):
         error = body["error"]
         message = error.get("message")
@@ -167,6 +180,11 @@ class Relay:
             rejected = response.status_code in RELAYED_CLIENT_ERRORS  # the client's, not its
             self._finish(UpstreamOutcome.REJECTED if rejected else UpstreamOutcome.HTTP_ERROR)
             status, body = upstream_error(response.status_code, content)
+            if response.status_code in UPSTREAM_REFUSED_CREDENTIALS:
+                logger.warning(
+                    "upstream %s refused the gateway's credentials (%d): %s",
+                    self.name, response.status_code, content[:300].decode("utf-8", "replace"),
+                )  # fmt: skip
             raise APIError(
                 status,
                 body["error"]["message"],

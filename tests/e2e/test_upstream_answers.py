@@ -146,3 +146,22 @@ def test_a_stream_answered_with_a_page_is_a_502_not_an_event_stream(
     assert memories_of(gateway, "u-html") == [] and queued(gateway) == 0
     ok = httpx.post(f"{gateway.url}/chat/completions", json=body, timeout=30)  # the next is fine
     assert ok.status_code == 200 and sse_data(ok.text)[-1] == "[DONE]"
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_an_upstream_refusing_the_gateways_key_shows_clients_none_of_it(
+    gateway: Service, llm: RunningServer, status: int
+) -> None:
+    # A hosted upstream's words on a wrong key hold part of it, and its code
+    # (invalid_api_key) would tell the client's SDK that the client's key is wrong.
+    words = "Incorrect API key provided: sk-proj-****************wxyz."
+    error = {"error": {"message": words, "type": "invalid_request_error",
+                       "code": "invalid_api_key"}}  # fmt: skip
+    for stream in (False, True):
+        llm.set_behavior(mode="raw", status=status, body=json.dumps(error), times=1)
+        body = chat("u-upstream-key", "hello", stream=stream)
+        reply = httpx.post(f"{gateway.url}/chat/completions", json=body, timeout=30)
+        assert reply.status_code == 502
+        assert reply.json()["error"]["code"] == "upstream_auth_failed"
+        assert "sk-proj" not in reply.text and "wxyz" not in reply.text
+    assert memories_of(gateway, "u-upstream-key") == [] and queued(gateway) == 0
