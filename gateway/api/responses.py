@@ -58,7 +58,7 @@ ROUTE = "/v1/responses"
 class ResponsesRequest(TurnRequest):
     input: str | list[dict[str, Any]] | None = None
     instructions: str | None = None
-    previous_response_id: str | None = Field(default=None, max_length=256)
+    previous_response_id: str | None = Field(default=None, min_length=1, max_length=256)
 
 
 def latest_input(body: Json) -> str:

@@ -302,6 +302,16 @@ def test_a_response_is_fetched_and_cancelled_by_its_own_tenant_only(
     assert follow.previous_response_id == made.id
 
 
+def test_an_empty_previous_response_id_is_a_bad_request_not_an_unknown_id(
+    gateway: Service, upstream: RunningServer
+) -> None:
+    upstream.clear_requests()
+    with pytest.raises(openai.BadRequestError) as refused:
+        oai(gateway).responses.create(model=MODEL, input="go on", previous_response_id="")
+    assert refused.value.body["param"] == "previous_response_id"  # type: ignore[index]
+    assert upstream.requests() == []
+
+
 # -- everything else, passed through -----------------------------------------
 
 
