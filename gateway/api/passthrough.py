@@ -26,7 +26,9 @@ which the client gets as a 404.
 Routes: vLLM's known paths each have their own (so metrics name them), and
 any other ``/v1/…`` path goes upstream too, except the gateway's own paths:
 a wrong method on them is the gateway's 405, and one of them written with a
-slash too many (``/v1/memories/``) its 404, never forwarded.
+slash too many (``/v1/memories/``) its 404, never forwarded; and the paths
+that manage the upstream account itself (files, batches, fine-tuning,
+assistants, vector stores, ...: ``ACCOUNT_PATHS``), a 403.
 """
 
 from __future__ import annotations
@@ -64,6 +66,15 @@ ROOT_PATHS = (
     "/tokenize", "/detokenize", "/pooling", "/classify", "/score", "/rerank",
     "/v2/rerank", "/invocations",
 )  # fmt: skip
+# The upstream account's own resources, reached with the operator's key: every
+# tenant would share them (one tenant's uploaded files listed and read by
+# another, the operator's batches and fine-tunes started or cancelled), and
+# vLLM's adapter loading changes the model for everyone. Never forwarded (403).
+ACCOUNT_PATHS = frozenset({
+    "assistants", "batches", "containers", "conversations", "evals", "files", "fine-tunes",
+    "fine_tuning", "organization", "projects", "realtime", "threads", "uploads",
+    "vector_stores", "load_lora_adapter", "unload_lora_adapter",
+})  # fmt: skip
 MAX_MODEL = 256
 FORM = "multipart/form-data"
 _FORM_NAME = r'(?:^|[;\s])name="{}"'
@@ -198,7 +209,19 @@ async def any_other(request: Request, principal: PrincipalDep, services: Service
             404, f"no such path: {request.url.path!r}; this gateway serves {own!r}",
             code="not_found",
         )  # fmt: skip
+    if _account_path(request.scope["path"]):
+        raise APIError(
+            403, f"{request.url.path!r} manages the LLM upstream's account, which every "
+            "tenant of this gateway shares: it is not served through the gateway",
+            code="upstream_account_path",
+        )  # fmt: skip
     return await _forward_any(request, principal, services)
+
+
+def _account_path(path: str) -> bool:
+    """Whether ``path`` (under /v1) names one of ``ACCOUNT_PATHS``, however written."""
+    segments = [segment for segment in path.split("/") if segment]
+    return len(segments) > 1 and segments[1].lower() in ACCOUNT_PATHS
 
 
 def _own_path(request: Request) -> str | None:

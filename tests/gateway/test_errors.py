@@ -272,7 +272,7 @@ def test_the_frameworks_own_refusals_are_in_the_envelope(
         ("GET", "/v1/chat/completions", "POST"),
         ("GET", "/admin/models/some/alias", "DELETE"),
         # Only the pass-through serves the path.
-        ("OPTIONS", "/v1/files", "DELETE, GET, PATCH, POST, PUT"),
+        ("OPTIONS", "/v1/images/generations", "DELETE, GET, PATCH, POST, PUT"),
     ],
 )
 def test_a_405_allows_every_method_the_path_is_served_with(
@@ -352,8 +352,30 @@ def test_a_gateway_path_with_a_slash_too_many_is_not_forwarded(
 
 
 def test_an_upstream_path_with_a_trailing_slash_still_goes_upstream(gateway: TestClient) -> None:
-    answer = gateway.get("/v1/files/")  # not the gateway's: the upstream's to answer
+    answer = gateway.get("/v1/images/generations/")  # not the gateway's: the upstream's
     assert answer.status_code == 503
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/v1/files"),  # every tenant's uploads, on the operator's account
+        ("GET", "/v1/files/file-abc/content"),
+        ("POST", "/v1/fine_tuning/jobs"),
+        ("GET", "/v1/batches"),
+        ("DELETE", "/v1/vector_stores/vs_1"),
+        ("POST", "/v1/load_lora_adapter"),  # vLLM: changes the model for everyone
+        ("GET", "/v1//Files"),
+    ],
+)
+def test_the_upstream_accounts_own_paths_are_never_forwarded(
+    gateway: TestClient, method: str, path: str
+) -> None:
+    # This upstream is down: a forward would have been a 503.
+    answer = gateway.request(method, path)
+    assert answer.status_code == 403, answer.text
+    error = answer.json()["error"]
+    assert error["code"] == "upstream_account_path" and error["type"] == "permission_error"
 
 
 @pytest.mark.parametrize("path", ["/livez/", "/metrics/", "/tokenize/", "/admin/outbox/"])
