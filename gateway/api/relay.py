@@ -261,6 +261,17 @@ class Relay:
                 # to blame on its breaker (one client's request can cause it) nor
                 # one to end with a second, untrue event.
                 outcome = UpstreamOutcome.HTTP_ERROR
+            elif first:
+                # Ended cleanly before a single byte: the server is up and refused this
+                # request in its way (llama.cpp's, for a prompt past its context window,
+                # raises inside the stream it has opened). Not the breaker's business,
+                # as a 200 without a reply is not: one client's requests would open it.
+                outcome = UpstreamOutcome.HTTP_ERROR
+                failure = acc.error_event(
+                    "the LLM upstream ended the stream without sending anything (llama.cpp's "
+                    "server does so when the prompt does not fit in its context window)",
+                    "upstream_stream_empty",
+                )
             else:
                 failure = acc.error_event(
                     "the LLM upstream closed the stream before finishing",

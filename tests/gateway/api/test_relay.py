@@ -178,3 +178,22 @@ async def test_a_stream_the_upstream_ends_with_its_own_error_is_relayed_as_it_ca
     assert body.count(b'"error"') == 1
     assert pool.outcome == UpstreamOutcome.HTTP_ERROR  # neutral for the breaker
     assert await memories_of(h, ALICE) == []
+
+
+async def test_a_stream_the_upstream_ends_at_once_with_nothing_is_no_failure_of_the_llm(
+    h: Harness,
+) -> None:
+    # What llama.cpp's server (make run's LLM) answers a streamed prompt longer than
+    # its context: 200, the stream's headers, then a clean end with no event at all.
+    # A server that ends a stream this way is up and answering; five such requests
+    # (a client whose conversation outgrew the window) opened the breaker that every
+    # tenant shares.
+    reply, pool = StreamedReply(), Pool()
+    chunks = relay(h, reply, time.perf_counter(), pool).stream()
+    reply.events.put_nowait(None)
+    body = b"".join([chunk async for chunk in chunks])
+    error = json.loads(body.decode().removeprefix("data: "))["error"]
+    assert error["code"] == "upstream_stream_empty"
+    assert "context window" in error["message"]
+    assert pool.outcome == UpstreamOutcome.HTTP_ERROR  # neutral for the breaker
+    assert await memories_of(h, ALICE) == []
