@@ -118,10 +118,21 @@ class MemoryFit:
 async def _overflow_of(opened: OpenedReply) -> Overflow | None:
     """The upstream's context-overflow error, if that is what it answered. The
     answer is read here; a relay reads it again from aiohttp's buffer."""
-    if opened.response.status_code not in (400, 413, 422):
+    response = opened.response
+    if response.status_code == 200 and (response.headers.get("content-type") or "").startswith(
+        "text/event-stream"
+    ):
+        # llama.cpp's server opens a stream, then finds the prompt too long and ends
+        # it without a byte (its error goes to its log only): an overflow that names
+        # no numbers, found before anything is relayed.
+        try:
+            return Overflow() if not await response.peek() else None
+        except TransportError:
+            return None  # the relay reports the broken stream
+    if response.status_code not in (400, 413, 422):
         return None
     try:
-        content = await opened.response.aread()
+        content = await response.aread()
     except TransportError:
         return None  # the relay reports the broken answer
-    return context_overflow(opened.response.status_code, content)
+    return context_overflow(response.status_code, content)

@@ -115,7 +115,10 @@ class Reply:
     """An answer whose status and headers are in; the body is read on demand,
     whole (``aread``, at most ``max_body_bytes`` of it) or as it arrives."""
 
-    __slots__ = ("__weakref__", "_body", "_max_body_bytes", "_response", "headers", "status_code")
+    __slots__ = (
+        "__weakref__", "_body", "_max_body_bytes", "_peeked", "_response", "headers",
+        "status_code",
+    )  # fmt: skip
 
     def __init__(self, response: aiohttp.ClientResponse, max_body_bytes: int | None = None) -> None:
         self._response = response
@@ -123,6 +126,8 @@ class Reply:
         # What aread found, kept: a caller may read the body again (the relay after
         # the context-overflow check), and a body found too large stays too large.
         self._body: bytes | BodyTooLarge | None = None
+        # What ``peek`` read first (or how that read failed), for ``aiter_bytes`` to give.
+        self._peeked: bytes | TransportError | None = None
         self.status_code: int = response.status
         self.headers: Mapping[str, str] = response.headers  # case-insensitive
 
@@ -155,9 +160,30 @@ class Reply:
                 parts.append(chunk)
         return b"".join(parts)
 
+    async def peek(self) -> bytes:
+        """The body's first bytes, once they arrive (b"": it ended without any);
+        ``aiter_bytes`` still yields them first. A read that fails raises here,
+        and again from ``aiter_bytes``."""
+        if self._peeked is None:
+            try:
+                with _translated():
+                    self._peeked = await self._response.content.readany()
+            except TransportError as exc:
+                self._peeked = exc
+        if isinstance(self._peeked, TransportError):
+            raise self._peeked
+        return self._peeked
+
     async def aiter_bytes(self) -> AsyncIterator[bytes]:
         """The body as it arrives, decoded; if it breaks off, all that arrived
         before the break, then the error."""
+        if self._peeked is not None:
+            peeked, self._peeked = self._peeked, None
+            if isinstance(peeked, TransportError):
+                raise peeked
+            if not peeked:
+                return
+            yield peeked
         content = self._response.content
         while True:
             try:

@@ -1,0 +1,87 @@
+"""Recalled memories fitted again when the upstream finds the request too long
+(gateway.api.memory_fit), with answers shaped as real servers send them."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+from gateway.api.chat import into_messages
+from gateway.api.memory_fit import MemoryFit
+from gateway.api.outgoing import Incoming
+from gateway.enums import UpstreamOutcome
+from gateway.memory.records import MemoryRecord
+from gateway.upstream.pool import OpenedReply, Target
+from gateway.upstream.replica import Upstream
+
+WHEN = datetime(2024, 5, 8, tzinfo=UTC)
+FACTS = ["My dog is a beagle called Pepper.", "I live in Lisbon."]
+
+
+class EmptyStream:
+    """llama.cpp's server's answer to a streamed prompt past its context: 200, the
+    stream's headers, then the end, with no byte (the error is in its log only)."""
+
+    status_code = 200
+    headers = {"content-type": "text/event-stream; charset=utf-8"}
+    closed = False
+
+    def __init__(self, body: bytes = b"") -> None:
+        self.body = body
+
+    async def peek(self) -> bytes:
+        return self.body
+
+    async def aiter_bytes(self) -> AsyncIterator[bytes]:
+        if self.body:
+            yield self.body
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+class Pool:
+    def __init__(self) -> None:
+        self.outcomes: list[UpstreamOutcome] = []
+
+    def record_outcome(self, upstream: Upstream, outcome: UpstreamOutcome) -> None:
+        self.outcomes.append(outcome)
+
+
+def fit_with_memories() -> tuple[MemoryFit, Target]:
+    target = Target(Upstream("primary", "http://u/v1", http=None), None)  # type: ignore[arg-type]
+    body: dict[str, Any] = {
+        "model": "smollm2",
+        "stream": True,
+        "messages": [{"role": "user", "content": "What is my dog called?"}],
+    }
+    incoming = Incoming(json.dumps(body).encode(), body, "smollm2", into_messages, chat_stream=True)
+    fit = MemoryFit([target], incoming, {"smollm2": 2048}, incoming.fields)
+    records = [MemoryRecord(str(i), text, "alice", WHEN, {}) for i, text in enumerate(FACTS)]
+    assert fit.inject(records) == len(FACTS)
+    return fit, target
+
+
+async def test_a_stream_that_ends_empty_with_memories_in_is_sent_again_without_them() -> None:
+    fit, target = fit_with_memories()
+    reply, pool = EmptyStream(), Pool()
+    opened = OpenedReply(target, reply, time.perf_counter())  # type: ignore[arg-type]
+
+    assert await fit.refit_after(opened, pool) == 0  # type: ignore[arg-type]
+    assert reply.closed
+    assert pool.outcomes == [UpstreamOutcome.HTTP_ERROR]  # neutral for the breaker
+    sent = json.loads(fit.outgoing().content)
+    assert all(FACTS[0] not in str(m.get("content")) for m in sent["messages"])
+
+
+async def test_a_stream_that_sends_something_is_relayed_with_its_memories() -> None:
+    fit, target = fit_with_memories()
+    reply, pool = EmptyStream(b'data: {"choices": []}\n\n'), Pool()
+    opened = OpenedReply(target, reply, time.perf_counter())  # type: ignore[arg-type]
+
+    assert await fit.refit_after(opened, pool) is None  # type: ignore[arg-type]
+    assert not reply.closed and pool.outcomes == []
+    assert [chunk async for chunk in reply.aiter_bytes()] == [reply.body]  # still all there
