@@ -301,7 +301,9 @@ async def recall_fit(
     ``conversation`` (a chat-shaped view of ``incoming``, without memories);
     the fit's ``outgoing()`` is the request with them. Sets ``x-memory-hits``
     (and ``x-memory-status`` when degraded) when memory is on."""
-    fit = MemoryFit(targets, incoming, services.router.context_windows, conversation)
+    fit = MemoryFit(
+        targets, incoming, services.router.context_windows, conversation, owner=plan.scope
+    )
     if plan.scope is not None:
         # A memory the request already holds (an earlier turn of this conversation,
         # sent again as its history) would only take a place and the context twice.

@@ -15,7 +15,7 @@ sends at most): memories never cost the client its answer.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from typing import Any
 
 from gateway.api.outgoing import Incoming, Outgoing
@@ -27,6 +27,7 @@ from gateway.upstream.context import (
     MAX_TOKEN_RATIO,
     Overflow,
     context_overflow,
+    learn_ratio,
     ratio_for,
     window_for,
 )
@@ -46,12 +47,14 @@ class MemoryFit:
         incoming: Incoming,
         configured: dict[str, int],
         conversation: dict[str, Any],
+        owner: Hashable = None,
     ) -> None:
         self.targets = targets
         self.incoming = incoming
         self.client_model = incoming.model
         self.configured = configured
         self.conversation = conversation
+        self.owner = owner  # whose memories (a Scope): what a learned ratio is kept for
         self.recalled: list[MemoryRecord] = []
         self.injected: list[MemoryRecord] = []
         self.refits = 0
@@ -65,7 +68,7 @@ class MemoryFit:
         window = window_for(self.targets, self.client_model, self.configured)
         if not records or window is None:
             return records
-        ratio = ratio_for(self.targets, self.client_model)
+        ratio = ratio_for(self.targets, self.client_model, self.owner)
         return fitting_memories(records, self.conversation, window, ratio)
 
     def _put(self, records: list[MemoryRecord]) -> int:
@@ -111,8 +114,7 @@ class MemoryFit:
                 format_memories(self.injected)
             )
             ratio = min(MAX_TOKEN_RATIO, overflow.prompt_tokens / max(1, sent))
-            if ratio > upstream.token_ratios.get(name, 1.0):
-                upstream.token_ratios[name] = ratio
+            learn_ratio(upstream, name, self.owner, ratio)
 
 
 async def _overflow_of(opened: OpenedReply) -> Overflow | None:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +50,8 @@ _PROMPT_IN_MESSAGE = re.compile(
 # How far the estimate may be corrected upwards: one token per byte is the most
 # a byte-level tokenizer spends, three bytes per token what the estimate assumes.
 MAX_TOKEN_RATIO = 3.0
+# Memory owners whose learned ratio an upstream keeps (a small dict entry each).
+MAX_LEARNED_RATIOS = 10_000
 
 
 @dataclass(frozen=True)
@@ -102,12 +104,31 @@ def _error_of(content: bytes) -> dict[str, Any] | None:
     return body if isinstance(body, dict) and isinstance(body.get("message"), str) else None
 
 
-def ratio_for(targets: Sequence[Target], client_model: str) -> float:
-    """How much to scale the size estimate for these targets (learned from overflows)."""
+def ratio_for(targets: Sequence[Target], client_model: str, owner: Hashable) -> float:
+    """How much to scale the size estimate of ``owner``'s requests for these targets
+    (learned from the overflows of that owner's requests)."""
     ratios = [
-        target.upstream.token_ratios.get(target.model or client_model, 1.0) for target in targets
+        target.upstream.token_ratios.get((target.model or client_model, owner), 1.0)
+        for target in targets
     ]
     return max(ratios, default=1.0)
+
+
+def learn_ratio(upstream: Upstream, model: str, owner: Hashable, ratio: float) -> None:
+    """Keep ``ratio`` for ``owner``'s requests to ``model`` when it is the largest seen.
+
+    By owner (a memory user), not for the model as a whole: how far the estimate
+    falls short depends on the text (digits, code, some scripts), and one user's
+    memories of account numbers must not cut every other user's, every tenant's,
+    to a third until the gateway restarts. The newest ``MAX_LEARNED_RATIOS`` are kept.
+    """
+    key = (model, owner)
+    if ratio <= upstream.token_ratios.get(key, 1.0):
+        return
+    upstream.token_ratios.pop(key, None)  # re-inserted last: the newest
+    upstream.token_ratios[key] = ratio
+    while len(upstream.token_ratios) > MAX_LEARNED_RATIOS:
+        del upstream.token_ratios[next(iter(upstream.token_ratios))]
 
 
 def context_overflow(status: int, content: bytes) -> Overflow | None:

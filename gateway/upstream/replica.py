@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 import weakref
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,9 +73,10 @@ class Upstream:
         self.model_ids: frozenset[str] = frozenset()
         self.discovered = False
         # Learned from the server's own context-overflow errors, by model name:
-        # its window, and how far the gateway's size estimate fell short.
+        # its window; and how far the gateway's size estimate fell short, by model
+        # and memory owner (whose text it was: gateway.upstream.context.learn_ratio).
         self.learned_windows: dict[str, int] = {}
-        self.token_ratios: dict[str, float] = {}
+        self.token_ratios: dict[tuple[str, Hashable], float] = {}
         self.start_grace_s = start_grace_s
         self.seen_up = False
         self.refused_since: float | None = None  # monotonic; None: not refusing

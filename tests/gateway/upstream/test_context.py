@@ -2,9 +2,12 @@ from __future__ import annotations
 
 import json
 
+from gateway.memory.records import Scope
 from gateway.upstream.context import (
+    MAX_LEARNED_RATIOS,
     Overflow,
     context_overflow,
+    learn_ratio,
     listed_window,
     ratio_for,
     window_for,
@@ -79,8 +82,30 @@ def test_other_errors_are_not_overflows() -> None:
 
 def test_learned_ratios_scale_the_estimate_for_the_slowest_target() -> None:
     a, b = upstream([]), upstream([])
-    assert ratio_for([Target(a), Target(b, "x")], "m") == 1.0
-    a.token_ratios["m"] = 1.5
-    b.token_ratios["x"] = 2.0
-    assert ratio_for([Target(a), Target(b, "x")], "m") == 2.0
-    assert ratio_for([Target(a)], "m") == 1.5
+    assert ratio_for([Target(a), Target(b, "x")], "m", "alice") == 1.0
+    learn_ratio(a, "m", "alice", 1.5)
+    learn_ratio(b, "x", "alice", 2.0)
+    assert ratio_for([Target(a), Target(b, "x")], "m", "alice") == 2.0
+    assert ratio_for([Target(a)], "m", "alice") == 1.5
+    learn_ratio(a, "m", "alice", 1.2)  # the largest seen is kept
+    assert ratio_for([Target(a)], "m", "alice") == 1.5
+
+
+def test_a_ratio_learned_from_one_users_text_leaves_the_others_estimates_alone() -> None:
+    # One user's memories of account numbers (a token per digit, where the estimate
+    # counts one per three bytes) cut every user's memories, in every tenant, to a
+    # third until a restart, when the ratio was kept for the model as a whole.
+    a = upstream([])
+    mallory, ivy = Scope("globex", "mallory"), Scope("acme", "ivy")
+    learn_ratio(a, "m", mallory, 3.0)
+    assert ratio_for([Target(a)], "m", mallory) == 3.0
+    assert ratio_for([Target(a)], "m", ivy) == 1.0
+
+
+def test_learned_ratios_keep_the_newest_owners() -> None:
+    a = upstream([])
+    for i in range(MAX_LEARNED_RATIOS + 5):
+        learn_ratio(a, "m", i, 2.0)
+    assert len(a.token_ratios) == MAX_LEARNED_RATIOS
+    assert ratio_for([Target(a)], "m", 0) == 1.0
+    assert ratio_for([Target(a)], "m", MAX_LEARNED_RATIOS + 4) == 2.0
