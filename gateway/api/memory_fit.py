@@ -89,7 +89,9 @@ class MemoryFit:
         if overflow is None:
             return None
         await opened.response.aclose()
-        pool.record_outcome(opened.upstream, UpstreamOutcome.HTTP_ERROR)
+        # The upstream refused the request as sent (its verdict, as for a relayed 400),
+        # which the memories made too long: no failure of the LLM on an error-rate panel.
+        pool.record_outcome(opened.upstream, UpstreamOutcome.REJECTED)
         self._learn(opened, overflow)
         self.refits += 1
         fewer = self._fitting(self.recalled)

@@ -72,7 +72,7 @@ async def test_a_stream_that_ends_empty_with_memories_in_is_sent_again_without_t
 
     assert await fit.refit_after(opened, pool) == 0  # type: ignore[arg-type]
     assert reply.closed
-    assert pool.outcomes == [UpstreamOutcome.HTTP_ERROR]  # neutral for the breaker
+    assert pool.outcomes == [UpstreamOutcome.REJECTED]  # neutral for the breaker
     sent = json.loads(fit.outgoing().content)
     assert all(FACTS[0] not in str(m.get("content")) for m in sent["messages"])
 
@@ -85,3 +85,32 @@ async def test_a_stream_that_sends_something_is_relayed_with_its_memories() -> N
     assert await fit.refit_after(opened, pool) is None  # type: ignore[arg-type]
     assert not reply.closed and pool.outcomes == []
     assert [chunk async for chunk in reply.aiter_bytes()] == [reply.body]  # still all there
+
+
+class Overflowed:
+    """llama.cpp's server's answer to a prompt past its context, not streamed."""
+
+    status_code = 400
+    headers = {"content-type": "application/json"}
+
+    async def aread(self) -> bytes:
+        message = (
+            "This model's maximum context length is 2048 tokens. However, you requested "
+            "2137 tokens (2133 in the messages, 4 in the completion)."
+        )
+        error = {"message": message, "type": "invalid_request_error"}
+        return json.dumps({"error": {**error, "code": "context_length_exceeded"}}).encode()
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_an_overflow_the_memories_caused_is_counted_as_a_refusal_not_an_llm_failure() -> None:
+    # memgate_upstream_requests_total said http_error: on an error-rate panel, the
+    # LLM failing, each time memories overflowed a healthy server's window.
+    fit, target = fit_with_memories()
+    pool = Pool()
+    opened = OpenedReply(target, Overflowed(), time.perf_counter())  # type: ignore[arg-type]
+
+    assert await fit.refit_after(opened, pool) is not None  # type: ignore[arg-type]
+    assert pool.outcomes == [UpstreamOutcome.REJECTED]
