@@ -220,6 +220,8 @@ async def relay_turn(
         ):
             headers["x-memory-hits"] = str(injected)
             opened = await send(memories.outgoing())
+        if memories is not None:
+            memories.count_hits()  # what went in, after any resend with fewer
         drop_usage = not outgoing.usage_asked
         relay = Relay(
             opened, plan, started, model,
@@ -309,18 +311,20 @@ async def recall_fit(
         # sent again as its history) would only take a place and the context twice.
         present = conversation_texts(conversation.get("messages"))
         recalled = await _recall(services, plan, headers, extra=min(len(present), plan.top_k))
-        fresh = [record for record in recalled if record.text not in present][: plan.top_k]
-        headers["x-memory-hits"] = str(fit.inject(fresh))
+        fresh = [record for record in recalled or () if record.text not in present]
+        headers["x-memory-hits"] = str(fit.inject(fresh[: plan.top_k]))
+        if recalled is not None:  # a search ran: its hits are what finally went in
+            fit.hits_metric = services.metrics.recall_hits
     return fit
 
 
 async def _recall(
     services: Services, plan: MemoryPlan, headers: dict[str, str], extra: int = 0
-) -> list[Any]:
+) -> list[Any] | None:
     """The ``top_k`` best memories of the turn, and ``extra`` more (some may be
-    left out)."""
+    left out); None when no search ran (nothing to search for, or degraded)."""
     if plan.top_k <= 0 or not plan.query or plan.scope is None:
-        return []
+        return None
     try:
         return await services.memory.recall(
             plan.scope, recall_query(plan.query), plan.top_k + extra,
@@ -334,4 +338,4 @@ async def _recall(
         if services.settings.memory_required:
             raise MemoryRequired(str(exc)) from None
         headers["x-memory-status"] = "degraded"
-        return []
+        return None

@@ -18,6 +18,8 @@ import logging
 from collections.abc import Hashable, Sequence
 from typing import Any
 
+from prometheus_client import Histogram
+
 from gateway.api.outgoing import Incoming, Outgoing
 from gateway.enums import UpstreamOutcome
 from gateway.memory.budget import estimate_prompt, estimate_text, fitting_memories
@@ -58,6 +60,8 @@ class MemoryFit:
         self.recalled: list[MemoryRecord] = []
         self.injected: list[MemoryRecord] = []
         self.refits = 0
+        # Set when a search ran for this turn: ``count_hits`` observes what went in.
+        self.hits_metric: Histogram | None = None
 
     def inject(self, recalled: Sequence[MemoryRecord]) -> int:
         """Put what fits of ``recalled`` into the request; returns how many went in."""
@@ -74,6 +78,14 @@ class MemoryFit:
     def _put(self, records: list[MemoryRecord]) -> int:
         self.injected = records
         return len(records)
+
+    def count_hits(self) -> None:
+        """Observe how many memories went into the request as finally sent (the
+        recall's histogram: not those found, some of which the request held
+        already or did not fit)."""
+        if self.hits_metric is not None:
+            self.hits_metric.observe(len(self.injected))
+            self.hits_metric = None
 
     def outgoing(self) -> Outgoing:
         """What goes upstream now: the request with the memories chosen so far."""

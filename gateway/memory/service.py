@@ -356,7 +356,7 @@ class MemoryService:
             self._metrics.recalls.labels(RecallOutcome.DEGRADED).inc()
             raise
         self._metrics.recall_duration.observe(time.perf_counter() - started)
-        self._metrics.recall_hits.observe(len(records))
+        # recall_hits is observed where the memories go in (gateway.api.memory_fit).
         self._metrics.recalls.labels(RecallOutcome.HIT if records else RecallOutcome.MISS).inc()
         return records
 

@@ -7,15 +7,19 @@ import json
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
-from gateway.api.chat import into_messages
+from gateway.api.chat import into_messages, recall_fit
 from gateway.api.memory_fit import MemoryFit
 from gateway.api.outgoing import Incoming
+from gateway.api.relay import MemoryPlan
 from gateway.enums import UpstreamOutcome
 from gateway.memory.records import MemoryRecord
 from gateway.upstream.pool import OpenedReply, Target
 from gateway.upstream.replica import Upstream
+from tests.gateway.memory.harness import ALICE, memories, opened_harness
 
 WHEN = datetime(2024, 5, 8, tzinfo=UTC)
 FACTS = ["My dog is a beagle called Pepper.", "I live in Lisbon."]
@@ -114,3 +118,37 @@ async def test_an_overflow_the_memories_caused_is_counted_as_a_refusal_not_an_ll
 
     assert await fit.refit_after(opened, pool) is not None  # type: ignore[arg-type]
     assert pool.outcomes == [UpstreamOutcome.REJECTED]
+
+
+def histogram(metrics: Any) -> tuple[float, float]:
+    """memgate_memory_recall_hits' sum and count."""
+    samples = {s.name: s.value for f in metrics.registry.collect() for s in f.samples}
+    return samples["memgate_memory_recall_hits_sum"], samples["memgate_memory_recall_hits_count"]
+
+
+async def test_the_recall_histogram_counts_the_memories_that_went_in(tmp_path: Path) -> None:
+    # "Memories injected per recall" on the dashboard observed what the search found:
+    # 2 here, where none went in (the answer's room, max_tokens 2048, leaves none).
+    async with opened_harness(tmp_path) as h:
+        await h.service.add(ALICE, memories("My dog is Pepper.", "I live in Lisbon."))
+        settings = SimpleNamespace(memory_min_score=-1.0, memory_required=False)
+        router = SimpleNamespace(context_windows={"smollm2": 2048})
+        services = SimpleNamespace(
+            memory=h.service, metrics=h.metrics, settings=settings, router=router
+        )
+        question = "What is my dog called?"
+        body: dict[str, Any] = {
+            "model": "smollm2",
+            "max_tokens": 2048,
+            "messages": [{"role": "user", "content": question}],
+        }
+        incoming = Incoming(json.dumps(body).encode(), body, "smollm2", into_messages)
+        plan = MemoryPlan(scope=ALICE, top_k=5, store=False, query=question)
+        target = Target(Upstream("primary", "http://u/v1", http=None), None)  # type: ignore[arg-type]
+        headers: dict[str, str] = {}
+
+        fit = await recall_fit(services, plan, headers, [target], incoming, incoming.fields)  # type: ignore[arg-type]
+        assert headers["x-memory-hits"] == "0"
+        assert histogram(h.metrics) == (0.0, 0.0)  # not yet: a resend may put in fewer
+        fit.count_hits()
+        assert histogram(h.metrics) == (0.0, 1.0)
