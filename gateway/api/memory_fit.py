@@ -14,6 +14,7 @@ sends at most): memories never cost the client its answer.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Hashable, Sequence
 from typing import Any
@@ -97,7 +98,12 @@ class MemoryFit:
         else learn from it, fit again (fewer, or none), and return how many went in."""
         if not self.injected:
             return None
-        overflow = await _overflow_of(opened)
+        try:
+            overflow = await _overflow_of(opened)
+        except asyncio.CancelledError:  # the client left while the answer was awaited
+            opened.response.abort()  # ends the generation upstream, as the relay's close does
+            pool.record_outcome(opened.upstream, UpstreamOutcome.CLIENT_DISCONNECT)
+            raise
         if overflow is None:
             return None
         await opened.response.aclose()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -10,6 +11,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+
+import pytest
 
 from gateway.api.chat import into_messages, recall_fit
 from gateway.api.memory_fit import MemoryFit
@@ -152,3 +155,31 @@ async def test_the_recall_histogram_counts_the_memories_that_went_in(tmp_path: P
         assert histogram(h.metrics) == (0.0, 0.0)  # not yet: a resend may put in fewer
         fit.count_hits()
         assert histogram(h.metrics) == (0.0, 1.0)
+
+
+class Waiting(EmptyStream):
+    """A stream whose first byte has not come (the server busy with another request)."""
+
+    aborted = False
+
+    async def peek(self) -> bytes:
+        await asyncio.Event().wait()
+        return b""
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+async def test_a_client_that_leaves_while_the_first_byte_is_awaited_ends_the_upstream_request() -> (
+    None
+):
+    fit, target = fit_with_memories()
+    reply, pool = Waiting(), Pool()
+    opened = OpenedReply(target, reply, time.perf_counter())  # type: ignore[arg-type]
+    waiting = asyncio.ensure_future(fit.refit_after(opened, pool))  # type: ignore[arg-type]
+    await asyncio.sleep(0.01)
+    waiting.cancel()  # as the chat endpoint's disconnect watch does
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert reply.aborted
+    assert pool.outcomes == [UpstreamOutcome.CLIENT_DISCONNECT]
