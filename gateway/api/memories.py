@@ -187,7 +187,11 @@ async def get_memory(
     return Memory.of(record)
 
 
-@router.delete("/{memory_id}", response_model=DeletedMemory, responses=BY_ID)
+@router.delete(
+    "/{memory_id}",
+    response_model=DeletedMemory,
+    responses={**BY_ID, **errors(OutboxFull, OutboxUnavailable)},
+)
 async def delete_memory(
     principal: PrincipalDep, memory: MemoryDep, memory_id: str, user_id: OptionalUserId = None
 ) -> DeletedMemory:
@@ -199,7 +203,11 @@ async def delete_memory(
     return DeletedMemory(id=key, deleted=True)
 
 
-@router.delete("", response_model=ForgottenUser, responses=errors(400, StoreUnavailable))
+@router.delete(
+    "",
+    response_model=ForgottenUser,
+    responses=errors(400, StoreUnavailable, OutboxFull, OutboxUnavailable),
+)
 async def forget_user(
     principal: PrincipalDep,
     memory: MemoryDep,

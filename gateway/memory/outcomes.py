@@ -72,11 +72,12 @@ def per_memory(memories: Sequence[NewMemory], unique: Sequence[WriteResult]) -> 
     return results
 
 
-def refusal(exc: sqlite3.Error) -> OutboxRefused:
-    """What a client is told when the outbox cannot take a write: only a full
-    disk (SQLITE_FULL) is a 507; locked by another process, read-only, failing,
+def refusal(exc: sqlite3.Error, action: str = "take the write") -> OutboxRefused:
+    """What a client is told when the outbox cannot take a write (or do
+    ``action``, a forget's or a delete's removal): only a full disk
+    (SQLITE_FULL) is a 507; locked by another process, read-only, failing,
     gone is not a matter of space, and a retry may work (after a restart, for a
     removed file): 503."""
     if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
-        return OutboxFull(f"the outbox cannot take the write: {exc}")
-    return OutboxUnavailable(f"the outbox cannot take the write: {exc}")
+        return OutboxFull(f"the outbox cannot {action}: {exc}")
+    return OutboxUnavailable(f"the outbox cannot {action}: {exc}")

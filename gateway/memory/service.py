@@ -224,6 +224,14 @@ class MemoryService:
         )
         return refusal(exc)
 
+    @staticmethod
+    def _removal_refused(exc: sqlite3.Error, action: str, tenant: str) -> OutboxRefused:
+        """A forget or a delete whose outbox rows cannot be removed: the client
+        is told to retry (507 for a full disk, else 503), never a 500."""
+        logger.error("cannot %s of tenant %s, the outbox cannot be written: %s",
+                     action, tenant, exc)  # fmt: skip
+        return refusal(exc, action)
+
     async def write_now(
         self,
         scope: Scope,
@@ -246,7 +254,10 @@ class MemoryService:
             # First, for the other gateways on a shared store: their writes of
             # this user, begun before now, are deleted again (gateway.memory.writes).
             await self._store.note_forget(scope, time.time())
-            queued = await self._outbox.purge(scope)
+            try:
+                queued = await self._outbox.purge(scope)
+            except sqlite3.Error as exc:  # a full disk, a lock: nothing was removed
+                raise self._removal_refused(exc, "forget the user", scope.tenant) from exc
             self._writer.removed(scope)
             self._recent.forget(scope.tenant, scope.user_id)
             self._vector_cache.clear()
@@ -269,7 +280,10 @@ class MemoryService:
             record = await self._store.get(tenant, memory_id)
             if record is not None and user_id is not None and record.user_id != user_id:
                 record = None
-            owner = await self._outbox.drop(tenant, memory_id, user_id)
+            try:
+                owner = await self._outbox.drop(tenant, memory_id, user_id)
+            except sqlite3.Error as exc:  # as in forget: nothing was removed
+                raise self._removal_refused(exc, "delete the memory", tenant) from exc
             if record is not None:
                 owner = record.user_id
                 scope = Scope(tenant, owner)

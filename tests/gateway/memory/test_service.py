@@ -141,6 +141,30 @@ async def test_an_outbox_locked_by_another_process_is_a_503_to_retry_not_a_full_
     assert outcome.queued and h.outbox.depth == 1
 
 
+async def test_a_forget_or_delete_the_outbox_cannot_write_is_a_refusal_to_retry_not_a_500(
+    h: Harness,
+) -> None:
+    # The outbox cannot be written (here read-only; in the field, the disk that a
+    # backlog queued during an embedder outage filled): purging the user's rows
+    # raised sqlite3's error out of forget and delete, a 500 with a traceback.
+    # Now it is the refusal a write gets (503 here, 507 for a full disk), and
+    # nothing was removed, so the retry is the whole forget.
+    await h.service.add(ALICE, memories("stored"))
+    h.embedder.up = False
+    queued = (await h.service.add(ALICE, memories("queued"))).results[0].id
+    assert h.outbox._conn is not None
+    h.outbox._conn.execute("PRAGMA query_only = ON")
+    with pytest.raises(OutboxUnavailable, match="forget") as refused:
+        await h.service.forget(ALICE)
+    assert refused.value.status_code == 503 and refused.value.headers()["Retry-After"]
+    with pytest.raises(OutboxUnavailable, match="delete"):
+        await h.service.delete("t", queued)
+    assert h.outbox.depth == 1 and await h.texts() == ["stored"]
+    h.outbox._conn.execute("PRAGMA query_only = OFF")
+    assert await h.service.forget(ALICE) == 2
+    assert h.outbox.depth == 0 and await h.texts() == []
+
+
 async def test_a_queued_memory_can_be_read_and_deleted_by_its_id(h: Harness) -> None:
     # The API answered 202 with the id: the id works before the memory is stored,
     # and a deleted queued memory is never stored by the replay.
