@@ -346,6 +346,17 @@ class MemoryService:
         if not self.available:
             raise MemoryUnavailable("memory dependencies are down")
         await self._own_writes_first(scope)
+        return await self._search_now(scope, query, limit, conditions, min_score)
+
+    async def _search_now(
+        self,
+        scope: Scope,
+        query: str,
+        limit: int,
+        conditions: Sequence[Condition] = (),
+        min_score: float | None = None,
+    ) -> list[MemoryRecord]:
+        """``search`` once the user's own queued writes were waited for."""
         try:
             [vector] = await self._embedder.embed([query])
             self._vector_cache.put(query, vector)  # a chat turn stores this text next
@@ -364,8 +375,8 @@ class MemoryService:
             raise MemoryUnavailable("memory dependencies are down")
         await self._own_writes_first(scope)  # the user's last turns, if not stored yet
         started = time.perf_counter()
-        try:
-            records = await self.search(scope, query, limit, (), min_score)
+        try:  # waited for already: the search must not wait a second time
+            records = await self._search_now(scope, query, limit, (), min_score)
         except MemoryUnavailable:
             self._metrics.recalls.labels(RecallOutcome.DEGRADED).inc()
             raise

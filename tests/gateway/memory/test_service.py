@@ -21,6 +21,7 @@ from gateway.exceptions import (
 from gateway.memory.outbox import Outbox
 from gateway.memory.qdrant_store import QdrantServerStore
 from gateway.memory.records import NewMemory, Scope, memory_id
+from gateway.memory.service import MemoryService
 from tests.gateway.memory.harness import (
     ALICE,
     DIM,
@@ -163,6 +164,20 @@ async def test_a_forget_or_delete_the_outbox_cannot_write_is_a_refusal_to_retry_
     h.outbox._conn.execute("PRAGMA query_only = OFF")
     assert await h.service.forget(ALICE) == 2
     assert h.outbox.depth == 0 and await h.texts() == []
+
+
+async def test_a_recall_waits_for_the_users_queued_writes_once_not_twice(h: Harness) -> None:
+    # A chat turn's recall waited for the user's queued writes, and then the
+    # search it runs waited for them again: up to twice read_your_writes_s (4 s)
+    # per turn while the replayer was busy with a large backlog.
+    monitors = h.embedder_monitor, h.store_monitor
+    service = MemoryService(h.store, h.client, h.outbox, h.metrics, *monitors,
+                            read_your_writes_s=0.05)  # fmt: skip
+    await h.outbox.put(ALICE, memories("queued, and nobody replays it"))
+    await service.recall(ALICE, "what did I say?", 5, 0.0)
+    assert h.metrics.read_your_writes_timeouts._value.get() == 1
+    await service.search(ALICE, "what did I say?", 5)
+    assert h.metrics.read_your_writes_timeouts._value.get() == 2
 
 
 async def test_a_queued_memory_can_be_read_and_deleted_by_its_id(h: Harness) -> None:
