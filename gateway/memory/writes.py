@@ -207,26 +207,35 @@ class Writer:
         skipped = {scope for (scope, _), k in zip(plan.plans, keep, strict=True) if not k}
         written_at = time.time_ns()
         for (scope, fresh), k in zip(plan.plans, keep, strict=True):
-            if not k:
+            if not k or not fresh:
                 continue
-            points = []
-            for point_id, memory, it, previous in fresh:
-                window = [(t, v if v is not None else vectors[t]) for t, v in previous]
-                own = vectors[it.dense]
-                vectors_ = PointVectors(
-                    own,
-                    compose([*window, (it.dense, own)]),
-                    self._sparse.document(it.sparse_text),
-                    self._sparse.document(it.sparse_context),
-                )
-                points.append(StoredPoint(point_id, vectors_, memory, written_at))
-                written_at += 1
-            if points:
-                await self._store.upsert(scope, points)
+            # Off the event loop: a bulk write's 256 long memories take hundreds of
+            # ms of window vectors and BM25, which held every other request.
+            points = await asyncio.to_thread(self._points, fresh, vectors, written_at)
+            written_at += len(points)
+            await self._store.upsert(scope, points)
         for key, recent in windows.items():
             if Scope(key[0], key[1]) in skipped:
                 continue  # a skipped (forgotten, rewritten) user's texts stay out of the cache
             self._recent.put(key, [(t, v if v is not None else vectors[t]) for t, v in recent])
+
+    def _points(
+        self, fresh: Sequence[_Fresh], vectors: dict[str, list[float]], written_at: int
+    ) -> list[StoredPoint]:
+        """The points of one user's new memories: their four vectors each."""
+        points = []
+        for point_id, memory, it, previous in fresh:
+            window = [(t, v if v is not None else vectors[t]) for t, v in previous]
+            own = vectors[it.dense]
+            vectors_ = PointVectors(
+                own,
+                compose([*window, (it.dense, own)]),
+                self._sparse.document(it.sparse_text),
+                self._sparse.document(it.sparse_context),
+            )
+            points.append(StoredPoint(point_id, vectors_, memory, written_at))
+            written_at += 1
+        return points
 
     async def _undo_forgotten(
         self, plan: _Plan, keep: Sequence[bool], began_at: Sequence[float]
