@@ -28,7 +28,7 @@ from typing import IO, Any, TypeVar
 import qdrant_edge as qe
 
 from gateway.datadir import DiskSpace
-from gateway.exceptions import DimensionMismatch, StoreUnavailable
+from gateway.exceptions import DataDirProblem, DimensionMismatch, StoreUnavailable
 from gateway.memory.records import (
     Condition,
     MemoryRecord,
@@ -142,7 +142,11 @@ class EdgeStore:
                     f"layout than this gateway's ({self._dimension}-dimensional, named "
                     f"vectors): {exc}. Use a new GATEWAY_DATA_DIR or re-embed the memories."
                 ) from exc
-            raise
+            raise DataDirProblem(
+                f"the memory store at {shard_dir} cannot be opened ({exc}): restore the "
+                "data dir from a backup, or move the shard aside (keep it) to start with "
+                "an empty store"
+            ) from exc
 
     async def close(self) -> None:
         if self._shard is not None:
