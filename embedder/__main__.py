@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
 import gc
 import logging
 import sys
+from collections.abc import Sequence
 
 import uvicorn
 from pydantic import ValidationError
 
 from embedder.app import create_app
 from embedder.logs import configure_logging
-from embedder.settings import EmbedderSettings, settings_problems
+from embedder.settings import ENV_PREFIX, EmbedderSettings, settings_problems
 
 
 def freeze_startup_heap() -> int:
@@ -24,7 +26,36 @@ def freeze_startup_heap() -> int:
     return gc.get_freeze_count()
 
 
-def main() -> int:
+def check_arguments(argv: Sequence[str]) -> int | None:
+    """``--help`` (exit code 0), or a refusal of any other argument (2); None when
+    there is none. As the gateway's (``gateway/__main__.py``): without it, ``--help``
+    loaded the model and served on the default port."""
+    names = ", ".join(ENV_PREFIX + name.upper() for name in EmbedderSettings.model_fields)
+    parser = argparse.ArgumentParser(
+        prog="python -m embedder",
+        description="Serve memgate's embedding service. It takes no arguments: every "
+        "setting is an environment variable (docs/configuration.md).",
+        epilog=f"settings: {names}",
+    )
+    try:
+        _, extra = parser.parse_known_args(argv)
+    except SystemExit as exc:  # --help, printed
+        return exc.code if isinstance(exc.code, int) else 0
+    if extra:
+        print(
+            f"embedder: python -m embedder takes no arguments (got {' '.join(extra)}): "
+            "settings are environment variables, such as EMBEDDER_PORT "
+            "(python -m embedder --help names them all)",
+            file=sys.stderr,
+        )
+        return 2
+    return None
+
+
+def main(argv: Sequence[str] = ()) -> int:
+    refused = check_arguments(argv)
+    if refused is not None:
+        return refused
     try:
         settings = EmbedderSettings()
     except ValidationError as exc:
@@ -54,4 +85,4 @@ def main() -> int:
 
 if __name__ == "__main__":
     logging.captureWarnings(True)
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import gc
 import logging
 import os
 import sys
+from collections.abc import Sequence
 
 import uvicorn
 from pydantic import ValidationError
@@ -38,7 +40,37 @@ def freeze_startup_heap() -> int:
     return gc.get_freeze_count()
 
 
-def main() -> int:
+def check_arguments(argv: Sequence[str]) -> int | None:
+    """``--help`` (exit code 0), or a refusal of any other argument (2); None when
+    there is none. Without this, ``python -m gateway --help`` or ``--port 9000``
+    started a gateway on the default port and data dir, saying nothing of them."""
+    names = ", ".join(ENV_PREFIX + name.upper() for name in Settings.model_fields)
+    parser = argparse.ArgumentParser(
+        prog="python -m gateway",
+        description="Serve memgate, the memory gateway. It takes no arguments: every "
+        "setting is an environment variable (docs/configuration.md), read from .env "
+        "too by `make run`.",
+        epilog=f"settings: {names}",
+    )
+    try:
+        _, extra = parser.parse_known_args(argv)
+    except SystemExit as exc:  # --help, printed
+        return exc.code if isinstance(exc.code, int) else 0
+    if extra:
+        print(
+            f"memgate: python -m gateway takes no arguments (got {' '.join(extra)}): "
+            "settings are environment variables, such as GATEWAY_PORT "
+            "(python -m gateway --help names them all)",
+            file=sys.stderr,
+        )
+        return 2
+    return None
+
+
+def main(argv: Sequence[str] = ()) -> int:
+    refused = check_arguments(argv)
+    if refused is not None:
+        return refused
     try:
         settings = Settings()
         settings.check_bind_address()
@@ -109,4 +141,4 @@ def main() -> int:
 
 if __name__ == "__main__":
     logging.captureWarnings(True)
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

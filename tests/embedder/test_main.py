@@ -39,3 +39,19 @@ def test_a_bad_setting_is_one_line_naming_its_variable_and_exit_2(
         "'onnx' or 'torch'"
     ]
     assert not served
+
+
+def test_help_or_an_argument_is_answered_without_serving(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `--help` loaded the model and served on the default port.
+    served: list[bool] = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self: served.append(True))
+    assert entry.main(["--help"]) == 0
+    assert "EMBEDDER_MODEL" in capsys.readouterr().out
+    assert entry.main(["--model", "x"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "embedder: python -m embedder takes no arguments (got --model x): settings are "
+        "environment variables, such as EMBEDDER_PORT (python -m embedder --help names them all)"
+    ]
+    assert not served

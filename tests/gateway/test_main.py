@@ -194,3 +194,22 @@ def test_a_misspelt_setting_is_named_with_the_one_meant(
 def test_a_key_read_with_its_line_break_is_sent_without_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GATEWAY_LLM_API_KEY", "sk-from-a-secret-file\n")
     assert Settings().llm_api_key == "sk-from-a-secret-file"
+
+
+def test_help_or_an_argument_is_answered_without_serving(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    started: list[bool],
+) -> None:
+    # `--help` started a gateway on the default port and data dir; `--port 9000` too,
+    # on 8080, without a word that the argument was ignored.
+    monkeypatch.setenv("GATEWAY_DATA_DIR", str(tmp_path / "data"))
+    assert entry.main(["--help"]) == 0
+    assert "GATEWAY_PORT" in capsys.readouterr().out
+    assert entry.main(["--port", "9000"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "memgate: python -m gateway takes no arguments (got --port 9000): settings are "
+        "environment variables, such as GATEWAY_PORT (python -m gateway --help names them all)"
+    ]
+    assert not (tmp_path / "data").exists() and not started
