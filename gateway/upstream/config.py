@@ -43,6 +43,35 @@ ALIAS_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$"
 MAX_ALIAS_CHARS = 128
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load``, refusing a key given twice in one mapping. Plain YAML
+    keeps the last one without a word: a second ``upstreams:`` (a file put
+    together from two) dropped every upstream of the first, a second ``alias:``
+    the first alias, and the file still passed its check."""
+
+
+def _unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[object, object]:
+    seen: set[object] = set()
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may be overridden
+            continue
+        key = loader.construct_object(key_node)
+        try:
+            duplicate = key in seen
+            seen.add(key)
+        except TypeError:  # an unhashable key: the constructor below refuses it
+            continue
+        if duplicate:
+            raise yaml.constructor.ConstructorError(
+                "while constructing a mapping", node.start_mark,
+                f"found the key {key!r} a second time", key_node.start_mark,
+            )  # fmt: skip
+    return loader.construct_mapping(node)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
 class ModelEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -119,7 +148,7 @@ def load_upstreams_file(path: Path) -> UpstreamsFile:
     line and exit 2, not a traceback out of the app's start-up.
     """
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
         config = UpstreamsFile.model_validate(raw)
     except ValidationError as exc:
         raise ValueError(f"GATEWAY_CONFIG {path}: {validation_problems(exc)}") from None

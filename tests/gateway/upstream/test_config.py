@@ -93,3 +93,27 @@ def test_a_directory_or_a_missing_file_is_named(tmp_path: Path) -> None:
     for path, said in ((tmp_path, "Is a directory"), (tmp_path / "no.yaml", "No such file")):
         with pytest.raises(ValueError, match=f"^GATEWAY_CONFIG {path}: .*{said}"):
             load_upstreams_file(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        # The first upstream (and its alias) was dropped without a word.
+        ('upstreams: [{name: a, urls: ["http://x/v1"], models: [{alias: fast}]}]\n'
+         'upstreams: [{name: b, urls: ["http://y/v1"]}]\n',
+         "found the key 'upstreams' a second time in \"<unicode string>\", line 2, column 1"),
+        ('upstreams:\n  - name: a\n    urls: ["http://x/v1"]\n    name: b\n',
+         "found the key 'name' a second time in \"<unicode string>\", line 4, column 5"),
+        ("context_windows: {smollm2: 2048, smollm2: 8192}", "found the key 'smollm2' a second"),
+    ],
+    ids=["two upstreams lists", "two names", "two context windows"],
+)  # fmt: skip
+def test_a_key_given_twice_is_named_by_its_place(tmp_path: Path, text: str, said: str) -> None:
+    with pytest.raises(ValueError, match=r"^GATEWAY_CONFIG ") as caught:
+        load_upstreams_file(write(tmp_path, text))
+    assert said in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_merge_key_may_be_overridden(tmp_path: Path) -> None:
+    text = 'upstreams: [{<<: {name: a, urls: ["http://x/v1"]}, name: b}]\n'
+    assert [u.name for u in load_upstreams_file(write(tmp_path, text)).upstreams] == ["b"]
