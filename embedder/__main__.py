@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -13,7 +14,12 @@ from pydantic import ValidationError
 
 from embedder.app import create_app
 from embedder.logs import configure_logging
-from embedder.settings import ENV_PREFIX, EmbedderSettings, settings_problems
+from embedder.settings import (
+    ENV_PREFIX,
+    EmbedderSettings,
+    settings_problems,
+    unknown_variables,
+)
 
 
 def freeze_startup_heap() -> int:
@@ -61,6 +67,8 @@ def main(argv: Sequence[str] = ()) -> int:
     except ValidationError as exc:
         print(f"embedder: configuration error: {settings_problems(exc)}", file=sys.stderr)
         return 2
+    for warning in unknown_variables(os.environ):
+        print(f"embedder: warning: {warning}", file=sys.stderr)
     configure_logging(settings.log_level)
     server: uvicorn.Server | None = None
 

@@ -6,6 +6,8 @@ docs/configuration.md and the embedder part of .env.example from it.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -132,3 +134,24 @@ def settings_problems(exc: ValidationError) -> str:
         + error["msg"].removeprefix("Value error, ")
         for error in exc.errors(include_url=False, include_input=False)
     )
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """A warning for each ``EMBEDDER_*`` variable no setting reads (``EMBEDDER_MODLE``):
+    ignored, it left the embedder serving the default model while the operator
+    believed it served another. The gateway's twin is gateway.settings.unknown_variables."""
+    known = {ENV_PREFIX + name.upper() for name in EmbedderSettings.model_fields}
+    warnings = []
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX) or name in known:
+            continue
+        if name == "EMBEDDER_HF_HUB_OFFLINE":  # compose's: HF_HUB_OFFLINE in the container
+            warnings.append(
+                f"{name} is read by docker compose only (as HF_HUB_OFFLINE in the "
+                "embedder's container); here, set HF_HUB_OFFLINE"
+            )
+            continue
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        warnings.append(f"{name} is not a setting{hint}; it is ignored")
+    return warnings

@@ -55,3 +55,23 @@ def test_help_or_an_argument_is_answered_without_serving(
         "environment variables, such as EMBEDDER_PORT (python -m embedder --help names them all)"
     ]
     assert not served
+
+
+def test_a_misspelt_setting_is_named_with_the_one_meant(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Ignored without a word, EMBEDDER_MODLE left the default model serving.
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self: None)
+    monkeypatch.setenv("EMBEDDER_MODLE", "intfloat/e5-base-v2")
+    monkeypatch.setenv("EMBEDDER_HF_HUB_OFFLINE", "0")  # in .env, make run passes it on
+    try:
+        entry.main()
+    finally:
+        gc.unfreeze()
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        "embedder: warning: EMBEDDER_HF_HUB_OFFLINE is read by docker compose only (as "
+        "HF_HUB_OFFLINE in the embedder's container); here, set HF_HUB_OFFLINE",
+        "embedder: warning: EMBEDDER_MODLE is not a setting (did you mean EMBEDDER_MODEL?); "
+        "it is ignored",
+    ]
