@@ -86,7 +86,10 @@ def check_data_dir(path: Path, reserve_bytes: int) -> None:
             "(it is created if missing)"
         )
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        # Its own user only: the outbox and the Edge shard hold every memory's text,
+        # and under the default umask they were readable by every user of the host.
+        # An existing directory (a volume, a bind mount) keeps the mode it was given.
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
         probe = path / f".write-test-{uuid.uuid4().hex}"
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:

@@ -92,7 +92,7 @@ EOF
     exit 1
   fi
   data_dir=${GATEWAY_DATA_DIR:-./data}
-  mkdir -p "$data_dir"
+  mkdir -p -m 700 "$data_dir"  # its user only, as the gateway makes it (gateway.datadir)
   llm_log="$data_dir/local-llm.log"
   echo "memgate: no GATEWAY_LLM_URL: starting the local CPU LLM (SmolLM2-135M-Instruct on llama.cpp, for trying memgate; model \"${LOCAL_LLM_MODEL}\") on :${LOCAL_LLM_PORT}, log in ${llm_log}" >&2
   "$PY" -m llama_cpp.server --model "$model_file" --model_alias "$LOCAL_LLM_MODEL" \

@@ -89,3 +89,13 @@ handle = hold_data_dir(Path(sys.argv[1]))
 print("held", flush=True)
 time.sleep(60)
 """
+
+
+def test_a_data_dir_made_at_start_is_its_users_alone(tmp_path: Path) -> None:
+    # Made 0755 under the default umask, with the outbox and the Edge shard 0644
+    # in it: every user of the host could read every memory's text.
+    check_data_dir(tmp_path / "data", 0)
+    assert (tmp_path / "data").stat().st_mode & 0o777 == 0o700
+    (tmp_path / "volume").mkdir(mode=0o755)  # given by the operator: left as it is
+    check_data_dir(tmp_path / "volume", 0)
+    assert (tmp_path / "volume").stat().st_mode & 0o777 == 0o755
