@@ -394,6 +394,18 @@ def test_ctrl_c_shuts_down_without_a_traceback(
     assert "Traceback" not in log and "KeyboardInterrupt" not in log
 
 
+def test_a_hang_up_shuts_down_as_a_sigterm_does(
+    gateway_factory: GatewayFactory, llm: RunningServer, embedder: Service
+) -> None:
+    # Its default action killed the process on the spot: no drain, no line in the log.
+    gateway = gateway_factory(llm.url, embedder.url)
+    gateway.proc.send_signal(signal.SIGHUP)
+    assert gateway.proc.wait(15) == -signal.SIGTERM
+    log = gateway.log()
+    assert "SIGHUP: shutting down as on SIGTERM" in log
+    assert "Application shutdown complete" in log and "Traceback" not in log
+
+
 def test_openai_sdk_sees_a_clean_503_when_nothing_can_serve(
     gateway_factory: GatewayFactory, embedder: Service
 ) -> None:
