@@ -46,6 +46,7 @@ class RouteSource(StrEnum):
 
 class Readiness(StrEnum):
     READY = "ready"
+    DEGRADED = "degraded"  # serving, without memory (GATEWAY_MEMORY_REQUIRED=false)
     NOT_READY = "not_ready"
 
 

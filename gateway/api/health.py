@@ -53,7 +53,12 @@ async def livez(response: Response, services: ServicesDep) -> Liveness:
     responses={503: {"model": ReadinessReport, "description": "Not ready: see the checks"}},
 )
 async def readyz(request: Request, response: Response, services: ServicesDep) -> ReadinessReport:
-    """200 when the store and the embedder are usable and one LLM upstream is healthy.
+    """200 when one LLM upstream is healthy and the data dir usable: ``ready`` when
+    the store and the embedder are usable too, ``degraded`` when they are not and
+    memory is optional (chat is answered without it, as every gateway sharing that
+    embedder or store would answer it: taking them all out of a load balancer's
+    rotation would turn a memory outage into a chat outage). With
+    ``GATEWAY_MEMORY_REQUIRED`` a memory outage is a 503, as chat's answers are.
 
     Open to anyone (probes send no key), so it says only each dependency's
     status. The detail (each upstream's URL, models, breaker and last error,
@@ -64,7 +69,13 @@ async def readyz(request: Request, response: Response, services: ServicesDep) ->
     memory = services.memory.status()
     lost = services.memory.outbox_lost()
     disk_problem = lost or (services.disk.problem() if services.disk is not None else None)
-    ready = llm == "healthy" and memory.ready and disk_problem is None
+    serving = llm == "healthy" and disk_problem is None
+    if serving and memory.ready:
+        readiness = Readiness.READY
+    elif serving and not services.settings.memory_required:
+        readiness = Readiness.DEGRADED
+    else:
+        readiness = Readiness.NOT_READY
     admin = is_admin_request(request)
     if admin:
         checks = Checks(
@@ -87,8 +98,8 @@ async def readyz(request: Request, response: Response, services: ServicesDep) ->
         checks.data_dir = (
             DiskCheck(status=disk, error=disk_problem) if admin else DiskCheck(status=disk)
         )
-    response.status_code = 200 if ready else 503
-    return ReadinessReport(status=Readiness.READY if ready else Readiness.NOT_READY, checks=checks)
+    response.status_code = 503 if readiness is Readiness.NOT_READY else 200
+    return ReadinessReport(status=readiness, checks=checks)
 
 
 # Prometheus' text format, documented by Prometheus: not part of the JSON API's document.

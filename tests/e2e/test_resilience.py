@@ -252,7 +252,11 @@ def test_embedder_down_degrades_chat_queues_writes_and_replays(
     own_embedder = start_embedder(tmp_path / "emb", port=port)
     gateway = gateway_factory(llm.url, own_embedder.url)
     own_embedder.kill()
-    wait_until(lambda: readyz(gateway)["status"] == "not_ready", 5)
+    # Still in rotation: every gateway sharing the embedder answers chat without
+    # memory, and routing away from all of them would stop chat too.
+    wait_until(lambda: readyz(gateway)["status"] == "degraded", 5)
+    ready = httpx.get(f"{gateway.base_url}/readyz", timeout=2)
+    assert ready.status_code == 200 and ready.json()["checks"]["embedder"]["status"] == "unhealthy"
 
     degraded = chat(gateway, user="carol")
     assert degraded.status_code == 200
@@ -294,6 +298,10 @@ def test_memory_required_turns_degraded_into_503(
     response = chat(gateway, user="dave")
     assert response.status_code == 503 and response.json()["error"]["code"] == "memory_unavailable"
     assert chat(gateway).status_code == 200  # no user named: memory is not involved
+    # And out of rotation: a memory outage is a 503 for its users' chats too.
+    assert readyz(gateway)["checks"]["embedder"]["status"] != "healthy"  # type: ignore[index]
+    assert httpx.get(f"{gateway.base_url}/readyz", timeout=2).status_code == 503
+    assert readyz(gateway)["status"] == "not_ready"
 
 
 def test_sigkill_with_queued_writes_loses_and_duplicates_nothing(
