@@ -184,16 +184,24 @@ class DiskSpace:
     path: Path
     reserve_bytes: int
 
-    def problem(self) -> str | None:
-        """Why writes must stop now, or None. One statvfs call: microseconds."""
+    def problem(self, removal: bool = False) -> str | None:
+        """Why writes (``removal``: deletes) must stop now, or None. One statvfs
+        call: microseconds.
+
+        A delete or a forget may use half the reserve: it writes a few bytes of
+        WAL into a preallocated segment, the other half still covers a new
+        segment, and it is what frees the space and what a user asks for
+        when a disk runs short."""
         try:
             free = free_bytes(self.path)
         except OSError as exc:
             return f"cannot read the free space of {self.path}: {exc}"
-        if free >= self.reserve_bytes:
+        needed = self.reserve_bytes // 2 if removal else self.reserve_bytes
+        if free >= needed:
             return None
+        what = "deletes" if removal else "writes"
         return (
-            f"disk full: {free / MIB:.1f} MiB free under {self.path}, writes need "
-            f"{self.reserve_bytes / MIB:.0f} MiB (GATEWAY_DISK_RESERVE_MB); "
+            f"disk full: {free / MIB:.1f} MiB free under {self.path}, {what} need "
+            f"{needed / MIB:.0f} MiB (GATEWAY_DISK_RESERVE_MB); "
             "memory writes wait in the outbox until space is freed"
         )

@@ -177,8 +177,8 @@ class EdgeStore:
             logger.error("qdrant edge failed: %s", exc)
             raise StoreUnavailable(f"the memory store failed: {exc}") from exc
 
-    def _check_space(self) -> None:
-        problem = self._space.problem() if self._space is not None else None
+    def _check_space(self, removal: bool = False) -> None:
+        problem = self._space.problem(removal) if self._space is not None else None
         if problem is not None:
             raise StoreUnavailable(problem)
 
@@ -291,7 +291,7 @@ class EdgeStore:
         return await self._run(read)
 
     async def update_context(self, scope: Scope, contexts: Sequence[ContextVectors]) -> None:
-        self._check_space()
+        self._check_space(removal=True)  # part of a delete
         batch = [
             qe.PointVectors(c.id, {DENSE_CONTEXT: list(c.context),
                                    SPARSE_CONTEXT: _sparse(c.sparse_context)})
@@ -312,7 +312,7 @@ class EdgeStore:
     async def delete(self, scope: Scope, memory_id: str) -> bool:
         if not await self.existing_ids(scope, [memory_id]):
             return False
-        self._check_space()
+        self._check_space(removal=True)
         await self._run(lambda shard: shard.update(qe.UpdateOperation.delete_points([memory_id])))
         return True
 
@@ -325,7 +325,7 @@ class EdgeStore:
 
     async def delete_scope(self, scope: Scope) -> int:
         selector = _filter(scope_conditions(scope))
-        self._check_space()
+        self._check_space(removal=True)
 
         def forget(shard: qe.EdgeShard) -> int:
             count = shard.count(qe.CountRequest(filter=selector))

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from gateway import datadir
+from gateway.datadir import MIB, DiskSpace
 from gateway.exceptions import DimensionMismatch, StoreUnavailable
 from gateway.memory.edge_store import EdgeStore
 from gateway.memory.qdrant_store import QdrantServerStore
@@ -294,3 +296,26 @@ async def test_a_forget_is_recorded_for_other_gateways_only_on_a_shared_store(
         assert found == {}
     else:
         assert found == {ALICE: 250.0, BOB: 50.0}  # globex's alice was never forgotten
+
+
+async def test_an_edge_store_short_of_space_still_deletes_within_half_its_reserve(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Below the reserve writes wait in the outbox; a forget or a delete, what
+    # frees space and what a user asks for then, may use half of it.
+    free = {"bytes": 100 * MIB}
+    monkeypatch.setattr(datadir, "free_bytes", lambda path: free["bytes"])
+    store = EdgeStore(tmp_path / "edge", DIM, DiskSpace(tmp_path, 64 * MIB))
+    await store.open()
+    try:
+        await seed(store)
+        free["bytes"] = 40 * MIB
+        with pytest.raises(StoreUnavailable, match="writes need 64 MiB"):
+            await store.upsert(ALICE, [point(ALICE, "one more", [1, 0, 0, 0])])
+        assert await store.delete(ALICE, memory_id(ALICE, "alice likes tea"))
+        assert await store.delete_scope(BOB) == 1
+        free["bytes"] = 20 * MIB
+        with pytest.raises(StoreUnavailable, match="deletes need 32 MiB"):
+            await store.delete_scope(ALICE)
+    finally:
+        await store.close()
