@@ -81,18 +81,23 @@ def conversation_texts(messages: Any) -> set[str]:
     }
 
 
-# Recall embeds the latest user message; one longer than this (the search API's
-# own limit on a query) is recalled by its head and its tail, where a long paste
-# usually has its subject and the question about it, instead of being refused.
-MAX_RECALL_QUERY_CHARS = 16_000
-RECALL_QUERY_PART_CHARS = MAX_RECALL_QUERY_CHARS // 2
+# Recall embeds the latest user message. The embedder reads a text's first 256
+# tokens (all-MiniLM-L6-v2's window), about 1,000 characters of English, and
+# drops the rest: a question after a long paste never reached it, and two
+# questions after the same paste recalled the same memories. A message longer
+# than this is recalled by its head (the paste's subject, or an instruction
+# before it) and its tail (the question after it), within that window.
+MAX_RECALL_QUERY_CHARS = 1_000
+RECALL_QUERY_HEAD_CHARS = 300
 
 
 def recall_query(text: str) -> str:
-    """What recall embeds for ``text``: all of it, or its first and last 8,000 characters."""
+    """What recall embeds for ``text``: all of it, or its first 300 and last 700
+    characters (the LLM still gets the whole message)."""
     if len(text) <= MAX_RECALL_QUERY_CHARS:
         return text
-    return f"{text[:RECALL_QUERY_PART_CHARS]}\n{text[-RECALL_QUERY_PART_CHARS:]}"
+    tail = MAX_RECALL_QUERY_CHARS - RECALL_QUERY_HEAD_CHARS
+    return f"{text[:RECALL_QUERY_HEAD_CHARS]}\n{text[-tail:]}"
 
 
 # json.dumps escapes quotes, backslashes and the C0 controls (\n, \r, \v, \f and

@@ -6,6 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from gateway.memory.prompt import recall_query
 from harness.process import Service
 
 pytestmark = pytest.mark.e2e
@@ -55,3 +56,14 @@ def test_paraphrased_facts_are_recalled(
         json={"user_id": user, "query": question, "top_k": 3},
     ).json()["results"]
     assert any(hit["memory"].endswith(expected) for hit in hits), [h["memory"] for h in hits]
+
+
+def test_the_question_after_a_long_paste_reaches_the_embedder(embedder: Service) -> None:
+    # The embedder reads a text's first 256 tokens: of a paste and a question
+    # after it, recall used to embed the paste alone, so every question about
+    # it recalled the same memories (the two vectors were equal).
+    paste = "Here is my log: " + "ERROR disk quota exceeded on node-7. " * 45
+    queries = [recall_query(f"{paste}\n\n{q}") for q in ("What pet do I have?", "Where do I live?")]
+    response = httpx.post(f"{embedder.url}/embeddings", json={"input": queries}, timeout=30)
+    first, second = (item["embedding"] for item in response.json()["data"])
+    assert sum(a * b for a, b in zip(first, second, strict=True)) < 0.99

@@ -172,4 +172,14 @@ def test_a_long_query_is_recalled_by_its_head_and_tail() -> None:
     long = "h" * 10_000 + "m" * 30_000 + "t" * 10_000
     query = recall_query(long)
     assert len(query) <= MAX_RECALL_QUERY_CHARS + 1
-    assert query.startswith("h" * 8_000) and query.endswith("t" * 8_000) and "m" not in query
+    assert query.startswith("h" * 300) and query.endswith("t" * 700) and "m" not in query
+
+
+def test_the_question_after_a_long_paste_is_in_what_recall_embeds() -> None:
+    # The embedder reads about 1,000 characters; past them a question after a
+    # paste was dropped, and every question about the paste recalled the same.
+    paste = "Here is my log: " + "ERROR disk quota exceeded on node-7. " * 45
+    first = recall_query(f"{paste}\nWhat pet do I have?")
+    second = recall_query(f"{paste}\nWhere do I live?")
+    assert first.endswith("What pet do I have?") and second.endswith("Where do I live?")
+    assert first.startswith("Here is my log: ") and len(first) <= MAX_RECALL_QUERY_CHARS + 1
