@@ -37,3 +37,13 @@ def test_the_record_is_bounded_and_what_falls_out_becomes_a_floor() -> None:
     assert forgets.since(Scope("t", "u2"), 1.5) and forgets.since(BOB, 5.9)
     assert not forgets.since(BOB, 6.1) and not forgets.since(Scope("t", "u2"), 6.1)
     assert forgets.since(Scope("t", "u9"), 8.5)  # still in the record
+
+
+def test_one_tenants_flood_of_forgets_leaves_the_others_turns_alone() -> None:
+    # Forgets of users that need not exist, thousands of them, raised one floor
+    # for all: every other tenant's turns in flight were then not stored.
+    forgets = RecentForgets(limit=3)
+    for i in range(10):
+        forgets.forgot(Scope("noisy", f"u{i}"), float(i))
+    assert forgets.since(Scope("noisy", "anyone"), 5.9)
+    assert not forgets.since(ALICE, 0.5) and not forgets.since(Scope("other", "x"), 5.9)
