@@ -100,6 +100,13 @@ class UpstreamEntry(BaseModel):
     def _sendable(cls, key: str | None) -> str | None:
         return sendable_key(key) if key is not None else None
 
+    @model_validator(mode="after")
+    def _one_key(self) -> UpstreamEntry:
+        # Both given, one would win in silence (the env form did): which is meant?
+        if self.api_key is not None and self.api_key_env:
+            raise ValueError("give api_key or api_key_env, not both")
+        return self
+
     def key(self) -> str | None:
         if self.api_key_env:
             value = os.environ.get(self.api_key_env, "").strip()

@@ -41,9 +41,11 @@ def test_a_good_file_loads(tmp_path: Path) -> None:
         ('upstreams: [{name: a, urls: ["http://x/v1"], bogus: 1}]',
          "upstreams.0.bogus: Extra inputs are not permitted"),
         ("upstreams: 5", "upstreams: Input should be a valid list"),
+        ('upstreams: [{name: a, urls: ["http://x/v1"], api_key: sk-0123456789abcdef, '
+         "api_key_env: HOME}]", "upstreams.0: give api_key or api_key_env, not both"),
     ],
     ids=["no scheme", "not http", "no host", "alias with a space", "alias too long",
-         "unknown key", "not a list"],
+         "unknown key", "not a list", "two keys"],
 )  # fmt: skip
 def test_a_bad_entry_is_named_by_its_place(tmp_path: Path, text: str, said: str) -> None:
     with pytest.raises(ValueError, match=r"^GATEWAY_CONFIG ") as caught:
