@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -320,8 +321,15 @@ class Settings(BaseSettings):
     def check_bind_address(self) -> None:
         """Refuse to serve memories unauthenticated beyond this machine.
 
-        Raises ``ValueError`` with a message meant for the operator.
+        Raises ``ValueError`` with a message meant for the operator, also for a
+        host that is no address at all: uvicorn found that out only after the
+        whole start-up, in a line that named no setting.
         """
+        try:
+            socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError) as exc:
+            problem = f"GATEWAY_HOST {self.host!r} is no address to listen on: {exc}"
+            raise ValueError(problem) from None
         if self.auth_enabled or self.allow_unauthenticated or is_loopback(self.host):
             return
         raise ValueError(

@@ -93,9 +93,13 @@ def test_a_bad_setting_is_named_by_its_variable_without_its_value(
         # aiohttp raised OverflowError on every new connection, as a 500.
         ({"GATEWAY_CONNECT_TIMEOUT_S": "inf"},
          "memgate: configuration error: GATEWAY_CONNECT_TIMEOUT_S: Input should be a finite"),
+        # uvicorn found it out after the whole start-up, naming no setting.
+        ({"GATEWAY_HOST": "no-such-host.invalid"},
+         "memgate: configuration error: GATEWAY_HOST 'no-such-host.invalid' is no address"),
     ],
     ids=["keys file missing", "key given twice", "log level", "origin with a slash",
-         "keys that hold no key", "an unsendable upstream key", "an infinite timeout"],
+         "keys that hold no key", "an unsendable upstream key", "an infinite timeout",
+         "a host that is no address"],
 )  # fmt: skip
 def test_a_bad_key_setup_or_log_level_is_one_line_before_the_data_dir_is_made(
     env: dict[str, str],
