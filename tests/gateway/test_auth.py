@@ -70,6 +70,15 @@ def test_a_key_given_to_two_tenants_is_refused_naming_them_not_the_key(tmp_path:
     assert KeyRing(f"acme:{SHARED},acme:{SHARED}", None, keys_file=path).tenant_of(SHARED) == "acme"
 
 
+def test_a_tenant_with_two_keys_is_one_tenant_for_a_rotation() -> None:
+    # docs/deployment.md's rotation: both keys listed, then the old one removed;
+    # memories belong to the tenant's name, so both keys reach the same ones.
+    old, new = "old-key-0123456789abcdef", "new-key-0123456789abcdef"
+    ring = KeyRing(f"acme:{old},acme:{new}", None, None)
+    assert ring.tenant_of(old) == ring.tenant_of(new) == "acme" and ring.tenant_count == 1
+    assert KeyRing(f"acme:{new}", None, None).tenant_of(old) is None
+
+
 def test_an_admin_key_that_is_a_tenants_key_is_refused(tmp_path: Path) -> None:
     """F4: that tenant's key opened /admin."""
     with pytest.raises(

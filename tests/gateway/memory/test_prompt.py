@@ -183,3 +183,4 @@ def test_the_question_after_a_long_paste_is_in_what_recall_embeds() -> None:
     second = recall_query(f"{paste}\nWhere do I live?")
     assert first.endswith("What pet do I have?") and second.endswith("Where do I live?")
     assert first.startswith("Here is my log: ") and len(first) <= MAX_RECALL_QUERY_CHARS + 1
+    assert len(first) < len(paste)  # cut to what the embedder reads, not embedded whole
