@@ -29,7 +29,6 @@ from gateway.datadir import MIB, DiskSpace
 from gateway.drain import Drain
 from gateway.enums import Health
 from gateway.errors import install_error_handlers
-from gateway.exceptions import CannotStart, StoreUnavailable
 from gateway.limits import RequestLimits, tenant_share
 from gateway.memory.edge_store import EdgeStore
 from gateway.memory.embedder_client import EmbedderClient
@@ -106,13 +105,7 @@ async def _startup(
     stack.callback(outbox.close)
 
     store = build_store(settings)
-    try:
-        await store.open()
-    except StoreUnavailable as exc:  # a Qdrant server down: its collection cannot be opened
-        raise CannotStart(
-            f"the memory store cannot be opened ({exc}): start it first "
-            "(GATEWAY_QDRANT_URL), then the gateway"
-        ) from exc
+    await store.open()  # a Qdrant server that is down is opened once it answers
     stack.push_async_callback(store.close)
 
     # One pool of connections per dependency. The LLM's carries every chat

@@ -100,12 +100,22 @@ def _error_of(status: int, body: dict[str, Any] | None) -> tuple[int, dict[str, 
             "upstream_error",
             "upstream_auth_failed",
         )
+    if client_status >= 500:
+        # The upstream's own failure. Its words are for the operator, who finds
+        # them in the log: they can name its host's files and internals (llama.cpp's
+        # server answers a request it cannot serve with the last line of a Python
+        # traceback, the file's path in it).
+        return 502, error_body(
+            f"the LLM upstream failed ({status}); the gateway's log has its answer",
+            "upstream_error",
+            "upstream_error",
+        )
     if body is not None and isinstance(body.get("error"), dict):
         error = body["error"]
         message = error.get("message")
         return client_status, error_body(
             message if isinstance(message, str) else f"the LLM upstream answered {status}",
-            "invalid_request_error" if client_status < 500 else "upstream_error",
+            "invalid_request_error",
             error.get("code") if isinstance(error.get("code"), str) else None,
         )
     return client_status, error_body(
@@ -180,9 +190,9 @@ class Relay:
             rejected = response.status_code in RELAYED_CLIENT_ERRORS  # the client's, not its
             self._finish(UpstreamOutcome.REJECTED if rejected else UpstreamOutcome.HTTP_ERROR)
             status, body = upstream_error(response.status_code, content)
-            if response.status_code in UPSTREAM_REFUSED_CREDENTIALS:
+            if status >= 500:  # its words are not relayed (``upstream_error``)
                 logger.warning(
-                    "upstream %s refused the gateway's credentials (%d): %s",
+                    "upstream %s answered %d: %s",
                     self.name, response.status_code, content[:300].decode("utf-8", "replace"),
                 )  # fmt: skip
             raise APIError(
@@ -376,8 +386,10 @@ def _not_a_reply(body: dict[str, Any] | None, otherwise: Exception) -> Exception
     with 200), as a 502; else ``otherwise``."""
     if body is None or not isinstance(body.get("error"), dict):
         return otherwise
-    inner = _error_of(502, body)[1]["error"]
-    return APIError(502, inner["message"], code=inner["code"], type=inner["type"])
+    # Relayed as it came: a proxy's verdict ("quota exceeded"), in the 200 of a
+    # proxy that answers so, not an upstream's own failure.
+    inner = _error_of(400, body)[1]["error"]
+    return APIError(502, inner["message"], code=inner["code"], type="upstream_error")
 
 
 def _done_at(relayed: bytes, end_event: bytes) -> int:

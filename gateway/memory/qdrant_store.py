@@ -2,12 +2,21 @@
 
 ``url=":memory:"`` runs qdrant-client's local in-process mode: the tests use
 it to hold this adapter to the same contract as the Edge one.
+
+A server that is down when the gateway starts does not stop it: the
+collections are opened (created where missing) by the first call that reaches
+the server, the store monitor's ping as a rule. Until then every call is
+``StoreUnavailable``, so chat goes on without memory and writes wait in the
+outbox, as in any later outage. A collection of another size found then is
+unavailable too, with the mismatch as its reason; at start it stops the gateway.
 """
 
 from __future__ import annotations
 
+import asyncio
 import builtins
-from collections.abc import Awaitable, Sequence
+import logging
+from collections.abc import Awaitable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 import httpx
@@ -46,6 +55,8 @@ from gateway.memory.store import (
 
 T = TypeVar("T")
 
+logger = logging.getLogger("gateway.memory")
+
 
 def _filter(conditions: Sequence[Condition]) -> models.Filter:
     must: list[Any] = []
@@ -75,12 +86,24 @@ class QdrantServerStore:
         # (``note_forget``): a point per user, no vectors.
         self._forgets = f"{collection}_forgets"
         self._dimension = dimension
+        self._opened = False
+        self._opening = asyncio.Lock()  # one creation of the collections at a time
         if url == ":memory:":
             self._client = AsyncQdrantClient(location=":memory:")
         else:
             self._client = AsyncQdrantClient(url=url, api_key=api_key, timeout=int(timeout_s))
 
-    async def _call(self, awaitable: Awaitable[T]) -> T:
+    async def _call(self, request: Coroutine[Any, Any, T]) -> T:
+        """``request`` on an opened collection: opening it first if need be."""
+        if not self._opened:
+            try:
+                await self._open_late()
+            except BaseException:
+                request.close()  # never sent: no "was never awaited" warning
+                raise
+        return await self._request(request)
+
+    async def _request(self, awaitable: Awaitable[T]) -> T:
         try:
             return await awaitable
         except (ResponseHandlingException, httpx.TransportError) as exc:
@@ -91,10 +114,35 @@ class QdrantServerStore:
             raise
 
     async def open(self) -> None:
-        if not await self._call(self._client.collection_exists(self._forgets)):
-            await self._call(self._client.create_collection(self._forgets, vectors_config={}))
-        if await self._call(self._client.collection_exists(self._collection)):
-            info = await self._call(self._client.get_collection(self._collection))
+        """Open the collections now, or leave them to the first call once the
+        server answers; a collection of another size stops the start."""
+        try:
+            async with self._opening:
+                await self._create_collections()
+                self._opened = True
+        except StoreUnavailable as exc:
+            logger.warning(
+                "the Qdrant server cannot be reached (%s): chat goes on without memory "
+                "and writes wait in the outbox until it answers",
+                exc,
+            )
+
+    async def _open_late(self) -> None:
+        async with self._opening:
+            if self._opened:
+                return
+            try:
+                await self._create_collections()
+            except DimensionMismatch as exc:
+                raise StoreUnavailable(str(exc)) from exc
+            self._opened = True
+            logger.info("the Qdrant collection %r is open", self._collection)
+
+    async def _create_collections(self) -> None:
+        if not await self._request(self._client.collection_exists(self._forgets)):
+            await self._request(self._client.create_collection(self._forgets, vectors_config={}))
+        if await self._request(self._client.collection_exists(self._collection)):
+            info = await self._request(self._client.get_collection(self._collection))
             vectors = info.config.params.vectors
             sizes = (
                 {name: params.size for name, params in vectors.items()}
@@ -111,7 +159,7 @@ class QdrantServerStore:
             return
         dense = models.VectorParams(size=self._dimension, distance=models.Distance.COSINE)
         idf = models.SparseVectorParams(modifier=models.Modifier.IDF)
-        await self._call(
+        await self._request(
             self._client.create_collection(
                 self._collection,
                 vectors_config={DENSE_TEXT: dense, DENSE_CONTEXT: dense},
@@ -127,7 +175,7 @@ class QdrantServerStore:
                                                      lookup=False, range=True)),
         ]  # fmt: skip
         for field, schema in indexes:
-            await self._call(
+            await self._request(
                 self._client.create_payload_index(self._collection, field, field_schema=schema)
             )
 

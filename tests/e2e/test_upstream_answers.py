@@ -165,3 +165,20 @@ def test_an_upstream_refusing_the_gateways_key_shows_clients_none_of_it(
         assert reply.json()["error"]["code"] == "upstream_auth_failed"
         assert "sk-proj" not in reply.text and "wxyz" not in reply.text
     assert memories_of(gateway, "u-upstream-key") == [] and queued(gateway) == 0
+
+
+def test_an_upstream_failure_shows_clients_none_of_its_words(
+    gateway: Service, llm: RunningServer
+) -> None:
+    # llama.cpp's server answers a request it cannot serve with a 500 whose
+    # message ends a Python traceback, the path of a file on its host in it.
+    words = 'File "/srv/models/llama_cpp/llama_chat_format.py", line 301: KeyError'
+    error = {"error": {"message": words, "type": "internal_server_error", "code": "k"}}
+    for stream in (False, True):
+        llm.set_behavior(mode="raw", status=500, body=json.dumps(error), times=1)
+        body = chat("u-upstream-500", "hello", stream=stream)
+        reply = httpx.post(f"{gateway.url}/chat/completions", json=body, timeout=30)
+        assert reply.status_code == 502
+        assert reply.json()["error"]["code"] == "upstream_error"
+        assert "/srv/models" not in reply.text and "KeyError" not in reply.text
+    assert memories_of(gateway, "u-upstream-500") == [] and queued(gateway) == 0
