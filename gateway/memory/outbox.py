@@ -52,18 +52,28 @@ from typing import Any
 
 from gateway.memory.forgets import Forgotten, RecentForgets
 from gateway.memory.outbox_rows import DeadEntry, OutboxEntry, decode_memories, encode_memories
-from gateway.memory.outbox_schema import create, id_of, index_ids, rows_holding, transaction
+from gateway.memory.outbox_schema import (
+    create,
+    id_of,
+    index_ids,
+    rows_holding,
+    shrink,
+    transaction,
+)
 from gateway.memory.pending import PendingView
 from gateway.memory.records import MemoryRecord, NewMemory, Scope
 
 OUTBOX_FILE = "outbox.sqlite3"  # under the data dir
 # How many rows ``head`` reads ahead to fill a batch up to its size budget.
 _HEAD_SCAN = 256
+# Free space in the file worth giving back once the outbox is empty (``shrink``).
+SHRINK_FREE_BYTES = 8 << 20
 
 
 class Outbox:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, shrink_free_bytes: int = SHRINK_FREE_BYTES) -> None:
         self._path = path
+        self._shrink_free_bytes = shrink_free_bytes
         self._conn: sqlite3.Connection | None = None
         # One connection shared by worker threads; sqlite3 objects are not thread-safe,
         # so ``_lock`` guards it. The in-memory view of what waits changes in the
@@ -90,6 +100,8 @@ class Outbox:
             self._view.track(int(seq), Scope(tenant, user_id))
         [(dead,)] = self._execute("SELECT COUNT(*) FROM dead")
         self._view.set_dead(int(dead))
+        if not self._view.depth:
+            shrink(conn, self._shrink_free_bytes)  # drained before a restart
 
     def lost(self) -> str | None:
         """Why the file this outbox writes to is no longer the data dir's, or
@@ -267,6 +279,8 @@ class Outbox:
                 assert self._conn is not None
                 self._conn.executemany("DELETE FROM outbox WHERE seq = ?", [(seq,) for seq in seqs])
                 self._view.untrack(seqs)
+                if not self._view.depth:  # a backlog drained: its space back to the disk
+                    shrink(self._conn, self._shrink_free_bytes)
 
         await asyncio.to_thread(delete)
 

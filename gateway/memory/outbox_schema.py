@@ -77,6 +77,26 @@ def create(conn: sqlite3.Connection) -> None:
                 index_ids(conn, seq, Scope(tenant, user_id), decode_memories(raw))
 
 
+def shrink(conn: sqlite3.Connection, free_bytes: int) -> bool:
+    """Give the file's free pages back to the disk when they come to ``free_bytes``
+    or more (VACUUM, then the WAL emptied); whether it did. SQLite reuses the
+    pages a delete frees but never returns them, so an outbox that held a backlog
+    (an embedder outage, a large import) would keep that much of the data dir's
+    disk for good. Meant for an empty outbox, where VACUUM copies only the dead
+    entries. Best effort: a full disk, or a reader in another process, leaves the
+    file as it was."""
+    [(free,)] = conn.execute("PRAGMA freelist_count").fetchall()
+    [(page_size,)] = conn.execute("PRAGMA page_size").fetchall()
+    if int(free) * int(page_size) < free_bytes:
+        return False
+    try:
+        conn.execute("VACUUM")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    except sqlite3.OperationalError:
+        return False
+    return True
+
+
 @contextmanager
 def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """One transaction on ``conn``: all of it or none."""

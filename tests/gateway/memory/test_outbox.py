@@ -321,3 +321,55 @@ async def test_a_put_begun_before_its_users_purge_is_refused(tmp_path: Path) -> 
     await box.put(ALICE, [memory("an API write")])  # no start given: never refused
     assert box.pending(ALICE) == 2 and box.depth == 3
     box.close()
+
+
+def disk_bytes(path: Path) -> int:
+    """What the outbox's files (the database and its WAL) take."""
+    files = [path, path.with_name(path.name + "-wal")]
+    return sum(f.stat().st_size for f in files if f.exists())
+
+
+async def fill(box: Outbox, entries: int, size: int) -> list[int]:
+    """Queue ``entries`` entries of ``size`` characters each (a backlog)."""
+    return [await box.put(ALICE, [memory(f"{i:06d}" + "x" * size)]) for i in range(entries)]
+
+
+async def test_a_drained_backlog_gives_its_disk_space_back(tmp_path: Path) -> None:
+    # An outage queued 24 MB; once it is all stored, the file must not keep it.
+    path = tmp_path / "o.sqlite3"
+    box = Outbox(path)
+    box.open()
+    kept = await box.put(BOB, [memory("set aside, and kept")])
+    await box.bury(kept, "ValueError: NaN")
+    seqs = await fill(box, 600, 40_000)
+    full = disk_bytes(path)
+    assert full > 24_000_000
+
+    await box.done(seqs[:-1])  # one entry still waits: the file keeps its size
+    assert disk_bytes(path) >= full * 0.9
+    await box.done(seqs[-1:])
+    assert box.depth == 0
+    assert disk_bytes(path) < 1_000_000, disk_bytes(path)
+    # Nothing that was still there is lost by the rewrite, and the file goes on working.
+    [dead] = box.dead_entries()
+    assert dead.seq == kept and dead.scope == BOB
+    await box.put(ALICE, [memory("after")])
+    box.close()
+    again = Outbox(path)
+    again.open()
+    [entry] = await again.head()
+    assert entry.memories == [memory("after")] and again.dead_count() == 1
+
+
+async def test_a_file_drained_before_a_restart_shrinks_when_opened(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite3"
+    never = Outbox(path, shrink_free_bytes=1 << 40)  # a gateway that did not shrink it
+    never.open()
+    await never.done(await fill(never, 300, 40_000))
+    never.close()
+    assert disk_bytes(path) > 12_000_000
+
+    box = Outbox(path)
+    box.open()
+    assert disk_bytes(path) < 1_000_000, disk_bytes(path)
+    assert box.depth == 0 and await box.head() == []
