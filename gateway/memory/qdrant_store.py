@@ -74,6 +74,17 @@ def _sparse(vector: Sparse) -> models.SparseVector:
     return models.SparseVector(indices=vector.indices, values=vector.values)
 
 
+# The payload indexes the searches' filters use: the tenant's first (Qdrant keeps a
+# tenant's points together), the user's, the session window's, and the write time's.
+PAYLOAD_INDEXES: tuple[tuple[str, Any], ...] = (
+    ("tenant", models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=True)),
+    ("user_id", models.PayloadSchemaType.KEYWORD),
+    ("session_key", models.PayloadSchemaType.KEYWORD),
+    ("written_at", models.IntegerIndexParams(type=models.IntegerIndexType.INTEGER,
+                                             lookup=False, range=True)),
+)  # fmt: skip
+
+
 class QdrantServerStore:
     name = "qdrant"
     needs_flush = False  # an upsert answers once the server has it (wait=True)
@@ -141,42 +152,41 @@ class QdrantServerStore:
     async def _create_collections(self) -> None:
         if not await self._request(self._client.collection_exists(self._forgets)):
             await self._request(self._client.create_collection(self._forgets, vectors_config={}))
+        indexed: set[str] = set()
         if await self._request(self._client.collection_exists(self._collection)):
             info = await self._request(self._client.get_collection(self._collection))
-            vectors = info.config.params.vectors
-            sizes = (
-                {name: params.size for name, params in vectors.items()}
-                if isinstance(vectors, dict)
-                else {}
-            )
-            wanted = {DENSE_TEXT: self._dimension, DENSE_CONTEXT: self._dimension}
-            if sizes != wanted:
-                raise DimensionMismatch(
-                    f"Qdrant collection {self._collection!r} has vectors {sizes or vectors}, "
-                    f"this gateway needs {wanted} (and sparse {SPARSE_TEXT}, "
-                    f"{SPARSE_CONTEXT}): use another GATEWAY_QDRANT_COLLECTION or re-embed"
-                )
-            return
-        dense = models.VectorParams(size=self._dimension, distance=models.Distance.COSINE)
-        idf = models.SparseVectorParams(modifier=models.Modifier.IDF)
-        await self._request(
-            self._client.create_collection(
-                self._collection,
-                vectors_config={DENSE_TEXT: dense, DENSE_CONTEXT: dense},
-                sparse_vectors_config={SPARSE_TEXT: idf, SPARSE_CONTEXT: idf},
-            )
-        )
-        indexes: list[tuple[str, Any]] = [
-            ("tenant", models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD,
-                                                  is_tenant=True)),
-            ("user_id", models.PayloadSchemaType.KEYWORD),
-            ("session_key", models.PayloadSchemaType.KEYWORD),
-            ("written_at", models.IntegerIndexParams(type=models.IntegerIndexType.INTEGER,
-                                                     lookup=False, range=True)),
-        ]  # fmt: skip
-        for field, schema in indexes:
+            self._check_vectors(info.config.params.vectors)
+            # A start cut short after the collection was made (the server went away
+            # between it and its indexes) left a collection without them: made now.
+            indexed = set(info.payload_schema or {})
+        else:
+            dense = models.VectorParams(size=self._dimension, distance=models.Distance.COSINE)
+            idf = models.SparseVectorParams(modifier=models.Modifier.IDF)
             await self._request(
-                self._client.create_payload_index(self._collection, field, field_schema=schema)
+                self._client.create_collection(
+                    self._collection,
+                    vectors_config={DENSE_TEXT: dense, DENSE_CONTEXT: dense},
+                    sparse_vectors_config={SPARSE_TEXT: idf, SPARSE_CONTEXT: idf},
+                )
+            )
+        for field, schema in PAYLOAD_INDEXES:
+            if field not in indexed:
+                await self._request(
+                    self._client.create_payload_index(self._collection, field, field_schema=schema)
+                )
+
+    def _check_vectors(self, vectors: Any) -> None:
+        sizes = (
+            {name: params.size for name, params in vectors.items()}
+            if isinstance(vectors, dict)
+            else {}
+        )
+        wanted = {DENSE_TEXT: self._dimension, DENSE_CONTEXT: self._dimension}
+        if sizes != wanted:
+            raise DimensionMismatch(
+                f"Qdrant collection {self._collection!r} has vectors {sizes or vectors}, "
+                f"this gateway needs {wanted} (and sparse {SPARSE_TEXT}, "
+                f"{SPARSE_CONTEXT}): use another GATEWAY_QDRANT_COLLECTION or re-embed"
             )
 
     async def close(self) -> None:

@@ -12,7 +12,7 @@ import pytest
 from qdrant_client import AsyncQdrantClient
 
 from gateway.exceptions import DimensionMismatch, StoreUnavailable
-from gateway.memory.qdrant_store import QdrantServerStore
+from gateway.memory.qdrant_store import PAYLOAD_INDEXES, QdrantServerStore
 from gateway.memory.records import NewMemory, Scope, memory_id
 from gateway.memory.sparse import Sparse
 from gateway.memory.store import PointVectors, QueryVectors, StoredPoint
@@ -107,3 +107,46 @@ async def test_a_collection_of_another_size_found_later_is_the_stores_outage() -
         await late.ping()
     with pytest.raises(StoreUnavailable, match="this gateway needs"):
         await late.search(ALICE, QUERY, 5)
+
+
+class IndexingServer:
+    """A local-mode client that keeps the payload indexes a server would (local mode
+    keeps none) and can go away after making some of them."""
+
+    def __init__(self, client: AsyncQdrantClient, fail_after: int | None = None) -> None:
+        self.client = client
+        self.fail_after = fail_after
+        self.made: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+    async def create_payload_index(self, collection: str, field: str, **_: Any) -> None:
+        if self.fail_after is not None and len(self.made) >= self.fail_after:
+            raise httpx.ConnectError("connection refused")
+        self.made.append(field)
+
+    async def get_collection(self, collection: str) -> Any:
+        info = await self.client.get_collection(collection)
+        return info.model_copy(update={"payload_schema": {f: None for f in self.made}})
+
+
+async def test_indexes_missing_after_a_start_cut_short_are_made(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = IndexingServer(AsyncQdrantClient(location=":memory:"), fail_after=1)
+    store = QdrantServerStore(":memory:", None, "memories", DIM)
+    store._client = server  # type: ignore[assignment]
+    with caplog.at_level(logging.WARNING, "gateway.memory"):
+        await store.open()  # the server went away after the collection and one index
+    assert await server.client.collection_exists("memories") and server.made == ["tenant"]
+
+    server.fail_after = None
+    await store.ping()  # back: the collection is there, so only its indexes are left
+    assert sorted(server.made) == sorted(field for field, _ in PAYLOAD_INDEXES)
+    assert server.made.count("tenant") == 1
+
+    again = QdrantServerStore(":memory:", None, "memories", DIM)
+    again._client = server  # type: ignore[assignment]
+    await again.open()  # a later start finds them all and makes none twice
+    assert len(server.made) == len(PAYLOAD_INDEXES)
