@@ -107,8 +107,9 @@ class ReplayOutcome(StrEnum):
 
 
 class EmbedderErrorKind(StrEnum):
-    """Failed calls to the embedder; it also reports ``http_<status>`` for 429
-    and 5xx answers (a set bounded by HTTP, so not listed here)."""
+    """Failed calls to the embedder; it also reports ``http_<status>`` for every
+    answer that is neither 200 nor a verdict on the texts (a set bounded by
+    HTTP, so not listed here)."""
 
     UNREACHABLE = "unreachable"
     REJECTED = "rejected"

@@ -158,12 +158,15 @@ class EmbedderClient:
             raise EmbedderUnavailable(f"embedder unreachable: {type(exc).__name__}") from exc
         finally:
             self._metrics.embedder_duration.observe(time.perf_counter() - started)
-        if status >= 500 or status == 429:
-            self._metrics.embedder_errors.labels(f"http_{status}").inc()
-            raise EmbedderUnavailable(f"embedder answered {status}")
-        if status != 200:
+        if status in _ABOUT_THE_TEXTS:
             self._metrics.embedder_errors.labels(EmbedderErrorKind.REJECTED).inc()
             raise EmbedderRejected(_error_message(status, raw))
+        if status != 200:
+            # Any other answer is the embedder's state or the gateway's setup, never
+            # the texts': retried, not set aside (a wrong key or URL would otherwise
+            # send every queued memory to the dead entries).
+            self._metrics.embedder_errors.labels(f"http_{status}").inc()
+            raise EmbedderUnavailable(self._not_served(status))
         try:
             data = sorted(json.loads(raw)["data"], key=lambda item: item["index"])
             vectors = [_vector(item["embedding"]) for item in data]
@@ -177,6 +180,16 @@ class EmbedderClient:
                 f"{self._dimension}"
             )
         return vectors
+
+    def _not_served(self, status: int) -> str:
+        if status in (401, 403):
+            return f"embedder refused the gateway's key ({status}): check GATEWAY_EMBEDDER_API_KEY"
+        if status in (404, 405):
+            return (
+                f"embedder has no POST {self._url} ({status}): check GATEWAY_EMBEDDER_URL "
+                "(the embedder's /v1 URL)"
+            )
+        return f"embedder answered {status}"
 
     async def _post(self, body: dict[str, Any], read_timeout_s: float) -> tuple[int, bytes]:
         """The status and body of the embedder's answer to ``body``; a dropped
@@ -236,6 +249,10 @@ class EmbedderClient:
                 f"embedder produces {dimension}-dimensional vectors but "
                 f"GATEWAY_EMBEDDING_DIM is {self._dimension}"
             )
+
+
+# The embedder's verdicts on a request's texts (malformed, too large, unprocessable).
+_ABOUT_THE_TEXTS = frozenset({400, 413, 422})
 
 
 def _vector(embedding: str | list[float]) -> list[float]:

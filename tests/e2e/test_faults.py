@@ -401,6 +401,36 @@ def test_poisoned_outbox_entries_are_set_aside_and_others_flow_across_restarts(
         gateway.terminate()
 
 
+def test_a_wrong_embedder_url_sets_nothing_aside_and_keeps_it_until_mended(
+    llm: RunningServer, embedder: Service, tmp_path: Path
+) -> None:
+    # GATEWAY_EMBEDDER_URL without its /v1: the embedder's /health (at its root)
+    # answers, and every embedding request is a 404. That is the setup's fault, not
+    # the texts': the writes must wait for the fix, not be refused or set aside.
+    data_dir = tmp_path / "data"
+    texts = ["kept through a typo in the URL", "and this one too"]
+    gateway = start_gateway(data_dir, llm.url, embedder.base_url, wait_ready=False)
+    try:
+        for text in texts:
+            r = httpx.post(f"{gateway.url}/memories", json={"user_id": "pat", "text": text})
+            assert r.status_code == 202, r.text  # queued: not a 400 blaming the text
+        errors = 'memgate_embedder_client_errors_total{kind="http_404"}'
+        wait_until(lambda: metric(gateway, errors) >= 4, 30, what="the replay tried again")
+        state = admin_outbox(gateway)
+        print(f"\nwrong URL: depth {state['depth']}, dead {state['dead']}")
+        assert state["dead"] == 0 and state["depth"] == 2
+        assert "GATEWAY_EMBEDDER_URL" in gateway.log()
+    finally:
+        gateway.terminate()
+    gateway = start_gateway(data_dir, llm.url, embedder.url)  # mended
+    try:
+        wait_until(lambda: depth(gateway) == 0, 30, what="the outbox drained once mended")
+        exactly_once(all_memories(gateway, "pat"), texts, "writes made through the wrong URL")
+        assert admin_outbox(gateway)["dead"] == 0
+    finally:
+        gateway.terminate()
+
+
 def test_poison_at_the_door_gets_400_and_never_blocks_anyone(
     llm: RunningServer, embedder: Service, tmp_path: Path
 ) -> None:

@@ -14,7 +14,7 @@ import httpx
 import prometheus_client
 import pytest
 
-from gateway.exceptions import EmbedderUnavailable
+from gateway.exceptions import EmbedderRejected, EmbedderUnavailable
 from gateway.memory.embedder_client import IN_FLIGHT, PART_TEXTS, EmbedderClient
 from gateway.metrics import GatewayMetrics
 from gateway.monitor import ProbeFailed
@@ -132,3 +132,36 @@ async def test_many_texts_go_shortest_first_two_parts_at_a_time_and_come_back_in
     lengths = [len(t) for part in sent for t in part]
     assert lengths == sorted(lengths)  # each part holds texts of about one length
     assert len(sent) == 4 and peak == IN_FLIGHT == 2
+
+
+def answering(status: int, body: Json) -> EmbedderClient:
+    transport = httpx.MockTransport(lambda request: httpx.Response(status, json=body))
+    metrics = GatewayMetrics(prometheus_client.CollectorRegistry())
+    return EmbedderClient(httpx.AsyncClient(transport=transport), "http://e:8081/v1", DIM, metrics)
+
+
+@pytest.mark.parametrize(
+    ("status", "says"),
+    [
+        (401, "refused the gateway's key .401.: check GATEWAY_EMBEDDER_API_KEY"),
+        (403, "refused the gateway's key .403.: check GATEWAY_EMBEDDER_API_KEY"),
+        (404, "no POST http://e:8081/v1/embeddings .404.: check GATEWAY_EMBEDDER_URL"),
+        (405, "check GATEWAY_EMBEDDER_URL"),
+        (409, "embedder answered 409"),
+    ],
+)
+async def test_an_answer_about_the_setup_is_an_outage_not_a_rejected_text(
+    status: int, says: str
+) -> None:
+    # A wrong key or URL is not the texts' fault: a rejection would set every queued
+    # memory aside for good, where an outage keeps them until the setup is mended.
+    client = answering(status, {"detail": "Not Found", "error": {"message": "no such route"}})
+    with pytest.raises(EmbedderUnavailable, match=says):
+        await client.embed(["a"])
+
+
+@pytest.mark.parametrize("status", [400, 413, 422])
+async def test_a_verdict_on_the_texts_is_a_rejection_in_the_embedders_words(status: int) -> None:
+    client = answering(status, {"error": {"message": "input 0 is empty"}})
+    with pytest.raises(EmbedderRejected, match="input 0 is empty"):
+        await client.embed([""])
