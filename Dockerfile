@@ -44,22 +44,42 @@ COPY docker/slim-venv.sh /tmp/slim-venv.sh
 RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends binutils >/dev/null \
  && sh /tmp/slim-venv.sh /opt/venv
 
+# --------------------------------------------------------------------------- runtime
+# What the image runs on, gathered from the base image by docker/runtime_root.py: the
+# interpreter, its standard library, the system libraries they and the virtualenv load
+# (ldd), the CA bundle, and the root and memgate user entries. The base's shell, package
+# manager, Perl and docs stay behind: they are most of its size, and none of it runs.
+FROM base AS gateway-runtime
+COPY --from=gateway-deps /opt/venv /opt/venv
+COPY docker/runtime_root.py /tmp/runtime_root.py
+RUN python /tmp/runtime_root.py /runtime --links-of /opt/venv --user memgate
+
 # --------------------------------------------------------------------------- gateway
-FROM base AS gateway
+# From nothing: the runtime, then the virtualenv, then the code, so that editing the code
+# rebuilds only the last layers. There is no shell in this image, so every RUN,
+# HEALTHCHECK and CMD is in exec form (a shell form would need /bin/sh).
+FROM scratch AS gateway
+COPY --from=gateway-runtime /runtime /
 COPY --from=gateway-deps /opt/venv /opt/venv
 # The package runs from /app (PYTHONPATH): nothing to build, no build backend to fetch.
-COPY gateway ./gateway
-# Importing the server once with bytecode writing on compiles exactly what it imports.
-# (It also proves the trimmed libraries load: numpy, grpc, qdrant_edge, uvloop, aiohttp.)
-RUN PYTHONDONTWRITEBYTECODE= python -c "import gateway.__main__, numpy, grpc, qdrant_client, qdrant_edge, aiohttp, yaml, uvicorn.loops.uvloop, uvicorn.protocols.http.httptools_impl" \
- && python -m compileall -q gateway \
- && install -d -o memgate -g memgate /data
-ENV GATEWAY_HOST=0.0.0.0 \
+COPY gateway /app/gateway
+ENV PATH=/opt/venv/bin:/usr/local/bin:/usr/bin:/bin \
+    VIRTUAL_ENV=/opt/venv \
+    PYTHONPATH=/app \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    GATEWAY_HOST=0.0.0.0 \
     GATEWAY_PORT=8080 \
     GATEWAY_DATA_DIR=/data
+WORKDIR /app
+# Importing the server once with bytecode writing on compiles exactly what it imports
+# (the standard library's too: the official base ships no bytecode). It also proves that
+# the trimmed libraries load in this runtime: numpy, grpc, qdrant_edge, uvloop, aiohttp,
+# SQLite, TLS. Then the folders the service user writes.
+RUN ["python", "-c", "import sys; sys.dont_write_bytecode = False; import gateway.__main__, numpy, grpc, qdrant_client, qdrant_edge, aiohttp, yaml, sqlite3, ssl, uvicorn.loops.uvloop, uvicorn.protocols.http.httptools_impl; ssl.create_default_context(); import compileall, os; compileall.compile_dir('/app/gateway', quiet=1) or sys.exit('gateway: compileall failed'); [(os.makedirs(d), os.chown(d, 10001, 10001)) for d in ('/data', '/home/memgate')]"]
 USER memgate
 EXPOSE 8080
 # /livez, not /readyz: an upstream that is still loading must not mark the gateway unhealthy.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
-  CMD python -c "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/livez' % os.environ.get('GATEWAY_PORT', '8080'), timeout=4)"
+  CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/livez' % os.environ.get('GATEWAY_PORT', '8080'), timeout=4)"]
 CMD ["python", "-m", "gateway"]

@@ -82,28 +82,45 @@ COPY embedder ./embedder
 RUN python /tmp/ship_model.py place-export /tmp/onnx /opt/memgate/onnx "$EMBEDDER_ONNX_WEIGHTS" \
  && chmod -R a+rX /opt/memgate
 
+# What the CPU image runs on, gathered from the base image (docker/runtime_root.py, as for
+# the gateway): the interpreter, its standard library, the system libraries they and the
+# virtualenv load, the CA bundle and the user entries; no shell or package manager.
+FROM embedder-onnx-venv AS embedder-runtime
+COPY docker/runtime_root.py /tmp/runtime_root.py
+RUN python /tmp/runtime_root.py /runtime --links-of /opt/venv --user memgate
+
 # --------------------------------------------------------------------------- CPU image
-FROM base AS embedder
+# From nothing, so every RUN, HEALTHCHECK and CMD is in exec form (there is no /bin/sh).
+FROM scratch AS embedder
 ARG EMBEDDER_ONNX_WEIGHTS=int8
+COPY --from=embedder-runtime /runtime /
 COPY --from=embedder-onnx-venv /opt/venv /opt/venv
 COPY --from=embedder-model /opt/memgate/onnx /opt/memgate/onnx
-COPY embedder ./embedder
-ENV EMBEDDER_HOST=0.0.0.0 \
+COPY embedder /app/embedder
+ENV PATH=/opt/venv/bin:/usr/local/bin:/usr/bin:/bin \
+    VIRTUAL_ENV=/opt/venv \
+    PYTHONPATH=/app \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HF_HOME=/home/memgate/.cache/huggingface \
+    HF_HUB_OFFLINE=1 \
+    TRANSFORMERS_OFFLINE=1 \
+    EMBEDDER_HOST=0.0.0.0 \
     EMBEDDER_PORT=8081 \
     EMBEDDER_BACKEND=onnx \
     EMBEDDER_ONNX_CACHE_DIR=/opt/memgate/onnx \
     EMBEDDER_ONNX_WEIGHTS=${EMBEDDER_ONNX_WEIGHTS}
+WORKDIR /app
 # The build fails if torch made it in, or if serving would need a new export (which would
 # import torch): the encoder is loaded here exactly as the service loads it, as its user.
-RUN PYTHONDONTWRITEBYTECODE= python -c "import embedder.__main__, embedder.onnx_model, numpy, onnxruntime, tokenizers, uvicorn.loops.uvloop, uvicorn.protocols.http.httptools_impl" \
- && python -m compileall -q embedder \
- && python -c "import importlib.util as u, sys; heavy = [m for m in ('torch', 'transformers', 'sentence_transformers') if u.find_spec(m)]; sys.exit(f'torch in the CPU embedder image: {heavy}' if heavy else 0)" \
- && python -c "import os; os.setgid(10001); os.setuid(10001); from embedder.model import load_encoder; from embedder.settings import EmbedderSettings; e = load_encoder(EmbedderSettings()); assert type(e).__name__ == 'OnnxEncoder' and e.dimension == 384, e"
+# Importing the server first, with bytecode writing on, compiles what it imports.
+RUN ["python", "-c", "import sys; sys.dont_write_bytecode = False; import embedder.__main__, embedder.onnx_model, numpy, onnxruntime, tokenizers, ssl, uvicorn.loops.uvloop, uvicorn.protocols.http.httptools_impl; import compileall, importlib.util as u, os; compileall.compile_dir('/app/embedder', quiet=1) or sys.exit('embedder: compileall failed'); heavy = [m for m in ('torch', 'transformers', 'sentence_transformers') if u.find_spec(m)]; heavy and sys.exit(f'torch in the CPU embedder image: {heavy}'); [(os.makedirs(d), os.chown(d, 10001, 10001)) for d in ('/home/memgate', '/home/memgate/.cache', '/home/memgate/.cache/huggingface')]"]
+RUN ["python", "-c", "import os; os.setgid(10001); os.setuid(10001); from embedder.model import load_encoder; from embedder.settings import EmbedderSettings; e = load_encoder(EmbedderSettings()); assert type(e).__name__ == 'OnnxEncoder' and e.dimension == 384, e"]
 USER memgate
 EXPOSE 8081
 # /health answers 503 until the model is loaded.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
-  CMD python -c "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/health' % os.environ.get('EMBEDDER_PORT', '8081'), timeout=4)"
+  CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/health' % os.environ.get('EMBEDDER_PORT', '8081'), timeout=4)"]
 CMD ["python", "-m", "embedder"]
 
 # --------------------------------------------------------------------------- GPU: deps

@@ -79,14 +79,15 @@ def test_the_base_image_is_an_argument(path: object) -> None:
     assert dockerfile.stages["base"].base == "${PYTHON_IMAGE}"
     for target, (file, _, _) in TARGETS.items():
         if file == path:
-            assert dockerfile.chain(target)[0].name == "base"
+            # Built on it, or FROM scratch with a runtime gathered from it.
+            assert "base" in copied_from(dockerfile, target), target
 
 
 def test_each_dockerfile_builds_only_its_own_image() -> None:
     # Without BuildKit, Docker builds every stage above the target: the gateway's file
     # holds no embedder stage, and the embedder's CPU stages come before the GPU ones.
     gateway = read_dockerfile(GATEWAY_DOCKERFILE)
-    assert list(gateway.stages) == ["base", "gateway-deps", "gateway"]
+    assert list(gateway.stages) == ["base", "gateway-deps", "gateway-runtime", "gateway"]
     embedder = list(read_dockerfile(EMBEDDER_DOCKERFILE).stages)
     cpu = copied_from(read_dockerfile(EMBEDDER_DOCKERFILE), "embedder")
     assert max(embedder.index(s) for s in cpu) < embedder.index("embedder-gpu-deps")
@@ -259,10 +260,36 @@ def test_images_run_as_a_user_and_check_their_health_with_python(target: str) ->
     users = [rest for kw, rest in final if kw == "USER"]
     assert users and users[-1] not in ("root", "0"), f"{target} runs as root"
     checks = [rest for kw, rest in final if kw == "HEALTHCHECK"]
-    assert len(checks) == 1 and "CMD python -c" in checks[0], checks
+    assert len(checks) == 1 and re.search(r'CMD (python|\["python", "-c")', checks[0]), checks
     assert "curl" not in checks[0] and "wget" not in checks[0]
     package = TARGETS[target][1]
     assert any(kw == "CMD" and '"-m"' in rest and f'"{package}"' in rest for kw, rest in final)
+
+
+SHIPPED_FROM_SCRATCH = ("gateway", "embedder")
+
+
+@pytest.mark.parametrize("target", SHIPPED_FROM_SCRATCH)
+def test_the_images_start_from_a_gathered_runtime_and_need_no_shell(target: str) -> None:
+    # The final stage holds the runtime docker/runtime_root.py gathered from the base (no
+    # shell, package manager or docs), so no instruction of it may need /bin/sh: a RUN,
+    # HEALTHCHECK or CMD in shell form would fail, the health check for good.
+    dockerfile = dockerfile_of(target)
+    final = dockerfile.stages[target]
+    assert final.base == "scratch"
+    copies = [rest for kw, rest in final.instructions if kw == "COPY"]
+    first = re.fullmatch(r"--from=(\S+) /runtime /", copies[0])  # under all the others
+    assert first, copies
+    runtime = first[1]
+    gathers = [rest for kw, rest in dockerfile.instructions(runtime) if kw == "RUN"]
+    assert any("runtime_root.py /runtime --links-of /opt/venv --user memgate" in r for r in gathers)
+    for kw, rest in final.instructions:
+        if kw in ("RUN", "CMD", "ENTRYPOINT"):
+            assert rest.startswith('["'), (kw, rest)
+        if kw == "HEALTHCHECK":
+            assert 'CMD ["' in rest, rest
+    env = " ".join(rest for kw, rest in final.instructions if kw == "ENV")
+    assert "PATH=/opt/venv/bin:" in env and "PYTHONPATH=/app" in env
 
 
 def test_the_embedder_torch_build_matches_pyproject() -> None:
@@ -308,6 +335,7 @@ def test_the_build_context_holds_what_the_dockerfiles_copy_and_nothing_else() ->
         "requirements/embedder.txt",
         "docker/slim-venv.sh",
         "docker/ship_model.py",
+        "docker/runtime_root.py",
     }
     for path in copied:
         assert _dockerignore_allows(path), f"{path} is excluded from the build context"
