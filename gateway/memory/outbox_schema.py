@@ -77,9 +77,9 @@ def create(conn: sqlite3.Connection) -> None:
                 index_ids(conn, seq, Scope(tenant, user_id), decode_memories(raw))
 
 
-def shrink(conn: sqlite3.Connection, free_bytes: int) -> bool:
+def shrink(conn: sqlite3.Connection, free_bytes: int) -> None:
     """Give the file's free pages back to the disk when they come to ``free_bytes``
-    or more (VACUUM, then the WAL emptied); whether it did. SQLite reuses the
+    or more (VACUUM, then the WAL emptied). SQLite reuses the
     pages a delete frees but never returns them, so an outbox that held a backlog
     (an embedder outage, a large import) would keep that much of the data dir's
     disk for good. Meant for an empty outbox, where VACUUM copies only the dead
@@ -88,13 +88,12 @@ def shrink(conn: sqlite3.Connection, free_bytes: int) -> bool:
     [(free,)] = conn.execute("PRAGMA freelist_count").fetchall()
     [(page_size,)] = conn.execute("PRAGMA page_size").fetchall()
     if int(free) * int(page_size) < free_bytes:
-        return False
+        return
     try:
         conn.execute("VACUUM")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
     except sqlite3.OperationalError:
-        return False
-    return True
+        pass  # left for the next drain
 
 
 @contextmanager
