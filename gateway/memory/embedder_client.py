@@ -229,7 +229,14 @@ class EmbedderClient:
         return response.status_code, response.content
 
     async def probe(self) -> None:
-        """Health probe for the monitor: ready means the model is loaded."""
+        """Health probe for the monitor: ready means the model is loaded and the
+        embeddings endpoint takes the gateway's requests.
+
+        ``/health`` sits at the service's root, so a URL without its ``/v1`` or a
+        key a proxy refuses would pass it while every embedding fails. An empty
+        ``input`` reaches the route and costs the encoder nothing; only the answers
+        that say the route or the key is wrong fail the probe (any verdict on the
+        empty input means it was routed)."""
         try:
             status, raw = await self._get_health()
         except (httpx.ConnectError, ConnectFailed) as exc:
@@ -249,10 +256,18 @@ class EmbedderClient:
                 f"embedder produces {dimension}-dimensional vectors but "
                 f"GATEWAY_EMBEDDING_DIM is {self._dimension}"
             )
+        try:
+            status, _ = await self._post({"input": []}, self._base_timeout_s)
+        except (httpx.TransportError, TransportError) as exc:
+            raise ProbeFailed(f"{type(exc).__name__}: {exc}") from exc
+        if status in _NOT_SERVED:
+            raise ProbeFailed(self._not_served(status))
 
 
 # The embedder's verdicts on a request's texts (malformed, too large, unprocessable).
 _ABOUT_THE_TEXTS = frozenset({400, 413, 422})
+# The answers of a server without the gateway's route, or refusing its key.
+_NOT_SERVED = frozenset({401, 403, 404, 405})
 
 
 def _vector(embedding: str | list[float]) -> list[float]:

@@ -406,16 +406,26 @@ def test_a_wrong_embedder_url_sets_nothing_aside_and_keeps_it_until_mended(
 ) -> None:
     # GATEWAY_EMBEDDER_URL without its /v1: the embedder's /health (at its root)
     # answers, and every embedding request is a 404. That is the setup's fault, not
-    # the texts': the writes must wait for the fix, not be refused or set aside.
+    # the texts': the writes must wait for the fix, not be refused or set aside, and
+    # readiness must say which setting is wrong (not "healthy" from /health alone).
     data_dir = tmp_path / "data"
     texts = ["kept through a typo in the URL", "and this one too"]
     gateway = start_gateway(data_dir, llm.url, embedder.base_url, wait_ready=False)
     try:
+
+        def embedder_check() -> dict[str, object]:
+            ready = httpx.get(f"{gateway.base_url}/readyz", timeout=5).json()
+            return dict(ready["checks"]["embedder"], readiness=ready["status"])
+
+        wait_until(
+            lambda: "GATEWAY_EMBEDDER_URL" in str(embedder_check().get("last_error")),
+            30, what="readiness naming the wrong setting",
+        )  # fmt: skip
         for text in texts:
             r = httpx.post(f"{gateway.url}/memories", json={"user_id": "pat", "text": text})
             assert r.status_code == 202, r.text  # queued: not a 400 blaming the text
-        errors = 'memgate_embedder_client_errors_total{kind="http_404"}'
-        wait_until(lambda: metric(gateway, errors) >= 4, 30, what="the replay tried again")
+        check = embedder_check()
+        assert check["status"] == "unhealthy" and check["readiness"] == "degraded", check
         state = admin_outbox(gateway)
         print(f"\nwrong URL: depth {state['depth']}, dead {state['dead']}")
         assert state["dead"] == 0 and state["depth"] == 2

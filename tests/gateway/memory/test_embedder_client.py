@@ -71,7 +71,7 @@ async def test_the_health_probe_survives_a_dropped_connection(
     server, client = served
     await client.probe()
     await client.probe()  # raises ProbeFailed without the resend
-    assert server.answered == ["/health", "/health"]
+    assert server.answered == ["/health", "/v1/embeddings"] * 2
 
 
 async def test_a_server_that_never_answers_is_still_unavailable(
@@ -165,3 +165,42 @@ async def test_a_verdict_on_the_texts_is_a_rejection_in_the_embedders_words(stat
     client = answering(status, {"error": {"message": "input 0 is empty"}})
     with pytest.raises(EmbedderRejected, match="input 0 is empty"):
         await client.embed([""])
+
+
+def health_then(status: int) -> EmbedderClient:
+    """/health is fine; the embeddings route answers ``status``."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/health":
+            return httpx.Response(200, json={"status": "ok", "dimension": DIM})
+        assert json.loads(request.content) == {"input": []}  # nothing to encode
+        return httpx.Response(status, json={"error": {"message": "input must not be empty"}})
+
+    metrics = GatewayMetrics(prometheus_client.CollectorRegistry())
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handle))
+    return EmbedderClient(http, "http://e:8081/v1", DIM, metrics)
+
+
+@pytest.mark.parametrize(
+    ("status", "says"),
+    [
+        (401, "check GATEWAY_EMBEDDER_API_KEY"),
+        (403, "check GATEWAY_EMBEDDER_API_KEY"),
+        (404, "no POST http://e:8081/v1/embeddings .404.: check GATEWAY_EMBEDDER_URL"),
+        (405, "check GATEWAY_EMBEDDER_URL"),
+    ],
+)
+async def test_the_probe_fails_when_health_answers_but_embeddings_are_not_served(
+    status: int, says: str
+) -> None:
+    # /health lives at the service's root: a URL without /v1 or a key a proxy
+    # refuses passes it, and readiness said "healthy" while every embed failed.
+    with pytest.raises(ProbeFailed, match=says):
+        await health_then(status).probe()
+
+
+@pytest.mark.parametrize("status", [200, 400, 422])
+async def test_any_verdict_on_the_empty_probe_input_means_the_route_is_served(
+    status: int,
+) -> None:
+    await health_then(status).probe()
