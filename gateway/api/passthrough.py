@@ -209,6 +209,12 @@ async def any_other(request: Request, principal: PrincipalDep, services: Service
             404, f"no such path: {request.url.path!r}; this gateway serves {own!r}",
             code="not_found",
         )  # fmt: skip
+    if _memory_api_path(request.scope["path"]):
+        raise APIError(
+            404, f"no such path: {request.url.path!r}; the memory API serves "
+            "/v1/memories, /v1/memories/search and /v1/memories/{id}",
+            code="not_found",
+        )  # fmt: skip
     if _account_path(request.scope["path"]):
         raise APIError(
             403, f"{request.url.path!r} manages the LLM upstream's account, which every "
@@ -216,6 +222,14 @@ async def any_other(request: Request, principal: PrincipalDep, services: Service
             code="upstream_account_path",
         )  # fmt: skip
     return await _forward_any(request, principal, services)
+
+
+def _memory_api_path(path: str) -> bool:
+    """Whether ``path`` (under /v1) is in the gateway's own memory API, however
+    written (``/v1/memories/{id}/history``, ``/v1/Memories``): never the
+    upstream's, and forwarded it would carry a memory's text there."""
+    segments = [segment for segment in path.split("/") if segment]
+    return len(segments) > 1 and segments[1].lower() == "memories"
 
 
 def _account_path(path: str) -> bool:

@@ -351,6 +351,26 @@ def test_a_gateway_path_with_a_slash_too_many_is_not_forwarded(
     assert error["code"] == "not_found" and repr(own) in error["message"]
 
 
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/v1/memories/search/extra"),
+        ("GET", "/v1/memories/0b7e1c3a-1f0e-4d9c-9f55-4d2b1a1e2f3a/history"),  # mem0's path
+        ("POST", "/v1/Memories"),
+    ],
+)
+def test_a_path_under_the_memory_api_it_does_not_serve_is_not_forwarded(
+    gateway: TestClient, method: str, path: str
+) -> None:
+    # Forwarded, a memory's text went to the LLM upstream with the operator's key,
+    # and the client read "the LLM upstream answered 404"; this upstream is down,
+    # so a forward would have been a 503.
+    body = b'{"user_id": "alice", "text": "my PIN is 4321"}' if method == "POST" else None
+    answer = gateway.request(method, path, content=body, headers=JSON if body else None)
+    assert answer.status_code == 404, answer.text
+    assert answer.json()["error"]["code"] == "not_found"
+
+
 def test_an_upstream_path_with_a_trailing_slash_still_goes_upstream(gateway: TestClient) -> None:
     answer = gateway.get("/v1/images/generations/")  # not the gateway's: the upstream's
     assert answer.status_code == 503
