@@ -105,6 +105,10 @@ class EmbedderClient:
         self._base_timeout_s = base_timeout_s
         self._per_text_timeout_s = per_text_timeout_s
         self._connect_timeout_s = connect_timeout_s
+        # A real call failed as an outage: /health alone cannot clear it (an
+        # embedder can answer /health and fail every embedding), so the probe
+        # embeds a text too until a call succeeds.
+        self._verify = False
 
     def timeout_for(self, count: int) -> float:
         """The read timeout of a request of ``count`` texts."""
@@ -123,6 +127,15 @@ class EmbedderClient:
         so the embedder has the next part queued while it encodes one, instead
         of idling while the gateway reads an answer and sends the next.
         """
+        try:
+            vectors = await self._embed_all(texts, priority)
+        except EmbedderUnavailable:
+            self._verify = True
+            raise
+        self._verify = False
+        return vectors
+
+    async def _embed_all(self, texts: Sequence[str], priority: int) -> list[list[float]]:
         if len(texts) == 1:
             return await self._embed_part(list(texts), priority)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
@@ -236,7 +249,9 @@ class EmbedderClient:
         key a proxy refuses would pass it while every embedding fails. An empty
         ``input`` reaches the route and costs the encoder nothing; only the answers
         that say the route or the key is wrong fail the probe (any verdict on the
-        empty input means it was routed)."""
+        empty input means it was routed). After a real call failed as an outage
+        (a 500, vectors of another size), the probe embeds a text instead, until
+        one succeeds: an embedder can answer both and still fail every text."""
         try:
             status, raw = await self._get_health()
         except (httpx.ConnectError, ConnectFailed) as exc:
@@ -256,6 +271,13 @@ class EmbedderClient:
                 f"embedder produces {dimension}-dimensional vectors but "
                 f"GATEWAY_EMBEDDING_DIM is {self._dimension}"
             )
+        if self._verify:  # a real call failed: only a real embedding clears it
+            try:
+                await self._embed_part(["health check"], INTERACTIVE)
+            except (EmbedderUnavailable, EmbedderRejected) as exc:
+                raise ProbeFailed(f"health answered, but embedding failed: {exc}") from exc
+            self._verify = False
+            return
         try:
             status, _ = await self._post({"input": []}, self._base_timeout_s)
         except (httpx.TransportError, TransportError) as exc:

@@ -204,3 +204,30 @@ async def test_any_verdict_on_the_empty_probe_input_means_the_route_is_served(
     status: int,
 ) -> None:
     await health_then(status).probe()
+
+
+async def test_an_embedder_that_answers_health_but_fails_every_embedding_stays_down() -> None:
+    # /health said ok while every embedding failed: the monitor's probe put the
+    # embedder back to healthy at once, and /readyz said "ready" with every write queued.
+    failing = {"on": True}
+
+    def flaky(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/health"):
+            return httpx.Response(200, json={"status": "ok", "dimension": DIM})
+        if failing["on"]:
+            return httpx.Response(500, json={"error": {"message": "boom"}})
+        body = json.loads(request.content)
+        data = [{"index": i, "embedding": ZEROS} for i in range(len(body["input"]))]
+        return httpx.Response(200, json={"data": data})
+
+    metrics = GatewayMetrics(prometheus_client.CollectorRegistry())
+    http = httpx.AsyncClient(transport=httpx.MockTransport(flaky))
+    client = EmbedderClient(http, "http://e:8081/v1", DIM, metrics)
+    await client.probe()  # nothing failed yet: /health is enough
+    with pytest.raises(EmbedderUnavailable):
+        await client.embed(["a"])
+    with pytest.raises(ProbeFailed, match="embedding failed"):
+        await client.probe()
+    failing["on"] = False
+    await client.probe()  # embeds again: healthy
+    assert len(await client.embed(["a"])) == 1
