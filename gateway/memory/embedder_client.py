@@ -109,6 +109,10 @@ class EmbedderClient:
         # embedder can answer /health and fail every embedding), so the probe
         # embeds a text too until a call succeeds.
         self._verify = False
+        # The route check's empty input shows in the embedder's request metrics as a
+        # 400, so it runs until it passes once: the URL cannot change after that, and
+        # a key revoked later fails a real call, which sets ``_verify``.
+        self._route_served = False
 
     def timeout_for(self, count: int) -> float:
         """The read timeout of a request of ``count`` texts."""
@@ -132,7 +136,7 @@ class EmbedderClient:
         except EmbedderUnavailable:
             self._verify = True
             raise
-        self._verify = False
+        self._verify, self._route_served = False, True
         return vectors
 
     async def _embed_all(self, texts: Sequence[str], priority: int) -> list[list[float]]:
@@ -249,9 +253,10 @@ class EmbedderClient:
         key a proxy refuses would pass it while every embedding fails. An empty
         ``input`` reaches the route and costs the encoder nothing; only the answers
         that say the route or the key is wrong fail the probe (any verdict on the
-        empty input means it was routed). After a real call failed as an outage
-        (a 500, vectors of another size), the probe embeds a text instead, until
-        one succeeds: an embedder can answer both and still fail every text."""
+        empty input means it was routed), until it has passed once. After a real
+        call failed as an outage (a 500, vectors of another size), the probe embeds
+        a text instead, until one succeeds: an embedder can answer both and still
+        fail every text."""
         try:
             status, raw = await self._get_health()
         except (httpx.ConnectError, ConnectFailed) as exc:
@@ -278,12 +283,15 @@ class EmbedderClient:
                 raise ProbeFailed(f"health answered, but embedding failed: {exc}") from exc
             self._verify = False
             return
+        if self._route_served:
+            return
         try:
             status, _ = await self._post({"input": []}, self._base_timeout_s)
         except (httpx.TransportError, TransportError) as exc:
             raise ProbeFailed(f"{type(exc).__name__}: {exc}") from exc
         if status in _NOT_SERVED:
             raise ProbeFailed(self._not_served(status))
+        self._route_served = True
 
 
 # The embedder's verdicts on a request's texts (malformed, too large, unprocessable).
