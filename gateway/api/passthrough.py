@@ -209,12 +209,6 @@ async def any_other(request: Request, principal: PrincipalDep, services: Service
             404, f"no such path: {request.url.path!r}; this gateway serves {own!r}",
             code="not_found",
         )  # fmt: skip
-    if _memory_api_path(request.scope["path"]):
-        raise APIError(
-            404, f"no such path: {request.url.path!r}; the memory API serves "
-            "/v1/memories, /v1/memories/search and /v1/memories/{id}",
-            code="not_found",
-        )  # fmt: skip
     if _account_path(request.scope["path"]):
         raise APIError(
             403, f"{request.url.path!r} manages the LLM upstream's account, which every "
@@ -222,14 +216,6 @@ async def any_other(request: Request, principal: PrincipalDep, services: Service
             code="upstream_account_path",
         )  # fmt: skip
     return await _forward_any(request, principal, services)
-
-
-def _memory_api_path(path: str) -> bool:
-    """Whether ``path`` (under /v1) is in the gateway's own memory API, however
-    written (``/v1/memories/{id}/history``, ``/v1/Memories``): never the
-    upstream's, and forwarded it would carry a memory's text there."""
-    segments = [segment for segment in path.split("/") if segment]
-    return len(segments) > 1 and segments[1].lower() == "memories"
 
 
 def _account_path(path: str) -> bool:
@@ -242,13 +228,17 @@ def _own_path(request: Request) -> str | None:
     """The gateway's own path that the request names with a slash too many
     (``/v1/memories/``, ``/v1//chat/completions``), or None. Forwarded, such a
     request would carry a memory's text, or a chat without its memory, to the
-    upstream with the operator's key; it is answered 404 instead."""
+    upstream with the operator's key; it is answered 404 instead. So is any
+    path in the memory API's namespace, however written (``/v1/Memories``,
+    mem0's ``/v1/memories/{id}/history``): never the upstream's."""
     path: str = request.scope["path"]
-    canonical = "/" + "/".join(segment for segment in path.split("/") if segment)
-    if canonical == path:
-        return None
-    scope = {**request.scope, "path": canonical}
-    for route in request.app.state.routes:  # every router's, as added (gateway.app)
-        if route.endpoint is not any_other and route.matches(scope)[0] is not Match.NONE:
-            return canonical
+    segments = [segment for segment in path.split("/") if segment]
+    canonical = "/" + "/".join(segments)
+    if canonical != path:
+        scope = {**request.scope, "path": canonical}
+        for route in request.app.state.routes:  # every router's, as added (gateway.app)
+            if route.endpoint is not any_other and route.matches(scope)[0] is not Match.NONE:
+                return canonical
+    if len(segments) > 1 and segments[1].lower() == "memories":
+        return "/v1/memories"
     return None
