@@ -22,7 +22,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from gateway.memory.prompt import content_text, format_memories
+from gateway.memory.prompt import TEXT_PARTS, content_text, format_memories
 from gateway.memory.records import MemoryRecord
 
 BYTES_PER_TOKEN = 3
@@ -45,7 +45,9 @@ def estimate_message(message: dict[str, Any]) -> int:
     content = message.get("content")
     tokens = MESSAGE_OVERHEAD_TOKENS + estimate_text(content_text(content))
     if isinstance(content, list):
-        parts = [p for p in content if isinstance(p, dict) and p.get("type") != "text"]
+        # Text parts (chat's `text`, the Responses API's `input_text` and
+        # `output_text`) are counted by their text above.
+        parts = [p for p in content if isinstance(p, dict) and p.get("type") not in TEXT_PARTS]
         tokens += NON_TEXT_PART_TOKENS * len(parts)
     # Tool calls, names, tool ids: whatever else the template renders.
     rest = {k: v for k, v in message.items() if k not in ("role", "content")}

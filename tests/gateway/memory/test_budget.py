@@ -98,3 +98,17 @@ def test_a_learned_ratio_makes_room_for_fewer() -> None:
     plain = fitting_memories(records, body, 700)
     scaled = fitting_memories(records, body, 700, ratio=2.0)
     assert len(plain) == len(records) and 0 < len(scaled) < len(plain)
+
+
+def test_responses_text_parts_cost_their_text_not_an_images_tokens() -> None:
+    # The Responses API sends text as `input_text` (and earlier replies as
+    # `output_text`): text, as `text` is on chat, not a vision encoder's 512.
+    def parts(kind: str) -> dict[str, Any]:
+        content = [{"type": kind, "text": f"part {i} of the question"} for i in range(4)]
+        return {"messages": [{"role": "user", "content": content}], "max_tokens": 32}
+
+    chat_parts = estimate_prompt(parts("text"))
+    assert estimate_prompt(parts("input_text")) == chat_parts
+    assert estimate_prompt(parts("output_text")) == chat_parts
+    records = [record(f"fact {i} about alice's trip") for i in range(10)]
+    assert fitting_memories(records, parts("input_text"), 1024) == records
