@@ -41,14 +41,32 @@ def estimate_text(text: str) -> int:
     return -(-len(text.encode("utf-8", "surrogatepass")) // BYTES_PER_TOKEN)
 
 
-def estimate_message(message: dict[str, Any]) -> int:
-    content = message.get("content")
-    tokens = MESSAGE_OVERHEAD_TOKENS + estimate_text(content_text(content))
+def estimate_content(content: Any) -> int:
+    """A message's content: its text, and what its other parts render as."""
+    tokens = estimate_text(content_text(content))
     if isinstance(content, list):
         # Text parts (chat's `text`, the Responses API's `input_text` and
         # `output_text`) are counted by their text above.
-        parts = [p for p in content if isinstance(p, dict) and p.get("type") not in TEXT_PARTS]
-        tokens += NON_TEXT_PART_TOKENS * len(parts)
+        for part in content:
+            if isinstance(part, dict) and part.get("type") not in TEXT_PARTS:
+                tokens += _part_tokens(part)
+    return tokens
+
+
+def _part_tokens(part: dict[str, Any]) -> int:
+    # Anthropic's tool blocks are text the template renders (a tool's result can
+    # be many kilobytes): what they hold, not an image's flat charge.
+    if part.get("type") == "tool_result":
+        return estimate_content(part.get("content"))
+    if part.get("type") == "tool_use":
+        used = {"name": part.get("name"), "input": part.get("input")}
+        return estimate_text(json.dumps(used, ensure_ascii=False, default=str))
+    return NON_TEXT_PART_TOKENS
+
+
+def estimate_message(message: dict[str, Any]) -> int:
+    content = message.get("content")
+    tokens = MESSAGE_OVERHEAD_TOKENS + estimate_content(content)
     # Tool calls, names, tool ids: whatever else the template renders.
     rest = {k: v for k, v in message.items() if k not in ("role", "content")}
     if rest:

@@ -112,3 +112,16 @@ def test_responses_text_parts_cost_their_text_not_an_images_tokens() -> None:
     assert estimate_prompt(parts("output_text")) == chat_parts
     records = [record(f"fact {i} about alice's trip") for i in range(10)]
     assert fitting_memories(records, parts("input_text"), 1024) == records
+
+
+def test_anthropic_tool_blocks_cost_what_they_hold() -> None:
+    # An agent's tool result can be many kilobytes: charged as one image (512),
+    # memories overflowed the window, and the overflow taught a wrong ratio.
+    result = {"type": "tool_result", "tool_use_id": "t1", "content": "line of output\n" * 2000}
+    nested = {**result, "content": [{"type": "text", "text": "line of output\n" * 2000}]}
+    used = {"type": "tool_use", "id": "t1", "name": "grep", "input": {"q": "needle " * 3000}}
+    small = estimate_prompt({"messages": [{"role": "user", "content": "hi"}]})
+    for block in (result, nested, used):
+        body = {"messages": [{"role": "user", "content": [block]}], "max_tokens": 64}
+        assert estimate_prompt(body) >= small + 7000
+        assert fitting_memories([record("a fact")], body, 4096) == []
