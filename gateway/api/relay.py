@@ -46,7 +46,7 @@ from gateway.exceptions import (
     UpstreamTimedOut,
     UpstreamTooLarge,
 )
-from gateway.memory.records import NewMemory, Scope
+from gateway.memory.records import NewMemory, Scope, is_blank
 from gateway.memory.service import MemoryService
 from gateway.metrics import GatewayMetrics
 from gateway.upstream.http import BodyTooLarge, TimedOut, TransportError
@@ -369,7 +369,7 @@ class Relay:
                 WriteSource.CHAT,
             )
             for role, text in (("user", plan.query), ("assistant", reply.strip()))
-            if text
+            if not is_blank(text)
         ]
         try:
             # Stamped with the turn's start: if its user was forgotten since, the

@@ -44,6 +44,7 @@ from gateway.api.wire import Wire
 from gateway.auth import Principal, PrincipalDep
 from gateway.errors import APIError
 from gateway.memory.prompt import inject_memories, last_user_text
+from gateway.memory.records import is_blank
 from gateway.openapi import KEYED, UPSTREAM, WITH_BODY, errors, json_body, relayed
 from gateway.services import Services, ServicesDep
 from gateway.upstream.owners import Owner
@@ -65,7 +66,7 @@ def latest_input(body: Json) -> str:
     """The latest user text of a Responses request's ``input``."""
     given = body.get("input")
     if isinstance(given, str):
-        return given.strip()
+        return "" if is_blank(given) else given.strip()
     return last_user_text(given) if isinstance(given, list) else ""
 
 

@@ -14,7 +14,7 @@ from pydantic import (
     StrictInt,
 )
 
-from gateway.memory.records import lone_surrogate
+from gateway.memory.records import is_blank, lone_surrogate
 
 
 def _unicode(value: str) -> str:
@@ -27,18 +27,19 @@ def _unicode(value: str) -> str:
 
 
 def _not_blank(value: str) -> str:
-    """A memory of only whitespace would be stored, recalled and shown to the
-    model as an empty quote: refused instead, so an import finds its bad rows."""
-    if not value.strip():
-        raise ValueError("is blank: a memory needs some text besides whitespace")
+    """A memory of only whitespace (or invisible characters: zero-width spaces,
+    direction marks) would be stored, recalled and shown to the model as an
+    empty quote: refused instead, so an import finds its bad rows."""
+    if is_blank(value):
+        raise ValueError("is blank: a memory needs some visible text, not only whitespace")
     return value
 
 
 def _not_blank_query(value: str) -> str:
     """A query of only whitespace embeds to no meaning: it would rank memories
     at random. Refused, as a blank memory is."""
-    if not value.strip():
-        raise ValueError("is blank: a search needs some text besides whitespace")
+    if is_blank(value):
+        raise ValueError("is blank: a search needs some visible text, not only whitespace")
     return value
 
 

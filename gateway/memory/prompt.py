@@ -22,7 +22,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from gateway.memory.records import MemoryRecord
+from gateway.memory.records import MemoryRecord, is_blank
 
 # A chat turn stores the assistant's reply beside the user's message, so a note may be
 # the model's own earlier words, wrong ones included: each note says who said it, and
@@ -63,7 +63,7 @@ def last_user_text(messages: Sequence[dict[str, Any]]) -> str:
     for message in reversed(messages):
         if message.get("role") == "user":
             text = content_text(message.get("content")).strip()
-            if text:
+            if not is_blank(text):
                 return text
     return ""
 

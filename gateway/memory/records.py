@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import unicodedata
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -143,6 +144,18 @@ def lone_surrogate(text: str) -> int | None:
     except UnicodeEncodeError as exc:
         return exc.start
     return None
+
+
+# Unicode's format and control characters: zero-width spaces and joiners,
+# direction marks and overrides, the BOM, NUL. None shows, and str.strip keeps them.
+_INVISIBLE = frozenset({"Cf", "Cc"})
+
+
+def is_blank(text: str) -> bool:
+    """Whether ``text`` has nothing to read: only whitespace and invisible
+    characters. Stored, such a memory would be recalled as an empty quote;
+    embedded as a query, it would rank memories at random."""
+    return all(c.isspace() or unicodedata.category(c) in _INVISIBLE for c in text)
 
 
 def check_text(text: str, where: str) -> str | None:

@@ -98,6 +98,10 @@ BAD_BODIES = {
         '{"user_id": "sur", "text": "poison \\ud800 pill"}',
     ),
     "add: text of only whitespace": ("/v1/memories", '{"user_id": "sur", "text": " \\n\\t "}'),
+    "add: text of only zero-width characters and direction marks": (
+        "/v1/memories",
+        '{"user_id": "sur", "text": "\\u200b\\u200f\\u202e\\ufeff"}',
+    ),
     "add: one message of only whitespace in a batch": (
         "/v1/memories",
         '{"user_id": "sur", "messages": [{"content": "kept?"}, {"content": "   "}]}',
@@ -173,6 +177,10 @@ BAD_BODIES = {
     "search: query of only whitespace": (
         "/v1/memories/search",
         '{"user_id": "sur", "query": " \\n\\t "}',
+    ),
+    "search: query of only invisible characters": (
+        "/v1/memories/search",
+        '{"user_id": "sur", "query": "\\u200b\\u2060"}',
     ),
     "search: lone surrogate in query": (
         "/v1/memories/search",

@@ -130,6 +130,19 @@ async def test_a_turn_begun_after_the_forget_is_stored(h: Harness) -> None:
     assert await memories_of(h, ALICE) == sorted([QUESTION, "You said she lives in Lyon."])
 
 
+async def test_a_reply_of_only_invisible_characters_is_not_remembered(h: Harness) -> None:
+    # A reply of zero-width spaces and direction marks survives str.strip: stored,
+    # it would be recalled as an empty quote. The question is kept.
+    reply, pool = StreamedReply(), Pool()
+    chunks = relay(h, reply, time.perf_counter(), pool).stream()
+    reply.events.put_nowait(event({"choices": [{"index": 0, "delta": {"content": "\u200b"}}]}))
+    received = [await anext(chunks)]
+    reply.finish("\u200f\u2060 ")
+    received += [chunk async for chunk in chunks]
+    assert b"".join(received).endswith(b"data: [DONE]\n\n")
+    assert await memories_of(h, ALICE) == [QUESTION]
+
+
 def first_token() -> bytes:
     return event({"choices": [{"index": 0, "delta": {"content": "You"}}]})
 

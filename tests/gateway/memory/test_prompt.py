@@ -184,3 +184,13 @@ def test_the_question_after_a_long_paste_is_in_what_recall_embeds() -> None:
     assert first.endswith("What pet do I have?") and second.endswith("Where do I live?")
     assert first.startswith("Here is my log: ") and len(first) <= MAX_RECALL_QUERY_CHARS + 1
     assert len(first) < len(paste)  # cut to what the embedder reads, not embedded whole
+
+
+def test_a_user_message_of_only_invisible_characters_is_passed_over() -> None:
+    # Zero-width spaces and direction marks survive str.strip: embedded, such a
+    # query ranks memories at random; stored, it is recalled as an empty quote.
+    messages = [
+        {"role": "user", "content": "where does my sister live?"},
+        {"role": "user", "content": "\u200b\u200f\u202e\ufeff \u2060"},
+    ]
+    assert last_user_text(messages) == "where does my sister live?"

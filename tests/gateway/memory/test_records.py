@@ -11,6 +11,7 @@ from gateway.memory.records import (
     check_metadata,
     dedupe_texts,
     from_payload,
+    is_blank,
     memory_id,
     parse_filters,
     parse_timestamp,
@@ -131,3 +132,20 @@ def test_metadata_within_the_limits_passes() -> None:
 def test_timestamps_with_no_utc_equivalent_are_refused(value: str) -> None:
     with pytest.raises(ValueError, match="out of range"):
         parse_timestamp(value, NOW)
+
+
+@pytest.mark.parametrize(
+    ("text", "blank"),
+    [
+        ("", True),
+        (" \n\t\u3000", True),
+        ("\u200b\u200c\u200d\u2060", True),  # zero-width space, joiners, word joiner
+        ("\u200e\u200f\u202e\ufeff", True),  # direction marks, an override, the BOM
+        ("\x00\x07", True),
+        ("\u200bhi\u200b", False),
+        ("نعم", False),
+        ("🙂", False),
+    ],
+)
+def test_blank_means_nothing_to_read(text: str, blank: bool) -> None:
+    assert is_blank(text) is blank
